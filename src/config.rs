@@ -1,0 +1,397 @@
+//! `riskgate.toml`: default outcomes, rule-error handling, sandbox limits, retention and challenges.
+//!
+//! Every key is optional; an unknown key or a bad value is a load error with its line and column.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use crate::duration::parse_millis;
+use crate::error::{Diagnostic, LoadError};
+use crate::State;
+
+/// What a failing rule counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnRuleError {
+    /// The rule counts as having returned this outcome.
+    Outcome(State),
+    /// The rule is left out of the decision (it is still reported in `errors`).
+    Skip,
+}
+
+/// What a repeated idempotency key with different attributes does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnConflict {
+    /// Refuse with `idempotency_conflict`.
+    Error,
+    /// Return the stored action, as Authsignal does.
+    Replay,
+}
+
+/// The Rhai sandbox limits applied to every rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub max_operations: u64,
+    pub max_call_depth: usize,
+    pub max_expr_depth: usize,
+    pub max_function_expr_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    pub time_limit_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_operations: 50_000,
+            max_call_depth: 16,
+            max_expr_depth: 64,
+            max_function_expr_depth: 32,
+            max_string_size: 16 * 1024,
+            max_array_size: 1024,
+            max_map_size: 1024,
+            time_limit_ms: 10,
+        }
+    }
+}
+
+/// A parsed `riskgate.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Config {
+    pub default_outcome: State,
+    pub action_defaults: BTreeMap<String, State>,
+    pub on_rule_error: OnRuleError,
+    pub limits: Limits,
+    pub idempotency_ttl_ms: i64,
+    pub capacity: usize,
+    pub on_conflict: OnConflict,
+    pub token_ttl_ms: i64,
+    pub challenge_url: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_outcome: State::Allow,
+            action_defaults: BTreeMap::new(),
+            on_rule_error: OnRuleError::Outcome(State::ChallengeRequired),
+            limits: Limits::default(),
+            idempotency_ttl_ms: 24 * 3_600_000,
+            capacity: 1_000_000,
+            on_conflict: OnConflict::Error,
+            token_ttl_ms: 10 * 60_000,
+            challenge_url: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    default_outcome: Option<String>,
+    on_rule_error: Option<String>,
+    #[serde(default)]
+    actions: BTreeMap<String, ActionFile>,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    idempotency: IdempotencyFile,
+    #[serde(default)]
+    challenge: ChallengeFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActionFile {
+    default_outcome: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_operations: Option<u64>,
+    max_call_depth: Option<usize>,
+    max_expr_depth: Option<usize>,
+    max_function_expr_depth: Option<usize>,
+    max_string_size: Option<usize>,
+    max_array_size: Option<usize>,
+    max_map_size: Option<usize>,
+    time_limit: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IdempotencyFile {
+    ttl: Option<String>,
+    capacity: Option<usize>,
+    on_conflict: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ChallengeFile {
+    token_ttl: Option<String>,
+    url: Option<String>,
+}
+
+impl Config {
+    /// Parses `riskgate.toml` text; `file` names it in diagnostics.
+    pub(crate) fn parse(text: &str, file: &str) -> Result<Config, LoadError> {
+        let parsed: File = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            LoadError::one(file, line, column, e.message().trim_end().to_owned())
+        })?;
+        let mut problems = Vec::new();
+        let mut fail = |key: &str, message: String| {
+            let (line, column) = find_key(text, key);
+            problems.push(Diagnostic {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            });
+        };
+        let mut cfg = Config::default();
+        if let Some(v) = &parsed.default_outcome {
+            match decision(v) {
+                Ok(s) => cfg.default_outcome = s,
+                Err(m) => fail("default_outcome", format!("`default_outcome`: {m}")),
+            }
+        }
+        if let Some(v) = &parsed.on_rule_error {
+            if v == "skip" {
+                cfg.on_rule_error = OnRuleError::Skip;
+            } else {
+                match decision(v) {
+                    Ok(s) => cfg.on_rule_error = OnRuleError::Outcome(s),
+                    Err(m) => fail(
+                        "on_rule_error",
+                        format!("`on_rule_error`: {m}, or \"skip\""),
+                    ),
+                }
+            }
+        }
+        for (code, a) in &parsed.actions {
+            if !crate::request::is_action_code(code) {
+                fail(
+                    code,
+                    format!(
+                        "`[actions.{code}]`: not an action code: expected 1-64 of [a-zA-Z0-9_-]"
+                    ),
+                );
+                continue;
+            }
+            if let Some(v) = &a.default_outcome {
+                match decision(v) {
+                    Ok(s) => {
+                        cfg.action_defaults.insert(code.clone(), s);
+                    }
+                    Err(m) => fail(code, format!("`[actions.{code}] default_outcome`: {m}")),
+                }
+            }
+        }
+        let l = &parsed.limits;
+        let d = Limits::default();
+        cfg.limits = Limits {
+            max_operations: l.max_operations.unwrap_or(d.max_operations),
+            max_call_depth: l.max_call_depth.unwrap_or(d.max_call_depth),
+            max_expr_depth: l.max_expr_depth.unwrap_or(d.max_expr_depth),
+            max_function_expr_depth: l
+                .max_function_expr_depth
+                .unwrap_or(d.max_function_expr_depth),
+            max_string_size: l.max_string_size.unwrap_or(d.max_string_size),
+            max_array_size: l.max_array_size.unwrap_or(d.max_array_size),
+            max_map_size: l.max_map_size.unwrap_or(d.max_map_size),
+            time_limit_ms: d.time_limit_ms,
+        };
+        // Zero would mean "unlimited" to Rhai: refuse it, the sandbox is always on.
+        for (key, v) in [
+            ("max_operations", cfg.limits.max_operations as usize),
+            ("max_call_depth", cfg.limits.max_call_depth),
+            ("max_expr_depth", cfg.limits.max_expr_depth),
+            (
+                "max_function_expr_depth",
+                cfg.limits.max_function_expr_depth,
+            ),
+            ("max_string_size", cfg.limits.max_string_size),
+            ("max_array_size", cfg.limits.max_array_size),
+            ("max_map_size", cfg.limits.max_map_size),
+        ] {
+            if v == 0 {
+                fail(
+                    key,
+                    format!(
+                        "`[limits] {key}` must be at least 1: the sandbox cannot be turned off"
+                    ),
+                );
+            }
+        }
+        if let Some(v) = &l.time_limit {
+            match parse_millis(v) {
+                Ok(ms) if ms <= 60_000 => cfg.limits.time_limit_ms = ms,
+                Ok(_) => fail(
+                    "time_limit",
+                    "`[limits] time_limit` must be at most 60s".to_owned(),
+                ),
+                Err(m) => fail("time_limit", format!("`[limits] time_limit`: {m}")),
+            }
+        }
+        let i = &parsed.idempotency;
+        if let Some(v) = &i.ttl {
+            match parse_millis(v) {
+                Ok(ms) => cfg.idempotency_ttl_ms = ms,
+                Err(m) => fail("ttl", format!("`[idempotency] ttl`: {m}")),
+            }
+        }
+        if let Some(c) = i.capacity {
+            if c == 0 {
+                fail(
+                    "capacity",
+                    "`[idempotency] capacity` must be at least 1".to_owned(),
+                );
+            } else {
+                cfg.capacity = c;
+            }
+        }
+        match i.on_conflict.as_deref() {
+            None | Some("error") => {}
+            Some("replay") => cfg.on_conflict = OnConflict::Replay,
+            Some(other) => fail(
+                "on_conflict",
+                format!(
+                    "`[idempotency] on_conflict`: expected \"error\" or \"replay\", not `{other}`"
+                ),
+            ),
+        }
+        let c = &parsed.challenge;
+        if let Some(v) = &c.token_ttl {
+            match parse_millis(v) {
+                Ok(ms) => cfg.token_ttl_ms = ms,
+                Err(m) => fail("token_ttl", format!("`[challenge] token_ttl`: {m}")),
+            }
+        }
+        if let Some(u) = &c.url {
+            if u.starts_with("https://") || u.starts_with("http://") {
+                cfg.challenge_url = Some(u.clone());
+            } else {
+                fail(
+                    "url",
+                    format!("`[challenge] url` must start with https:// or http://, not `{u}`"),
+                );
+            }
+        }
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(LoadError::Invalid(problems))
+        }
+    }
+
+    /// The default outcome for `action`.
+    pub(crate) fn default_for(&self, action: &str) -> State {
+        self.action_defaults
+            .get(action)
+            .copied()
+            .unwrap_or(self.default_outcome)
+    }
+}
+
+/// Parses one of the four decision names.
+pub(crate) fn decision(v: &str) -> Result<State, String> {
+    match State::from_wire(v) {
+        Some(s) if s.is_decision() => Ok(s),
+        _ => Err(format!(
+            "expected \"ALLOW\", \"CHALLENGE_REQUIRED\", \"REVIEW\" or \"BLOCK\", not `{}`",
+            crate::request::shorten(v)
+        )),
+    }
+}
+
+/// 1-based line and column of byte offset `at`.
+pub(crate) fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Where `key` first appears as a TOML key (for values that parse but do not validate).
+fn find_key(text: &str, key: &str) -> (usize, usize) {
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        let indent = line.len() - t.len();
+        let is_key = t.strip_prefix(key).is_some_and(|rest| {
+            let rest = rest.trim_start();
+            rest.starts_with('=') || rest.starts_with(']') || rest.starts_with('.')
+        });
+        let is_table = t
+            .strip_prefix("[actions.")
+            .is_some_and(|rest| rest.trim_matches(|c| c == '"' || c == ']') == key);
+        if is_key || is_table {
+            return (n + 1, indent + 1);
+        }
+    }
+    (0, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses() {
+        let cfg = Config::parse(
+            r#"
+default_outcome = "ALLOW"
+on_rule_error = "skip"
+[actions.withdraw-funds]
+default_outcome = "CHALLENGE_REQUIRED"
+[limits]
+max_operations = 1000
+time_limit = "50ms"
+[idempotency]
+ttl = "1h"
+capacity = 10
+on_conflict = "replay"
+[challenge]
+token_ttl = "5m"
+url = "https://example.com/challenge"
+"#,
+            "riskgate.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.on_rule_error, OnRuleError::Skip);
+        assert_eq!(cfg.default_for("withdraw-funds"), State::ChallengeRequired);
+        assert_eq!(cfg.default_for("signIn"), State::Allow);
+        assert_eq!(cfg.limits.max_operations, 1000);
+        assert_eq!(cfg.limits.time_limit_ms, 50);
+        assert_eq!(cfg.idempotency_ttl_ms, 3_600_000);
+        assert_eq!(cfg.capacity, 10);
+        assert_eq!(cfg.on_conflict, OnConflict::Replay);
+        assert_eq!(cfg.token_ttl_ms, 300_000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_say_where() {
+        let e =
+            Config::parse("default_outcome = \"ALLOW\"\nfoo = 1\n", "riskgate.toml").unwrap_err();
+        let d = &e.diagnostics()[0];
+        assert_eq!((d.line, d.column), (2, 1), "{e}");
+        assert!(d.message.contains("unknown field `foo`"), "{e}");
+        let e = Config::parse("\n[limits]\ntime_limit = \"fast\"\n", "riskgate.toml").unwrap_err();
+        assert_eq!(
+            e.to_string().lines().next().unwrap_or(""),
+            e.diagnostics()[0].to_string()
+        );
+        assert!(
+            e.to_string()
+                .starts_with("riskgate.toml:3:1: `[limits] time_limit`"),
+            "{e}"
+        );
+        let e = Config::parse("on_rule_error = \"maybe\"\n", "riskgate.toml").unwrap_err();
+        assert!(e.to_string().starts_with("riskgate.toml:1:1:"), "{e}");
+        let e = Config::parse("[limits]\nmax_operations = 0\n", "riskgate.toml").unwrap_err();
+        assert!(e.to_string().contains("cannot be turned off"), "{e}");
+    }
+}

@@ -1,0 +1,435 @@
+//! The [`Engine`]: a shared handle that decides tracked actions, and its [`EngineBuilder`].
+//!
+//! One decision reads top to bottom in [`Engine::track_at`]: validate → store lookup (a repeat returns here) →
+//! rules → resolve → record → respond.
+
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::clock::{to_millis, Clock, SystemClock};
+use crate::config::OnConflict;
+use crate::decide;
+use crate::error::{LoadError, TrackError};
+use crate::request::TrackRequest;
+use crate::rules::{self, sandbox, RuleSet};
+use crate::store::{self, Decided, Found, Slot, Store};
+use crate::{ActionRecord, State, TrackResponse, ValidateChallengeResponse};
+
+/// The risk-decision engine. Cheap to clone: clones share rules, stored actions and history.
+///
+/// # Thread safety
+/// `Engine` is `Send + Sync`; clone it into every thread or task that tracks actions. Decisions on different
+/// identities run in parallel without a global lock.
+///
+/// # Concurrent calls
+/// Concurrent `track` calls with the same (`userId`, `action`, `idempotencyKey`) are coalesced: the rules run
+/// once, in the first caller, while the others wait for that decision and all return the same action. No lock
+/// on the store is held while rules run.
+///
+/// # Reloads
+/// [`swap_ruleset`](Engine::swap_ruleset) and [`reload_rules`](Engine::reload_rules) replace the ruleset
+/// atomically: a decision already running finishes on the ruleset it started with, and every decision that
+/// starts after the swap sees the new one. A ruleset that fails to load never replaces the current one.
+///
+/// ```
+/// use riskgate::{Engine, RuleSet, State, TrackRequest};
+///
+/// let engine = Engine::builder()
+///     .ruleset(RuleSet::from_sources([("no-device", "if device_id == () { CHALLENGE_REQUIRED }")])?)
+///     .build()?;
+/// let resp = engine.track(&TrackRequest::new("user-1", "signIn"))?;
+/// assert_eq!(resp.state, State::ChallengeRequired);
+/// assert_eq!(resp.rule_ids, ["no-device"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    ruleset: ArcSwap<rules::Inner>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    rules_dir: Option<PathBuf>,
+    reload: Mutex<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("rules", &self.shared.ruleset.load().rules.len())
+            .field("stored_actions", &self.shared.store.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Engine`]. Give it a ruleset (from a folder or in code); everything else has a default.
+#[must_use]
+#[derive(Default)]
+pub struct EngineBuilder {
+    ruleset: Option<RuleSet>,
+    rules_dir: Option<PathBuf>,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl EngineBuilder {
+    /// Loads the ruleset from `dir` now (see [`RuleSet::from_dir`]); [`Engine::reload_rules`] reloads from it.
+    pub fn rules_dir(mut self, dir: impl Into<PathBuf>) -> Result<Self, LoadError> {
+        let dir = dir.into();
+        self.ruleset = Some(RuleSet::from_dir(&dir)?);
+        self.rules_dir = Some(dir);
+        Ok(self)
+    }
+
+    /// Uses an already loaded ruleset. Reloading needs a folder: [`Engine::reload_rules`] uses the set's own
+    /// folder if it was loaded from one.
+    pub fn ruleset(mut self, ruleset: RuleSet) -> Self {
+        self.rules_dir = ruleset.dir().map(PathBuf::from);
+        self.ruleset = Some(ruleset);
+        self
+    }
+
+    /// Uses `clock` for the current time (the default is [`SystemClock`]); see [`FakeClock`](crate::FakeClock)
+    /// for tests.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Builds the engine.
+    pub fn build(self) -> Result<Engine, LoadError> {
+        let ruleset = self.ruleset.ok_or(LoadError::NoRuleset)?;
+        let store = Store::new(ruleset.inner.config.capacity);
+        Ok(Engine {
+            shared: Arc::new(Shared {
+                ruleset: ArcSwap::new(ruleset.inner),
+                store,
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                rules_dir: self.rules_dir,
+                reload: Mutex::new(()),
+            }),
+        })
+    }
+}
+
+impl Engine {
+    /// Starts building an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Decides an action now (on the engine's clock). See [`track_at`](Engine::track_at).
+    pub fn track(&self, req: &TrackRequest) -> Result<TrackResponse, TrackError> {
+        self.track_at(req, self.shared.clock.now())
+    }
+
+    /// Decides an action that happened at `at`: the time velocity windows, retention and token expiry are
+    /// measured from (for replays, backtests and tests).
+    ///
+    /// The first call for an identity validates the request, evaluates every enabled rule for the action
+    /// against the history before it, stores the action and returns the decision. A repeat with the same user,
+    /// action and idempotency key returns the stored action (its current state) without evaluating rules or
+    /// counting in any signal; a repeat with different attributes is refused with
+    /// [`TrackError::IdempotencyConflict`] (unless `[idempotency] on_conflict = "replay"`).
+    ///
+    /// Rule failures never make this return `Err`: they are reported in the response's `errors`.
+    pub fn track_at(
+        &self,
+        req: &TrackRequest,
+        at: SystemTime,
+    ) -> Result<TrackResponse, TrackError> {
+        req.validate()?;
+        let now_ms = to_millis(at);
+        let rs = self.shared.ruleset.load();
+        let cfg = &rs.config;
+        let generated;
+        let key = match &req.attributes.idempotency_key {
+            Some(k) => k.as_str(),
+            None => {
+                generated = uuid::Uuid::new_v4().to_string();
+                generated.as_str()
+            }
+        };
+        let fingerprint = req.fingerprint();
+        let store = &self.shared.store;
+        let found = store.get_or_insert(
+            &req.user_id,
+            &req.action,
+            key,
+            fingerprint,
+            now_ms,
+            cfg.idempotency_ttl_ms,
+        );
+        let slot = match found {
+            Ok(Found::New(slot)) => slot,
+            Ok(Found::Existing(slot))
+                if slot.fingerprint == fingerprint || cfg.on_conflict == OnConflict::Replay =>
+            {
+                slot
+            }
+            Ok(Found::Existing(_)) | Err(_) => {
+                return Err(TrackError::IdempotencyConflict {
+                    user_id: req.user_id.clone(),
+                    action: req.action.clone(),
+                    idempotency_key: key.to_owned(),
+                })
+            }
+        };
+        let decided = slot
+            .decided
+            .get_or_init(|| self.decide(&rs, req, now_ms, &slot));
+        Ok(respond(&slot, decided))
+    }
+
+    /// Runs the rules for a new action and fixes its first decision.
+    fn decide(&self, rs: &rules::Inner, req: &TrackRequest, now_ms: i64, slot: &Slot) -> Decided {
+        let idx = rs.rules_for(&req.action);
+        let mut results = Vec::with_capacity(idx.len());
+        sandbox::evaluate(
+            &rs.engine,
+            &rs.config.limits,
+            req,
+            idx.iter().map(|&i| &rs.rules[i].ast),
+            &mut results,
+        );
+        let decision = decide::resolve(
+            &rs.config,
+            &req.action,
+            idx.iter().map(|&i| &rs.rules[i]),
+            results,
+        );
+        slot.init_state(decision.state);
+        let token = (decision.state == State::ChallengeRequired)
+            .then(store::new_token)
+            .flatten();
+        let url = match (&token, &rs.config.challenge_url) {
+            (Some(t), Some(base)) => Some(challenge_url(
+                base,
+                t,
+                req.attributes.redirect_url.as_deref(),
+            )),
+            _ => None,
+        };
+        if let Some(t) = &token {
+            self.shared.store.register_token(t, slot);
+        }
+        Decided {
+            decision,
+            token: token.map(String::into_boxed_str),
+            token_expires_ms: now_ms.saturating_add(rs.config.token_ttl_ms),
+            url: url.map(String::into_boxed_str),
+        }
+    }
+
+    /// The stored action with this identity, if it is still retained.
+    pub fn get_action(
+        &self,
+        user_id: &str,
+        action: &str,
+        idempotency_key: &str,
+    ) -> Option<ActionRecord> {
+        let now_ms = to_millis(self.shared.clock.now());
+        let ttl = self.shared.ruleset.load().config.idempotency_ttl_ms;
+        let slot = self
+            .shared
+            .store
+            .get(user_id, action, idempotency_key, now_ms, ttl)?;
+        let decided = slot.decided.get()?;
+        Some(record(&slot, decided))
+    }
+
+    /// Moves a stored action to `new_state`: `CHALLENGE_REQUIRED` → `CHALLENGE_SUCCEEDED` or
+    /// `CHALLENGE_FAILED`; `REVIEW` → `REVIEW_SUCCEEDED` or `REVIEW_FAILED`.
+    ///
+    /// Any other move is refused with [`TrackError::InvalidTransition`], an unknown action with
+    /// [`TrackError::ActionNotFound`]; either way nothing changes.
+    pub fn update_action(
+        &self,
+        user_id: &str,
+        action: &str,
+        idempotency_key: &str,
+        new_state: State,
+    ) -> Result<ActionRecord, TrackError> {
+        let now_ms = to_millis(self.shared.clock.now());
+        let ttl = self.shared.ruleset.load().config.idempotency_ttl_ms;
+        let not_found = || TrackError::ActionNotFound {
+            user_id: user_id.to_owned(),
+            action: action.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
+        };
+        let slot = self
+            .shared
+            .store
+            .get(user_id, action, idempotency_key, now_ms, ttl)
+            .ok_or_else(not_found)?;
+        let decided = slot.decided.get().ok_or_else(not_found)?;
+        let from = slot.state();
+        let allowed = allowed_moves(from);
+        let permitted = match from {
+            State::ChallengeRequired => matches!(
+                new_state,
+                State::ChallengeSucceeded | State::ChallengeFailed
+            ),
+            State::Review => matches!(new_state, State::ReviewSucceeded | State::ReviewFailed),
+            _ => false,
+        };
+        if !permitted || !slot.transition(from, new_state, now_ms) {
+            return Err(TrackError::InvalidTransition {
+                from: slot.state(),
+                to: new_state,
+                allowed,
+            });
+        }
+        Ok(record(&slot, decided))
+    }
+
+    /// Checks a challenge token: valid only when it is unexpired, its action reached `CHALLENGE_SUCCEEDED`,
+    /// and it was not validated before. The action's identity and state are returned either way.
+    pub fn validate_challenge(&self, token: &str) -> ValidateChallengeResponse {
+        let now_ms = to_millis(self.shared.clock.now());
+        let invalid = |reason: &str| ValidateChallengeResponse {
+            is_valid: false,
+            state: None,
+            user_id: None,
+            action: None,
+            idempotency_key: None,
+            reason: Some(reason.to_owned()),
+        };
+        if token.is_empty() || token.len() > 128 {
+            return invalid("unknown_token");
+        }
+        let Some(slot) = self.shared.store.by_token(token) else {
+            return invalid("unknown_token");
+        };
+        let Some(decided) = slot.decided.get() else {
+            return invalid("unknown_token");
+        };
+        let state = slot.state();
+        let reason = if now_ms >= decided.token_expires_ms {
+            Some("expired")
+        } else if state != State::ChallengeSucceeded {
+            Some("not_succeeded")
+        } else if !slot.use_token() {
+            Some("already_used")
+        } else {
+            None
+        };
+        ValidateChallengeResponse {
+            is_valid: reason.is_none(),
+            state: Some(state),
+            user_id: Some(slot.user_id().to_owned()),
+            action: Some(slot.action().to_owned()),
+            idempotency_key: Some(slot.key().to_owned()),
+            reason: reason.map(str::to_owned),
+        }
+    }
+
+    /// Replaces the ruleset atomically (see [Reloads](Engine#reloads)). Stored actions and history are kept;
+    /// the new set's `[idempotency]` and `[challenge]` settings apply from now on.
+    pub fn swap_ruleset(&self, ruleset: RuleSet) {
+        self.shared
+            .store
+            .set_capacity(ruleset.inner.config.capacity);
+        self.shared.ruleset.store(ruleset.inner);
+    }
+
+    /// Reloads the ruleset from the folder the engine was built from. If the folder no longer loads, the error
+    /// is returned and the current ruleset stays.
+    pub fn reload_rules(&self) -> Result<(), LoadError> {
+        let dir = self
+            .shared
+            .rules_dir
+            .as_ref()
+            .ok_or(LoadError::NoRulesDir)?;
+        // One reload at a time, so that two reloads cannot finish in the wrong order.
+        let _guard = self.shared.reload.lock();
+        let ruleset = RuleSet::from_dir(dir)?;
+        self.swap_ruleset(ruleset);
+        Ok(())
+    }
+
+    /// The ruleset in use now.
+    pub fn ruleset(&self) -> RuleSet {
+        RuleSet {
+            inner: self.shared.ruleset.load_full(),
+        }
+    }
+
+    /// How many actions the store holds now (expired ones may still count until they are evicted).
+    pub fn stored_actions(&self) -> usize {
+        self.shared.store.len()
+    }
+}
+
+fn respond(slot: &Slot, d: &Decided) -> TrackResponse {
+    TrackResponse {
+        state: slot.state(),
+        idempotency_key: slot.key().to_owned(),
+        token: d.token.as_deref().map(str::to_owned),
+        url: d.url.as_deref().map(str::to_owned),
+        rule_ids: d.decision.rule_ids.clone(),
+        priority_rule_id: d.decision.priority_rule_id.clone(),
+        shadow_rule_ids: d.decision.shadow_rule_ids.clone(),
+        errors: d.decision.errors.clone(),
+    }
+}
+
+fn record(slot: &Slot, d: &Decided) -> ActionRecord {
+    ActionRecord {
+        user_id: slot.user_id().to_owned(),
+        action: slot.action().to_owned(),
+        idempotency_key: slot.key().to_owned(),
+        state: slot.state(),
+        outcome: d.decision.state,
+        rule_ids: d.decision.rule_ids.clone(),
+        priority_rule_id: d.decision.priority_rule_id.clone(),
+        created_at: crate::clock::from_millis(slot.created_ms),
+        state_updated_at: crate::clock::from_millis(slot.state_updated_ms()),
+    }
+}
+
+fn allowed_moves(from: State) -> &'static str {
+    match from {
+        State::ChallengeRequired => "allowed: CHALLENGE_SUCCEEDED, CHALLENGE_FAILED",
+        State::Review => "allowed: REVIEW_SUCCEEDED, REVIEW_FAILED",
+        _ => "no moves are allowed from this state",
+    }
+}
+
+/// `base` with `token` (and `redirectUrl`) added as query parameters.
+fn challenge_url(base: &str, token: &str, redirect: Option<&str>) -> String {
+    let mut url = String::with_capacity(base.len() + token.len() + 64);
+    url.push_str(base);
+    url.push(if base.contains('?') { '&' } else { '?' });
+    url.push_str("token=");
+    url.push_str(token);
+    if let Some(r) = redirect {
+        url.push_str("&redirectUrl=");
+        for b in r.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                url.push(char::from(b));
+            } else {
+                url.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn challenge_url_encodes_the_redirect() {
+        assert_eq!(
+            super::challenge_url("https://x.test/c", "tok", Some("https://app.test/a?b=1")),
+            "https://x.test/c?token=tok&redirectUrl=https%3A%2F%2Fapp.test%2Fa%3Fb%3D1"
+        );
+        assert_eq!(
+            super::challenge_url("https://x.test/c?v=2", "tok", None),
+            "https://x.test/c?v=2&token=tok"
+        );
+    }
+}

@@ -1,0 +1,466 @@
+//! The request wire types ([`TrackRequest`], [`TrackAttributes`], [`CustomValue`]) and their validation.
+//!
+//! Field names follow Authsignal's `track` JSON (camelCase). Validation bounds every field, so nothing a caller
+//! sends can grow the engine's memory beyond what is documented here.
+
+use serde::{de, Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::error::TrackError;
+
+/// The longest `userId`, `idempotencyKey`, `deviceId`, `username` and `email` accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 255;
+/// The longest `userAgent` and `redirectUrl` accepted, in bytes.
+pub const MAX_LONG_FIELD_BYTES: usize = 2048;
+/// The longest `phoneNumber` accepted, in bytes.
+pub const MAX_PHONE_BYTES: usize = 32;
+/// The most entries `custom` may hold.
+pub const MAX_CUSTOM_ENTRIES: usize = 64;
+/// The longest `custom` key accepted, in bytes.
+pub const MAX_CUSTOM_KEY_BYTES: usize = 64;
+/// The longest `custom` string value accepted, in bytes.
+pub const MAX_CUSTOM_STRING_BYTES: usize = 1024;
+
+/// One call of [`Engine::track`](crate::Engine::track): who did what, with which attributes.
+///
+/// ```
+/// let req: riskgate::TrackRequest = serde_json::from_str(
+///     r#"{"userId":"u1","action":"signIn","attributes":{"ipAddress":"203.0.113.7"}}"#,
+/// ).unwrap();
+/// assert_eq!(req.attributes.ip_address.as_deref(), Some("203.0.113.7"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrackRequest {
+    /// The user's id in the application: 1 to 255 bytes, no control characters.
+    pub user_id: String,
+    /// The action code: 1 to 64 of `[a-zA-Z0-9_-]` (`signIn`, `withdraw-funds`).
+    pub action: String,
+    /// What is known about the action.
+    #[serde(default)]
+    pub attributes: TrackAttributes,
+}
+
+/// The attributes of a tracked action. Every field is optional.
+///
+/// Two calls with the same user, action and `idempotency_key` are the same action: the second must carry the
+/// same attributes (see [`Engine::track`](crate::Engine::track)).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrackAttributes {
+    /// Identifies the action together with the user and action code; generated (UUID v4) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The device's id, as the application knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// The client's IP address, IPv4 or IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// The client's `User-Agent` header (may be empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Where the client goes after a challenge; carried into the challenge `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
+    /// The user's email address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The user's phone number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
+    /// The user's username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Application-specific values rules can read as `custom.<key>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom: BTreeMap<String, CustomValue>,
+}
+
+/// A value in [`TrackAttributes::custom`]: a string, a number or a bool.
+///
+/// Rules see an `Int` as a Rhai integer, a `Float` as a float, and so on. JSON integers become `Int`; other JSON
+/// numbers become `Float`. Objects, arrays and `null` are refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CustomValue {
+    /// A string.
+    String(String),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number (must be finite).
+    Float(f64),
+    /// A bool.
+    Bool(bool),
+}
+
+impl From<&str> for CustomValue {
+    fn from(v: &str) -> Self {
+        CustomValue::String(v.to_owned())
+    }
+}
+impl From<String> for CustomValue {
+    fn from(v: String) -> Self {
+        CustomValue::String(v)
+    }
+}
+impl From<i64> for CustomValue {
+    fn from(v: i64) -> Self {
+        CustomValue::Int(v)
+    }
+}
+impl From<f64> for CustomValue {
+    fn from(v: f64) -> Self {
+        CustomValue::Float(v)
+    }
+}
+impl From<bool> for CustomValue {
+    fn from(v: bool) -> Self {
+        CustomValue::Bool(v)
+    }
+}
+
+impl Serialize for CustomValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CustomValue::String(v) => s.serialize_str(v),
+            CustomValue::Int(v) => s.serialize_i64(*v),
+            CustomValue::Float(v) => s.serialize_f64(*v),
+            CustomValue::Bool(v) => s.serialize_bool(*v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CustomValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = CustomValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or bool")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<CustomValue, E> {
+                Ok(CustomValue::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CustomValue, E> {
+                Ok(CustomValue::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CustomValue, E> {
+                // Integers beyond i64 keep their magnitude as a float rather than failing.
+                Ok(i64::try_from(v).map_or(CustomValue::Float(v as f64), CustomValue::Int))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<CustomValue, E> {
+                Ok(CustomValue::Float(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CustomValue, E> {
+                Ok(CustomValue::String(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<CustomValue, E> {
+                Ok(CustomValue::String(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl TrackRequest {
+    /// A request for `user_id` doing `action`, with no attributes.
+    pub fn new(user_id: impl Into<String>, action: impl Into<String>) -> Self {
+        TrackRequest {
+            user_id: user_id.into(),
+            action: action.into(),
+            attributes: TrackAttributes::default(),
+        }
+    }
+
+    /// Parses a request from its JSON wire form.
+    ///
+    /// Malformed JSON is [`TrackError::InvalidJson`]; well-formed JSON with a wrong field (a number for `userId`,
+    /// an unknown attribute, an object in `custom`) is [`TrackError::InvalidRequest`] naming the field. The
+    /// request is not validated further here: [`Engine::track`](crate::Engine::track) does that.
+    pub fn from_json(json: &str) -> Result<Self, TrackError> {
+        from_json_str(json)
+    }
+
+    /// Checks every field against the documented bounds, without touching any engine.
+    ///
+    /// [`Engine::track`](crate::Engine::track) calls this first; it is public so that applications can refuse a
+    /// bad request early with the same message.
+    pub fn validate(&self) -> Result<(), TrackError> {
+        check_id("userId", &self.user_id, MAX_ID_BYTES)?;
+        check_action(&self.action)?;
+        let a = &self.attributes;
+        opt(&a.idempotency_key, |v| {
+            check_id("attributes.idempotencyKey", v, MAX_ID_BYTES)
+        })?;
+        opt(&a.device_id, |v| {
+            check_id("attributes.deviceId", v, MAX_ID_BYTES)
+        })?;
+        opt(&a.ip_address, |v| parse_ip(v).map(|_| ()))?;
+        opt(&a.user_agent, |v| {
+            check_text("attributes.userAgent", v, MAX_LONG_FIELD_BYTES, true)
+        })?;
+        opt(&a.redirect_url, |v| {
+            check_text("attributes.redirectUrl", v, MAX_LONG_FIELD_BYTES, false)
+        })?;
+        opt(&a.email, |v| {
+            check_text("attributes.email", v, MAX_ID_BYTES, false)
+        })?;
+        opt(&a.phone_number, |v| {
+            check_text("attributes.phoneNumber", v, MAX_PHONE_BYTES, false)
+        })?;
+        opt(&a.username, |v| {
+            check_text("attributes.username", v, MAX_ID_BYTES, false)
+        })?;
+        if a.custom.len() > MAX_CUSTOM_ENTRIES {
+            return Err(TrackError::invalid(
+                "attributes.custom",
+                format!(
+                    "has {} entries, at most {MAX_CUSTOM_ENTRIES} are allowed",
+                    a.custom.len()
+                ),
+            ));
+        }
+        for (k, v) in &a.custom {
+            if k.is_empty() || k.len() > MAX_CUSTOM_KEY_BYTES || k.chars().any(char::is_control) {
+                return Err(TrackError::invalid(
+                    "attributes.custom",
+                    format!(
+                        "key `{}` must be 1 to {MAX_CUSTOM_KEY_BYTES} bytes without control characters",
+                        shorten(k)
+                    ),
+                ));
+            }
+            match v {
+                CustomValue::String(s) if s.len() > MAX_CUSTOM_STRING_BYTES => {
+                    return Err(TrackError::invalid(
+                        format!("attributes.custom.{k}"),
+                        format!(
+                            "is {} bytes, at most {MAX_CUSTOM_STRING_BYTES} are allowed",
+                            s.len()
+                        ),
+                    ))
+                }
+                CustomValue::Float(f) if !f.is_finite() => {
+                    return Err(TrackError::invalid(
+                        format!("attributes.custom.{k}"),
+                        format!("must be a finite number, not `{f}`"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A 128-bit fingerprint of everything in the request except the idempotency key, used to refuse a reused
+    /// key that carries a different request.
+    pub(crate) fn fingerprint(&self) -> u128 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let a = &self.attributes;
+        for f in [
+            &a.device_id,
+            &a.ip_address,
+            &a.user_agent,
+            &a.redirect_url,
+            &a.email,
+            &a.phone_number,
+            &a.username,
+        ] {
+            match f {
+                None => h.update(&[0]),
+                Some(s) => {
+                    h.update(&[1]);
+                    h.update(&(s.len() as u64).to_le_bytes());
+                    h.update(s.as_bytes());
+                }
+            }
+        }
+        h.update(&(a.custom.len() as u64).to_le_bytes());
+        for (k, v) in &a.custom {
+            h.update(&(k.len() as u64).to_le_bytes());
+            h.update(k.as_bytes());
+            match v {
+                CustomValue::String(s) => {
+                    h.update(&[2]);
+                    h.update(&(s.len() as u64).to_le_bytes());
+                    h.update(s.as_bytes());
+                }
+                CustomValue::Int(i) => {
+                    h.update(&[3]);
+                    h.update(&i.to_le_bytes());
+                }
+                CustomValue::Float(f) => {
+                    h.update(&[4]);
+                    h.update(&f.to_bits().to_le_bytes());
+                }
+                CustomValue::Bool(b) => h.update(&[5, u8::from(*b)]),
+            }
+        }
+        h.digest128()
+    }
+}
+
+fn opt(
+    v: &Option<String>,
+    f: impl FnOnce(&str) -> Result<(), TrackError>,
+) -> Result<(), TrackError> {
+    v.as_deref().map_or(Ok(()), f)
+}
+
+/// Parses and classifies a JSON document as `T`: syntax errors are `invalid_json`, shape errors
+/// `invalid_request` naming the field path.
+pub(crate) fn from_json_str<T: de::DeserializeOwned>(json: &str) -> Result<T, TrackError> {
+    let de = &mut serde_json::Deserializer::from_str(json);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Err(classify_json_error(&path, &inner))
+        }
+    }
+}
+
+/// Classifies a serde_json error: syntax errors are `invalid_json`, shape errors `invalid_request`.
+pub(crate) fn classify_json_error(path: &str, e: &serde_json::Error) -> TrackError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            let field = if path == "." || path.is_empty() {
+                "request".to_owned()
+            } else {
+                path.to_owned()
+            };
+            TrackError::invalid(field, strip_position(&e.to_string()))
+        }
+        Category::Syntax | Category::Eof | Category::Io => TrackError::InvalidJson(e.to_string()),
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+fn check_id(field: &str, v: &str, max: usize) -> Result<(), TrackError> {
+    if v.is_empty() {
+        return Err(TrackError::invalid(field, "must not be empty"));
+    }
+    check_text(field, v, max, false)
+}
+
+fn check_text(field: &str, v: &str, max: usize, may_be_empty: bool) -> Result<(), TrackError> {
+    if v.is_empty() && !may_be_empty {
+        return Err(TrackError::invalid(
+            field,
+            "must not be empty; leave the field out instead",
+        ));
+    }
+    if v.len() > max {
+        return Err(TrackError::invalid(
+            field,
+            format!("is {} bytes, at most {max} are allowed", v.len()),
+        ));
+    }
+    if let Some(c) = v.chars().find(|c| c.is_control()) {
+        return Err(TrackError::invalid(
+            field,
+            format!("contains the control character {:?}", c),
+        ));
+    }
+    Ok(())
+}
+
+fn check_action(v: &str) -> Result<(), TrackError> {
+    if is_action_code(v) {
+        Ok(())
+    } else {
+        Err(TrackError::invalid(
+            "action",
+            format!(
+                "`{}` is not an action code: expected 1-64 of [a-zA-Z0-9_-]",
+                shorten(v)
+            ),
+        ))
+    }
+}
+
+/// Whether `v` matches `^[a-zA-Z0-9_-]{1,64}$`.
+pub(crate) fn is_action_code(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Parses `attributes.ipAddress`.
+pub(crate) fn parse_ip(v: &str) -> Result<IpAddr, TrackError> {
+    v.parse::<IpAddr>().map_err(|_| {
+        TrackError::invalid(
+            "attributes.ipAddress",
+            format!("`{}` is not an IPv4 or IPv6 address", shorten(v)),
+        )
+    })
+}
+
+/// Cuts user input for an error message to a readable length, escaping control characters.
+pub(crate) fn shorten(v: &str) -> String {
+    let mut out: String = v.chars().take(64).flat_map(char::escape_default).collect();
+    if v.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_values_parse_by_type() {
+        let a: TrackAttributes =
+            serde_json::from_str(r#"{"custom":{"a":"x","b":2,"c":2.5,"d":true}}"#).unwrap();
+        assert_eq!(a.custom["a"], CustomValue::from("x"));
+        assert_eq!(a.custom["b"], CustomValue::Int(2));
+        assert_eq!(a.custom["c"], CustomValue::Float(2.5));
+        assert_eq!(a.custom["d"], CustomValue::Bool(true));
+    }
+
+    #[test]
+    fn fingerprint_ignores_only_the_key() {
+        let mut a = TrackRequest::new("u", "signIn");
+        a.attributes.device_id = Some("d".into());
+        let mut b = a.clone();
+        b.attributes.idempotency_key = Some("k".into());
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.attributes.custom.insert("x".into(), 1i64.into());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let mut c = a.clone();
+        c.attributes.device_id = None;
+        c.attributes.ip_address = Some("d".into());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn json_errors_are_classified() {
+        let e = TrackRequest::from_json("{").unwrap_err();
+        assert_eq!(e.code(), "invalid_json");
+        let e = TrackRequest::from_json(r#"{"userId":1,"action":"a"}"#).unwrap_err();
+        assert!(
+            matches!(&e, TrackError::InvalidRequest { field, .. } if field == "userId"),
+            "{e:?}"
+        );
+        let e = TrackRequest::from_json(
+            r#"{"userId":"u","action":"a","attributes":{"custom":{"k":[1]}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, TrackError::InvalidRequest { field, .. } if field == "attributes.custom.k"),
+            "{e:?}"
+        );
+    }
+}

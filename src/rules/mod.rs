@@ -1,0 +1,380 @@
+//! Rulesets: loading `*.rhai` files and `riskgate.toml` from a folder (or from sources), reading their
+//! metadata, and compiling each rule once.
+
+mod meta;
+pub(crate) mod sandbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use meta::Mode;
+
+use crate::config::Config;
+use crate::error::{Diagnostic, LoadError};
+use crate::RuleId;
+
+/// The deepest folder nesting read under a rules folder (guards against symlink loops).
+const MAX_DEPTH: usize = 16;
+
+/// A compiled, validated set of rules with its configuration. Cheap to clone (shared).
+///
+/// Load one with [`RuleSet::from_dir`] or [`RuleSet::from_sources`], or assemble one with
+/// [`RuleSet::builder`]; hand it to [`EngineBuilder::ruleset`](crate::EngineBuilder::ruleset) or
+/// [`Engine::swap_ruleset`](crate::Engine::swap_ruleset).
+///
+/// ```
+/// let rules = riskgate::RuleSet::from_sources([
+///     ("block-tor", r#"//! priority: 1
+///         if custom.tor == true { BLOCK }"#),
+/// ])?;
+/// assert_eq!(rules.rules().next().map(|r| r.id.to_string()), Some("block-tor".to_owned()));
+/// # Ok::<(), riskgate::LoadError>(())
+/// ```
+#[derive(Clone)]
+pub struct RuleSet {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub engine: rhai::Engine,
+    pub rules: Vec<Rule>,
+    /// Rules that apply to each action code named in some rule's `actions`, in evaluation order.
+    pub by_action: HashMap<String, Vec<usize>>,
+    /// Rules that apply to an action code no rule names (those without `actions`).
+    pub for_any_action: Vec<usize>,
+    pub config: Config,
+    pub dir: Option<PathBuf>,
+}
+
+pub(crate) struct Rule {
+    pub id: RuleId,
+    pub meta: meta::Meta,
+    pub ast: rhai::AST,
+}
+
+/// What a ruleset says about one of its rules (for listings such as `riskgate check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuleInfo {
+    /// The rule id.
+    pub id: RuleId,
+    /// 0–99, lower is stronger.
+    pub priority: u8,
+    /// The action codes the rule applies to; `None` for every action.
+    pub actions: Option<Vec<String>>,
+    /// Enforce or shadow.
+    pub mode: Mode,
+    /// Whether the rule is evaluated at all (`//! enabled: false` turns it off).
+    pub enabled: bool,
+    /// The rule's description.
+    pub description: Option<String>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field(
+                "rules",
+                &self
+                    .inner
+                    .rules
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuleSet {
+    /// Loads every `*.rhai` file under `dir` (recursively, except under `dir/lists/` and hidden entries), and
+    /// `dir/riskgate.toml` if present.
+    ///
+    /// Every problem in every file is reported, each as `file:line:column: message`.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<RuleSet, LoadError> {
+        let dir = dir.as_ref();
+        let mut b = RuleSet::builder();
+        let mut files = Vec::new();
+        collect(dir, dir, 0, &mut files)?;
+        files.sort();
+        for (id, path) in files {
+            let source = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            b.push(id, source, path.display().to_string());
+        }
+        let toml = dir.join("riskgate.toml");
+        match std::fs::read_to_string(&toml) {
+            Ok(text) => {
+                b.config = Some((text, toml.display().to_string()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LoadError::Io { path: toml, source }),
+        }
+        b.dir = Some(dir.to_path_buf());
+        b.build()
+    }
+
+    /// Compiles rules given as `(rule id, source)` pairs, with the default configuration.
+    pub fn from_sources<I, K, V>(sources: I) -> Result<RuleSet, LoadError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut b = RuleSet::builder();
+        for (id, src) in sources {
+            b = b.rule(id, src);
+        }
+        b.build()
+    }
+
+    /// Starts a ruleset assembled in code.
+    pub fn builder() -> RuleSetBuilder {
+        RuleSetBuilder::default()
+    }
+
+    /// The rules, in id order.
+    pub fn rules(&self) -> impl Iterator<Item = RuleInfo> + '_ {
+        self.inner.rules.iter().map(|r| RuleInfo {
+            id: r.id.clone(),
+            priority: r.meta.priority,
+            actions: r.meta.actions.clone(),
+            mode: r.meta.mode,
+            enabled: r.meta.enabled,
+            description: r.meta.description.clone(),
+        })
+    }
+
+    /// How many rules the set holds (enabled or not).
+    pub fn len(&self) -> usize {
+        self.inner.rules.len()
+    }
+
+    /// Whether the set holds no rules.
+    pub fn is_empty(&self) -> bool {
+        self.inner.rules.is_empty()
+    }
+
+    /// The folder this set was loaded from, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.inner.dir.as_deref()
+    }
+}
+
+impl Inner {
+    /// The indices of the enabled rules that apply to `action`, in evaluation order.
+    pub(crate) fn rules_for(&self, action: &str) -> &[usize] {
+        self.by_action.get(action).unwrap_or(&self.for_any_action)
+    }
+}
+
+/// Assembles a [`RuleSet`] from sources and configuration text.
+///
+/// ```
+/// let rules = riskgate::RuleSet::builder()
+///     .rule("big-withdrawal", "if custom.amount > 10000 { REVIEW }")
+///     .config_toml("default_outcome = \"ALLOW\"")
+///     .build()?;
+/// assert_eq!(rules.len(), 1);
+/// # Ok::<(), riskgate::LoadError>(())
+/// ```
+#[derive(Default)]
+#[must_use]
+pub struct RuleSetBuilder {
+    sources: Vec<(String, String, String)>,
+    config: Option<(String, String)>,
+    dir: Option<PathBuf>,
+}
+
+impl RuleSetBuilder {
+    /// Adds a rule with id `id` (diagnostics name it as the file).
+    pub fn rule(mut self, id: impl Into<String>, source: impl Into<String>) -> Self {
+        let id = id.into();
+        let file = id.clone();
+        self.push(id, source.into(), file);
+        self
+    }
+
+    /// Uses `text` as the ruleset's `riskgate.toml`.
+    pub fn config_toml(mut self, text: impl Into<String>) -> Self {
+        self.config = Some((text.into(), "riskgate.toml".to_owned()));
+        self
+    }
+
+    fn push(&mut self, id: String, source: String, file: String) {
+        self.sources.push((id, source, file));
+    }
+
+    /// Compiles every rule; every problem found is reported.
+    pub fn build(self) -> Result<RuleSet, LoadError> {
+        let mut problems: Vec<Diagnostic> = Vec::new();
+        let config = match &self.config {
+            Some((text, file)) => match Config::parse(text, file) {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.extend(e.diagnostics().iter().cloned());
+                    Config::default()
+                }
+            },
+            None => Config::default(),
+        };
+        let engine = sandbox::new_engine(&config.limits);
+        let scope = sandbox::compile_scope();
+        let mut rules: Vec<Rule> = Vec::with_capacity(self.sources.len());
+        let mut sources = self.sources;
+        sources.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, source, file) in sources {
+            if let Err(m) = check_rule_id(&id) {
+                problems.push(Diagnostic {
+                    file,
+                    line: 0,
+                    column: 0,
+                    message: m,
+                });
+                continue;
+            }
+            if rules.iter().any(|r| r.id.as_str() == id) {
+                problems.push(Diagnostic {
+                    file,
+                    line: 0,
+                    column: 0,
+                    message: format!("rule id `{id}` is given twice"),
+                });
+                continue;
+            }
+            let meta = match meta::parse(&source, &file) {
+                Ok(m) => Some(m),
+                Err(mut d) => {
+                    problems.append(&mut d);
+                    None
+                }
+            };
+            match engine.compile_with_scope(&scope, &source) {
+                Ok(ast) => {
+                    if let Some(meta) = meta {
+                        rules.push(Rule {
+                            id: RuleId::new(&id),
+                            meta,
+                            ast,
+                        });
+                    }
+                }
+                Err(e) => problems.push(Diagnostic {
+                    file,
+                    line: e.1.line().unwrap_or(0),
+                    column: e.1.position().unwrap_or(0),
+                    message: e.0.to_string(),
+                }),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(LoadError::Invalid(problems));
+        }
+        let (by_action, for_any_action) = index_by_action(&rules);
+        Ok(RuleSet {
+            inner: Arc::new(Inner {
+                engine,
+                rules,
+                by_action,
+                for_any_action,
+                config,
+                dir: self.dir,
+            }),
+        })
+    }
+}
+
+fn check_rule_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 255
+        && id
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && !id.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid rule id `{}`: expected 1-255 bytes of `/`-separated names",
+            crate::request::shorten(id)
+        ))
+    }
+}
+
+fn index_by_action(rules: &[Rule]) -> (HashMap<String, Vec<usize>>, Vec<usize>) {
+    let any: Vec<usize> = (0..rules.len())
+        .filter(|&i| rules[i].meta.enabled && rules[i].meta.actions.is_none())
+        .collect();
+    let mut by_action: HashMap<String, Vec<usize>> = HashMap::new();
+    for r in rules {
+        for code in r.meta.actions.iter().flatten() {
+            by_action.entry(code.clone()).or_default();
+        }
+    }
+    for (code, list) in by_action.iter_mut() {
+        *list = (0..rules.len())
+            .filter(|&i| {
+                let m = &rules[i].meta;
+                m.enabled
+                    && m.actions
+                        .as_ref()
+                        .is_none_or(|a| a.iter().any(|c| c == code))
+            })
+            .collect();
+    }
+    (by_action, any)
+}
+
+/// Collects `(rule id, path)` for every rule file under `dir`.
+fn collect(
+    root: &Path,
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<(), LoadError> {
+    if depth > MAX_DEPTH {
+        return Err(LoadError::one(
+            dir.display().to_string(),
+            0,
+            0,
+            format!("rules are nested more than {MAX_DEPTH} folders deep"),
+        ));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| LoadError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || (depth == 0 && name == "lists") {
+            continue;
+        }
+        let meta = std::fs::metadata(&path).map_err(|source| LoadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            collect(root, &path, depth + 1, out)?;
+        } else if let Some(stem) = name.strip_suffix(".rhai") {
+            let rel = path.parent().and_then(|p| p.strip_prefix(root).ok());
+            let mut id = String::new();
+            for part in rel.into_iter().flat_map(|p| p.components()) {
+                id.push_str(&part.as_os_str().to_string_lossy());
+                id.push('/');
+            }
+            id.push_str(stem);
+            out.push((id, path));
+        }
+    }
+    Ok(())
+}
