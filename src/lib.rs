@@ -35,6 +35,8 @@ mod rules;
 mod signals;
 mod store;
 
+pub mod replay;
+
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Diagnostic, LoadError, TrackError};

@@ -2,8 +2,7 @@
 
 use std::io::{self, BufRead};
 
-/// The longest input line accepted, in bytes.
-pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+pub use riskgate::replay::MAX_LINE_BYTES;
 
 /// One input line.
 pub enum Line {
