@@ -18,11 +18,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     };
     let resp = engine.track(&request)?;
-    println!("signIn without a device: {} (rules: {:?})", resp.state, resp.rule_ids);
+    println!(
+        "signIn without a device: {} (rules: {:?})",
+        resp.state, resp.rule_ids
+    );
 
     if resp.state == State::ChallengeRequired {
         // Hand resp.token / resp.url to the client; when the challenge is passed, record it:
-        engine.update_action(&request.user_id, &request.action, &resp.idempotency_key, State::ChallengeSucceeded)?;
+        engine.update_action(
+            &request.user_id,
+            &request.action,
+            &resp.idempotency_key,
+            State::ChallengeSucceeded,
+        )?;
         if let Some(token) = &resp.token {
             let check = engine.validate_challenge(token);
             println!("challenge token valid: {}", check.is_valid);
@@ -31,7 +39,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut withdraw = TrackRequest::new(request.user_id.clone(), "withdraw-funds");
     withdraw.attributes.device_id = Some("555c17e1-3837-4f13-81bb-131e5597e168".into());
-    withdraw.attributes.custom.insert("amount".into(), 25_000i64.into());
+    withdraw
+        .attributes
+        .custom
+        .insert("amount".into(), 25_000i64.into());
     let resp = engine.track(&withdraw)?;
     match resp.state {
         State::Allow => println!("withdrawal allowed"),

@@ -5,6 +5,7 @@
 
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -55,6 +56,7 @@ struct Shared {
     clock: Arc<dyn Clock>,
     rules_dir: Option<PathBuf>,
     reload: Mutex<()>,
+    decisions: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -110,6 +112,7 @@ impl EngineBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
                 reload: Mutex::new(()),
+                decisions: AtomicU64::new(0),
             }),
         })
     }
@@ -185,7 +188,14 @@ impl Engine {
     }
 
     /// Runs the rules for a new action and fixes its first decision.
-    fn decide(&self, rs: &rules::Inner, req: &TrackRequest, now_ms: i64, slot: &Slot) -> Decided {
+    fn decide(
+        &self,
+        rs: &rules::Inner,
+        req: &TrackRequest,
+        now_ms: i64,
+        slot: &Arc<Slot>,
+    ) -> Decided {
+        self.shared.decisions.fetch_add(1, Ordering::Relaxed);
         let idx = rs.rules_for(&req.action);
         let mut results = Vec::with_capacity(idx.len());
         sandbox::evaluate(
@@ -267,20 +277,13 @@ impl Engine {
             .ok_or_else(not_found)?;
         let decided = slot.decided.get().ok_or_else(not_found)?;
         let from = slot.state();
-        let allowed = allowed_moves(from);
-        let permitted = match from {
-            State::ChallengeRequired => matches!(
-                new_state,
-                State::ChallengeSucceeded | State::ChallengeFailed
-            ),
-            State::Review => matches!(new_state, State::ReviewSucceeded | State::ReviewFailed),
-            _ => false,
-        };
-        if !permitted || !slot.transition(from, new_state, now_ms) {
+        if !transition_allowed(from, new_state) || !slot.transition(from, new_state, now_ms) {
+            // Report the state the refusal was decided on: after a lost race it is the winner's.
+            let current = slot.state();
             return Err(TrackError::InvalidTransition {
-                from: slot.state(),
+                from: current,
                 to: new_state,
-                allowed,
+                allowed: allowed_moves(current),
             });
         }
         Ok(record(&slot, decided))
@@ -290,6 +293,7 @@ impl Engine {
     /// and it was not validated before. The action's identity and state are returned either way.
     pub fn validate_challenge(&self, token: &str) -> ValidateChallengeResponse {
         let now_ms = to_millis(self.shared.clock.now());
+        let ttl = self.shared.ruleset.load().config.idempotency_ttl_ms;
         let invalid = |reason: &str| ValidateChallengeResponse {
             is_valid: false,
             state: None,
@@ -301,7 +305,7 @@ impl Engine {
         if token.is_empty() || token.len() > 128 {
             return invalid("unknown_token");
         }
-        let Some(slot) = self.shared.store.by_token(token) else {
+        let Some(slot) = self.shared.store.by_token(token, now_ms, ttl) else {
             return invalid("unknown_token");
         };
         let Some(decided) = slot.decided.get() else {
@@ -362,6 +366,27 @@ impl Engine {
     pub fn stored_actions(&self) -> usize {
         self.shared.store.len()
     }
+
+    /// How many times this engine has evaluated the rules: once per new action. Repeats (idempotent calls,
+    /// including concurrent ones coalesced into one decision), conflicts and refused requests do not count.
+    ///
+    /// With [`stored_actions`](Engine::stored_actions) this tells how often callers repeat, and lets a test
+    /// check that concurrent calls with one identity decided once.
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, TrackRequest};
+    ///
+    /// let engine = Engine::builder().ruleset(RuleSet::from_sources([("r", "ALLOW")])?).build()?;
+    /// let mut req = TrackRequest::new("user-1", "signIn");
+    /// req.attributes.idempotency_key = Some("k1".into());
+    /// engine.track(&req)?;
+    /// engine.track(&req)?; // a repeat: the stored action, no evaluation
+    /// assert_eq!(engine.decisions(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn decisions(&self) -> u64 {
+        self.shared.decisions.load(Ordering::Relaxed)
+    }
 }
 
 fn respond(slot: &Slot, d: &Decided) -> TrackResponse {
@@ -388,6 +413,17 @@ fn record(slot: &Slot, d: &Decided) -> ActionRecord {
         priority_rule_id: d.decision.priority_rule_id.clone(),
         created_at: crate::clock::from_millis(slot.created_ms),
         state_updated_at: crate::clock::from_millis(slot.state_updated_ms()),
+    }
+}
+
+/// The lifecycle of DESIGN §5: a challenge resolves once, a review resolves once; nothing else moves.
+fn transition_allowed(from: State, to: State) -> bool {
+    match from {
+        State::ChallengeRequired => {
+            matches!(to, State::ChallengeSucceeded | State::ChallengeFailed)
+        }
+        State::Review => matches!(to, State::ReviewSucceeded | State::ReviewFailed),
+        _ => false,
     }
 }
 

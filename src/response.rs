@@ -186,7 +186,10 @@ pub struct RuleError {
 ///
 /// A repeated call with the same identity returns the same action: the same `idempotency_key`, `token`,
 /// `url`, rule ids and errors, and its current `state`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The challenge `token` is a bearer secret: `Debug` prints `token` and `url` as `"<redacted>"`, so logging a
+/// response with `{:?}` never leaks one. Serialising it (to hand it to the client) writes the real values.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackResponse {
     /// The action's current state (after any [`update_action`](crate::Engine::update_action)).

@@ -8,14 +8,18 @@
 //! - A new identity inserts an empty slot under the shard lock, releases the lock, and then decides inside the
 //!   slot's `OnceLock`: concurrent callers with the same identity wait on that cell and the rules run once. No
 //!   map lock is held while rules run.
-//! - Retention: a FIFO of (key, time) in insertion order. Inserting pops from its front every action older than
-//!   the TTL, and more while the store holds more than its capacity (oldest first). A lookup also treats an
-//!   expired action as absent, so expiry is exact even between inserts.
+//! - Retention: a FIFO of (key, slot sequence number, time) in insertion order. Inserting pops from its front
+//!   every action older than the TTL, and more while the store holds more than its capacity (oldest first). A
+//!   lookup also treats an expired action as absent, so expiry is exact even between inserts. An entry removes
+//!   only the slot it was pushed for (same sequence number): a key inserted again after expiry has its own.
+//! - Tokens: a second map from the token's hash to its slot. A token lives exactly as long as its slot is in
+//!   the store; see [`Store::register_token`] for how eviction and registration, which race, never leave an
+//!   orphan behind.
 
 use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::decide::Decision;
@@ -59,12 +63,16 @@ pub(crate) struct Slot {
     ident: Box<str>,
     user_len: u32,
     action_len: u32,
+    /// Unique per slot in this store: tells a retention entry whether it still stands for the stored slot.
+    seq: u64,
     pub fingerprint: u128,
     pub created_ms: i64,
     pub decided: OnceLock<Decided>,
     state: AtomicU8,
     state_updated_ms: AtomicI64,
     token_used: AtomicBool,
+    /// The hash of the slot's challenge token, set just before the token is registered.
+    token_hash: OnceLock<u128>,
 }
 
 /// What the first decision fixed for an action.
@@ -76,7 +84,14 @@ pub(crate) struct Decided {
 }
 
 impl Slot {
-    fn new(user_id: &str, action: &str, key: &str, fingerprint: u128, now_ms: i64) -> Self {
+    fn new(
+        user_id: &str,
+        action: &str,
+        key: &str,
+        seq: u64,
+        fingerprint: u128,
+        now_ms: i64,
+    ) -> Self {
         let mut ident = String::with_capacity(user_id.len() + action.len() + key.len());
         ident.push_str(user_id);
         ident.push_str(action);
@@ -85,12 +100,14 @@ impl Slot {
             ident: ident.into_boxed_str(),
             user_len: user_id.len() as u32,
             action_len: action.len() as u32,
+            seq,
             fingerprint,
             created_ms: now_ms,
             decided: OnceLock::new(),
             state: AtomicU8::new(State::Allow.to_u8()),
             state_updated_ms: AtomicI64::new(now_ms),
             token_used: AtomicBool::new(false),
+            token_hash: OnceLock::new(),
         }
     }
 
@@ -158,9 +175,17 @@ pub(crate) enum Found {
 /// The bounded action store.
 pub(crate) struct Store {
     map: Map<Arc<Slot>>,
-    tokens: Map<u128>,
-    order: Mutex<VecDeque<(u128, i64)>>,
+    tokens: Map<Arc<Slot>>,
+    order: Mutex<VecDeque<Entry>>,
     capacity: AtomicUsize,
+    next_seq: AtomicU64,
+}
+
+/// A retention entry: the slot stored under `key` with sequence number `seq`, created at `created_ms`.
+struct Entry {
+    key: u128,
+    seq: u64,
+    created_ms: i64,
 }
 
 impl Store {
@@ -170,6 +195,7 @@ impl Store {
             tokens: Map::default(),
             order: Mutex::new(VecDeque::new()),
             capacity: AtomicUsize::new(capacity.max(1)),
+            next_seq: AtomicU64::new(0),
         }
     }
 
@@ -219,7 +245,9 @@ impl Store {
                 };
             }
         }
-        let found = match self.map.entry(h) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let fresh = Arc::new(Slot::new(user_id, action, key, seq, fingerprint, now_ms));
+        let replaced = match self.map.entry(h) {
             dashmap::Entry::Occupied(mut e) => {
                 let s = Arc::clone(e.get());
                 if !expired(&s, now_ms, ttl_ms) {
@@ -229,66 +257,101 @@ impl Store {
                         Err(s)
                     };
                 }
-                let fresh = Arc::new(Slot::new(user_id, action, key, fingerprint, now_ms));
-                self.forget_token(&s);
+                // The stored action expired: it is gone, so this is a new action (and no conflict).
                 e.insert(Arc::clone(&fresh));
-                fresh
+                Some(s)
             }
             dashmap::Entry::Vacant(e) => {
-                let fresh = Arc::new(Slot::new(user_id, action, key, fingerprint, now_ms));
                 e.insert(Arc::clone(&fresh));
-                fresh
+                None
             }
         };
-        self.admit(h, now_ms, ttl_ms);
-        Ok(Found::New(found))
+        if let Some(old) = replaced {
+            self.forget_token(&old);
+        }
+        self.admit(h, seq, now_ms, ttl_ms);
+        Ok(Found::New(fresh))
     }
 
-    /// Records a new key in the retention order, and evicts what is expired or over capacity.
-    fn admit(&self, h: u128, now_ms: i64, ttl_ms: i64) {
+    /// Records a new slot in the retention order, and evicts what is expired or over capacity.
+    fn admit(&self, key: u128, seq: u64, now_ms: i64, ttl_ms: i64) {
         let capacity = self.capacity.load(Ordering::Relaxed);
-        let mut evict: Vec<(u128, i64)> = Vec::new();
+        let mut evict: Vec<Entry> = Vec::new();
         {
-            let Ok(mut order) = self.order.lock() else {
-                return;
-            };
-            order.push_back((h, now_ms));
-            while let Some(&(k, t)) = order.front() {
-                if order.len() > capacity || t.saturating_add(ttl_ms) <= now_ms {
-                    order.pop_front();
-                    evict.push((k, t));
+            // A poisoned lock only means another thread panicked while holding it; the queue is still whole.
+            let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            order.push_back(Entry {
+                key,
+                seq,
+                created_ms: now_ms,
+            });
+            while let Some(front) = order.front() {
+                if order.len() > capacity || front.created_ms.saturating_add(ttl_ms) <= now_ms {
+                    if let Some(e) = order.pop_front() {
+                        evict.push(e);
+                    }
                 } else {
                     break;
                 }
             }
         }
-        for (k, t) in evict {
+        for e in evict {
             // Remove only the slot this entry stands for: a key inserted again after expiry has its own entry.
-            if let Some((_, s)) = self.map.remove_if(&k, |_, s| s.created_ms == t) {
+            if let Some((_, s)) = self.map.remove_if(&e.key, |_, s| s.seq == e.seq) {
                 self.forget_token(&s);
             }
         }
     }
 
-    /// Registers the token of a decided slot.
-    pub fn register_token(&self, token: &str, slot: &Slot) {
-        self.tokens.insert(
-            token_hash(token),
-            identity_hash(slot.user_id(), slot.action(), slot.key()),
-        );
+    /// Registers the challenge token of `slot`, which is being decided.
+    ///
+    /// INVARIANT: the token map holds a token only while its slot is in the action map. Eviction and
+    /// registration race (a slot can be evicted while its first caller is still deciding), so both sides
+    /// publish first and check second, with a sequentially consistent fence between: registration sets
+    /// `token_hash`, inserts the token, then checks the slot is still stored (and withdraws the token if not);
+    /// eviction removes the slot, then reads `token_hash` and removes the token. Whichever runs second sees
+    /// the other's write, so no token outlives its slot.
+    pub fn register_token(&self, token: &str, slot: &Arc<Slot>) {
+        let th = token_hash(token);
+        if slot.token_hash.set(th).is_err() {
+            return;
+        }
+        self.tokens.insert(th, Arc::clone(slot));
+        fence(Ordering::SeqCst);
+        let h = identity_hash(slot.user_id(), slot.action(), slot.key());
+        let stored = self
+            .map
+            .get(&h)
+            .is_some_and(|s| Arc::ptr_eq(s.value(), slot));
+        if !stored {
+            self.tokens.remove_if(&th, |_, s| Arc::ptr_eq(s, slot));
+        }
     }
 
-    /// The action a token belongs to, with the token compared in full.
-    pub fn by_token(&self, token: &str) -> Option<Arc<Slot>> {
-        let key = *self.tokens.get(&token_hash(token))?;
-        let slot = self.map.get(&key).map(|s| Arc::clone(&s))?;
+    /// The live action a token belongs to, with the token compared in full (in constant time).
+    pub fn by_token(&self, token: &str, now_ms: i64, ttl_ms: i64) -> Option<Arc<Slot>> {
+        let slot = self
+            .tokens
+            .get(&token_hash(token))
+            .map(|s| Arc::clone(&s))?;
+        if expired(&slot, now_ms, ttl_ms) {
+            return None;
+        }
         let stored = slot.decided.get()?.token.as_deref()?;
         constant_time_eq(stored.as_bytes(), token.as_bytes()).then_some(slot)
     }
 
-    fn forget_token(&self, slot: &Slot) {
-        if let Some(t) = slot.decided.get().and_then(|d| d.token.as_deref()) {
-            self.tokens.remove(&token_hash(t));
+    /// How many challenge tokens are registered (one per stored action that has one).
+    #[cfg(test)]
+    pub fn tokens_len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Withdraws the token of a slot that was just removed from the action map (see `register_token`).
+    fn forget_token(&self, slot: &Arc<Slot>) {
+        fence(Ordering::SeqCst);
+        if let Some(&th) = slot.token_hash.get() {
+            self.tokens.remove_if(&th, |_, s| Arc::ptr_eq(s, slot));
         }
     }
 }
@@ -311,4 +374,89 @@ pub(crate) fn new_token() -> Option<String> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).ok()?;
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Decision;
+
+    const TTL: i64 = 60_000;
+
+    fn decide_with_token(store: &Store, slot: &Arc<Slot>, token: &str) {
+        store.register_token(token, slot);
+        let _ = slot.decided.set(Decided {
+            decision: Decision {
+                state: State::ChallengeRequired,
+                rule_ids: Vec::new(),
+                priority_rule_id: None,
+                shadow_rule_ids: Vec::new(),
+                errors: Vec::new(),
+            },
+            token: Some(token.into()),
+            token_expires_ms: i64::MAX,
+            url: None,
+        });
+    }
+
+    fn insert(store: &Store, key: &str, now_ms: i64) -> Arc<Slot> {
+        match store.get_or_insert("u", "a", key, 0, now_ms, TTL) {
+            Ok(Found::New(s)) => s,
+            _ => panic!("`{key}` should be new"),
+        }
+    }
+
+    #[test]
+    fn tokens_never_outlive_their_actions() {
+        let store = Store::new(4);
+        for i in 0..100 {
+            let slot = insert(&store, &format!("k{i}"), i);
+            decide_with_token(&store, &slot, &format!("t{i}"));
+            assert!(store.len() <= 4);
+            assert_eq!(store.tokens_len(), store.len());
+        }
+        assert!(store.by_token("t99", 100, TTL).is_some());
+        assert!(store.by_token("t0", 100, TTL).is_none());
+    }
+
+    #[test]
+    fn a_token_registered_after_its_action_was_evicted_is_withdrawn() {
+        let store = Store::new(1);
+        let first = insert(&store, "k1", 0);
+        // A second action evicts the first while its caller is still deciding.
+        let second = insert(&store, "k2", 1);
+        decide_with_token(&store, &first, "t1");
+        decide_with_token(&store, &second, "t2");
+        assert_eq!(store.tokens_len(), 1);
+        assert!(store.by_token("t1", 2, TTL).is_none());
+        assert!(store.by_token("t2", 2, TTL).is_some());
+    }
+
+    #[test]
+    fn an_expired_action_is_replaced_and_its_token_forgotten() {
+        let store = Store::new(10);
+        let old = insert(&store, "k", 0);
+        decide_with_token(&store, &old, "t-old");
+        assert!(store.by_token("t-old", TTL - 1, TTL).is_some());
+        assert!(store.by_token("t-old", TTL, TTL).is_none());
+        let fresh = insert(&store, "k", TTL);
+        assert!(!Arc::ptr_eq(&old, &fresh));
+        assert_eq!(store.tokens_len(), 0);
+        assert_eq!(store.len(), 1);
+        // The retention entry of the expired slot must not remove its successor.
+        insert(&store, "other", TTL + 1);
+        assert!(store.get("u", "a", "k", TTL + 1, TTL).is_some());
+    }
+
+    #[test]
+    fn expired_actions_are_evicted_on_the_next_insert() {
+        let store = Store::new(100);
+        for i in 0..10 {
+            insert(&store, &format!("k{i}"), i);
+        }
+        assert_eq!(store.len(), 10);
+        insert(&store, "late", TTL + 5);
+        // k0..=k5 expired (created at 0..=5, TTL 60 s); k6..=k9 and `late` remain.
+        assert_eq!(store.len(), 5);
+    }
 }
