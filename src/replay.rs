@@ -179,13 +179,15 @@ impl Replayer {
                 };
                 to_json(&engine.validate_challenge(&token))?
             }
-            other => return Err(invalid(
-                "op",
-                &format!(
+            other => {
+                return Err(invalid(
+                    "op",
+                    &format!(
                     "unknown operation `{}`: expected updateAction, getAction or validateChallenge",
                     crate::request::shorten(other)
                 ),
-            )),
+                ))
+            }
         };
         Ok((json, Outcome::Operation))
     }

@@ -215,6 +215,22 @@ pub struct TrackResponse {
     pub errors: Vec<RuleError>,
 }
 
+impl fmt::Debug for TrackResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const REDACTED: Option<&str> = Some("<redacted>");
+        f.debug_struct("TrackResponse")
+            .field("state", &self.state)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("token", &self.token.as_ref().and(REDACTED))
+            .field("url", &self.url.as_ref().and(REDACTED))
+            .field("rule_ids", &self.rule_ids)
+            .field("priority_rule_id", &self.priority_rule_id)
+            .field("shadow_rule_ids", &self.shadow_rule_ids)
+            .field("errors", &self.errors)
+            .finish()
+    }
+}
+
 /// A stored action, as [`Engine::get_action`](crate::Engine::get_action) and
 /// [`Engine::update_action`](crate::Engine::update_action) return it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
