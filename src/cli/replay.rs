@@ -12,7 +12,7 @@
 use riskgate::replay::{Outcome, Output, Replayer};
 use riskgate::Engine;
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -45,7 +45,11 @@ pub fn run(rules: &Path, events: &str) -> ExitCode {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let result = if events == "-" {
-        replay(&mut replayer, &mut io::stdin().lock(), &mut out)
+        replay(
+            &mut replayer,
+            &mut io::BufReader::new(io::stdin()),
+            &mut out,
+        )
     } else {
         match std::fs::File::open(events) {
             Ok(f) => replay(&mut replayer, &mut io::BufReader::new(f), &mut out),
@@ -69,9 +73,13 @@ pub fn run(rules: &Path, events: &str) -> ExitCode {
 }
 
 /// Replays every line of `input` into `out`.
-pub fn replay(
+///
+/// Output is flushed whenever the input has nothing more buffered, before waiting for more: a program that
+/// drives `riskgate replay -` through a pipe (send a track line, read its token, send `validateChallenge`)
+/// gets each answer without closing its end, while a file is still written in large blocks.
+pub fn replay<R: io::Read>(
     replayer: &mut Replayer,
-    input: &mut impl BufRead,
+    input: &mut io::BufReader<R>,
     out: &mut impl Write,
 ) -> io::Result<Summary> {
     let mut s = Summary::default();
@@ -80,7 +88,13 @@ pub fn replay(
     }
     let started = Instant::now();
     let mut n = 0u64;
-    while let Some(line) = next_line(input)? {
+    loop {
+        if input.buffer().is_empty() {
+            out.flush()?;
+        }
+        let Some(line) = next_line(input)? else {
+            break;
+        };
         n += 1;
         let output = match line {
             Line::TooLong(len) => replayer.too_long(n, len),

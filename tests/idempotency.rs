@@ -1,0 +1,455 @@
+//! Idempotency: repeats return the stored action, conflicts are refused, retention is bounded in time, count
+//! and memory, and concurrent first calls decide once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use riskgate::{Engine, FakeClock, RuleSet, State, TrackError, TrackRequest, TrackResponse};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+// Counts every byte this test binary allocates, so the memory bound below is measured, not guessed.
+#[global_allocator]
+static ALLOC: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+/// Decides from `custom.decide`: "challenge", "review", "block"; anything else falls to the default, ALLOW.
+const DECIDE: &str = r#"//! priority: 10
+let d = custom.decide;
+if d == "challenge" { CHALLENGE_REQUIRED } else if d == "review" { REVIEW } else if d == "block" { BLOCK }"#;
+
+fn engine_with(config: &str, clock: &FakeClock) -> Engine {
+    let rules = RuleSet::builder()
+        .rule("decide", DECIDE)
+        .rule("shadow/always", "//! mode: shadow\nBLOCK")
+        .config_toml(config)
+        .build()
+        .unwrap();
+    Engine::builder()
+        .ruleset(rules)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+fn engine(clock: &FakeClock) -> Engine {
+    engine_with("", clock)
+}
+
+fn req(user: &str, key: Option<&str>, decide: &str) -> TrackRequest {
+    let mut r = TrackRequest::new(user, "withdraw-funds");
+    r.attributes.idempotency_key = key.map(Into::into);
+    r.attributes.ip_address = Some("203.0.113.7".into());
+    r.attributes.custom.insert("decide".into(), decide.into());
+    r
+}
+
+#[test]
+fn a_repeat_returns_the_same_action_without_evaluating_rules() {
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    for decide in ["allow", "challenge", "review", "block"] {
+        let r = req("u1", Some(decide), decide);
+        let first = e.track(&r).unwrap();
+        let before = e.decisions();
+        clock.advance(Duration::from_secs(5));
+        let again = e.track(&r).unwrap();
+        assert_eq!(again, first, "{decide}");
+        assert_eq!(e.decisions(), before, "a repeat must not evaluate rules");
+        // The stored record agrees with both.
+        let rec = e.get_action("u1", "withdraw-funds", decide).unwrap();
+        assert_eq!(rec.state, first.state);
+        assert_eq!(rec.outcome, first.state);
+        assert_eq!(rec.rule_ids, first.rule_ids);
+        assert_eq!(rec.priority_rule_id, first.priority_rule_id);
+        assert_eq!(
+            rec.created_at, rec.state_updated_at,
+            "not updated: the creation time"
+        );
+    }
+    let challenge = e.track(&req("u1", Some("challenge"), "challenge")).unwrap();
+    assert_eq!(challenge.state, State::ChallengeRequired);
+    assert!(challenge.token.is_some());
+    assert_eq!(challenge.rule_ids, ["decide"]);
+    assert_eq!(challenge.shadow_rule_ids, ["shadow/always"]);
+    assert_eq!(e.decisions(), 4);
+    assert_eq!(e.stored_actions(), 4);
+}
+
+#[test]
+fn a_repeat_after_update_action_returns_the_new_state() {
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    let r = req("u1", Some("k1"), "review");
+    let first = e.track(&r).unwrap();
+    assert_eq!(first.state, State::Review);
+    clock.advance(Duration::from_secs(60));
+    let updated = e
+        .update_action("u1", "withdraw-funds", "k1", State::ReviewSucceeded)
+        .unwrap();
+    let again = e.track(&r).unwrap();
+    assert_eq!(again.state, State::ReviewSucceeded);
+    assert_eq!(
+        TrackResponse {
+            state: first.state,
+            ..again.clone()
+        },
+        first,
+        "everything but the state is the first decision's"
+    );
+    assert_eq!(e.get_action("u1", "withdraw-funds", "k1").unwrap(), updated);
+    assert_eq!(updated.outcome, State::Review);
+    assert_eq!(e.decisions(), 1);
+}
+
+#[test]
+fn the_identity_is_user_action_and_key() {
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    let a = req("u1", Some("k"), "allow");
+    let mut other_action = a.clone();
+    other_action.action = "signIn".into();
+    let other_user = req("u2", Some("k"), "block");
+    e.track(&a).unwrap();
+    // Same key, another user or action: a different action, even with different attributes.
+    assert_eq!(e.track(&other_user).unwrap().state, State::Block);
+    assert_eq!(e.track(&other_action).unwrap().state, State::Allow);
+    assert_eq!(e.decisions(), 3);
+    // Strings that concatenate alike are still different identities.
+    let ab = req("ab", Some("c"), "allow");
+    let a_bc = req("a", Some("bc"), "block");
+    assert_eq!(e.track(&ab).unwrap().state, State::Allow);
+    assert_eq!(e.track(&a_bc).unwrap().state, State::Block);
+}
+
+#[test]
+fn without_a_key_the_engine_generates_a_uuid_v4_that_repeats() {
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    let r = req("u1", None, "challenge");
+    let first = e.track(&r).unwrap();
+    let key = uuid::Uuid::parse_str(&first.idempotency_key).unwrap();
+    assert_eq!(key.get_version_num(), 4);
+    assert_eq!(first.idempotency_key, key.hyphenated().to_string());
+    // Another call without a key is another action.
+    let second = e.track(&r).unwrap();
+    assert_ne!(second.idempotency_key, first.idempotency_key);
+    assert_ne!(second.token, first.token);
+    // A call with the generated key repeats the first.
+    let again = e
+        .track(&req("u1", Some(&first.idempotency_key), "challenge"))
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(e.decisions(), 2);
+}
+
+#[test]
+fn a_reused_key_with_different_attributes_is_refused_and_changes_nothing() {
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    let r = req("u1", Some("k1"), "challenge");
+    let first = e.track(&r).unwrap();
+    let record = e.get_action("u1", "withdraw-funds", "k1").unwrap();
+
+    let mut changes: Vec<TrackRequest> = Vec::new();
+    let mut c = r.clone();
+    c.attributes.custom.insert("decide".into(), "allow".into());
+    changes.push(c);
+    let mut c = r.clone();
+    c.attributes.ip_address = Some("203.0.113.8".into());
+    changes.push(c);
+    let mut c = r.clone();
+    c.attributes.ip_address = None;
+    changes.push(c);
+    let mut c = r.clone();
+    c.attributes.device_id = Some("d1".into());
+    changes.push(c);
+    let mut c = r.clone();
+    c.attributes.custom.insert("extra".into(), 1i64.into());
+    changes.push(c);
+    let mut c = r.clone();
+    c.attributes.custom.insert("decide".into(), true.into());
+    changes.push(c);
+    let mut c = r.clone();
+    c.attributes.redirect_url = Some("https://app.test/".into());
+    changes.push(c);
+
+    for c in &changes {
+        let err = e.track(c).unwrap_err();
+        assert_eq!(err.code(), "idempotency_conflict", "{c:?}");
+        assert_eq!(
+            err,
+            TrackError::IdempotencyConflict {
+                user_id: "u1".into(),
+                action: "withdraw-funds".into(),
+                idempotency_key: "k1".into(),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "idempotency key `k1` was already used for `withdraw-funds` by user `u1` with different attributes"
+        );
+    }
+    assert_eq!(e.get_action("u1", "withdraw-funds", "k1").unwrap(), record);
+    assert_eq!(e.track(&r).unwrap(), first);
+    assert_eq!(e.decisions(), 1);
+    assert_eq!(e.stored_actions(), 1);
+}
+
+#[test]
+fn on_conflict_replay_returns_the_stored_action() {
+    let clock = FakeClock::default();
+    let e = engine_with("[idempotency]\non_conflict = \"replay\"", &clock);
+    let first = e.track(&req("u1", Some("k1"), "challenge")).unwrap();
+    let other = e.track(&req("u1", Some("k1"), "allow")).unwrap();
+    assert_eq!(other, first, "the earlier decision, not the new attributes");
+    assert_eq!(other.state, State::ChallengeRequired);
+    assert_eq!(e.decisions(), 1);
+}
+
+#[test]
+fn actions_expire_after_the_ttl_on_the_engines_clock() {
+    let clock = FakeClock::default();
+    let e = engine_with("[idempotency]\nttl = \"1h\"", &clock);
+    let r = req("u1", Some("k1"), "review");
+    let first = e.track(&r).unwrap();
+    clock.advance(Duration::from_millis(3_600_000 - 1));
+    assert_eq!(e.track(&r).unwrap(), first, "still retained 1 ms before");
+    assert!(e.get_action("u1", "withdraw-funds", "k1").is_some());
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(e.get_action("u1", "withdraw-funds", "k1"), None);
+    let err = e
+        .update_action("u1", "withdraw-funds", "k1", State::ReviewSucceeded)
+        .unwrap_err();
+    assert_eq!(err.code(), "action_not_found");
+    assert_eq!(e.decisions(), 1);
+    // The key is free again: the same request is decided anew, and so is a different one (the expired action
+    // cannot cause a conflict).
+    let renewed = e.track(&req("u1", Some("k1"), "block")).unwrap();
+    assert_eq!(renewed.state, State::Block);
+    assert_eq!(e.decisions(), 2);
+    let rec = e.get_action("u1", "withdraw-funds", "k1").unwrap();
+    assert_eq!(rec.outcome, State::Block);
+    assert_eq!(rec.created_at, clock_now(&clock));
+    // The expired slot was replaced, not added to.
+    assert_eq!(e.stored_actions(), 1);
+}
+
+#[test]
+fn the_default_ttl_is_a_day() {
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    let r = req("u1", Some("k1"), "allow");
+    e.track(&r).unwrap();
+    clock.advance(Duration::from_secs(24 * 3600 - 1));
+    assert!(e.get_action("u1", "withdraw-funds", "k1").is_some());
+    clock.advance(Duration::from_secs(1));
+    assert!(e.get_action("u1", "withdraw-funds", "k1").is_none());
+}
+
+#[test]
+fn expired_actions_are_evicted_as_new_ones_arrive() {
+    let clock = FakeClock::default();
+    let e = engine_with("[idempotency]\nttl = \"10m\"", &clock);
+    for i in 0..50 {
+        e.track(&req("u1", Some(&format!("old-{i}")), "allow"))
+            .unwrap();
+    }
+    assert_eq!(e.stored_actions(), 50);
+    clock.advance(Duration::from_secs(600));
+    e.track(&req("u1", Some("new"), "allow")).unwrap();
+    assert_eq!(e.stored_actions(), 1, "the expired actions left the store");
+}
+
+fn clock_now(clock: &FakeClock) -> std::time::SystemTime {
+    use riskgate::Clock;
+    clock.now()
+}
+
+#[test]
+fn the_store_keeps_the_newest_actions_up_to_its_capacity() {
+    let clock = FakeClock::default();
+    let e = engine_with("[idempotency]\ncapacity = 100", &clock);
+    for i in 0..1_000 {
+        e.track(&req("u1", Some(&format!("k{i}")), "allow"))
+            .unwrap();
+        assert!(e.stored_actions() <= 100);
+        clock.advance(Duration::from_millis(1));
+    }
+    assert_eq!(e.stored_actions(), 100);
+    for i in 0..900 {
+        assert!(e
+            .get_action("u1", "withdraw-funds", &format!("k{i}"))
+            .is_none());
+    }
+    for i in 900..1_000 {
+        assert!(e
+            .get_action("u1", "withdraw-funds", &format!("k{i}"))
+            .is_some());
+    }
+    // A repeat of an evicted action is a new decision.
+    e.track(&req("u1", Some("k0"), "allow")).unwrap();
+    assert_eq!(e.decisions(), 1_001);
+    assert_eq!(e.stored_actions(), 100);
+}
+
+/// Bytes this test binary holds now. Other tests in this binary run in parallel and allocate a little, so the
+/// assertion below leaves room for that; a leak of one allocation per action would be hundreds of times larger.
+fn live_bytes() -> i64 {
+    let s = ALLOC.stats();
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64
+}
+
+#[test]
+fn memory_stays_flat_under_a_flood_of_unique_keys() {
+    const CAPACITY: usize = 5_000;
+    let clock = FakeClock::default();
+    // Every action draws a challenge, so every stored action also holds a token and its index entry.
+    let rules = RuleSet::builder()
+        .rule("always", "CHALLENGE_REQUIRED")
+        .config_toml(format!(
+            "[idempotency]\ncapacity = {CAPACITY}\n[challenge]\nurl = \"https://auth.test/c\""
+        ))
+        .build()
+        .unwrap();
+    let e = Engine::builder()
+        .ruleset(rules)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let base = live_bytes();
+    let mut flood = |from: usize, to: usize| {
+        for i in from..to {
+            let mut r = TrackRequest::new(format!("user-{i}"), "signIn");
+            r.attributes.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64)".into());
+            let resp = e.track(&r).unwrap();
+            assert!(resp.token.is_some());
+            assert!(e.stored_actions() <= CAPACITY);
+        }
+    };
+    // Fill the store, then churn it until its hash tables have grown to the size they keep under churn
+    // (hashbrown grows once when deleted slots first fill a table, then rehashes in place).
+    flood(0, 8 * CAPACITY);
+    let at_bound = live_bytes();
+    let held = at_bound - base;
+    let per_action = held / CAPACITY as i64;
+    // Then track many times the capacity more, checking the bytes held at every step of the way.
+    let mut peak = at_bound;
+    for step in 1..=8 {
+        flood((4 + 4 * step) * CAPACITY, (8 + 4 * step) * CAPACITY);
+        peak = peak.max(live_bytes());
+    }
+    assert_eq!(e.stored_actions(), CAPACITY);
+    assert_eq!(e.decisions(), 40 * CAPACITY as u64);
+    eprintln!(
+        "store at capacity {CAPACITY}: {} KiB ({per_action} B per action); peak over {} more actions: {:+} KiB",
+        held / 1024,
+        32 * CAPACITY,
+        (peak - at_bound) / 1024
+    );
+    assert!(
+        per_action > 100,
+        "the measurement sees the store ({per_action} B per action)"
+    );
+    // A leak of even 8 bytes per tracked action would add 1.3 MB here; allow 5 % for the other tests of this
+    // binary, which run in parallel.
+    assert!(
+        peak - at_bound < held / 20,
+        "memory grew by {} B after the store was full (the full store holds {held} B)",
+        peak - at_bound
+    );
+}
+
+#[test]
+fn concurrent_first_calls_with_one_identity_decide_once() {
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 20;
+    let clock = FakeClock::default();
+    // A slow rule widens the window in which the callers overlap. A challenge draws a fresh random token at
+    // every evaluation, so identical tokens show there was one.
+    let rules = RuleSet::builder()
+        .rule(
+            "slow-challenge",
+            "let x = 0; for i in 0..2000 { x += i; } if x > 0 { CHALLENGE_REQUIRED }",
+        )
+        .config_toml("[limits]\ntime_limit = \"10s\"\nmax_operations = 1000000")
+        .build()
+        .unwrap();
+    let e = Engine::builder()
+        .ruleset(rules)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for round in 0..ROUNDS {
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let r = req("u1", Some(&format!("k{round}")), "x");
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (e, r, barrier) = (e.clone(), r.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    e.track(&r).unwrap()
+                })
+            })
+            .collect();
+        let responses: Vec<TrackResponse> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(responses[0].state, State::ChallengeRequired);
+        assert!(responses[0].token.is_some());
+        for resp in &responses {
+            assert_eq!(resp, &responses[0], "round {round}");
+        }
+        assert_eq!(e.decisions(), round as u64 + 1, "round {round}");
+    }
+}
+
+#[test]
+fn concurrent_calls_with_one_key_and_different_attributes_decide_once() {
+    const THREADS: usize = 8;
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let (e, barrier) = (e.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let decide = if i % 2 == 0 { "block" } else { "review" };
+                barrier.wait();
+                (decide, e.track(&req("u1", Some("k"), decide)))
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(e.decisions(), 1);
+    let winner = e.get_action("u1", "withdraw-funds", "k").unwrap().state;
+    for (decide, result) in results {
+        let expected = if decide == "block" {
+            State::Block
+        } else {
+            State::Review
+        };
+        match result {
+            Ok(resp) => assert_eq!((resp.state, winner), (expected, expected)),
+            Err(err) => {
+                assert_eq!(err.code(), "idempotency_conflict");
+                assert_ne!(expected, winner);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_refused_request_stores_nothing() {
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    let mut bad = req("u1", Some("k1"), "allow");
+    bad.attributes.ip_address = Some("not an ip".into());
+    assert_eq!(e.track(&bad).unwrap_err().code(), "invalid_request");
+    let mut bad_key = req("u1", Some(""), "allow");
+    bad_key.attributes.idempotency_key = Some("x".repeat(256));
+    assert_eq!(e.track(&bad_key).unwrap_err().code(), "invalid_request");
+    assert_eq!(e.stored_actions(), 0);
+    assert_eq!(e.decisions(), 0);
+    // The key is still free for a good request.
+    assert_eq!(
+        e.track(&req("u1", Some("k1"), "block")).unwrap().state,
+        State::Block
+    );
+}
