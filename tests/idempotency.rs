@@ -315,7 +315,7 @@ fn memory_stays_flat_under_a_flood_of_unique_keys() {
         .build()
         .unwrap();
     let base = live_bytes();
-    let mut flood = |from: usize, to: usize| {
+    let flood = |from: usize, to: usize| {
         for i in from..to {
             let mut r = TrackRequest::new(format!("user-{i}"), "signIn");
             r.attributes.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64)".into());
