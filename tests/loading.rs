@@ -1,0 +1,158 @@
+//! Loading rulesets: ids from paths, metadata, and load errors that say file:line:column.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use riskgate::{LoadError, Mode, RuleSet};
+use std::fs;
+use std::path::Path;
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, text).unwrap();
+}
+
+fn messages(e: &LoadError) -> Vec<String> {
+    e.diagnostics().iter().map(|d| d.to_string()).collect()
+}
+
+#[test]
+fn rule_ids_come_from_paths_and_lists_and_hidden_files_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "top.rhai", "ALLOW");
+    write(d, "withdraw/new-device.rhai", "//! priority: 10\n//! actions: withdraw-funds\n//! mode: shadow\n//! description: d\nBLOCK");
+    write(d, "a/b/c/deep.rhai", "()");
+    write(d, "lists/not-a-rule.rhai", "this is not rhai at all (");
+    write(d, ".hidden/skip.rhai", "nor is this (");
+    write(d, "notes.txt", "not a rule");
+    let set = RuleSet::from_dir(d).unwrap();
+    let ids: Vec<String> = set.rules().map(|r| r.id.to_string()).collect();
+    assert_eq!(ids, ["a/b/c/deep", "top", "withdraw/new-device"]);
+    let r = set.rules().find(|r| r.id == "withdraw/new-device").unwrap();
+    assert_eq!(r.priority, 10);
+    assert_eq!(r.actions, Some(vec!["withdraw-funds".to_owned()]));
+    assert_eq!(r.mode, Mode::Shadow);
+    assert_eq!(r.description.as_deref(), Some("d"));
+    let top = set.rules().find(|r| r.id == "top").unwrap();
+    assert_eq!(
+        (top.priority, top.mode, top.actions.clone()),
+        (50, Mode::Enforce, None)
+    );
+}
+
+#[test]
+fn a_syntax_error_names_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "withdraw/new-device.rhai",
+        "//! priority: 10\n\nif device_id == () {\n    BLOCK\n",
+    );
+    let e = RuleSet::from_dir(dir.path()).unwrap_err();
+    let d = &e.diagnostics()[0];
+    assert!(d.file.ends_with("withdraw/new-device.rhai"), "{}", d.file);
+    assert_eq!(d.line, 5, "{e}");
+    assert!(d.column >= 1, "{e}");
+    assert!(e.to_string().contains("withdraw/new-device.rhai:5:"), "{e}");
+}
+
+#[test]
+fn an_unknown_variable_is_a_load_error() {
+    let e = RuleSet::from_sources([("typo", "if ip_adress == () { BLOCK }")]).unwrap_err();
+    let msgs = messages(&e);
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].starts_with("typo:1:4:"), "{msgs:?}");
+    assert!(msgs[0].contains("ip_adress"), "{msgs:?}");
+}
+
+#[test]
+fn bad_metadata_is_a_load_error_with_position() {
+    let e = RuleSet::from_sources([
+        ("a", "//! priority: 100\nALLOW"),
+        ("b", "//! colour: red\nALLOW"),
+        ("c", "//! mode: loud\nALLOW"),
+        ("d", "//! actions: sign in\nALLOW"),
+    ])
+    .unwrap_err();
+    let msgs = messages(&e);
+    assert_eq!(msgs.len(), 4, "every problem is reported: {msgs:?}");
+    assert!(
+        msgs[0].starts_with("a:1:15: invalid priority `100`"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[1].starts_with("b:1:5: unknown metadata key `colour`"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[2].starts_with("c:1:11: invalid mode `loud`"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[3].starts_with("d:1:14: invalid action code `sign in`"),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn every_broken_file_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "one.rhai", "BLOCK +");
+    write(dir.path(), "two.rhai", "//! priority: x\nBLOCK");
+    write(dir.path(), "fine.rhai", "BLOCK");
+    write(dir.path(), "riskgate.toml", "default_outcome = \"NOPE\"\n");
+    let e = RuleSet::from_dir(dir.path()).unwrap_err();
+    let files: Vec<&str> = e
+        .diagnostics()
+        .iter()
+        .map(|d| d.file.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(files, ["riskgate.toml", "one.rhai", "two.rhai"], "{e}");
+}
+
+#[test]
+fn config_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "r.rhai", "ALLOW");
+    write(
+        dir.path(),
+        "riskgate.toml",
+        "default_outcome = \"ALLOW\"\n\n[limits]\nmax_operatons = 5\n",
+    );
+    let e = RuleSet::from_dir(dir.path()).unwrap_err();
+    let m = messages(&e);
+    assert!(
+        m[0].contains("riskgate.toml:4:1:") && m[0].contains("max_operatons"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn import_and_eval_are_not_available() {
+    let e = RuleSet::from_sources([("imp", "import \"os\" as os;\nALLOW")]).unwrap_err();
+    assert!(e.to_string().starts_with("imp:1:"), "{e}");
+    let e = RuleSet::from_sources([("ev", "eval(\"BLOCK\")")]).unwrap_err();
+    assert!(e.to_string().contains("eval"), "{e}");
+}
+
+#[test]
+fn rule_ids_given_in_code_are_checked() {
+    for bad in ["", "a//b", "../x", "/abs"] {
+        assert!(RuleSet::from_sources([(bad, "ALLOW")]).is_err(), "{bad:?}");
+    }
+    let e = RuleSet::from_sources([("same", "ALLOW"), ("same", "BLOCK")]).unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+}
+
+#[test]
+fn a_missing_folder_is_an_io_error() {
+    let e = RuleSet::from_dir("/nonexistent/riskgate-rules").unwrap_err();
+    assert!(matches!(e, LoadError::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains("/nonexistent/riskgate-rules"), "{e}");
+}
+
+#[test]
+fn the_bundled_ruleset_loads() {
+    let set = RuleSet::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/rules")).unwrap();
+    assert!(set.len() >= 5, "{set:?}");
+}

@@ -1,0 +1,197 @@
+//! Rule failures: reported in `errors`, counted as `on_rule_error`, and the sandbox limits that end runaway rules.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use riskgate::{Engine, RuleSet, State, TrackRequest, TrackResponse};
+use std::time::{Duration, Instant};
+
+fn decide(rules: &[(&str, &str)], config: &str) -> TrackResponse {
+    let mut b = RuleSet::builder().config_toml(config);
+    for (id, src) in rules {
+        b = b.rule(*id, *src);
+    }
+    let e = Engine::builder()
+        .ruleset(b.build().unwrap())
+        .build()
+        .unwrap();
+    e.track(&TrackRequest::new("user-1", "signIn")).unwrap()
+}
+
+const FAILING: &str = "//! priority: 10\nlet x = 1; x.no_such_method()";
+
+#[test]
+fn a_failing_rule_counts_as_challenge_by_default() {
+    let resp = decide(&[("bad", FAILING)], "");
+    assert_eq!(resp.state, State::ChallengeRequired);
+    assert_eq!(resp.rule_ids, ["bad"]);
+    assert_eq!(resp.errors.len(), 1);
+    assert_eq!(resp.errors[0].rule_id, "bad");
+    assert!(
+        resp.errors[0].message.contains("no_such_method"),
+        "{}",
+        resp.errors[0].message
+    );
+    assert!(
+        resp.errors[0].message.starts_with("2:"),
+        "the rule line is named: {}",
+        resp.errors[0].message
+    );
+}
+
+#[test]
+fn on_rule_error_can_be_any_outcome() {
+    for (cfg, want) in [
+        ("ALLOW", State::Allow),
+        ("REVIEW", State::Review),
+        ("BLOCK", State::Block),
+    ] {
+        let resp = decide(
+            &[
+                ("bad", FAILING),
+                ("weaker", "//! priority: 20\nCHALLENGE_REQUIRED"),
+            ],
+            &format!("on_rule_error = \"{cfg}\""),
+        );
+        assert_eq!(resp.state, want, "{cfg}");
+        assert_eq!(resp.priority_rule_id.as_deref(), Some("bad"));
+        assert_eq!(resp.errors.len(), 1);
+    }
+}
+
+#[test]
+fn skip_leaves_the_failing_rule_out() {
+    let resp = decide(
+        &[("bad", FAILING), ("other", "//! priority: 20\nREVIEW")],
+        "on_rule_error = \"skip\"",
+    );
+    assert_eq!(resp.state, State::Review);
+    assert_eq!(resp.rule_ids, ["other"]);
+    assert_eq!(resp.errors.len(), 1);
+    let resp = decide(
+        &[("bad", FAILING)],
+        "on_rule_error = \"skip\"\ndefault_outcome = \"BLOCK\"",
+    );
+    assert_eq!(resp.state, State::Block);
+    assert!(resp.rule_ids.is_empty());
+}
+
+#[test]
+fn a_wrong_return_type_is_a_rule_error() {
+    for src in ["\"BLOCK\"", "42", "true", "[BLOCK]", "#{}"] {
+        let resp = decide(&[("wrong", src)], "on_rule_error = \"skip\"");
+        assert_eq!(resp.state, State::Allow, "{src}");
+        assert_eq!(resp.errors.len(), 1, "{src}");
+        assert!(
+            resp.errors[0].message.contains("not ALLOW"),
+            "{}",
+            resp.errors[0].message
+        );
+    }
+}
+
+#[test]
+fn one_bad_rule_does_not_stop_the_others() {
+    let resp = decide(
+        &[
+            ("a-bad", "//! priority: 50\nthrow \"boom\""),
+            ("b-good", "//! priority: 10\nBLOCK"),
+        ],
+        "",
+    );
+    assert_eq!(resp.state, State::Block);
+    assert_eq!(resp.rule_ids, ["b-good", "a-bad"]);
+    assert!(resp.errors[0].message.contains("boom"));
+}
+
+#[test]
+fn a_failing_shadow_rule_never_changes_the_state() {
+    let resp = decide(
+        &[("trial", "//! mode: shadow\nthrow \"x\"")],
+        "on_rule_error = \"BLOCK\"",
+    );
+    assert_eq!(resp.state, State::Allow);
+    assert_eq!(resp.shadow_rule_ids, ["trial"]);
+    assert_eq!(resp.errors.len(), 1);
+}
+
+fn limited(src: &str, config: &str) -> (TrackResponse, Duration) {
+    let started = Instant::now();
+    let resp = decide(
+        &[("runaway", src), ("fine", "//! priority: 90\nREVIEW")],
+        config,
+    );
+    (resp, started.elapsed())
+}
+
+#[test]
+fn an_infinite_loop_ends_at_the_operation_limit() {
+    let (resp, took) = limited("loop {}", "");
+    assert_eq!(resp.state, State::ChallengeRequired);
+    assert_eq!(resp.rule_ids, ["runaway", "fine"]);
+    assert!(
+        resp.errors[0].message.contains("operation limit"),
+        "{}",
+        resp.errors[0].message
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn an_infinite_loop_ends_at_the_time_limit() {
+    let (resp, took) = limited(
+        "loop {}",
+        "[limits]\nmax_operations = 1000000000000\ntime_limit = \"20ms\"\n",
+    );
+    assert!(
+        resp.errors[0].message.contains("time limit of 20ms"),
+        "{}",
+        resp.errors[0].message
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn a_huge_string_ends_at_the_size_limit() {
+    let (resp, took) = limited(r#"let s = "x"; loop { s += s; }"#, "");
+    assert!(
+        resp.errors[0].message.contains("exceeds its limit"),
+        "{}",
+        resp.errors[0].message
+    );
+    assert!(took < Duration::from_secs(5));
+    let (resp, _) = limited(r#"let s = "0123456789".pad(100000000, "x"); ALLOW"#, "");
+    assert_eq!(resp.errors.len(), 1, "{resp:?}");
+}
+
+#[test]
+fn deep_recursion_ends_at_the_call_depth_limit() {
+    let (resp, took) = limited("fn f(n) { f(n + 1) } f(0)", "");
+    assert!(
+        resp.errors[0].message.contains("call depth"),
+        "{}",
+        resp.errors[0].message
+    );
+    assert!(took < Duration::from_secs(5));
+}
+
+#[test]
+fn huge_arrays_and_maps_end_at_their_limits() {
+    // A generous time limit, so that a data or operation limit is what ends these even in a debug build.
+    let cfg = "[limits]\ntime_limit = \"30s\"\n";
+    let (resp, _) = limited("let a = []; loop { a.push(1); }", cfg);
+    assert!(
+        resp.errors[0].message.contains("exceeds its limit"),
+        "{}",
+        resp.errors[0].message
+    );
+    // Rhai checks a map's size when the map is passed on, not on every index assignment, so a map grown in a
+    // loop is bounded by the operation limit.
+    let (resp, _) = limited(
+        "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
+        cfg,
+    );
+    let msg = &resp.errors[0].message;
+    assert!(
+        msg.contains("operation limit") || msg.contains("exceeds its limit"),
+        "{msg}"
+    );
+}
