@@ -48,3 +48,8 @@ pub use response::{
     ActionRecord, RuleError, RuleId, State, TrackResponse, ValidateChallengeResponse,
 };
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
+
+/// The README's Rust examples, compiled as doctests so they cannot go stale.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
