@@ -67,6 +67,32 @@ pub(crate) struct Config {
     pub on_conflict: OnConflict,
     pub token_ttl_ms: i64,
     pub challenge_url: Option<String>,
+    pub signals: SignalsConfig,
+    pub geoip: GeoipConfig,
+}
+
+/// `[signals]`: how much history signals keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SignalsConfig {
+    pub limits: crate::signals::Limits,
+    pub max_window_ms: i64,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        SignalsConfig {
+            limits: crate::signals::Limits::default(),
+            max_window_ms: 7 * 86_400_000,
+        }
+    }
+}
+
+/// `[geoip]`: MaxMind database paths as written (relative to the rules folder), each with its line and column.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct GeoipConfig {
+    pub city: Option<(String, usize, usize)>,
+    pub asn: Option<(String, usize, usize)>,
+    pub anonymous_ip: Option<(String, usize, usize)>,
 }
 
 impl Default for Config {
@@ -81,6 +107,8 @@ impl Default for Config {
             on_conflict: OnConflict::Error,
             token_ttl_ms: 10 * 60_000,
             challenge_url: None,
+            signals: SignalsConfig::default(),
+            geoip: GeoipConfig::default(),
         }
     }
 }
@@ -98,6 +126,27 @@ struct File {
     idempotency: IdempotencyFile,
     #[serde(default)]
     challenge: ChallengeFile,
+    #[serde(default)]
+    signals: SignalsFile,
+    #[serde(default)]
+    geoip: GeoipFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SignalsFile {
+    max_keys: Option<usize>,
+    max_per_key: Option<usize>,
+    max_window: Option<String>,
+    known_for: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GeoipFile {
+    city: Option<String>,
+    asn: Option<String>,
+    anonymous_ip: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -278,6 +327,44 @@ impl Config {
                     "url",
                     format!("`[challenge] url` must start with https:// or http://, not `{u}`"),
                 );
+            }
+        }
+        let sg = &parsed.signals;
+        for (key, v, slot) in [
+            ("max_keys", sg.max_keys, &mut cfg.signals.limits.max_keys),
+            (
+                "max_per_key",
+                sg.max_per_key,
+                &mut cfg.signals.limits.max_per_key,
+            ),
+        ] {
+            match v {
+                Some(0) => fail(key, format!("`[signals] {key}` must be at least 1")),
+                Some(n) => *slot = n,
+                None => {}
+            }
+        }
+        if let Some(v) = &sg.max_window {
+            match parse_millis(v) {
+                Ok(ms) => cfg.signals.max_window_ms = ms,
+                Err(m) => fail("max_window", format!("`[signals] max_window`: {m}")),
+            }
+        }
+        if let Some(v) = &sg.known_for {
+            match parse_millis(v) {
+                Ok(ms) => cfg.signals.limits.known_for_ms = ms,
+                Err(m) => fail("known_for", format!("`[signals] known_for`: {m}")),
+            }
+        }
+        let g = &parsed.geoip;
+        for (key, v, slot) in [
+            ("city", &g.city, &mut cfg.geoip.city),
+            ("asn", &g.asn, &mut cfg.geoip.asn),
+            ("anonymous_ip", &g.anonymous_ip, &mut cfg.geoip.anonymous_ip),
+        ] {
+            if let Some(path) = v {
+                let (line, column) = find_key(text, key);
+                *slot = Some((path.clone(), line, column));
             }
         }
         if problems.is_empty() {

@@ -28,6 +28,21 @@ pub(crate) fn parse_millis(s: &str) -> Result<i64, String> {
     }
 }
 
+/// Formats milliseconds in the largest unit that divides them exactly (`"7d"`, `"90m"`, `"250ms"`).
+pub(crate) fn format_millis(ms: i64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms != 0 && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 fn bad(s: &str) -> String {
     format!(
         "invalid duration `{}`: expected a whole number and a unit, like \"30s\", \"10m\", \"1h\" or \"7d\"",
@@ -37,7 +52,15 @@ fn bad(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_millis;
+    use super::{format_millis, parse_millis};
+
+    #[test]
+    fn formats_in_the_largest_exact_unit() {
+        assert_eq!(format_millis(604_800_000), "7d");
+        assert_eq!(format_millis(5_400_000), "90m");
+        assert_eq!(format_millis(1_500), "1500ms");
+        assert_eq!(format_millis(0), "0ms");
+    }
 
     #[test]
     fn parses_units_and_refuses_the_rest() {

@@ -15,6 +15,7 @@ use crate::decide;
 use crate::error::{LoadError, TrackError};
 use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
+use crate::signals::{self, DecisionCtx, History};
 use crate::store::{self, Decided, Found, Slot, Store};
 use crate::{ActionRecord, State, TrackResponse, ValidateChallengeResponse};
 
@@ -53,6 +54,8 @@ pub struct Engine {
 struct Shared {
     ruleset: ArcSwap<rules::Inner>,
     store: Store,
+    /// What signals remember of past actions; kept across ruleset swaps.
+    history: Arc<History>,
     clock: Arc<dyn Clock>,
     rules_dir: Option<PathBuf>,
     reload: Mutex<()>,
@@ -105,10 +108,12 @@ impl EngineBuilder {
     pub fn build(self) -> Result<Engine, LoadError> {
         let ruleset = self.ruleset.ok_or(LoadError::NoRuleset)?;
         let store = Store::new(ruleset.inner.config.capacity);
+        let history = Arc::new(History::new(ruleset.inner.signals.limits));
         Ok(Engine {
             shared: Arc::new(Shared {
                 ruleset: ArcSwap::new(ruleset.inner),
                 store,
+                history,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
                 reload: Mutex::new(()),
@@ -197,20 +202,25 @@ impl Engine {
     ) -> Decided {
         self.shared.decisions.fetch_add(1, Ordering::Relaxed);
         let idx = rs.rules_for(&req.action);
-        let mut results = Vec::with_capacity(idx.len());
-        sandbox::evaluate(
-            &rs.engine,
-            &rs.config.limits,
-            req,
-            idx.iter().map(|&i| &rs.rules[i].ast),
-            &mut results,
-        );
-        let decision = decide::resolve(
-            &rs.config,
-            &req.action,
-            idx.iter().map(|&i| &rs.rules[i]),
-            results,
-        );
+        let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now_ms);
+        let (decision, footprint) = signals::with_decision(ctx, |ctx| {
+            let mut results = Vec::with_capacity(idx.len());
+            sandbox::evaluate(
+                &rs.engine,
+                &rs.config.limits,
+                req,
+                idx.iter().map(|&i| &rs.rules[i].ast),
+                &mut results,
+            );
+            let decision = decide::resolve(
+                &rs.config,
+                &req.action,
+                idx.iter().map(|&i| &rs.rules[i]),
+                results,
+            );
+            let footprint = ctx.record(decision.state);
+            (decision, footprint)
+        });
         slot.init_state(decision.state);
         let token = (decision.state == State::ChallengeRequired)
             .then(store::new_token)
@@ -231,6 +241,7 @@ impl Engine {
             token: token.map(String::into_boxed_str),
             token_expires_ms: now_ms.saturating_add(rs.config.token_ttl_ms),
             url: url.map(String::into_boxed_str),
+            footprint,
         }
     }
 
@@ -286,6 +297,13 @@ impl Engine {
                 allowed: allowed_moves(current),
             });
         }
+        if matches!(
+            new_state,
+            State::ChallengeSucceeded | State::ReviewSucceeded
+        ) {
+            let rs = self.shared.ruleset.load();
+            signals::make_known(&self.shared.history, &rs.signals, &decided.footprint);
+        }
         Ok(record(&slot, decided))
     }
 
@@ -337,6 +355,7 @@ impl Engine {
         self.shared
             .store
             .set_capacity(ruleset.inner.config.capacity);
+        self.shared.history.set_limits(ruleset.inner.signals.limits);
         self.shared.ruleset.store(ruleset.inner);
     }
 
@@ -353,6 +372,50 @@ impl Engine {
         let ruleset = RuleSet::from_dir(dir)?;
         self.swap_ruleset(ruleset);
         Ok(())
+    }
+
+    /// Replaces list `name` of the current ruleset with `text` (the `rules/lists/<name>.txt` format), atomically:
+    /// a decision sees either the old list or the new one, never a mix. A list that does not parse is refused
+    /// and the old one stays. A list the ruleset did not have is added.
+    ///
+    /// The change lasts until the ruleset is replaced: [`reload_rules`](Engine::reload_rules) reads the list
+    /// files again.
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, State, TrackAttributes, TrackRequest};
+    ///
+    /// let rules = RuleSet::builder()
+    ///     .list("blocked-ips", "")
+    ///     .rule("blocked", r#"if in_list("blocked-ips", ip_address) { BLOCK }"#)
+    ///     .build()?;
+    /// let engine = Engine::builder().ruleset(rules).build()?;
+    /// engine.replace_list("blocked-ips", "203.0.113.0/24\n")?;
+    /// let req = TrackRequest {
+    ///     user_id: "u1".into(),
+    ///     action: "signIn".into(),
+    ///     attributes: TrackAttributes { ip_address: Some("203.0.113.9".into()), ..Default::default() },
+    /// };
+    /// assert_eq!(engine.track(&req)?.state, State::Block);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn replace_list(&self, name: &str, text: &str) -> Result<(), LoadError> {
+        let file = format!("lists/{name}.txt");
+        let list = Arc::new(signals::lists::load(name, text, &file).map_err(LoadError::Invalid)?);
+        // Not while a reload is swapping rulesets, so the new list lands in the ruleset that stays.
+        let _guard = self.shared.reload.lock();
+        let rs = self.shared.ruleset.load();
+        rs.signals.lists.rcu(|old| {
+            let mut lists = signals::lists::Lists::clone(old);
+            lists.insert(name.into(), Arc::clone(&list));
+            lists
+        });
+        Ok(())
+    }
+
+    /// How many keys the signal history holds now, over its three tables (velocity series, distinct sets and
+    /// known devices): each table holds at most `[signals] max_keys`.
+    pub fn history_keys(&self) -> usize {
+        self.shared.history.len()
     }
 
     /// The ruleset in use now.

@@ -81,6 +81,8 @@ pub(crate) struct Decided {
     pub token: Option<Box<str>>,
     pub token_expires_ms: i64,
     pub url: Option<Box<str>>,
+    /// What a later successful challenge or review needs to make the action's device, IP and country known.
+    pub footprint: crate::signals::Footprint,
 }
 
 impl Slot {

@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     pub for_any_action: Vec<usize>,
     pub config: Config,
     pub dir: Option<PathBuf>,
+    /// Lists, GeoIP databases and history settings for signals.
+    pub signals: Arc<crate::signals::SignalSet>,
 }
 
 pub(crate) struct Rule {
@@ -105,6 +107,40 @@ impl RuleSet {
                 source,
             })?;
             b.push(id, source, path.display().to_string());
+        }
+        let lists = dir.join("lists");
+        match std::fs::read_dir(&lists) {
+            Ok(entries) => {
+                let mut found = Vec::new();
+                for entry in entries {
+                    let entry = entry.map_err(|source| LoadError::Io {
+                        path: lists.clone(),
+                        source,
+                    })?;
+                    let path = entry.path();
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if let Some(stem) = name.strip_suffix(".txt") {
+                        if !stem.starts_with('.') {
+                            found.push((stem.to_owned(), path));
+                        }
+                    }
+                }
+                found.sort();
+                for (name, path) in found {
+                    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    b.lists.push((name, text, path.display().to_string()));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(LoadError::Io {
+                    path: lists,
+                    source,
+                })
+            }
         }
         let toml = dir.join("riskgate.toml");
         match std::fs::read_to_string(&toml) {
@@ -186,6 +222,7 @@ impl Inner {
 #[must_use]
 pub struct RuleSetBuilder {
     sources: Vec<(String, String, String)>,
+    lists: Vec<(String, String, String)>,
     config: Option<(String, String)>,
     dir: Option<PathBuf>,
 }
@@ -205,6 +242,24 @@ impl RuleSetBuilder {
         self
     }
 
+    /// Adds list `name` (what `in_list("name", value)` reads) with `text` in the `lists/<name>.txt` format: one
+    /// entry a line, `#` comments, IP addresses and CIDR ranges or exact strings.
+    ///
+    /// ```
+    /// let rules = riskgate::RuleSet::builder()
+    ///     .list("tor-exits", "# exit relays\n185.220.100.0/22\n2a0b:f4c0::/32\n")
+    ///     .rule("block-tor", r#"if in_list("tor-exits", ip_address) { BLOCK }"#)
+    ///     .build()?;
+    /// assert_eq!(rules.len(), 1);
+    /// # Ok::<(), riskgate::LoadError>(())
+    /// ```
+    pub fn list(mut self, name: impl Into<String>, text: impl Into<String>) -> Self {
+        let name = name.into();
+        let file = format!("lists/{name}.txt");
+        self.lists.push((name, text.into(), file));
+        self
+    }
+
     fn push(&mut self, id: String, source: String, file: String) {
         self.sources.push((id, source, file));
     }
@@ -221,6 +276,37 @@ impl RuleSetBuilder {
                 }
             },
             None => Config::default(),
+        };
+        let config_file = self
+            .config
+            .as_ref()
+            .map_or("riskgate.toml", |c| c.1.as_str());
+        let geo = load_geo(&config, config_file, self.dir.as_deref(), &mut problems);
+        let mut lists = crate::signals::lists::Lists::new();
+        for (name, text, file) in &self.lists {
+            match crate::signals::lists::load(name, text, file) {
+                Ok(_) if lists.contains_key(name.as_str()) => problems.push(Diagnostic {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!("list `{name}` is given twice"),
+                }),
+                Ok(list) => {
+                    lists.insert(name.as_str().into(), Arc::new(list));
+                }
+                Err(mut d) => problems.append(&mut d),
+            }
+        }
+        let mut uses = crate::signals::Uses::default();
+        let has_list = |name: &str| lists.contains_key(name);
+        let has_geo = |kind: crate::signals::geo::Kind| match kind {
+            crate::signals::geo::Kind::City => geo.city.is_some(),
+            crate::signals::geo::Kind::Asn => geo.asn.is_some(),
+            crate::signals::geo::Kind::AnonymousIp => geo.anonymous.is_some(),
+        };
+        let needs = crate::signals::Needs {
+            lists: &has_list,
+            geo: &has_geo,
         };
         let engine = sandbox::new_engine(&config.limits);
         let scope = sandbox::compile_scope();
@@ -255,6 +341,7 @@ impl RuleSetBuilder {
             };
             match engine.compile_with_scope(&scope, &source) {
                 Ok(ast) => {
+                    crate::signals::analyze(&ast, &file, &needs, &mut uses, &mut problems);
                     if let Some(meta) = meta {
                         rules.push(Rule {
                             id: RuleId::new(&id),
@@ -275,6 +362,18 @@ impl RuleSetBuilder {
             return Err(LoadError::Invalid(problems));
         }
         let (by_action, for_any_action) = index_by_action(&rules);
+        let computed = if uses.computed_window {
+            config.signals.max_window_ms
+        } else {
+            0
+        };
+        let signals = crate::signals::SignalSet {
+            lists: arc_swap::ArcSwap::from_pointee(lists),
+            geo,
+            horizon_ms: uses.longest_window_ms.max(computed),
+            limits: config.signals.limits,
+            uses_agent: uses.agent,
+        };
         Ok(RuleSet {
             inner: Arc::new(Inner {
                 engine,
@@ -283,8 +382,43 @@ impl RuleSetBuilder {
                 for_any_action,
                 config,
                 dir: self.dir,
+                signals: Arc::new(signals),
             }),
         })
+    }
+}
+
+/// Opens the `[geoip]` databases, with paths relative to the rules folder (or the current directory for a
+/// ruleset built in code).
+fn load_geo(
+    config: &Config,
+    file: &str,
+    dir: Option<&Path>,
+    problems: &mut Vec<Diagnostic>,
+) -> crate::signals::geo::Geo {
+    use crate::signals::geo::{open, Kind};
+    let mut one = |entry: &Option<(String, usize, usize)>, kind: Kind| {
+        let (path, line, column) = entry.as_ref()?;
+        let full = match dir {
+            Some(d) => d.join(path),
+            None => PathBuf::from(path),
+        };
+        open(&full, kind)
+            .map_err(|message| {
+                problems.push(Diagnostic {
+                    file: file.to_owned(),
+                    line: *line,
+                    column: *column,
+                    message,
+                })
+            })
+            .ok()
+    };
+    let g = &config.geoip;
+    crate::signals::geo::Geo {
+        city: one(&g.city, Kind::City),
+        asn: one(&g.asn, Kind::Asn),
+        anonymous: one(&g.anonymous_ip, Kind::AnonymousIp),
     }
 }
 

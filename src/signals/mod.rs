@@ -1,4 +1,509 @@
-//! Risk signals rules can call.
+//! Risk signals rules can call (DESIGN §6): velocity and distinct counts, known devices/IPs/countries, lists,
+//! geography and user agents.
+//!
+//! # How a signal is computed
+//! Each signal is a plain function over a [`DecisionCtx`], the state of one decision: the request's hashed keys,
+//! the event time, handles to the engine's [`History`] and the ruleset's [`SignalSet`], and a memo. The Rhai
+//! functions registered by [`register`] read the context of the decision running on their thread (set by
+//! [`with_decision`] around rule evaluation) and call the same functions, so compiled rule paths and Rhai
+//! scripts agree by construction.
+//!
+//! Nothing is computed until a rule asks, and each answer is memoised for the rest of the decision: a GeoIP
+//! lookup happens at most once per decision, and never when no rule calls a geography function.
+//!
+//! History is what came *before* this action: [`DecisionCtx::record`] adds the action once the decision is
+//! resolved, and idempotent repeats never reach it.
+
+mod analyze;
+pub(crate) mod geo;
+pub(crate) mod history;
+pub(crate) mod lists;
+mod ua;
+
+use arc_swap::ArcSwap;
+use rhai::{Dynamic, EvalAltResult, ImmutableString, FLOAT, INT};
+use std::cell::{OnceCell, RefCell};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub(crate) use analyze::{analyze, Needs, Uses};
+pub(crate) use history::{History, Keys, Limits};
+
+use history::{KnownKind, Located, SeriesKind, SetKind};
+
+/// Speeds above this many km/h are impossible travel.
+pub const IMPOSSIBLE_KMH: f64 = 1000.0;
+
+/// What signals need from a ruleset: its lists, GeoIP databases and history settings.
+pub(crate) struct SignalSet {
+    /// The lists, replaceable one at a time at run time.
+    pub lists: ArcSwap<lists::Lists>,
+    pub geo: geo::Geo,
+    /// How much history the ruleset's windows need (0: none, nothing is recorded in series and sets).
+    pub horizon_ms: i64,
+    pub limits: Limits,
+    /// Some rule asks about the user agent (so decisions keep a copy of it).
+    pub uses_agent: bool,
+}
+
+impl Default for SignalSet {
+    fn default() -> Self {
+        SignalSet {
+            lists: ArcSwap::from_pointee(lists::Lists::new()),
+            geo: geo::Geo::default(),
+            horizon_ms: 0,
+            limits: Limits::default(),
+            uses_agent: false,
+        }
+    }
+}
+
+/// The state of one decision that signals read: what the request is, when it happens, where history and the
+/// ruleset's lists and databases are, and what has been computed so far.
+///
+/// Build one with [`DecisionCtx::new`] per decision; signal functions take `&DecisionCtx` and memoise into it,
+/// so each signal is computed at most once per decision, and only when asked.
+pub(crate) struct DecisionCtx {
+    /// The event time (the `track_at` time), in epoch milliseconds.
+    pub now_ms: i64,
+    /// The request's hashed user, action, IP and device.
+    pub keys: Keys,
+    /// The request's IP address, when present and valid.
+    pub ip: Option<IpAddr>,
+    /// The request's user agent (copied only when the ruleset asks about user agents).
+    ua: Option<Box<str>>,
+    pub history: Arc<History>,
+    pub set: Arc<SignalSet>,
+    memo: Memo,
+}
+
+#[derive(Default)]
+struct Memo {
+    counts: RefCell<Vec<(u8, i64, i64)>>,
+    known: [OnceCell<bool>; 3],
+    place: OnceCell<Option<geo::Place>>,
+    asn: OnceCell<Option<geo::Asn>>,
+    anonymous: OnceCell<Option<bool>>,
+    travel: OnceCell<Option<f64>>,
+    agent: OnceCell<ua::Agent>,
+    lists: OnceCell<Arc<lists::Lists>>,
+}
+
+/// What a decision leaves behind so that a later `CHALLENGE_SUCCEEDED` or `REVIEW_SUCCEEDED` can make the
+/// action's device, IP and country known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Footprint {
+    pub keys: Keys,
+    pub ip: Option<IpAddr>,
+    pub at_ms: i64,
+}
+
+impl DecisionCtx {
+    /// The context of a decision on `req` at `now_ms`.
+    pub fn new(
+        history: &Arc<History>,
+        set: &Arc<SignalSet>,
+        req: &crate::TrackRequest,
+        now_ms: i64,
+    ) -> Self {
+        let a = &req.attributes;
+        DecisionCtx {
+            now_ms,
+            keys: history.keys(
+                &req.user_id,
+                &req.action,
+                a.ip_address.as_deref(),
+                a.device_id.as_deref(),
+            ),
+            ip: a
+                .ip_address
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .map(lists::canonical),
+            ua: if set.uses_agent {
+                a.user_agent.as_deref().map(Box::from)
+            } else {
+                None
+            },
+            history: Arc::clone(history),
+            set: Arc::clone(set),
+            memo: Memo::default(),
+        }
+    }
+
+    fn count(&self, kind: u8, window_ms: i64, compute: impl FnOnce() -> i64) -> i64 {
+        if let Ok(memo) = self.memo.counts.try_borrow() {
+            if let Some(&(_, _, v)) = memo.iter().find(|m| m.0 == kind && m.1 == window_ms) {
+                return v;
+            }
+        }
+        let v = compute();
+        if let Ok(mut memo) = self.memo.counts.try_borrow_mut() {
+            memo.push((kind, window_ms, v));
+        }
+        v
+    }
+
+    fn place(&self) -> Option<&geo::Place> {
+        self.memo
+            .place
+            .get_or_init(|| self.ip.and_then(|ip| self.set.geo.place(ip)))
+            .as_ref()
+    }
+
+    fn agent(&self) -> &ua::Agent {
+        self.memo
+            .agent
+            .get_or_init(|| ua::parse(self.ua.as_deref()))
+    }
+
+    /// Adds this action to history (after its decision is resolved) and, when it ends `ALLOW`, makes its device,
+    /// IP and country known. Returns what a later successful challenge or review needs.
+    pub fn record(&self, state: crate::State) -> Footprint {
+        self.history
+            .record(&self.keys, self.now_ms, self.set.horizon_ms);
+        let footprint = Footprint {
+            keys: self.keys,
+            ip: self.ip,
+            at_ms: self.now_ms,
+        };
+        if state == crate::State::Allow {
+            let place = if self.set.geo.city.is_some() {
+                self.place().cloned()
+            } else {
+                None
+            };
+            know(&self.history, &footprint, place);
+        }
+        footprint
+    }
+}
+
+/// Makes an action's device, IP and country known for its user (its challenge or review succeeded later).
+pub(crate) fn make_known(history: &History, set: &SignalSet, footprint: &Footprint) {
+    let place = footprint.ip.and_then(|ip| set.geo.place(ip));
+    know(history, footprint, place);
+}
+
+fn know(history: &History, fp: &Footprint, place: Option<geo::Place>) {
+    let country = place
+        .as_ref()
+        .and_then(|p| p.country.as_deref())
+        .map(|c| history.hash(b'c', c));
+    let location = place.and_then(|p| p.location).map(|(lat, lon)| Located {
+        lat,
+        lon,
+        at_ms: fp.at_ms,
+    });
+    history.make_known(
+        fp.keys.user,
+        fp.keys.device,
+        fp.keys.ip,
+        country,
+        location,
+        fp.at_ms,
+    );
+}
+
+/// Parses a window argument of `function`; the error names the window.
+pub(crate) fn window(function: &str, window: &str) -> Result<i64, String> {
+    crate::duration::parse_millis(window).map_err(|e| format!("`{function}`: {e}"))
+}
+
+fn windowed(
+    ctx: &DecisionCtx,
+    function: &str,
+    tag: u8,
+    window_ms: i64,
+    compute: impl FnOnce(&History, &Keys, i64, i64) -> i64,
+) -> Result<i64, String> {
+    if window_ms > ctx.set.horizon_ms {
+        return Err(format!(
+            "`{function}`: a window of {} is longer than the history kept ({}): raise `[signals] max_window`",
+            crate::duration::format_millis(window_ms),
+            crate::duration::format_millis(ctx.set.horizon_ms)
+        ));
+    }
+    Ok(ctx.count(tag, window_ms, || {
+        compute(&ctx.history, &ctx.keys, ctx.now_ms, window_ms)
+    }))
+}
+
+/// This user's earlier actions with this action code within `window_ms`.
+pub(crate) fn velocity(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
+    windowed(ctx, "velocity", 1, window_ms, |h, k, now, w| {
+        h.velocity(SeriesKind::User, k, now, w)
+    })
+}
+
+/// Earlier actions with this action code from this IP, any user, within `window_ms` (0 without an IP).
+pub(crate) fn velocity_ip(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
+    windowed(ctx, "velocity_ip", 2, window_ms, |h, k, now, w| {
+        h.velocity(SeriesKind::Ip, k, now, w)
+    })
+}
+
+/// Earlier actions with this action code from this device, any user, within `window_ms` (0 without a device).
+pub(crate) fn velocity_device(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
+    windowed(ctx, "velocity_device", 3, window_ms, |h, k, now, w| {
+        h.velocity(SeriesKind::Device, k, now, w)
+    })
+}
+
+/// Distinct users seen from this IP within `window_ms` (0 without an IP).
+pub(crate) fn distinct_users_on_ip(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
+    windowed(ctx, "distinct_users_on_ip", 4, window_ms, |h, k, now, w| {
+        h.distinct(SetKind::UsersOnIp, k, now, w)
+    })
+}
+
+/// Distinct users seen from this device within `window_ms` (0 without a device).
+pub(crate) fn distinct_users_on_device(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
+    windowed(
+        ctx,
+        "distinct_users_on_device",
+        5,
+        window_ms,
+        |h, k, now, w| h.distinct(SetKind::UsersOnDevice, k, now, w),
+    )
+}
+
+/// Distinct devices this user acted from within `window_ms`.
+pub(crate) fn distinct_devices(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
+    windowed(ctx, "distinct_devices", 6, window_ms, |h, k, now, w| {
+        h.distinct(SetKind::DevicesOfUser, k, now, w)
+    })
+}
+
+fn is_new(ctx: &DecisionCtx, kind: KnownKind, item: Option<u64>) -> bool {
+    let slot = match kind {
+        KnownKind::Device => 0,
+        KnownKind::Ip => 1,
+        KnownKind::Country => 2,
+    };
+    let compute = || item.is_none_or(|i| !ctx.history.is_known(ctx.keys.user, kind, i));
+    match ctx.memo.known.get(slot) {
+        Some(cell) => *cell.get_or_init(compute),
+        None => compute(),
+    }
+}
+
+/// The device is not known for this user (true without a device).
+pub(crate) fn is_new_device(ctx: &DecisionCtx) -> bool {
+    is_new(ctx, KnownKind::Device, ctx.keys.device)
+}
+
+/// The IP address is not known for this user (true without an IP).
+pub(crate) fn is_new_ip(ctx: &DecisionCtx) -> bool {
+    is_new(ctx, KnownKind::Ip, ctx.keys.ip)
+}
+
+/// The IP's country is not known for this user (true when the country is unknown).
+pub(crate) fn is_new_country(ctx: &DecisionCtx) -> bool {
+    let country = country(ctx).map(|c| ctx.history.hash(b'c', c));
+    is_new(ctx, KnownKind::Country, country)
+}
+
+/// Whether `value` is in list `name`; an error when the ruleset has no such list.
+pub(crate) fn in_list(ctx: &DecisionCtx, name: &str, value: &str) -> Result<bool, String> {
+    let lists = ctx.memo.lists.get_or_init(|| ctx.set.lists.load_full());
+    match lists.get(name) {
+        Some(list) => Ok(list.contains(value)),
+        None => Err(format!(
+            "`in_list`: no list named `{}` (expected `lists/{}.txt` in the rules folder)",
+            crate::request::shorten(name),
+            crate::request::shorten(name)
+        )),
+    }
+}
+
+/// The IP's ISO country code, from the city database.
+pub(crate) fn country(ctx: &DecisionCtx) -> Option<&str> {
+    ctx.place()?.country.as_deref()
+}
+
+/// The IP's city (English name), from the city database.
+pub(crate) fn city(ctx: &DecisionCtx) -> Option<&str> {
+    ctx.place()?.city.as_deref()
+}
+
+/// The IP's autonomous system number, from the ASN database.
+pub(crate) fn asn(ctx: &DecisionCtx) -> Option<i64> {
+    ctx.memo
+        .asn
+        .get_or_init(|| ctx.ip.and_then(|ip| ctx.set.geo.asn(ip)))
+        .as_ref()
+        .map(|a| i64::from(a.number))
+}
+
+/// Whether the IP is an anonymous network, from the anonymous-IP database (`None` without an IP).
+pub(crate) fn is_anonymous_ip(ctx: &DecisionCtx) -> Option<bool> {
+    *ctx.memo
+        .anonymous
+        .get_or_init(|| ctx.ip.and_then(|ip| ctx.set.geo.is_anonymous(ip)))
+}
+
+/// Speed from the user's last located known action to here, in km/h (`None` when either end is unknown).
+///
+/// Elapsed time is taken as at least one second, so the same place twice is 0 km/h and two places at once
+/// are a very large (finite) speed.
+pub(crate) fn travel_speed_kmh(ctx: &DecisionCtx) -> Option<f64> {
+    *ctx.memo.travel.get_or_init(|| {
+        let here = ctx.place()?.location?;
+        let last = ctx.history.last_location(ctx.keys.user)?;
+        let km = geo::distance_km((last.lat, last.lon), here);
+        let hours = (ctx.now_ms.abs_diff(last.at_ms).max(1_000) as f64) / 3_600_000.0;
+        Some(km / hours)
+    })
+}
+
+/// Travel faster than [`IMPOSSIBLE_KMH`] since the user's last located known action (false when unknown).
+pub(crate) fn is_impossible_travel(ctx: &DecisionCtx) -> bool {
+    travel_speed_kmh(ctx).is_some_and(|v| v > IMPOSSIBLE_KMH)
+}
+
+/// The user agent's browser or crawler name.
+pub(crate) fn ua_browser(ctx: &DecisionCtx) -> Option<&str> {
+    ctx.agent().browser.as_deref()
+}
+
+/// The user agent's operating system.
+pub(crate) fn ua_os(ctx: &DecisionCtx) -> Option<&str> {
+    ctx.agent().os.as_deref()
+}
+
+/// `desktop`, `mobile`, `crawler`, `appliance` or `other`.
+pub(crate) fn ua_device_type(ctx: &DecisionCtx) -> Option<&'static str> {
+    ctx.agent().device_type
+}
+
+/// A crawler, or no user agent at all.
+pub(crate) fn is_bot(ctx: &DecisionCtx) -> bool {
+    ctx.agent().bot
+}
+
+thread_local! {
+    /// The decision running on this thread, for the Rhai functions.
+    static CURRENT: RefCell<Option<Rc<DecisionCtx>>> = const { RefCell::new(None) };
+}
+
+/// Puts the previous decision (normally none) back when a decision ends, however it ends.
+struct Restore(Option<Rc<DecisionCtx>>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        CURRENT.with(|c| {
+            if let Ok(mut slot) = c.try_borrow_mut() {
+                *slot = prev;
+            }
+        });
+    }
+}
+
+/// Runs `f` (rule evaluation) with `ctx` as this thread's current decision, so that signal functions called by
+/// rules read it. The context is released when `f` returns (it holds the ruleset's lists and databases alive).
+pub(crate) fn with_decision<R>(ctx: DecisionCtx, f: impl FnOnce(&DecisionCtx) -> R) -> R {
+    let ctx = Rc::new(ctx);
+    let prev = CURRENT.with(|c| {
+        c.try_borrow_mut()
+            .map(|mut slot| slot.replace(Rc::clone(&ctx)))
+            .ok()
+            .flatten()
+    });
+    let _restore = Restore(prev);
+    f(&ctx)
+}
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+fn current<T>(f: impl FnOnce(&DecisionCtx) -> Result<T, String>) -> RhaiResult<T> {
+    let ctx = CURRENT
+        .with(|c| c.try_borrow().ok().and_then(|slot| slot.clone()))
+        .ok_or_else(|| "signals are only available while a decision runs".to_owned())?;
+    f(&ctx).map_err(Into::into)
+}
+
+fn text(v: Option<&str>) -> Dynamic {
+    v.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(s)))
+}
 
 /// Registers the signal functions on a rule engine.
-pub(crate) fn register(_engine: &mut rhai::Engine) {}
+pub(crate) fn register(engine: &mut rhai::Engine) {
+    type Windowed = fn(&DecisionCtx, i64) -> Result<i64, String>;
+    let windowed: [(&'static str, Windowed); 6] = [
+        ("velocity", velocity),
+        ("velocity_ip", velocity_ip),
+        ("velocity_device", velocity_device),
+        ("distinct_users_on_ip", distinct_users_on_ip),
+        ("distinct_users_on_device", distinct_users_on_device),
+        ("distinct_devices", distinct_devices),
+    ];
+    for (name, f) in windowed {
+        engine.register_fn(name, move |w: ImmutableString| -> RhaiResult<INT> {
+            current(|ctx| f(ctx, window(name, &w)?))
+        });
+    }
+    type Flag = fn(&DecisionCtx) -> bool;
+    let flags: [(&'static str, Flag); 5] = [
+        ("is_new_device", is_new_device),
+        ("is_new_ip", is_new_ip),
+        ("is_new_country", is_new_country),
+        ("is_impossible_travel", is_impossible_travel),
+        ("is_bot", is_bot),
+    ];
+    for (name, f) in flags {
+        engine.register_fn(name, move || -> RhaiResult<bool> {
+            current(|ctx| Ok(f(ctx)))
+        });
+    }
+    type Text = fn(&DecisionCtx) -> Option<&str>;
+    let texts: [(&'static str, Text); 4] = [
+        ("country", country),
+        ("city", city),
+        ("ua_browser", ua_browser),
+        ("ua_os", ua_os),
+    ];
+    for (name, f) in texts {
+        engine.register_fn(name, move || -> RhaiResult<Dynamic> {
+            current(|ctx| Ok(text(f(ctx))))
+        });
+    }
+    engine.register_fn("ua_device_type", || -> RhaiResult<Dynamic> {
+        current(|ctx| Ok(text(ua_device_type(ctx))))
+    });
+    engine.register_fn("asn", || -> RhaiResult<Dynamic> {
+        current(|ctx| Ok(asn(ctx).map_or(Dynamic::UNIT, |n| Dynamic::from(n as INT))))
+    });
+    engine.register_fn("is_anonymous_ip", || -> RhaiResult<Dynamic> {
+        current(|ctx| Ok(is_anonymous_ip(ctx).map_or(Dynamic::UNIT, Dynamic::from)))
+    });
+    engine.register_fn("travel_speed_kmh", || -> RhaiResult<Dynamic> {
+        current(
+            |ctx| Ok(travel_speed_kmh(ctx).map_or(Dynamic::UNIT, |v| Dynamic::from(v as FLOAT))),
+        )
+    });
+    engine.register_fn(
+        "in_list",
+        |name: ImmutableString, value: Dynamic| -> RhaiResult<bool> {
+            current(|ctx| {
+                if value.is_unit() {
+                    // An absent attribute is in no list, but the list must still exist.
+                    return in_list(ctx, &name, "").map(|_| false);
+                }
+                let v = if let Some(s) = value.read_lock::<ImmutableString>() {
+                    return in_list(ctx, &name, &s);
+                } else if value.is_int() || value.is_float() || value.is_bool() || value.is_char() {
+                    value.to_string()
+                } else {
+                    return Err(format!(
+                        "`in_list`: expected a string value, not {}",
+                        value.type_name()
+                    ));
+                };
+                in_list(ctx, &name, &v)
+            })
+        },
+    );
+}

@@ -1,0 +1,159 @@
+//! Geography from MaxMind databases (`[geoip]` in `riskgate.toml`), and great-circle distances for travel.
+//!
+//! Databases are read into memory when the ruleset loads; a lookup is a walk of the database's search tree
+//! plus decoding of the few fields rules can ask for.
+
+use maxminddb::{geoip2, Reader};
+use std::net::IpAddr;
+use std::path::Path;
+
+/// The MaxMind databases a ruleset uses.
+#[derive(Default)]
+pub(crate) struct Geo {
+    pub city: Option<Reader<Vec<u8>>>,
+    pub asn: Option<Reader<Vec<u8>>>,
+    pub anonymous: Option<Reader<Vec<u8>>>,
+}
+
+/// What the city database says about an address.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Place {
+    /// ISO 3166-1 alpha-2 code.
+    pub country: Option<Box<str>>,
+    /// English name.
+    pub city: Option<Box<str>>,
+    /// Latitude and longitude, in degrees.
+    pub location: Option<(f64, f64)>,
+}
+
+/// An autonomous system.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Asn {
+    pub number: u32,
+    pub organization: Option<Box<str>>,
+}
+
+/// Which database a `[geoip]` key names, and the database types it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    City,
+    Asn,
+    AnonymousIp,
+}
+
+impl Kind {
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::City => "city",
+            Kind::Asn => "asn",
+            Kind::AnonymousIp => "anonymous_ip",
+        }
+    }
+
+    fn accepts(self, database_type: &str) -> bool {
+        match self {
+            Kind::City => ["City", "Country", "Enterprise"]
+                .iter()
+                .any(|t| database_type.contains(t)),
+            Kind::Asn => database_type.contains("ASN") || database_type.contains("ISP"),
+            Kind::AnonymousIp => database_type.contains("Anonymous-IP"),
+        }
+    }
+}
+
+/// Opens a database and checks it is of the kind its key names.
+pub(crate) fn open(path: &Path, kind: Kind) -> Result<Reader<Vec<u8>>, String> {
+    let reader = Reader::open_readfile(path).map_err(|e| {
+        format!(
+            "`[geoip] {}`: cannot open `{}`: {e}",
+            kind.key(),
+            path.display()
+        )
+    })?;
+    let t = reader.metadata().database_type.clone();
+    if !kind.accepts(&t) {
+        return Err(format!(
+            "`[geoip] {}`: `{}` is a `{t}` database, not a {} database",
+            kind.key(),
+            path.display(),
+            match kind {
+                Kind::City => "City or Country",
+                Kind::Asn => "ASN or ISP",
+                Kind::AnonymousIp => "Anonymous IP",
+            }
+        ));
+    }
+    Ok(reader)
+}
+
+impl Geo {
+    /// The place of `ip`, if the city database has it.
+    pub fn place(&self, ip: IpAddr) -> Option<Place> {
+        let r = self.city.as_ref()?.lookup(ip).ok()?;
+        let c: geoip2::City = r.decode().ok()??;
+        let location = match (c.location.latitude, c.location.longitude) {
+            (Some(lat), Some(lon)) if lat.is_finite() && lon.is_finite() => Some((lat, lon)),
+            _ => None,
+        };
+        Some(Place {
+            country: c.country.iso_code.map(Box::from),
+            city: c.city.names.english.map(Box::from),
+            location,
+        })
+    }
+
+    /// The autonomous system of `ip`, if the ASN database has it.
+    pub fn asn(&self, ip: IpAddr) -> Option<Asn> {
+        let r = self.asn.as_ref()?.lookup(ip).ok()?;
+        let a: geoip2::Asn = r.decode().ok()??;
+        Some(Asn {
+            number: a.autonomous_system_number?,
+            organization: a.autonomous_system_organization.map(Box::from),
+        })
+    }
+
+    /// Whether `ip` is an anonymous network (VPN, proxy, hosting, Tor exit); `None` without the database.
+    pub fn is_anonymous(&self, ip: IpAddr) -> Option<bool> {
+        let db = self.anonymous.as_ref()?;
+        let Ok(r) = db.lookup(ip) else {
+            return Some(false);
+        };
+        let a: Option<geoip2::AnonymousIp> = r.decode().ok().flatten();
+        Some(a.is_some_and(|a| {
+            a.is_anonymous.unwrap_or(false)
+                || a.is_anonymous_vpn.unwrap_or(false)
+                || a.is_public_proxy.unwrap_or(false)
+                || a.is_tor_exit_node.unwrap_or(false)
+                || a.is_residential_proxy.unwrap_or(false)
+                || a.is_hosting_provider.unwrap_or(false)
+        }))
+    }
+}
+
+/// Mean Earth radius (IUGG), in km.
+const EARTH_RADIUS_KM: f64 = 6371.0088;
+
+/// Great-circle distance between two points given in degrees, in km (haversine formula).
+pub(crate) fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
+    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distance_km;
+
+    #[test]
+    fn known_distances() {
+        let london = (51.5142, -0.0931);
+        let changchun = (43.88, 125.3228);
+        let d = distance_km(london, changchun);
+        assert!((7_500.0..8_500.0).contains(&d), "{d}");
+        assert!(distance_km(london, london) < 1e-9);
+        let antipode = distance_km((0.0, 0.0), (0.0, 180.0));
+        assert!((antipode - 20_015.1).abs() < 1.0, "{antipode}");
+    }
+}

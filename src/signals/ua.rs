@@ -1,0 +1,70 @@
+//! User agents, parsed with `woothee` (a maintained, data-driven parser shared with other languages).
+
+/// What rules can ask about a user agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Agent {
+    /// The browser or crawler name (`Chrome`, `Safari`, `Googlebot`), if recognised.
+    pub browser: Option<Box<str>>,
+    /// The operating system (`Mac OSX`, `Windows 10`, `iPhone`, `Android`), if recognised.
+    pub os: Option<Box<str>>,
+    /// `desktop`, `mobile`, `crawler`, `appliance` or `other`, if recognised.
+    pub device_type: Option<&'static str>,
+    /// A crawler, or an empty user agent.
+    pub bot: bool,
+}
+
+/// Parses a user agent; `None` and blank strings are bots with nothing else known.
+pub(crate) fn parse(ua: Option<&str>) -> Agent {
+    let ua = ua.map(str::trim).unwrap_or("");
+    if ua.is_empty() {
+        return Agent {
+            bot: true,
+            ..Agent::default()
+        };
+    }
+    let Some(r) = woothee::parser::Parser::new().parse(ua) else {
+        return Agent::default();
+    };
+    let known =
+        |s: &str| (!s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN).then(|| Box::from(s));
+    let device_type = match r.category {
+        "pc" => Some("desktop"),
+        "smartphone" | "mobilephone" => Some("mobile"),
+        "crawler" => Some("crawler"),
+        "appliance" => Some("appliance"),
+        "misc" => Some("other"),
+        _ => None,
+    };
+    Agent {
+        browser: known(r.name),
+        os: known(r.os),
+        device_type,
+        bot: r.category == "crawler",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn desktop_phone_crawler_and_empty() {
+        let mac = parse(Some("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"));
+        assert_eq!(mac.browser.as_deref(), Some("Chrome"));
+        assert_eq!(mac.os.as_deref(), Some("Mac OSX"));
+        assert_eq!(mac.device_type, Some("desktop"));
+        assert!(!mac.bot);
+        let phone = parse(Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"));
+        assert_eq!(phone.device_type, Some("mobile"));
+        assert_eq!(phone.os.as_deref(), Some("iPhone"));
+        let bot = parse(Some(
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        ));
+        assert!(bot.bot);
+        assert_eq!(bot.device_type, Some("crawler"));
+        assert!(parse(None).bot && parse(Some("  ")).bot);
+        let odd = parse(Some("my-script/0.1"));
+        assert!(!odd.bot);
+        assert_eq!(odd.browser, None);
+    }
+}
