@@ -398,6 +398,7 @@ mod tests {
             token: Some(token.into()),
             token_expires_ms: i64::MAX,
             url: None,
+            footprint: Default::default(),
         });
     }
 

@@ -92,7 +92,7 @@ struct Memo {
 
 /// What a decision leaves behind so that a later `CHALLENGE_SUCCEEDED` or `REVIEW_SUCCEEDED` can make the
 /// action's device, IP and country known.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Footprint {
     pub keys: Keys,
     pub ip: Option<IpAddr>,
