@@ -209,7 +209,7 @@ impl Engine {
                 &rs.engine,
                 &rs.config.limits,
                 req,
-                idx.iter().map(|&i| &rs.rules[i].ast),
+                idx.iter().map(|&i| &rs.rules[i]),
                 &mut results,
             );
             let decision = decide::resolve(

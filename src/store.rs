@@ -27,12 +27,12 @@ use crate::State;
 
 /// Hashes an action identity. Lengths are mixed in so that `("ab", "c")` and `("a", "bc")` differ.
 pub(crate) fn identity_hash(user_id: &str, action: &str, key: &str) -> u128 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for part in [user_id, action, key] {
-        h.update(&(part.len() as u32).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    h.digest128()
+    crate::request::hash_bytes(|h| {
+        for part in [user_id, action, key] {
+            h.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            h.extend_from_slice(part.as_bytes());
+        }
+    })
 }
 
 /// A hasher for keys that are already uniformly distributed hashes.

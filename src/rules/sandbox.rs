@@ -4,10 +4,12 @@
 //! limit is checked from Rhai's progress callback against a per-thread deadline. `eval`, `print`, `debug` and
 //! module imports are unavailable, and Rhai has no file, network or process access to begin with.
 
-use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position, Scope, AST, FLOAT, INT};
+use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position, Scope, FLOAT, INT};
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
+use super::compile::Ctx;
+use super::Rule;
 use crate::config::Limits;
 use crate::request::{CustomValue, TrackRequest};
 use crate::State;
@@ -99,42 +101,67 @@ pub(crate) enum RuleResult {
     Error(String),
 }
 
-/// Evaluates `asts` (in order) against `req`, writing one result per rule into `out`.
+/// Evaluates `rules` (in order) against `req`, writing one result per rule into `out`.
 ///
-/// Each rule sees the request as constants (so no rule can change what a later rule sees) and its own
-/// variables are dropped before the next rule runs.
+/// A rule compiled to native code runs as such; the rest, and any compiled rule that meets a case only the
+/// interpreter can settle (see [`compile`](super::compile)), run in Rhai. The scope Rhai needs is filled once
+/// per decision, and only if some rule needs it. Each rule sees the request as constants (so no rule can change
+/// what a later rule sees) and its own variables are dropped before the next rule runs.
 pub(crate) fn evaluate<'a>(
     engine: &rhai::Engine,
     limits: &Limits,
     req: &TrackRequest,
-    asts: impl Iterator<Item = &'a AST>,
+    rules: impl Iterator<Item = &'a Rule>,
     out: &mut Vec<RuleResult>,
 ) {
+    let ctx = Ctx { req };
+    let mut rules = rules.peekable();
+    // The fast path: compiled rules, for as long as they settle.
+    while let Some(rule) = rules.peek() {
+        let Some(result) = rule.compiled.as_ref().and_then(|c| c.eval(&ctx)) else {
+            break;
+        };
+        out.push(match result {
+            Some(s) => RuleResult::Match(s),
+            None => RuleResult::NoMatch,
+        });
+        rules.next();
+    }
+    if rules.peek().is_none() {
+        return;
+    }
     SCOPE.with(|cell| {
         let Ok(mut scope) = cell.try_borrow_mut() else {
             // Re-entered from inside a rule (impossible through the public API): use a fresh scope.
             let mut scope = Scope::new();
-            run(engine, limits, req, asts, out, &mut scope);
+            run(engine, limits, &ctx, rules, out, &mut scope);
             return;
         };
-        run(engine, limits, req, asts, out, &mut scope);
+        run(engine, limits, &ctx, rules, out, &mut scope);
     });
 }
 
 fn run<'a>(
     engine: &rhai::Engine,
     limits: &Limits,
-    req: &TrackRequest,
-    asts: impl Iterator<Item = &'a AST>,
+    ctx: &Ctx<'_>,
+    rules: impl Iterator<Item = &'a Rule>,
     out: &mut Vec<RuleResult>,
     scope: &mut Scope<'static>,
 ) {
-    fill_scope(scope, req);
+    fill_scope(scope, ctx.req);
     let base = scope.len();
     let budget = Duration::from_millis(limits.time_limit_ms.unsigned_abs());
-    for ast in asts {
+    for rule in rules {
+        if let Some(result) = rule.compiled.as_ref().and_then(|c| c.eval(ctx)) {
+            out.push(match result {
+                Some(s) => RuleResult::Match(s),
+                None => RuleResult::NoMatch,
+            });
+            continue;
+        }
         DEADLINE.set(Some(Instant::now() + budget));
-        let result = engine.eval_ast_with_scope::<Dynamic>(scope, ast);
+        let result = engine.eval_ast_with_scope::<Dynamic>(scope, &rule.ast);
         DEADLINE.set(None);
         scope.rewind(base);
         out.push(match result {

@@ -1,0 +1,502 @@
+//! riskgate's benchmark suite: one criterion binary, five groups.
+//!
+//! - `repeat`: `Engine::track` of an action already stored (an idempotency hit), 1 and 2 threads.
+//! - `decide`: a first decision with the bundled ruleset and with 1/10/50 simple rules, through the compiled
+//!   path, through Rhai's interpreter only, and as the same rules written as native Rust closures.
+//! - `signals`: the signal look-ups rules call.
+//! - `throughput`: a mixed workload (90% first decisions, 10% repeats) on 1 and 2 threads.
+//! - `store`: the concurrent map behind the action store against the alternatives.
+//!
+//! Run `cargo bench --bench riskgate -- --quick` for a short run; see BENCHMARKS.md. Setting
+//! `RISKGATE_BENCH_MEMORY=N` instead measures resident memory per stored action over N unique actions and exits.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
+use riskgate::{CustomValue, Engine, FakeClock, RuleSet, State, TrackAttributes, TrackRequest};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::Path;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------------------------
+// Fixtures
+
+/// The bundled example ruleset (`rules/`), with the store capacity capped so long runs stay in memory.
+fn bundled(compile: bool, capacity: i64) -> RuleSet {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let mut config: toml::Table = std::fs::read_to_string(dir.join("riskgate.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let idem = config
+        .entry("idempotency")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = idem {
+        t.insert("capacity".into(), toml::Value::Integer(capacity));
+    }
+    RuleSet::builder()
+        .rules_dir(&dir)
+        .unwrap()
+        .config_toml(config.to_string())
+        .compile_rules(compile)
+        .build()
+        .unwrap()
+}
+
+fn engine(rules: RuleSet) -> Engine {
+    Engine::builder()
+        .ruleset(rules)
+        .clock(FakeClock::default())
+        .build()
+        .unwrap()
+}
+
+/// A realistic sign-in / withdrawal request.
+fn request(user: &str, action: &str) -> TrackRequest {
+    let mut attributes = TrackAttributes {
+        device_id: Some("555c17e1-3837-4f13-81bb-131e5597e168".into()),
+        ip_address: Some("203.0.113.42".into()),
+        user_agent: Some(
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) \
+             Version/17.0 Safari/605.1.15"
+                .into(),
+        ),
+        email: Some("alice@example.com".into()),
+        ..Default::default()
+    };
+    attributes.custom.insert("amount".into(), 2_500i64.into());
+    attributes
+        .custom
+        .insert("destination".into(), "bank".into());
+    TrackRequest {
+        user_id: user.into(),
+        action: action.into(),
+        attributes,
+    }
+}
+
+/// `n` simple rules in five shapes that cycle: string prefix tests, `()` checks, numeric thresholds on
+/// `custom`, `in` on a literal array and a string method chain. None matches [`request`] except the last
+/// shape's every fifth rule, so every rule runs to its end.
+fn simple_rules(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let src = match i % 5 {
+                0 => format!(
+                    "if ip_address.starts_with(\"10.{i}.\") || device_id == () {{ BLOCK }} \
+                     else if custom.amount != () && custom.amount > {} {{ REVIEW }}",
+                    10_000 + i
+                ),
+                1 => format!(
+                    "if email != () && email.ends_with(\"@blocked{i}.example\") {{ BLOCK }}"
+                ),
+                2 => format!(
+                    "if custom.amount > {} && custom.destination == \"crypto\" {{ REVIEW }}",
+                    5_000 + i
+                ),
+                3 => format!(
+                    "if custom.destination in [\"crypto\", \"gift-card-{i}\"] {{ CHALLENGE_REQUIRED }}"
+                ),
+                _ => format!(
+                    "//! mode: shadow\nif user_agent != () && user_agent.contains(\"Safari\") && \
+                     user_agent.len() > {i} {{ ALLOW }}"
+                ),
+            };
+            (format!("r{i:02}"), src)
+        })
+        .collect()
+}
+
+type NativeRule = Box<dyn Fn(&TrackRequest) -> Option<State> + Send + Sync>;
+
+fn custom_int(req: &TrackRequest, k: &str) -> Option<f64> {
+    match req.attributes.custom.get(k)? {
+        CustomValue::Int(i) => Some(*i as f64),
+        CustomValue::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+fn custom_str<'a>(req: &'a TrackRequest, k: &str) -> Option<&'a str> {
+    match req.attributes.custom.get(k)? {
+        CustomValue::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// [`simple_rules`] written by hand as Rust closures: the floor any rule engine is measured against.
+fn native_rules(n: usize) -> Vec<NativeRule> {
+    (0..n)
+        .map(|i| -> NativeRule {
+            match i % 5 {
+                0 => {
+                    let prefix = format!("10.{i}.");
+                    let limit = (10_000 + i) as f64;
+                    Box::new(move |r| {
+                        let a = &r.attributes;
+                        if a.ip_address
+                            .as_deref()
+                            .is_some_and(|ip| ip.starts_with(&prefix))
+                            || a.device_id.is_none()
+                        {
+                            Some(State::Block)
+                        } else if custom_int(r, "amount").is_some_and(|v| v > limit) {
+                            Some(State::Review)
+                        } else {
+                            None
+                        }
+                    })
+                }
+                1 => {
+                    let suffix = format!("@blocked{i}.example");
+                    Box::new(move |r| {
+                        r.attributes
+                            .email
+                            .as_deref()
+                            .is_some_and(|e| e.ends_with(&suffix))
+                            .then_some(State::Block)
+                    })
+                }
+                2 => {
+                    let limit = (5_000 + i) as f64;
+                    Box::new(move |r| {
+                        (custom_int(r, "amount").is_some_and(|v| v > limit)
+                            && custom_str(r, "destination") == Some("crypto"))
+                        .then_some(State::Review)
+                    })
+                }
+                3 => {
+                    let list = ["crypto".to_owned(), format!("gift-card-{i}")];
+                    Box::new(move |r| {
+                        custom_str(r, "destination")
+                            .is_some_and(|d| list.iter().any(|x| x == d))
+                            .then_some(State::ChallengeRequired)
+                    })
+                }
+                _ => Box::new(move |r| {
+                    r.attributes
+                        .user_agent
+                        .as_deref()
+                        .is_some_and(|ua| ua.contains("Safari") && ua.chars().count() > i)
+                        .then_some(State::Allow)
+                }),
+            }
+        })
+        .collect()
+}
+
+fn ruleset(rules: Vec<(String, String)>, compile: bool) -> RuleSet {
+    let mut b = RuleSet::builder()
+        .compile_rules(compile)
+        .config_toml("[idempotency]\ncapacity = 200000");
+    for (id, src) in rules {
+        b = b.rule(id, src);
+    }
+    b.build().unwrap()
+}
+
+/// Runs `f(thread, iters_for_this_thread)` on `threads` threads started together; returns the wall time.
+fn on_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Duration {
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (barrier, f) = (&barrier, &f);
+            s.spawn(move || {
+                barrier.wait();
+                f(t, iters);
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Groups
+
+fn repeat(c: &mut Criterion) {
+    let mut g = c.benchmark_group("repeat");
+    let e = engine(bundled(true, 200_000));
+    let mut reqs: Vec<TrackRequest> = (0..2)
+        .map(|t| {
+            let mut r = request(&format!("user-{t}"), "signIn");
+            r.attributes.idempotency_key = Some(format!("key-{t}"));
+            r
+        })
+        .collect();
+    for r in &reqs {
+        e.track(r).unwrap();
+    }
+    g.bench_function("1-thread", |b| {
+        b.iter(|| e.track(black_box(&reqs[0])).unwrap())
+    });
+    // Per-call time on each of 2 threads, both on one key, then each on its own key.
+    g.bench_function("2-threads-same-key", |b| {
+        b.iter_custom(|iters| {
+            on_threads(2, iters, |_, n| {
+                for _ in 0..n {
+                    black_box(e.track(&reqs[0]).unwrap());
+                }
+            })
+        })
+    });
+    g.bench_function("2-threads-own-keys", |b| {
+        b.iter_custom(|iters| {
+            on_threads(2, iters, |t, n| {
+                for _ in 0..n {
+                    black_box(e.track(&reqs[t]).unwrap());
+                }
+            })
+        })
+    });
+    reqs.truncate(1);
+    g.finish();
+}
+
+fn decide(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decide");
+    // Engine overhead alone: validation, store insert, response, with no rule to run.
+    let empty = engine(ruleset(Vec::new(), true));
+    let req = request("user-1", "signIn");
+    g.bench_function("engine-no-rules", |b| b.iter(|| empty.track(&req).unwrap()));
+
+    for (name, compile) in [("bundled-compiled", true), ("bundled-rhai", false)] {
+        let e = engine(bundled(compile, 200_000));
+        let signin = request("user-1", "signIn");
+        let withdraw = request("user-1", "withdraw-funds");
+        g.bench_function(format!("{name}/signIn"), |b| {
+            b.iter(|| e.track(&signin).unwrap())
+        });
+        g.bench_function(format!("{name}/withdraw-funds"), |b| {
+            b.iter(|| e.track(&withdraw).unwrap())
+        });
+    }
+
+    for n in [1usize, 10, 50] {
+        let req = request("user-1", "signIn");
+        for (name, compile) in [("compiled", true), ("rhai", false)] {
+            let e = engine(ruleset(simple_rules(n), compile));
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| e.track(&req).unwrap())
+            });
+        }
+        let native = native_rules(n);
+        g.bench_with_input(BenchmarkId::new("native-closures", n), &n, |b, _| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(native.len());
+                for f in &native {
+                    out.push(f(black_box(&req)));
+                }
+                out
+            })
+        });
+    }
+    g.finish();
+}
+
+fn signals(c: &mut Criterion) {
+    let g = c.benchmark_group("signals");
+    g.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut g = c.benchmark_group("throughput");
+    g.throughput(Throughput::Elements(1));
+    let e = engine(bundled(true, 200_000));
+    let repeats: Vec<TrackRequest> = (0..2)
+        .map(|t| {
+            let mut r = request(&format!("repeat-user-{t}"), "signIn");
+            r.attributes.idempotency_key = Some("k".into());
+            e.track(&r).unwrap();
+            r
+        })
+        .collect();
+    let fresh: Vec<TrackRequest> = (0..2)
+        .map(|t| request(&format!("user-{t}"), "withdraw-funds"))
+        .collect();
+    // One element is one call; with 2 threads each does half, so time per element falls as they scale.
+    for threads in [1usize, 2] {
+        g.bench_function(format!("mixed-90-10/{threads}-threads"), |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(threads as u64);
+                on_threads(threads, per, |t, n| {
+                    for i in 0..n {
+                        let r = if i % 10 == 9 { &repeats[t] } else { &fresh[t] };
+                        black_box(e.track(r).unwrap());
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A hasher for keys that are already hashes (the store keys by a 128-bit xxh3 of the identity).
+#[derive(Default)]
+struct PreHashed(u64);
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u128 keys are hashed")
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+type H = BuildHasherDefault<PreHashed>;
+
+/// The operations the store needs from a concurrent map, for comparing candidates on the same workload.
+trait Candidate: Sync {
+    fn insert(&self, k: u128, v: Arc<u64>);
+    fn get(&self, k: u128) -> Option<Arc<u64>>;
+}
+
+impl Candidate for Mutex<HashMap<u128, Arc<u64>, H>> {
+    fn insert(&self, k: u128, v: Arc<u64>) {
+        self.lock().unwrap().insert(k, v);
+    }
+    fn get(&self, k: u128) -> Option<Arc<u64>> {
+        self.lock().unwrap().get(&k).cloned()
+    }
+}
+impl Candidate for dashmap::DashMap<u128, Arc<u64>, H> {
+    fn insert(&self, k: u128, v: Arc<u64>) {
+        dashmap::DashMap::insert(self, k, v);
+    }
+    fn get(&self, k: u128) -> Option<Arc<u64>> {
+        dashmap::DashMap::get(self, &k).map(|r| Arc::clone(&r))
+    }
+}
+impl Candidate for papaya::HashMap<u128, Arc<u64>, H> {
+    fn insert(&self, k: u128, v: Arc<u64>) {
+        self.pin().insert(k, v);
+    }
+    fn get(&self, k: u128) -> Option<Arc<u64>> {
+        self.pin().get(&k).cloned()
+    }
+}
+impl Candidate for scc::HashMap<u128, Arc<u64>, H> {
+    fn insert(&self, k: u128, v: Arc<u64>) {
+        let _ = self.upsert(k, v);
+    }
+    fn get(&self, k: u128) -> Option<Arc<u64>> {
+        self.read(&k, |_, v| Arc::clone(v))
+    }
+}
+
+fn store(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store");
+    const N: u64 = 100_000;
+    let key = |i: u64| xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes());
+    let maps: Vec<(&str, Box<dyn Candidate>)> = vec![
+        ("mutex-hashmap", Box::new(Mutex::new(HashMap::default()))),
+        (
+            "dashmap",
+            Box::new(dashmap::DashMap::with_hasher(H::default())),
+        ),
+        (
+            "papaya",
+            Box::new(papaya::HashMap::with_hasher(H::default())),
+        ),
+        ("scc", Box::new(scc::HashMap::with_hasher(H::default()))),
+    ];
+    for (name, m) in &maps {
+        for i in 0..N {
+            m.insert(key(i), Arc::new(i));
+        }
+        g.bench_function(format!("hit-1-thread/{name}"), |b| {
+            let mut i = 0u64;
+            b.iter(|| {
+                i = (i + 7919) % N;
+                m.get(key(i))
+            })
+        });
+        g.bench_function(format!("hit-2-threads/{name}"), |b| {
+            b.iter_custom(|iters| {
+                on_threads(2, iters, |t, n| {
+                    let mut i = t as u64;
+                    for _ in 0..n {
+                        i = (i + 7919) % N;
+                        black_box(m.get(key(i)));
+                    }
+                })
+            })
+        });
+        g.bench_function(format!("insert-2-threads/{name}"), |b| {
+            let next = std::sync::atomic::AtomicU64::new(N);
+            b.iter_custom(|iters| {
+                on_threads(2, iters, |_, n| {
+                    for _ in 0..n {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        m.insert(key(i), Arc::new(i));
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Memory: resident bytes per stored action
+
+/// Resident set size of this process, from `/proc/self/statm` (Linux).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Tracks `n` unique first decisions through the bundled rules and prints the growth of resident memory per
+/// action (store, history and allocator overhead together).
+fn memory(n: u64) {
+    let e = engine(bundled(true, i64::try_from(n).unwrap()));
+    let mut req = request("user-0", "signIn");
+    // Warm the allocator and the rule engine before the baseline.
+    for i in 0..1_000 {
+        req.attributes.idempotency_key = Some(format!("warm-{i}"));
+        e.track(&req).unwrap();
+    }
+    let before = rss_bytes().unwrap_or(0);
+    let start = Instant::now();
+    for i in 0..n {
+        req.user_id = format!("user-{}", i % 50_000);
+        req.attributes.idempotency_key = Some(format!("{i:036}"));
+        e.track(&req).unwrap();
+    }
+    let after = rss_bytes().unwrap_or(0);
+    println!(
+        "memory: {n} actions, {} bytes resident growth, {:.0} bytes per action ({} actions stored, {:?})",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / n as f64,
+        e.stored_actions(),
+        start.elapsed()
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    targets = repeat, decide, signals, throughput, store
+}
+
+fn main() {
+    if let Some(n) = std::env::var("RISKGATE_BENCH_MEMORY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        memory(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

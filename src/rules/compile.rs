@@ -1,0 +1,644 @@
+//! Native compilation of the common rule subset.
+//!
+//! At load time each rule's Rhai AST is walked once. A rule written only with the common subset (comparisons,
+//! `&&`/`||`/`!`, `if`/`else` and `return`, request variables and `custom.field`, the string methods
+//! `starts_with`, `ends_with`, `contains`, `len` and `is_empty`, `in` on a literal array, numeric, string and
+//! bool literals, `()` and the outcome constants) becomes a tree of Rust closures that reads the request
+//! directly: no `Scope`, no `Dynamic`, no allocation. Any other rule runs in Rhai's interpreter as before.
+//!
+//! # Same results as Rhai
+//! The closures follow Rhai's own rules for every value they produce: comparisons between different
+//! non-numeric types are `false` (`!=` is `true`), `()` equals only `()`, an integer compared with a float is
+//! compared as a float, a string's `len` counts characters, a missing `custom` field reads as `()`.
+//!
+//! Where Rhai would raise an error (a method on `()`, `&&` on a non-bool, an ordering between outcomes, a rule
+//! whose value is not an outcome or `()`), or where the closures are not sure, they give up and the rule is
+//! evaluated by Rhai's interpreter instead, so errors keep Rhai's exact messages and positions. Giving up is
+//! always safe because rules have no side effects. `tests/differential.rs` checks both paths against each other
+//! on generated rules and requests.
+
+use rhai::{Dynamic, Expr, ImmutableString, Stmt, StmtBlock, AST, INT};
+
+use crate::config::Limits;
+use crate::request::{CustomValue, TrackRequest, MAX_CUSTOM_STRING_BYTES, MAX_LONG_FIELD_BYTES};
+use crate::State;
+
+/// What a compiled rule reads: the request under decision.
+pub(crate) struct Ctx<'a> {
+    pub req: &'a TrackRequest,
+}
+
+/// A value while a compiled rule runs. Strings are borrowed from the request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Val<'a> {
+    Unit,
+    Bool(bool),
+    Int(INT),
+    Float(f64),
+    Str(&'a str),
+    Outcome(State),
+}
+
+/// How a statement finished: it produced a value, or `return`ed one from the rule.
+enum Flow<'a> {
+    Next(Val<'a>),
+    Return(Val<'a>),
+}
+
+/// `None` means "ask Rhai": the closures met something whose result only the interpreter can give.
+type ExprFn = Box<dyn for<'a> Fn(&Ctx<'a>) -> Option<Val<'a>> + Send + Sync>;
+type StmtFn = Box<dyn for<'a> Fn(&Ctx<'a>) -> Option<Flow<'a>> + Send + Sync>;
+
+/// A rule compiled to native closures.
+pub(crate) struct Compiled {
+    body: StmtFn,
+}
+
+impl Compiled {
+    /// Runs the rule: `Some(None)` for no match, `Some(Some(state))` for a match, `None` when the interpreter
+    /// must decide (an error, or a value that is neither an outcome nor `()`).
+    pub fn eval(&self, ctx: &Ctx<'_>) -> Option<Option<State>> {
+        let v = match (self.body)(ctx)? {
+            Flow::Next(v) | Flow::Return(v) => v,
+        };
+        match v {
+            Val::Unit => Some(None),
+            Val::Outcome(s) => Some(Some(s)),
+            _ => None,
+        }
+    }
+}
+
+/// Compiles `ast` if it is in the subset and cannot reach a sandbox limit; `None` leaves it to Rhai.
+pub(crate) fn compile(ast: &AST, limits: &Limits) -> Option<Compiled> {
+    if ast.has_functions() {
+        return None;
+    }
+    // Strings a rule can see are capped by request validation; if the configured limit is lower, Rhai may
+    // refuse them, so such rules stay with Rhai.
+    let longest = MAX_LONG_FIELD_BYTES.max(MAX_CUSTOM_STRING_BYTES);
+    if limits.max_string_size != 0 && limits.max_string_size < longest {
+        return None;
+    }
+    let mut c = Compiler { nodes: 0, limits };
+    let body = c.block(ast.statements())?;
+    // A compiled rule has no loops, so Rhai would count at most a few operations per node: keep well inside
+    // the operation limit so that no rule compiles that Rhai would stop.
+    let bound = c.nodes.saturating_mul(4).saturating_add(16);
+    if limits.max_operations != 0 && bound as u64 > limits.max_operations {
+        return None;
+    }
+    Some(Compiled { body })
+}
+
+/// A constant known at load time.
+#[derive(Debug, Clone, PartialEq)]
+enum Konst {
+    Unit,
+    Bool(bool),
+    Int(INT),
+    Float(f64),
+    Str(Box<str>),
+    Outcome(State),
+    Array(Vec<Konst>),
+}
+
+impl Konst {
+    fn from_dynamic(d: &Dynamic) -> Option<Konst> {
+        if d.is_unit() {
+            Some(Konst::Unit)
+        } else if let Ok(b) = d.as_bool() {
+            Some(Konst::Bool(b))
+        } else if let Ok(i) = d.as_int() {
+            Some(Konst::Int(i))
+        } else if let Ok(f) = d.as_float() {
+            Some(Konst::Float(f))
+        } else if d.is_string() {
+            Some(Konst::Str(
+                d.clone().into_immutable_string().ok()?.as_str().into(),
+            ))
+        } else if let Some(s) = d.clone().try_cast::<State>() {
+            Some(Konst::Outcome(s))
+        } else if d.is_array() {
+            let items = d.clone().into_array().ok()?;
+            items
+                .iter()
+                .map(Konst::from_dynamic)
+                .collect::<Option<_>>()
+                .map(Konst::Array)
+        } else {
+            None
+        }
+    }
+
+    /// The constant as a value; strings and arrays have no borrowed form.
+    fn scalar(&self) -> Option<Val<'static>> {
+        Some(match *self {
+            Konst::Unit => Val::Unit,
+            Konst::Bool(b) => Val::Bool(b),
+            Konst::Int(i) => Val::Int(i),
+            Konst::Float(f) => Val::Float(f),
+            Konst::Outcome(s) => Val::Outcome(s),
+            Konst::Str(_) | Konst::Array(_) => return None,
+        })
+    }
+
+    fn val(&self) -> Option<Val<'_>> {
+        match self {
+            Konst::Str(s) => Some(Val::Str(s)),
+            k => k.scalar(),
+        }
+    }
+}
+
+/// An expression being compiled: a constant, or code to run.
+enum Code {
+    Const(Konst),
+    Run(ExprFn),
+}
+
+impl Code {
+    fn into_fn(self) -> Option<ExprFn> {
+        match self {
+            Code::Run(f) => Some(f),
+            Code::Const(k) => {
+                let v = k.scalar()?;
+                Some(Box::new(move |_: &Ctx<'_>| Some(v)))
+            }
+        }
+    }
+}
+
+/// The comparison operators, as Rhai applies them.
+#[derive(Debug, Clone, Copy)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Cmp {
+    fn parse(name: &str) -> Option<Cmp> {
+        Some(match name {
+            "==" => Cmp::Eq,
+            "!=" => Cmp::Ne,
+            "<" => Cmp::Lt,
+            "<=" => Cmp::Le,
+            ">" => Cmp::Gt,
+            ">=" => Cmp::Ge,
+            _ => return None,
+        })
+    }
+
+    fn ord(self, o: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::*;
+        match self {
+            Cmp::Eq => o == Equal,
+            Cmp::Ne => o != Equal,
+            Cmp::Lt => o == Less,
+            Cmp::Le => o != Greater,
+            Cmp::Gt => o == Greater,
+            Cmp::Ge => o != Less,
+        }
+    }
+
+    fn float(self, a: f64, b: f64) -> bool {
+        match self {
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+        }
+    }
+
+    /// `a op b` with Rhai's built-in operators; `None` where Rhai would raise an error.
+    fn apply(self, a: Val<'_>, b: Val<'_>) -> Option<bool> {
+        use Val::*;
+        Some(match (a, b) {
+            (Int(x), Int(y)) => self.ord(x.cmp(&y)),
+            (Float(x), Float(y)) => self.float(x, y),
+            (Int(x), Float(y)) => self.float(x as f64, y),
+            (Float(x), Int(y)) => self.float(x, y as f64),
+            (Str(x), Str(y)) => self.ord(x.cmp(y)),
+            (Bool(x), Bool(y)) => self.ord(x.cmp(&y)),
+            // `() == ()` is true; every other operator on two units is false.
+            (Unit, Unit) => matches!(self, Cmp::Eq),
+            // Outcomes have only the `==` and `!=` riskgate registers.
+            (Outcome(x), Outcome(y)) => match self {
+                Cmp::Eq => x == y,
+                Cmp::Ne => x != y,
+                _ => return None,
+            },
+            // Different types, not both numeric: every comparison is false, `!=` is true.
+            _ => matches!(self, Cmp::Ne),
+        })
+    }
+}
+
+/// Rhai's `contains` on an array: its `==` against each item in turn (so `2 in [2.0]` and `() in [()]` hold,
+/// and an item of another type never matches).
+fn array_contains(items: &[Konst], v: Val<'_>) -> Option<bool> {
+    for item in items {
+        if Cmp::Eq.apply(item.val()?, v)? {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// Reads one request variable.
+type VarFn = for<'a> fn(&'a TrackRequest) -> Option<&'a str>;
+
+fn request_var(name: &str) -> Option<VarFn> {
+    Some(match name {
+        "user_id" => |r| Some(r.user_id.as_str()),
+        "action" => |r| Some(r.action.as_str()),
+        "ip_address" => |r| r.attributes.ip_address.as_deref(),
+        "device_id" => |r| r.attributes.device_id.as_deref(),
+        "user_agent" => |r| r.attributes.user_agent.as_deref(),
+        "email" => |r| r.attributes.email.as_deref(),
+        "phone_number" => |r| r.attributes.phone_number.as_deref(),
+        "username" => |r| r.attributes.username.as_deref(),
+        "redirect_url" => |r| r.attributes.redirect_url.as_deref(),
+        _ => return None,
+    })
+}
+
+fn outcome(name: &str) -> Option<State> {
+    Some(match name {
+        "ALLOW" => State::Allow,
+        "CHALLENGE_REQUIRED" => State::ChallengeRequired,
+        "REVIEW" => State::Review,
+        "BLOCK" => State::Block,
+        _ => return None,
+    })
+}
+
+fn custom_val<'a>(req: &'a TrackRequest, key: &str) -> Val<'a> {
+    match req.attributes.custom.get(key) {
+        None => Val::Unit,
+        Some(CustomValue::String(s)) => Val::Str(s),
+        Some(CustomValue::Int(i)) => Val::Int(*i),
+        Some(CustomValue::Float(f)) => Val::Float(*f),
+        Some(CustomValue::Bool(b)) => Val::Bool(*b),
+    }
+}
+
+struct Compiler<'l> {
+    nodes: usize,
+    limits: &'l Limits,
+}
+
+impl Compiler<'_> {
+    fn block(&mut self, stmts: &[Stmt]) -> Option<StmtFn> {
+        let mut parts = stmts
+            .iter()
+            .map(|s| self.stmt(s))
+            .collect::<Option<Vec<_>>>()?;
+        Some(match parts.len() {
+            0 => Box::new(|_: &Ctx<'_>| Some(Flow::Next(Val::Unit))),
+            1 => parts.pop()?,
+            _ => Box::new(move |ctx: &Ctx<'_>| {
+                let mut last = Val::Unit;
+                for p in &parts {
+                    match p(ctx)? {
+                        Flow::Next(v) => last = v,
+                        r @ Flow::Return(_) => return Some(r),
+                    }
+                }
+                Some(Flow::Next(last))
+            }),
+        })
+    }
+
+    fn stmt_block(&mut self, b: &StmtBlock) -> Option<StmtFn> {
+        self.block(b.statements())
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Option<StmtFn> {
+        self.nodes += 1;
+        Some(match s {
+            Stmt::Noop(_) => Box::new(|_: &Ctx<'_>| Some(Flow::Next(Val::Unit))),
+            Stmt::Expr(e) => {
+                let f = self.expr(e)?.into_fn()?;
+                Box::new(move |ctx: &Ctx<'_>| f(ctx).map(Flow::Next))
+            }
+            Stmt::FnCall(call, _) => {
+                let f = self.call(call)?.into_fn()?;
+                Box::new(move |ctx: &Ctx<'_>| f(ctx).map(Flow::Next))
+            }
+            Stmt::Block(b) => self.stmt_block(b)?,
+            Stmt::If(flow, _) => {
+                let cond = self.expr(&flow.expr)?.into_fn()?;
+                let then = self.stmt_block(&flow.body)?;
+                let other = self.stmt_block(&flow.branch)?;
+                Box::new(move |ctx: &Ctx<'_>| match cond(ctx)? {
+                    Val::Bool(true) => then(ctx),
+                    Val::Bool(false) => other(ctx),
+                    _ => None,
+                })
+            }
+            // `return` (not `throw`, which sets a flag).
+            Stmt::Return(e, flags, _) if flags.is_empty() => match e {
+                None => Box::new(|_: &Ctx<'_>| Some(Flow::Return(Val::Unit))),
+                Some(e) => {
+                    let f = self.expr(e)?.into_fn()?;
+                    Box::new(move |ctx: &Ctx<'_>| f(ctx).map(Flow::Return))
+                }
+            },
+            _ => return None,
+        })
+    }
+
+    fn expr(&mut self, e: &Expr) -> Option<Code> {
+        self.nodes += 1;
+        Some(match e {
+            Expr::DynamicConstant(d, _) => Code::Const(Konst::from_dynamic(d)?),
+            Expr::BoolConstant(b, _) => Code::Const(Konst::Bool(*b)),
+            Expr::IntegerConstant(i, _) => Code::Const(Konst::Int(*i)),
+            Expr::FloatConstant(f, _) => Code::Const(Konst::Float(**f)),
+            Expr::StringConstant(s, _) => Code::Const(Konst::Str(s.as_str().into())),
+            Expr::Unit(_) => Code::Const(Konst::Unit),
+            Expr::Array(items, _) => {
+                if self.limits.max_array_size != 0 && items.len() > self.limits.max_array_size {
+                    return None;
+                }
+                let mut out = Vec::with_capacity(items.len());
+                for item in items.iter() {
+                    match self.expr(item)? {
+                        Code::Const(k) => out.push(k),
+                        Code::Run(_) => return None,
+                    }
+                }
+                Code::Const(Konst::Array(out))
+            }
+            Expr::Variable(v, _, _) => {
+                let name: &ImmutableString = &v.1;
+                if let Some(s) = outcome(name) {
+                    Code::Const(Konst::Outcome(s))
+                } else {
+                    let get = request_var(name)?;
+                    Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                        Some(get(ctx.req).map_or(Val::Unit, Val::Str))
+                    }))
+                }
+            }
+            Expr::Stmt(b) => {
+                let f = self.stmt_block(b)?;
+                // A `return` inside an expression block ends the whole rule: leave that to Rhai.
+                Code::Run(Box::new(move |ctx: &Ctx<'_>| match f(ctx)? {
+                    Flow::Next(v) => Some(v),
+                    Flow::Return(_) => None,
+                }))
+            }
+            Expr::And(parts, _) | Expr::Or(parts, _) => {
+                let is_and = matches!(e, Expr::And(..));
+                let fs = parts
+                    .iter()
+                    .map(|p| self.expr(p).and_then(Code::into_fn))
+                    .collect::<Option<Vec<_>>>()?;
+                Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                    for f in &fs {
+                        match f(ctx)? {
+                            Val::Bool(b) if b != is_and => return Some(Val::Bool(b)),
+                            Val::Bool(_) => {}
+                            _ => return None,
+                        }
+                    }
+                    Some(Val::Bool(is_and))
+                }))
+            }
+            Expr::FnCall(call, _) => self.call(call)?,
+            Expr::Dot(bin, flags, _) if flags.is_empty() => self.dot(&bin.lhs, &bin.rhs)?,
+            _ => return None,
+        })
+    }
+
+    /// `lhs.rhs`: a `custom` field, or a string method on a value.
+    fn dot(&mut self, lhs: &Expr, rhs: &Expr) -> Option<Code> {
+        self.nodes += 1;
+        let is_custom = matches!(lhs, Expr::Variable(v, _, _) if v.1.as_str() == "custom");
+        match (is_custom, rhs) {
+            (true, Expr::Property(p, _)) => {
+                let key: Box<str> = p.2.as_str().into();
+                Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                    Some(custom_val(ctx.req, &key))
+                })))
+            }
+            (true, Expr::Dot(inner, flags, _)) if flags.is_empty() => {
+                let Expr::Property(p, _) = &inner.lhs else {
+                    return None;
+                };
+                let key: Box<str> = p.2.as_str().into();
+                let field = Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                    Some(custom_val(ctx.req, &key))
+                }));
+                self.chain(field, &inner.rhs)
+            }
+            (false, _) => {
+                let recv = self.expr(lhs)?;
+                self.chain(recv, rhs)
+            }
+            _ => None,
+        }
+    }
+
+    /// Applies a method call (or a further chain) to an already compiled receiver.
+    fn chain(&mut self, recv: Code, rhs: &Expr) -> Option<Code> {
+        match rhs {
+            Expr::MethodCall(call, _) => self.method(recv, call),
+            Expr::Dot(bin, flags, _) if flags.is_empty() => {
+                let Expr::MethodCall(call, _) = &bin.lhs else {
+                    return None;
+                };
+                let first = self.method(recv, call)?;
+                self.chain(first, &bin.rhs)
+            }
+            _ => None,
+        }
+    }
+
+    fn method(&mut self, recv: Code, call: &rhai::FnCallExpr) -> Option<Code> {
+        self.nodes += 1;
+        let recv = recv.into_fn()?;
+        match (call.name.as_str(), call.args.as_slice()) {
+            ("len", []) => Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| match recv(ctx)? {
+                Val::Str(s) => Some(Val::Int(
+                    INT::try_from(s.chars().count()).unwrap_or(INT::MAX),
+                )),
+                _ => None,
+            }))),
+            ("is_empty", []) => Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| match recv(ctx)? {
+                Val::Str(s) => Some(Val::Bool(s.is_empty())),
+                _ => None,
+            }))),
+            (m @ ("starts_with" | "ends_with" | "contains"), [arg]) => {
+                let which = match m {
+                    "starts_with" => 0u8,
+                    "ends_with" => 1,
+                    _ => 2,
+                };
+                let test = move |s: &str, p: &str| match which {
+                    0 => s.starts_with(p),
+                    1 => s.ends_with(p),
+                    _ => s.contains(p),
+                };
+                match self.expr(arg)? {
+                    Code::Const(Konst::Str(p)) => {
+                        Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| match recv(ctx)? {
+                            Val::Str(s) => Some(Val::Bool(test(s, &p))),
+                            _ => None,
+                        })))
+                    }
+                    Code::Const(_) => None,
+                    Code::Run(a) => Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                        match (recv(ctx)?, a(ctx)?) {
+                            (Val::Str(s), Val::Str(p)) => Some(Val::Bool(test(s, p))),
+                            _ => None,
+                        }
+                    }))),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// A function call: an operator, `!`, or `in` (which Rhai parses as `contains(array, value)`).
+    fn call(&mut self, call: &rhai::FnCallExpr) -> Option<Code> {
+        if call.capture_parent_scope {
+            return None;
+        }
+        let name = call.name.as_str();
+        let args = call.args.as_slice();
+        if let (Some(op), [a, b]) = (Cmp::parse(name), args) {
+            if !call.is_operator_call() {
+                return None;
+            }
+            return self.compare(op, a, b);
+        }
+        match (name, args) {
+            ("!", [a]) if call.is_operator_call() => {
+                let f = self.expr(a)?.into_fn()?;
+                Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| match f(ctx)? {
+                    Val::Bool(b) => Some(Val::Bool(!b)),
+                    _ => None,
+                })))
+            }
+            ("contains", [list, item]) => {
+                let Code::Const(Konst::Array(items)) = self.expr(list)? else {
+                    return None;
+                };
+                let item = self.expr(item)?;
+                match item {
+                    Code::Const(k) => {
+                        let v = k.val()?;
+                        array_contains(&items, v).map(|b| Code::Const(Konst::Bool(b)))
+                    }
+                    Code::Run(f) => Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                        array_contains(&items, f(ctx)?).map(Val::Bool)
+                    }))),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn compare(&mut self, op: Cmp, a: &Expr, b: &Expr) -> Option<Code> {
+        let (a, b) = (self.expr(a)?, self.expr(b)?);
+        Some(match (a, b) {
+            (Code::Const(x), Code::Const(y)) => {
+                Code::Const(Konst::Bool(op.apply(x.val()?, y.val()?)?))
+            }
+            (Code::Run(f), Code::Const(k)) => {
+                k.val()?;
+                Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                    op.apply(f(ctx)?, k.val()?).map(Val::Bool)
+                }))
+            }
+            (Code::Const(k), Code::Run(f)) => {
+                k.val()?;
+                Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                    op.apply(k.val()?, f(ctx)?).map(Val::Bool)
+                }))
+            }
+            (Code::Run(f), Code::Run(g)) => Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                op.apply(f(ctx)?, g(ctx)?).map(Val::Bool)
+            })),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(src: &str) -> Option<Compiled> {
+        let limits = Limits::default();
+        let engine = super::super::sandbox::new_engine(&limits);
+        let ast = engine
+            .compile_with_scope(&super::super::sandbox::compile_scope(), src)
+            .unwrap();
+        compile(&ast, &limits)
+    }
+
+    fn run(src: &str, req: &TrackRequest) -> Option<Option<State>> {
+        compiled(src).unwrap().eval(&Ctx { req })
+    }
+
+    #[test]
+    fn the_common_subset_compiles() {
+        for src in [
+            "if custom.trusted_tester == true { ALLOW }",
+            "if device_id == () { CHALLENGE_REQUIRED }",
+            "if custom.amount != () && custom.amount > 100000 { BLOCK }",
+            r#"if ip_address.starts_with("10.") || email.ends_with("@x.io") { BLOCK } else { REVIEW }"#,
+            r#"if custom.destination in ["crypto", "gift"] { REVIEW }"#,
+            r#"if !(user_agent.len() > 3) { return BLOCK; } ()"#,
+        ] {
+            assert!(compiled(src).is_some(), "{src}");
+        }
+    }
+
+    #[test]
+    fn the_rest_is_left_to_rhai() {
+        for src in [
+            "let x = 1; if x > 0 { BLOCK }",
+            r#"if email.split("@").pop() == "x" { BLOCK }"#,
+            "fn f() { 1 } if f() == 1 { BLOCK }",
+            "while true {}",
+            r#"if custom["a"] == 1 { BLOCK }"#,
+            "throw \"no\"",
+        ] {
+            assert!(compiled(src).is_none(), "{src}");
+        }
+    }
+
+    #[test]
+    fn values_follow_rhai() {
+        let mut req = TrackRequest::new("u", "signIn");
+        req.attributes.custom.insert("amount".into(), 2.5f64.into());
+        req.attributes.email = Some("a@b.io".into());
+        assert_eq!(
+            run("if custom.amount > 2 { BLOCK }", &req),
+            Some(Some(State::Block))
+        );
+        assert_eq!(run("if custom.missing > 2 { BLOCK }", &req), Some(None));
+        assert_eq!(
+            run("if device_id != \"x\" { REVIEW }", &req),
+            Some(Some(State::Review))
+        );
+        assert_eq!(
+            run("if email.len() == 6 { ALLOW }", &req),
+            Some(Some(State::Allow))
+        );
+        // Errors and non-outcome values are the interpreter's to report.
+        assert_eq!(run("if device_id.len() > 1 { BLOCK }", &req), None);
+        assert_eq!(run("if custom.amount { BLOCK }", &req), None);
+        assert_eq!(run("42", &req), None);
+    }
+}
