@@ -2,7 +2,7 @@
 //! history is kept), literal list names must exist, geography functions need their database, and signal
 //! functions must get the right number of arguments.
 
-use rhai::{Expr, Position, AST};
+use rhai::{ASTNode, Expr, Position, Stmt, AST};
 
 use crate::error::Diagnostic;
 
@@ -74,12 +74,10 @@ pub(crate) fn analyze(
         });
     };
     ast.walk(&mut |path| {
-        let Some(rhai::ASTNode::Expr(expr)) = path.last() else {
-            return true;
-        };
-        let (call, pos, method) = match expr {
-            Expr::FnCall(call, pos) => (call, *pos, false),
-            Expr::MethodCall(call, pos) => (call, *pos, true),
+        let (call, pos, method) = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, pos)))
+            | Some(ASTNode::Stmt(Stmt::FnCall(call, pos))) => (call, *pos, false),
+            Some(ASTNode::Expr(Expr::MethodCall(call, pos))) => (call, *pos, true),
             _ => return true,
         };
         let name = call.name.as_str();

@@ -1,0 +1,253 @@
+//! Known devices, IPs and countries: what makes them known (ALLOW, CHALLENGE_SUCCEEDED, REVIEW_SUCCEEDED) and
+//! what never does (a blocked attempt, a failed challenge, a pending one), per user.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use riskgate::{Engine, FakeClock, RuleSet, State, TrackAttributes, TrackRequest};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_709_283_600 + secs)
+}
+
+fn geoip(file: &str) -> String {
+    format!("{}/tests/data/geoip/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn req(user: &str, key: &str, ip: Option<&str>, device: Option<&str>) -> TrackRequest {
+    TrackRequest {
+        user_id: user.into(),
+        action: "signIn".into(),
+        attributes: TrackAttributes {
+            idempotency_key: Some(key.into()),
+            ip_address: ip.map(Into::into),
+            device_id: device.map(Into::into),
+            ..Default::default()
+        },
+    }
+}
+
+/// Challenges a new device, blocks when `custom.block` is set, reviews when `custom.review` is set.
+fn engine() -> Engine {
+    let rules = RuleSet::builder()
+        .rule(
+            "block",
+            "//! priority: 1\nif custom.block == true { BLOCK }",
+        )
+        .rule(
+            "review",
+            "//! priority: 2\nif custom.review == true { REVIEW }",
+        )
+        .rule(
+            "new-device",
+            "//! priority: 10\nif is_new_device() { CHALLENGE_REQUIRED }",
+        )
+        .rule(
+            "new-ip",
+            "//! priority: 20\n//! mode: shadow\nif is_new_ip() { CHALLENGE_REQUIRED }",
+        )
+        .build()
+        .unwrap();
+    Engine::builder()
+        .ruleset(rules)
+        .clock(FakeClock::at(at(0)))
+        .build()
+        .unwrap()
+}
+
+fn with(mut r: TrackRequest, flag: &str) -> TrackRequest {
+    r.attributes.custom.insert(flag.into(), true.into());
+    r
+}
+
+#[test]
+fn an_allowed_action_makes_its_device_known() {
+    let rules = RuleSet::from_sources([("new", "if is_new_device() { REVIEW }")]).unwrap();
+    let e = Engine::builder()
+        .ruleset(rules)
+        .clock(FakeClock::at(at(0)))
+        .build()
+        .unwrap();
+    // REVIEW is not a success: the device stays new until a review succeeds.
+    let first = e
+        .track_at(&req("u", "k1", None, Some("d1")), at(0))
+        .unwrap();
+    assert_eq!(first.state, State::Review);
+    assert_eq!(
+        e.track_at(&req("u", "k2", None, Some("d1")), at(1))
+            .unwrap()
+            .state,
+        State::Review
+    );
+    e.update_action("u", "signIn", "k2", State::ReviewSucceeded)
+        .unwrap();
+    assert_eq!(
+        e.track_at(&req("u", "k3", None, Some("d1")), at(2))
+            .unwrap()
+            .state,
+        State::Allow
+    );
+    // Known for that user only.
+    assert_eq!(
+        e.track_at(&req("v", "k1", None, Some("d1")), at(3))
+            .unwrap()
+            .state,
+        State::Review
+    );
+    // No device at all is new.
+    assert_eq!(
+        e.track_at(&req("u", "k4", None, None), at(4))
+            .unwrap()
+            .state,
+        State::Review
+    );
+}
+
+#[test]
+fn a_blocked_device_stays_new() {
+    let e = engine();
+    for i in 0..5 {
+        let r = with(
+            req("victim", &format!("b{i}"), None, Some("attacker")),
+            "block",
+        );
+        assert_eq!(e.track_at(&r, at(i)).unwrap().state, State::Block);
+    }
+    let r = req("victim", "later", None, Some("attacker"));
+    assert_eq!(
+        e.track_at(&r, at(10)).unwrap().state,
+        State::ChallengeRequired
+    );
+}
+
+#[test]
+fn a_challenge_succeeded_device_becomes_known_and_a_failed_one_does_not() {
+    let e = engine();
+    let r = req("u", "c1", Some("203.0.113.5"), Some("phone"));
+    assert_eq!(
+        e.track_at(&r, at(0)).unwrap().state,
+        State::ChallengeRequired
+    );
+    // Still pending: still new.
+    let again = e
+        .track_at(&req("u", "c2", None, Some("phone")), at(1))
+        .unwrap();
+    assert_eq!(again.state, State::ChallengeRequired);
+    e.update_action("u", "signIn", "c2", State::ChallengeFailed)
+        .unwrap();
+    let third = e
+        .track_at(&req("u", "c3", None, Some("phone")), at(2))
+        .unwrap();
+    assert_eq!(
+        third.state,
+        State::ChallengeRequired,
+        "a failed challenge proves nothing"
+    );
+    e.update_action("u", "signIn", "c1", State::ChallengeSucceeded)
+        .unwrap();
+    let known = e
+        .track_at(&req("u", "c4", Some("203.0.113.5"), Some("phone")), at(3))
+        .unwrap();
+    assert_eq!(known.state, State::Allow);
+    assert!(
+        known.shadow_rule_ids.is_empty(),
+        "the IP of the succeeded challenge is known too"
+    );
+    // A refused transition changes nothing.
+    assert!(e
+        .update_action("u", "signIn", "c3", State::ReviewSucceeded)
+        .is_err());
+}
+
+#[test]
+fn ips_are_known_per_user() {
+    let e = engine();
+    let r = req("u", "k1", Some("198.51.100.1"), Some("d"));
+    e.track_at(&r, at(0)).unwrap();
+    e.update_action("u", "signIn", "k1", State::ChallengeSucceeded)
+        .unwrap();
+    let same = e
+        .track_at(&req("u", "k2", Some("198.51.100.1"), Some("d")), at(1))
+        .unwrap();
+    assert!(same.shadow_rule_ids.is_empty());
+    let other_ip = e
+        .track_at(&req("u", "k3", Some("198.51.100.2"), Some("d")), at(2))
+        .unwrap();
+    assert_eq!(other_ip.state, State::Allow);
+    assert_eq!(other_ip.shadow_rule_ids.len(), 1);
+    let other_user = e
+        .track_at(&req("w", "k1", Some("198.51.100.1"), Some("d")), at(3))
+        .unwrap();
+    assert_eq!(other_user.state, State::ChallengeRequired);
+    assert_eq!(other_user.shadow_rule_ids.len(), 1);
+}
+
+#[test]
+fn a_review_succeeded_action_makes_its_country_known() {
+    let rules = RuleSet::builder()
+        .rule(
+            "review",
+            "//! priority: 1\nif custom.review == true { REVIEW }",
+        )
+        .rule(
+            "new-country",
+            "//! priority: 5\nif is_new_country() { CHALLENGE_REQUIRED }",
+        )
+        .config_toml(format!(
+            "[geoip]\ncity = \"{}\"\n",
+            geoip("GeoIP2-City-Test.mmdb")
+        ))
+        .build()
+        .unwrap();
+    let e = Engine::builder()
+        .ruleset(rules)
+        .clock(FakeClock::at(at(0)))
+        .build()
+        .unwrap();
+    let london = Some("81.2.69.142");
+    let r = with(req("u", "k1", london, Some("d")), "review");
+    assert_eq!(e.track_at(&r, at(0)).unwrap().state, State::Review);
+    assert_eq!(
+        e.track_at(&req("u", "k2", london, Some("d")), at(1))
+            .unwrap()
+            .state,
+        State::ChallengeRequired,
+        "GB is still new while the review is pending"
+    );
+    e.update_action("u", "signIn", "k1", State::ReviewSucceeded)
+        .unwrap();
+    // Another London address: same country, so not new.
+    let r = req("u", "k3", Some("81.2.69.160"), Some("d"));
+    assert_eq!(e.track_at(&r, at(2)).unwrap().state, State::Allow);
+    let sweden = req("u", "k4", Some("89.160.20.112"), Some("d"));
+    assert_eq!(
+        e.track_at(&sweden, at(3)).unwrap().state,
+        State::ChallengeRequired
+    );
+    // An address the database does not know has no country: new.
+    let unknown = req("u", "k5", Some("192.0.2.1"), Some("d"));
+    assert_eq!(
+        e.track_at(&unknown, at(4)).unwrap().state,
+        State::ChallengeRequired
+    );
+}
+
+#[test]
+fn known_devices_survive_a_ruleset_swap() {
+    let e = engine();
+    e.track_at(&req("u", "k1", None, Some("d")), at(0)).unwrap();
+    e.update_action("u", "signIn", "k1", State::ChallengeSucceeded)
+        .unwrap();
+    e.swap_ruleset(RuleSet::from_sources([("n", "if is_new_device() { BLOCK }")]).unwrap());
+    assert_eq!(
+        e.track_at(&req("u", "k2", None, Some("d")), at(1))
+            .unwrap()
+            .state,
+        State::Allow
+    );
+    assert_eq!(
+        e.track_at(&req("u", "k3", None, Some("e")), at(2))
+            .unwrap()
+            .state,
+        State::Block
+    );
+}

@@ -1,0 +1,354 @@
+//! Velocity and distinct counts: windows and their edges, separation by user/IP/device, what counts (every
+//! first decision, blocked ones too; never idempotent repeats), window errors, and the memory bound.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use riskgate::{Engine, RuleSet, State, TrackAttributes, TrackRequest};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const T0: u64 = 1_709_283_600; // 2024-03-01T09:00:00Z
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(T0 + secs)
+}
+
+fn req(user: &str, action: &str, ip: Option<&str>, device: Option<&str>) -> TrackRequest {
+    TrackRequest {
+        user_id: user.into(),
+        action: action.into(),
+        attributes: TrackAttributes {
+            ip_address: ip.map(Into::into),
+            device_id: device.map(Into::into),
+            ..Default::default()
+        },
+    }
+}
+
+/// An engine with `rules` as `(id, source)`.
+fn engine(rules: &[(&str, &str)]) -> Engine {
+    Engine::builder()
+        .ruleset(RuleSet::from_sources(rules.iter().copied()).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Tracks `r` at `t` and returns the matching rule ids.
+fn rules_at(e: &Engine, r: &TrackRequest, t: SystemTime) -> Vec<String> {
+    e.track_at(r, t)
+        .unwrap()
+        .rule_ids
+        .iter()
+        .map(|id| id.to_string())
+        .collect()
+}
+
+/// A rule per count value, so a test can read a signal's value from which rule matched.
+fn counting(signal: &str, max: i64) -> Vec<(String, String)> {
+    (0..=max)
+        .map(|n| (format!("n{n}"), format!("if {signal} == {n} {{ ALLOW }}")))
+        .collect()
+}
+
+fn value_engine(signal: &str) -> Engine {
+    let rules = counting(signal, 12);
+    Engine::builder()
+        .ruleset(RuleSet::from_sources(rules).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// The value the signal had for this decision.
+fn value(e: &Engine, r: &TrackRequest, t: SystemTime) -> i64 {
+    let ids = rules_at(e, r, t);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids[0][1..].parse().unwrap()
+}
+
+fn keyed(mut r: TrackRequest, key: &str) -> TrackRequest {
+    r.attributes.idempotency_key = Some(key.into());
+    r
+}
+
+#[test]
+fn velocity_counts_earlier_actions_inside_the_window_only() {
+    let e = value_engine(r#"velocity("1h")"#);
+    let r = req("u1", "withdraw-funds", Some("203.0.113.1"), Some("d1"));
+    assert_eq!(value(&e, &r, at(0)), 0, "nothing before the first action");
+    assert_eq!(value(&e, &r, at(60)), 1);
+    assert_eq!(value(&e, &r, at(120)), 2);
+    // At exactly one hour after the first action, the first has left the window: (now - 1h, now].
+    assert_eq!(value(&e, &r, at(3_600)), 2);
+    assert_eq!(
+        value(&e, &r, at(3_659)),
+        3,
+        "60s, 120s and 3600s are inside"
+    );
+    assert_eq!(value(&e, &r, at(3_721)), 2, "120s has left at 3720s");
+    assert_eq!(value(&e, &r, at(20_000)), 0);
+}
+
+#[test]
+fn windows_differ_and_each_is_exact() {
+    let rules = [
+        (
+            "short",
+            r#"if velocity("30s") == 1 && velocity("10m") == 3 { REVIEW }"#,
+        ),
+        ("long", r#"if velocity("7d") == 4 { BLOCK }"#),
+    ];
+    let e = engine(&rules);
+    let r = req("u1", "signIn", None, None);
+    for t in [0, 86_400, 86_400 + 400, 86_400 + 500] {
+        e.track_at(&r, at(t)).unwrap();
+    }
+    let ids = rules_at(&e, &r, at(86_400 + 510));
+    assert_eq!(ids, ["long", "short"]);
+}
+
+#[test]
+fn users_ips_devices_and_actions_are_counted_apart() {
+    let rules = [
+        ("user", r#"if velocity("1h") == 2 { REVIEW }"#),
+        ("ip", r#"if velocity_ip("1h") == 3 { REVIEW }"#),
+        ("device", r#"if velocity_device("1h") == 1 { REVIEW }"#),
+    ];
+    let e = engine(&rules);
+    let ip = Some("198.51.100.7");
+    e.track_at(&req("alice", "withdraw-funds", ip, Some("d-a")), at(0))
+        .unwrap();
+    e.track_at(&req("alice", "withdraw-funds", ip, Some("d-b")), at(1))
+        .unwrap();
+    e.track_at(&req("bob", "withdraw-funds", ip, Some("d-c")), at(2))
+        .unwrap();
+    e.track_at(&req("alice", "signIn", ip, Some("d-a")), at(3))
+        .unwrap(); // another action code
+    e.track_at(
+        &req("carol", "withdraw-funds", Some("192.0.2.1"), Some("d-a")),
+        at(4),
+    )
+    .unwrap();
+    // alice: 2 earlier withdrawals; this IP: 3 withdrawals (alice, alice, bob); device d-b: 1 (alice).
+    let ids = rules_at(&e, &req("alice", "withdraw-funds", ip, Some("d-b")), at(5));
+    assert_eq!(ids, ["device", "ip", "user"]);
+    // Without an IP or device those counts are 0, and the user's count is unaffected.
+    let e2 = value_engine(r#"velocity_ip("1h") + velocity_device("1h") * 10"#);
+    assert_eq!(value(&e2, &req("x", "signIn", None, None), at(0)), 0);
+    assert_eq!(value(&e2, &req("x", "signIn", None, None), at(1)), 0);
+}
+
+#[test]
+fn distinct_users_and_devices() {
+    let rules = [
+        (
+            "users-on-ip",
+            r#"if distinct_users_on_ip("1h") == 2 { REVIEW }"#,
+        ),
+        (
+            "users-on-device",
+            r#"if distinct_users_on_device("1h") == 3 { REVIEW }"#,
+        ),
+        ("devices", r#"if distinct_devices("1h") == 2 { REVIEW }"#),
+    ];
+    let e = engine(&rules);
+    let ip = Some("198.51.100.7");
+    for (t, user, dev) in [
+        (0, "a", "d1"),
+        (1, "b", "d1"),
+        (2, "a", "d1"),
+        (3, "c", "d1"),
+        (4, "a", "d2"),
+    ] {
+        e.track_at(&req(user, "signIn", ip, Some(dev)), at(t))
+            .unwrap();
+    }
+    // From this IP: a, b, c (3, so no match); device d1: a, b, c; user a: d1, d2.
+    let ids = rules_at(
+        &e,
+        &req("a", "signIn", Some("192.0.2.9"), Some("d1")),
+        at(10),
+    );
+    assert_eq!(ids, ["devices", "users-on-device"]);
+    let e2 = value_engine(r#"distinct_users_on_ip("1h")"#);
+    for (t, user) in [(0, "a"), (1, "b"), (4_000, "c")] {
+        e2.track_at(&req(user, "signIn", ip, None), at(t)).unwrap();
+    }
+    assert_eq!(
+        value(&e2, &req("d", "signIn", ip, None), at(4_001)),
+        1,
+        "a and b are older than 1h"
+    );
+}
+
+#[test]
+fn idempotent_repeats_do_not_count_but_blocked_attempts_do() {
+    let e = engine(&[
+        (
+            "block",
+            "//! priority: 10\nif velocity(\"1h\") >= 1 { BLOCK }",
+        ),
+        (
+            "three",
+            "//! priority: 20\nif velocity(\"1h\") == 3 { REVIEW }",
+        ),
+    ]);
+    let r = |k: &str| keyed(req("u", "withdraw-funds", None, None), k);
+    for s in 0..5 {
+        assert_eq!(
+            e.track_at(&r("k1"), at(s)).unwrap().state,
+            State::Allow,
+            "repeat {s}"
+        );
+    }
+    assert_eq!(
+        rules_at(&e, &r("k2"), at(10)),
+        ["block"],
+        "one earlier action, not five"
+    );
+    assert_eq!(rules_at(&e, &r("k3"), at(11)), ["block"]);
+    // k1 once, and the two blocked attempts.
+    assert_eq!(rules_at(&e, &r("k4"), at(12)), ["block", "three"]);
+}
+
+#[test]
+fn a_bad_literal_window_is_a_load_error_naming_it() {
+    let err = RuleSet::from_sources([("w", "if velocity(\"1 hour\") > 3 { BLOCK }")]).unwrap_err();
+    let d = &err.diagnostics()[0];
+    assert_eq!((d.file.as_str(), d.line, d.column), ("w", 1, 13), "{err}");
+    assert!(
+        d.message.contains("`1 hour`") && d.message.contains("velocity"),
+        "{err}"
+    );
+    let err = RuleSet::from_sources([("w", "velocity(\"1h\", 2)")]).unwrap_err();
+    assert!(err.to_string().contains("takes one argument"), "{err}");
+}
+
+#[test]
+fn a_bad_computed_window_is_a_rule_error_naming_it() {
+    let rules = [(
+        "computed",
+        r#"let w = if custom.fast == true { "5 min" } else { "30d" }; if velocity(w) > 3 { BLOCK }"#,
+    )];
+    let e = engine(&rules);
+    let mut r = req("u", "signIn", None, None);
+    let resp = e.track_at(&r, at(0)).unwrap();
+    assert_eq!(resp.errors.len(), 1);
+    assert!(resp.errors[0].message.contains("30d"), "{:?}", resp.errors);
+    assert!(
+        resp.errors[0].message.contains("max_window"),
+        "{:?}",
+        resp.errors
+    );
+    r.attributes.custom.insert("fast".into(), true.into());
+    let resp = e.track_at(&r, at(1)).unwrap();
+    assert!(
+        resp.errors[0].message.contains("`5 min`"),
+        "{:?}",
+        resp.errors
+    );
+    assert_eq!(
+        resp.state,
+        State::ChallengeRequired,
+        "on_rule_error decides"
+    );
+}
+
+#[test]
+fn computed_windows_keep_max_window_of_history() {
+    let rules = RuleSet::builder()
+        .rule(
+            "computed",
+            r#"let w = "2h"; if velocity(w) == 1 { REVIEW }"#,
+        )
+        .config_toml("[signals]\nmax_window = \"3h\"\n")
+        .build()
+        .unwrap();
+    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let r = req("u", "signIn", None, None);
+    e.track_at(&r, at(0)).unwrap();
+    assert_eq!(e.track_at(&r, at(5_000)).unwrap().state, State::Review);
+}
+
+#[test]
+fn a_flood_of_unique_keys_stays_at_the_bound() {
+    let rules = RuleSet::builder()
+        .rule(
+            "v",
+            r#"if velocity("1h") > 100 || distinct_devices("1h") > 100 || is_new_device() { () }"#,
+        )
+        .config_toml("[signals]\nmax_keys = 500\nmax_per_key = 8\n[idempotency]\ncapacity = 100\n")
+        .build()
+        .unwrap();
+    let e = Engine::builder().ruleset(rules).build().unwrap();
+    for i in 0..5_000u32 {
+        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        let r = req(
+            &format!("user-{i}"),
+            "signIn",
+            Some(&ip),
+            Some(&format!("device-{i}")),
+        );
+        e.track_at(&r, at(u64::from(i))).unwrap();
+        // Three tables, each at most 500 keys.
+        assert!(
+            e.history_keys() <= 1_500,
+            "{} keys after {i}",
+            e.history_keys()
+        );
+    }
+    assert!(
+        e.history_keys() >= 1_000,
+        "the bound is reached, not undershot"
+    );
+    // One hot key: its series stays at max_per_key, and counts saturate there.
+    let hot = req("hot", "signIn", Some("192.0.2.1"), Some("dev-hot"));
+    for i in 0..50u64 {
+        e.track_at(&hot, at(6_000 + i)).unwrap();
+    }
+    let probe = RuleSet::builder()
+        .rule("n", r#"if velocity("1h") == 8 { REVIEW }"#)
+        .config_toml("[signals]\nmax_keys = 500\nmax_per_key = 8\n")
+        .build()
+        .unwrap();
+    e.swap_ruleset(probe);
+    assert_eq!(e.track_at(&hot, at(6_100)).unwrap().state, State::Review);
+}
+
+#[test]
+fn idle_keys_are_dropped_after_the_longest_window() {
+    let rules = RuleSet::from_sources([("v", r#"if velocity("10m") > 100 { BLOCK }"#)]).unwrap();
+    let e = Engine::builder().ruleset(rules).build().unwrap();
+    for i in 0..200u64 {
+        e.track_at(&req(&format!("u{i}"), "signIn", None, None), at(i))
+            .unwrap();
+    }
+    let busy = e.history_keys();
+    assert!(busy >= 400, "{busy}");
+    assert_eq!(busy, 400, "a velocity series and a known entry per user");
+    // An hour later every earlier series is idle: new keys sweep them out as they arrive. What users made
+    // known is kept longer (`[signals] known_for`).
+    for i in 0..200u64 {
+        e.track_at(
+            &req(&format!("late{i}"), "signIn", None, None),
+            at(3_600 + i),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        e.history_keys(),
+        200 + 400,
+        "old series dropped, old known entries kept"
+    );
+}
+
+#[test]
+fn without_windowed_rules_no_series_are_kept() {
+    let e = engine(&[("none", "if user_id == \"x\" { BLOCK }")]);
+    for i in 0..100u64 {
+        e.track_at(
+            &req(&format!("u{i}"), "signIn", Some("192.0.2.1"), Some("d")),
+            at(i),
+        )
+        .unwrap();
+    }
+    // Only what users made known (one key per user) is kept.
+    assert_eq!(e.history_keys(), 100);
+}
