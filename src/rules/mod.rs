@@ -396,7 +396,7 @@ impl RuleSetBuilder {
                     file,
                     line: e.1.line().unwrap_or(0),
                     column: e.1.position().unwrap_or(0),
-                    message: e.0.to_string(),
+                    message: sandbox::explain_parse_error(&e.0),
                 }),
             }
         }

@@ -1,11 +1,19 @@
 //! The Rhai sandbox: how the engine that runs rules is configured, and how one decision's rules are evaluated.
 //!
 //! Limits (operations, call depth, expression depth, string/array/map sizes) are Rhai's own; the wall-clock
-//! limit is checked from Rhai's progress callback against a per-thread deadline. `eval`, `print`, `debug` and
-//! module imports are unavailable, and Rhai has no file, network or process access to begin with.
+//! limit is checked from Rhai's progress callback against a per-thread deadline. `eval`, `print`, `debug`,
+//! `sleep` and module imports are unavailable, and Rhai has no file, network or process access to begin with.
+//!
+//! Three guards go beyond Rhai's own limits:
+//! - a limit reached inside a standard function that swallows its callback's errors (`sort` and `dedup` with
+//!   a comparer) still fails the rule, rather than letting it finish as if nothing happened;
+//! - `replace` checks the size of its result before building it, so one call cannot allocate far beyond the
+//!   string size limit (16 KiB × 16 KiB = 256 MiB) and run far past the time limit;
+//! - a panic inside Rhai while a rule runs is caught and becomes that rule's error.
 
 use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position, Scope, FLOAT, INT};
 use std::cell::{Cell, RefCell};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use super::compile::Ctx;
@@ -38,8 +46,18 @@ const OUTCOMES: [(&str, State); 4] = [
 thread_local! {
     /// When the rule running on this thread must stop.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Which limit the rule running on this thread reached, if any (see [`Hit`]).
+    static LIMIT_HIT: Cell<Hit> = const { Cell::new(Hit::None) };
     /// One scope per thread, refilled for each decision, so no decision allocates a new one.
     static SCOPE: RefCell<Scope<'static>> = RefCell::new(Scope::new());
+}
+
+/// A limit reached by the rule running on this thread.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hit {
+    None,
+    Operations,
+    Time,
 }
 
 /// Builds the Rhai engine for a ruleset with `limits`.
@@ -58,17 +76,55 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
     e.disable_symbol("eval");
     e.on_print(|_| {});
     e.on_debug(|_, _, _| {});
-    e.on_progress(|ops| {
+    let max_operations = limits.max_operations;
+    e.on_progress(move |ops| {
+        // Rhai stops the rule itself one operation later; recording it here catches the case where a
+        // standard function swallows that error (see `run`).
+        if ops >= max_operations {
+            LIMIT_HIT.set(Hit::Operations);
+        }
         // Reading the clock costs ~20 ns: do it every 256 operations.
         if ops % 256 == 0 {
             if let Some(deadline) = DEADLINE.get() {
                 if Instant::now() >= deadline {
+                    LIMIT_HIT.set(Hit::Time);
                     return Some(Dynamic::UNIT);
                 }
             }
         }
         None
     });
+    // `sleep` would block the host's thread past any time limit (and `sleep(1e300)` panics): refuse it.
+    e.register_fn("sleep", |_: INT| -> Result<(), Box<EvalAltResult>> {
+        Err(unavailable("sleep"))
+    });
+    e.register_fn("sleep", |_: FLOAT| -> Result<(), Box<EvalAltResult>> {
+        Err(unavailable("sleep"))
+    });
+    let max_string = limits.max_string_size;
+    e.register_fn(
+        "replace",
+        move |s: &mut ImmutableString, find: &str, sub: &str| -> Result<(), Box<EvalAltResult>> {
+            if s.is_empty() {
+                return Ok(());
+            }
+            check_replace(s, find, sub.len(), max_string)?;
+            *s = s.replace(find, sub).into();
+            Ok(())
+        },
+    );
+    e.register_fn(
+        "replace",
+        move |s: &mut ImmutableString, find: char, sub: &str| -> Result<(), Box<EvalAltResult>> {
+            if s.is_empty() {
+                return Ok(());
+            }
+            let mut buf = [0u8; 4];
+            check_replace(s, find.encode_utf8(&mut buf), sub.len(), max_string)?;
+            *s = s.replace(find, sub).into();
+            Ok(())
+        },
+    );
     e.register_type_with_name::<State>("Outcome")
         .register_fn("==", |a: State, b: State| a == b)
         .register_fn("!=", |a: State, b: State| a != b)
@@ -76,6 +132,56 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
         .register_fn("to_debug", |s: &mut State| s.as_str().to_owned());
     crate::signals::register(&mut e);
     e
+}
+
+fn unavailable(name: &str) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(
+        format!("`{name}` is not available in rules").into(),
+        Position::NONE,
+    )
+    .into()
+}
+
+/// Refuses a `replace` whose result would be longer than `max` bytes, before building it.
+fn check_replace(
+    s: &str,
+    find: &str,
+    sub_len: usize,
+    max: usize,
+) -> Result<(), Box<EvalAltResult>> {
+    if sub_len <= find.len() {
+        return Ok(());
+    }
+    // An empty pattern matches between every character and at both ends.
+    let matches = if find.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(find).count()
+    };
+    let grown = matches.saturating_mul(sub_len - find.len());
+    if s.len().saturating_add(grown) > max {
+        return Err(
+            EvalAltResult::ErrorDataTooLarge("Length of string".into(), Position::NONE).into(),
+        );
+    }
+    Ok(())
+}
+
+/// A load-time parse error's message, saying plainly when a rule reached for something the sandbox leaves out.
+pub(crate) fn explain_parse_error(e: &rhai::ParseErrorType) -> String {
+    let msg = e.to_string();
+    for (word, what) in [
+        ("import", "rules cannot load modules"),
+        ("export", "rules cannot export to modules"),
+        ("eval", "rules cannot evaluate code built at run time"),
+    ] {
+        if msg == format!("'{word}' is a reserved keyword")
+            || msg == format!("reserved keyword '{word}' is disabled")
+        {
+            return format!("`{word}` is not available in rules: {what}");
+        }
+    }
+    msg
 }
 
 /// The scope rules are compiled against: outcome constants, and every request variable (so that strict variable
@@ -161,10 +267,33 @@ fn run<'a>(
             continue;
         }
         DEADLINE.set(Some(Instant::now() + budget));
-        let result = engine.eval_ast_with_scope::<Dynamic>(scope, &rule.ast);
+        LIMIT_HIT.set(Hit::None);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            engine.eval_ast_with_scope::<Dynamic>(scope, &rule.ast)
+        }));
         DEADLINE.set(None);
+        let hit = LIMIT_HIT.replace(Hit::None);
         scope.rewind(base);
+        let result = match result {
+            Ok(r) => r,
+            Err(panic) => {
+                out.push(RuleResult::Error(format!(
+                    "rule panicked: {}",
+                    panic_message(panic.as_ref())
+                )));
+                continue;
+            }
+        };
         out.push(match result {
+            // A limit was reached but the error was swallowed by a standard function: still a failure.
+            Ok(_) if hit == Hit::Operations => RuleResult::Error(format!(
+                "operation limit of {} exceeded",
+                limits.max_operations
+            )),
+            Ok(_) if hit == Hit::Time => RuleResult::Error(format!(
+                "time limit of {}ms exceeded",
+                limits.time_limit_ms
+            )),
             Ok(v) if v.is_unit() => RuleResult::NoMatch,
             Ok(v) => match v.try_cast::<State>() {
                 Some(s) => RuleResult::Match(s),
@@ -175,6 +304,13 @@ fn run<'a>(
             Err(e) => RuleResult::Error(describe(*e, limits)),
         });
     }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
 }
 
 fn fill_scope(scope: &mut Scope<'static>, req: &TrackRequest) {

@@ -1,0 +1,346 @@
+//! Hostile rules: each one ends as a rule error within the configured limits, the decision still returns (the
+//! other rules still decide), and memory stays bounded. Rules that reach for what the sandbox leaves out
+//! (`eval`, modules) fail to load with a clear message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use riskgate::{Engine, RuleSet, State, TrackRequest};
+use std::time::{Duration, Instant};
+
+/// A rule that always matches, stronger than the hostile one: it must still decide.
+const GOOD: (&str, &str) = ("zz-good", "//! priority: 10\nREVIEW");
+
+/// Debug builds on a shared 2-core CI machine: generous, but far below "hangs".
+const WALL_BOUND: Duration = Duration::from_secs(2);
+
+/// (name, rule source, what the error message must contain). Where either the operation or the time limit
+/// may stop a rule first (debug builds on a loaded machine are slow), only "exceed" is required; the test
+/// below with small configured limits pins each limit's message.
+const HOSTILE: &[(&str, &str, &str)] = &[
+    ("loop", "loop {}", "exceeded"),
+    ("while-true", "while true { }", "exceeded"),
+    (
+        "huge-range",
+        "for i in range(0, 1000000000000) { } ()",
+        "limit of",
+    ),
+    (
+        "deep-recursion",
+        "fn f(x) { f(x + 1) } f(0)",
+        "call depth limit of 16 exceeded",
+    ),
+    (
+        "mutual-recursion",
+        "fn a(x) { b(x) } fn b(x) { a(x) } a(1)",
+        "call depth limit",
+    ),
+    (
+        "string-doubling",
+        r#"let s = "ab"; loop { s += s; }"#,
+        "Length of string exceeds its limit",
+    ),
+    (
+        "string-pad",
+        r#"let s = ""; s.pad(100000000, "x"); s"#,
+        "Length of string exceeds its limit",
+    ),
+    (
+        "string-replace-blowup",
+        r#"let s = ""; s.pad(16000, "a"); let t = s; s.replace("a", t); ()"#,
+        "Length of string exceeds its limit",
+    ),
+    (
+        "string-replace-empty-pattern",
+        r#"let s = ""; s.pad(16000, "a"); s.replace("", "xyz"); ()"#,
+        "Length of string exceeds its limit",
+    ),
+    (
+        "string-in-array",
+        r#"let s = ""; s.pad(16000, "a"); let a = []; for i in 0..1000 { a.push(s); } ()"#,
+        "Length of string exceeds its limit",
+    ),
+    (
+        "array-push",
+        "let a = []; loop { a.push(a.len()); }",
+        "exceed",
+    ),
+    (
+        "array-pad",
+        "let a = []; a.pad(100000000, 0); ()",
+        "Size of array/BLOB exceeds its limit",
+    ),
+    (
+        "nested-arrays",
+        "let a = []; for i in 0..1000 { let b = []; b.pad(1000, i); a.push(b); } ()",
+        "Size of array/BLOB exceeds its limit",
+    ),
+    (
+        "map-growth",
+        "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
+        "exceed",
+    ),
+    ("blob", "let b = blob(100000000); ()", "exceeds its limit"),
+    (
+        "sort-comparer-swallows-errors",
+        "let a = []; a.pad(1000, 1); a.sort(|x, y| { let z = 0; while z < 1000 { z += 1 } 0 }); ()",
+        "limit of",
+    ),
+    (
+        "wall-clock-spin",
+        "let t = timestamp(); while t.elapsed < 1.0 {} ()",
+        "exceeded",
+    ),
+    ("sleep", "sleep(10)", "`sleep` is not available in rules"),
+    (
+        "sleep-overflow",
+        "sleep(1.0e300)",
+        "`sleep` is not available in rules",
+    ),
+    (
+        "sleep-via-pointer",
+        r#"let f = Fn("sleep"); f.call(3600)"#,
+        "`sleep` is not available in rules",
+    ),
+    ("eval-via-pointer", r#"Fn("eval")"#, "'eval' is a reserved keyword"),
+    (
+        "file-open",
+        r#"open("/etc/passwd")"#,
+        "Function not found: open",
+    ),
+    (
+        "file-read",
+        r#"read_file("/etc/passwd")"#,
+        "Function not found: read_file",
+    ),
+    (
+        "process",
+        r#"system("rm -rf /")"#,
+        "Function not found: system",
+    ),
+    (
+        "mutate-request",
+        "custom.clear(); ()",
+        "cannot be called on constant",
+    ),
+    (
+        "assign-request",
+        r#"user_id = "admin"; ()"#,
+        "Cannot modify constant user_id",
+    ),
+    (
+        "deep-json",
+        "parse_json(\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\")",
+        "maximum complexity",
+    ),
+    (
+        "overflow",
+        "9223372036854775807 + 1",
+        "Addition overflow",
+    ),
+    ("division-by-zero", "1 / 0", "Division by zero"),
+    (
+        "wrong-return-type",
+        r#""BLOCK""#,
+        "not ALLOW, CHALLENGE_REQUIRED, REVIEW, BLOCK or ()",
+    ),
+    ("throw", r#"throw "boom""#, "boom"),
+];
+
+fn request() -> TrackRequest {
+    let mut req = TrackRequest::new("user-1", "signIn");
+    req.attributes.custom.insert("amount".into(), 5i64.into());
+    req
+}
+
+#[test]
+fn each_hostile_rule_is_a_rule_error_and_the_decision_still_returns() {
+    for &(name, source, expected) in HOSTILE {
+        let rules = RuleSet::from_sources([(name, source), GOOD])
+            .unwrap_or_else(|e| panic!("{name}: should load, got {e}"));
+        let engine = Engine::builder().ruleset(rules).build().unwrap();
+        let started = Instant::now();
+        let resp = engine
+            .track(&request())
+            .unwrap_or_else(|e| panic!("{name}: track failed: {e}"));
+        let took = started.elapsed();
+        assert!(took < WALL_BOUND, "{name}: took {took:?}");
+        assert_eq!(resp.errors.len(), 1, "{name}: {resp:?}");
+        assert_eq!(resp.errors[0].rule_id, name);
+        assert!(
+            resp.errors[0].message.contains(expected),
+            "{name}: expected `{expected}` in `{}`",
+            resp.errors[0].message
+        );
+        // The failing rule counts as `on_rule_error` (CHALLENGE_REQUIRED, priority 50); the good rule, stronger,
+        // still decides.
+        assert_eq!(resp.state, State::Review, "{name}");
+        assert_eq!(resp.rule_ids, ["zz-good", name], "{name}");
+        // Nothing of the hostile rule survives into the next decision on the same thread.
+        let again = engine.track(&request()).unwrap();
+        assert_eq!(again.errors.len(), 1, "{name}: {again:?}");
+    }
+}
+
+#[test]
+fn configured_limits_are_the_ones_enforced() {
+    let rules = RuleSet::builder()
+        .rule("loop", "loop {}")
+        .rule("recurse", "fn f(x) { f(x + 1) } f(0)")
+        .rule("string", r#"let s = "ab"; loop { s += s; }"#)
+        .rule("array", "let a = []; loop { a.push(1); }")
+        // Rhai checks a map's size when it is next used, not on `m[k] = v` itself (the operation and time
+        // limits bound that growth meanwhile).
+        .rule(
+            "map",
+            "let m = #{}; for i in 0..100 { m[`k${i}`] = i; } m.len()",
+        )
+        .config_toml(
+            r#"
+on_rule_error = "BLOCK"
+[limits]
+max_operations = 1000
+max_call_depth = 4
+max_string_size = 100
+max_array_size = 10
+max_map_size = 10
+"#,
+        )
+        .build()
+        .unwrap();
+    let engine = Engine::builder().ruleset(rules).build().unwrap();
+    let resp = engine.track(&request()).unwrap();
+    assert_eq!(resp.state, State::Block);
+    let msg = |id: &str| {
+        resp.errors
+            .iter()
+            .find(|e| e.rule_id == id)
+            .map(|e| e.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        msg("loop").contains("operation limit of 1000 exceeded"),
+        "{resp:?}"
+    );
+    assert!(
+        msg("recurse").contains("call depth limit of 4 exceeded"),
+        "{resp:?}"
+    );
+    assert!(msg("string").contains("strings 100 bytes"), "{resp:?}");
+    assert!(msg("array").contains("arrays 10 items"), "{resp:?}");
+    assert!(msg("map").contains("maps 10 entries"), "{resp:?}");
+}
+
+#[test]
+fn the_time_limit_stops_a_rule_within_its_budget() {
+    let rules = RuleSet::builder()
+        .rule("spin", "let t = timestamp(); while t.elapsed < 10.0 {} ()")
+        .config_toml("[limits]\nmax_operations = 1000000000\ntime_limit = \"20ms\"\n")
+        .build()
+        .unwrap();
+    let engine = Engine::builder().ruleset(rules).build().unwrap();
+    let started = Instant::now();
+    let resp = engine.track(&request()).unwrap();
+    let took = started.elapsed();
+    assert!(
+        resp.errors[0]
+            .message
+            .contains("time limit of 20ms exceeded"),
+        "{resp:?}"
+    );
+    assert!(took >= Duration::from_millis(20), "{took:?}");
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+}
+
+#[test]
+fn skip_leaves_a_failing_rule_out_of_the_decision() {
+    let rules = RuleSet::builder()
+        .rule("loop", "loop {}")
+        .config_toml("on_rule_error = \"skip\"\ndefault_outcome = \"ALLOW\"\n")
+        .build()
+        .unwrap();
+    let engine = Engine::builder().ruleset(rules).build().unwrap();
+    let resp = engine.track(&request()).unwrap();
+    assert_eq!(resp.state, State::Allow);
+    assert!(resp.rule_ids.is_empty());
+    assert_eq!(resp.errors.len(), 1);
+}
+
+#[test]
+fn unavailable_language_features_fail_to_load_with_a_clear_message() {
+    for (source, expected) in [
+        (
+            r#"import "std" as s; ()"#,
+            "`import` is not available in rules: rules cannot load modules",
+        ),
+        (
+            "export const x = 1; ()",
+            "`export` is not available in rules",
+        ),
+        (
+            r#"eval("BLOCK")"#,
+            "`eval` is not available in rules: rules cannot evaluate code built at run time",
+        ),
+    ] {
+        let e = RuleSet::from_sources([("bad", source)]).unwrap_err();
+        assert!(e.to_string().contains(expected), "{source}: {e}");
+        assert!(e.to_string().starts_with("bad:1:"), "{source}: {e}");
+    }
+}
+
+#[test]
+fn deeply_nested_source_is_a_load_error_not_a_stack_overflow() {
+    let n = 100_000;
+    for source in [
+        format!("{}1{}", "(".repeat(n), ")".repeat(n)),
+        format!("{}1{}", "[".repeat(n), "]".repeat(n)),
+        format!("{}1{}", "if true {".repeat(n), "}".repeat(n)),
+        format!("{}true", "!".repeat(n)),
+        format!("let x = #{{}}; x{}", ".a".repeat(n)),
+        "|x| ".repeat(n),
+        format!("1{}", " + 1".repeat(n)),
+    ] {
+        let e = RuleSet::from_sources([("deep", source.as_str())]).unwrap_err();
+        assert!(e.to_string().contains("deep:1:"), "{e}");
+    }
+}
+
+/// Peak resident memory of this process, in KiB (Linux).
+#[cfg(target_os = "linux")]
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn memory_stays_bounded_under_rules_that_try_to_grow_it() {
+    // Each of these would take hundreds of MiB to GiB without the limits (the replace alone is 256 MiB).
+    let growers = [
+        r#"let s = ""; s.pad(16000, "a"); let t = s; s.replace("a", t); ()"#,
+        r#"let s = "ab"; loop { s += s; }"#,
+        "let a = []; a.pad(100000000, 0); ()",
+        "let a = []; for i in 0..1000 { let b = []; b.pad(1000, i); a.push(b); } ()",
+        r#"let s = ""; s.pad(16000, "a"); let m = #{}; for i in 0..1000 { m[`${i}`] = s + i; } ()"#,
+        "let b = blob(100000000); ()",
+    ];
+    let rules = RuleSet::from_sources(
+        growers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("grow-{i}"), *s)),
+    )
+    .unwrap();
+    let engine = Engine::builder().ruleset(rules).build().unwrap();
+    let before = peak_rss_kib();
+    for i in 0..20 {
+        let mut req = request();
+        req.attributes.idempotency_key = Some(format!("k{i}"));
+        let resp = engine.track(&req).unwrap();
+        assert_eq!(resp.state, State::ChallengeRequired, "{resp:?}");
+    }
+    let grown_mib = peak_rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib < 128, "peak memory grew by {grown_mib} MiB");
+}
