@@ -370,3 +370,61 @@ fn validate_challenge_through_replay_in_a_pipe() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn an_action_evicted_while_being_decided_answers_its_caller_and_leaves_no_token() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let clock = FakeClock::default();
+    let rules = RuleSet::builder()
+        .rule(
+            "slow",
+            "//! actions: slow\nlet x = 0; for i in 0..300000 { x += 1; } if x > 0 { CHALLENGE_REQUIRED }",
+        )
+        .config_toml("[idempotency]\ncapacity = 1\n[limits]\ntime_limit = \"30s\"\nmax_operations = 10000000")
+        .build()
+        .unwrap();
+    let e = Engine::builder()
+        .ruleset(rules)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let slow = |key: &str| {
+        let mut r = TrackRequest::new("u1", "slow");
+        r.attributes.idempotency_key = Some(key.into());
+        r
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (e, done, r) = (e.clone(), Arc::clone(&done), slow("k1"));
+        std::thread::spawn(move || {
+            let resp = e.track(&r).unwrap();
+            done.store(true, Ordering::SeqCst);
+            resp
+        })
+    };
+    // Wait until k1 is stored but not yet decided, then push it out with another action.
+    let mut evicted_in_flight = false;
+    while !done.load(Ordering::SeqCst) {
+        if e.stored_actions() == 1 && e.get_action("u1", "slow", "k1").is_none() {
+            let mut fast = TrackRequest::new("u1", "fast");
+            fast.attributes.idempotency_key = Some("k2".into());
+            e.track(&fast).unwrap();
+            evicted_in_flight = !done.load(Ordering::SeqCst);
+            break;
+        }
+        std::thread::yield_now();
+    }
+    let resp = worker.join().unwrap();
+    assert!(
+        evicted_in_flight,
+        "the test never caught k1 while it was being decided"
+    );
+    // The caller got its decision, but the store no longer holds the action, nor its token.
+    assert_eq!(resp.state, State::ChallengeRequired);
+    let token = resp.token.unwrap();
+    assert_eq!(e.get_action("u1", "slow", "k1"), None);
+    assert_eq!(e.stored_actions(), 1);
+    assert_eq!(e.validate_challenge(&token), invalid("unknown_token"));
+}
