@@ -17,7 +17,7 @@ use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
 use crate::signals::{self, DecisionCtx, History};
 use crate::store::{self, Decided, Found, Slot, Store};
-use crate::{ActionRecord, State, TrackResponse, ValidateChallengeResponse};
+use crate::{ActionRecord, InvalidTokenReason, State, TrackResponse, ValidateChallengeResponse};
 
 /// The risk-decision engine. Cheap to clone: clones share rules, stored actions and history.
 ///
@@ -312,30 +312,32 @@ impl Engine {
     pub fn validate_challenge(&self, token: &str) -> ValidateChallengeResponse {
         let now_ms = to_millis(self.shared.clock.now());
         let ttl = self.shared.ruleset.load().config.idempotency_ttl_ms;
-        let invalid = |reason: &str| ValidateChallengeResponse {
+        let invalid = |reason| ValidateChallengeResponse {
             is_valid: false,
             state: None,
             user_id: None,
             action: None,
             idempotency_key: None,
-            reason: Some(reason.to_owned()),
+            reason: Some(reason),
         };
         if token.is_empty() || token.len() > 128 {
-            return invalid("unknown_token");
+            return invalid(InvalidTokenReason::UnknownToken);
         }
         let Some(slot) = self.shared.store.by_token(token, now_ms, ttl) else {
-            return invalid("unknown_token");
+            return invalid(InvalidTokenReason::UnknownToken);
         };
         let Some(decided) = slot.decided.get() else {
-            return invalid("unknown_token");
+            return invalid(InvalidTokenReason::UnknownToken);
         };
         let state = slot.state();
+        // Expiry first, then the state, and only then is the token used up: checking a pending, failed or
+        // expired token never spends it.
         let reason = if now_ms >= decided.token_expires_ms {
-            Some("expired")
+            Some(InvalidTokenReason::Expired)
         } else if state != State::ChallengeSucceeded {
-            Some("not_succeeded")
+            Some(InvalidTokenReason::NotSucceeded)
         } else if !slot.use_token() {
-            Some("already_used")
+            Some(InvalidTokenReason::AlreadyUsed)
         } else {
             None
         };
@@ -345,7 +347,7 @@ impl Engine {
             user_id: Some(slot.user_id().to_owned()),
             action: Some(slot.action().to_owned()),
             idempotency_key: Some(slot.key().to_owned()),
-            reason: reason.map(str::to_owned),
+            reason,
         }
     }
 

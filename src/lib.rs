@@ -45,7 +45,8 @@ pub use request::{
     MAX_CUSTOM_STRING_BYTES, MAX_ID_BYTES, MAX_LONG_FIELD_BYTES, MAX_PHONE_BYTES,
 };
 pub use response::{
-    ActionRecord, RuleError, RuleId, State, TrackResponse, ValidateChallengeResponse,
+    ActionRecord, InvalidTokenReason, RuleError, RuleId, State, TrackResponse,
+    ValidateChallengeResponse,
 };
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 

@@ -278,7 +278,51 @@ pub struct ValidateChallengeResponse {
     /// The action's idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
-    /// Why the token is not valid: `unknown_token`, `expired`, `already_used` or `not_succeeded`.
+    /// Why the token is not valid; absent when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<InvalidTokenReason>,
+}
+
+/// Why [`Engine::validate_challenge`](crate::Engine::validate_challenge) found a token not valid. Serialised in
+/// snake case (`"unknown_token"`).
+///
+/// ```
+/// use riskgate::{Engine, InvalidTokenReason, RuleSet};
+///
+/// let engine = Engine::builder().ruleset(RuleSet::from_sources([("r", "CHALLENGE_REQUIRED")])?).build()?;
+/// let check = engine.validate_challenge("not-a-token");
+/// assert!(!check.is_valid);
+/// assert_eq!(check.reason, Some(InvalidTokenReason::UnknownToken));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum InvalidTokenReason {
+    /// No retained action has this token: forged, mistyped, or its action expired or was evicted.
+    UnknownToken,
+    /// The token is older than `[challenge] token_ttl`.
+    Expired,
+    /// The action has not reached `CHALLENGE_SUCCEEDED`: the challenge is pending or failed (see `state`).
+    NotSucceeded,
+    /// The token was validated before: a token is valid once.
+    AlreadyUsed,
+}
+
+impl InvalidTokenReason {
+    /// The wire name (`"unknown_token"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidTokenReason::UnknownToken => "unknown_token",
+            InvalidTokenReason::Expired => "expired",
+            InvalidTokenReason::NotSucceeded => "not_succeeded",
+            InvalidTokenReason::AlreadyUsed => "already_used",
+        }
+    }
+}
+
+impl fmt::Display for InvalidTokenReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

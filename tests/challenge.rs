@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use riskgate::{
-    Engine, FakeClock, RuleSet, State, TrackRequest, TrackResponse, ValidateChallengeResponse,
+    Engine, FakeClock, InvalidTokenReason, RuleSet, State, TrackRequest, TrackResponse,
+    ValidateChallengeResponse,
 };
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -50,6 +51,10 @@ fn succeed(e: &Engine, key: &str) {
         .unwrap();
 }
 
+fn reason_of(wire: &str) -> InvalidTokenReason {
+    serde_json::from_value(serde_json::Value::String(wire.into())).unwrap()
+}
+
 fn invalid(reason: &str) -> ValidateChallengeResponse {
     ValidateChallengeResponse {
         is_valid: false,
@@ -57,7 +62,7 @@ fn invalid(reason: &str) -> ValidateChallengeResponse {
         user_id: None,
         action: None,
         idempotency_key: None,
-        reason: Some(reason.into()),
+        reason: Some(reason_of(reason)),
     }
 }
 
@@ -68,7 +73,7 @@ fn about(key: &str, state: State, reason: Option<&str>) -> ValidateChallengeResp
         user_id: Some("u1".into()),
         action: Some("withdraw-funds".into()),
         idempotency_key: Some(key.into()),
-        reason: reason.map(Into::into),
+        reason: reason.map(reason_of),
     }
 }
 
@@ -171,7 +176,9 @@ fn token_ttl_is_configurable() {
     succeed(&e, "k1");
     clock.advance(Duration::from_secs(30));
     assert_eq!(
-        e.validate_challenge(&token).reason.as_deref(),
+        e.validate_challenge(&token)
+            .reason
+            .map(InvalidTokenReason::as_str),
         Some("expired")
     );
     // Expiry is checked before the state: an expired pending token is reported as expired.

@@ -261,7 +261,7 @@ fn run(capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                         "valid"
                     }
                 };
-                prop_assert_eq!(got.reason.as_deref().unwrap_or("valid"), expected);
+                prop_assert_eq!(got.reason.map_or("valid", |r| r.as_str()), expected);
                 prop_assert_eq!(got.is_valid, expected == "valid");
             }
             Op::Advance(ms) => {
