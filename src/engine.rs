@@ -209,6 +209,7 @@ impl Engine {
                 &rs.engine,
                 &rs.config.limits,
                 req,
+                ctx,
                 idx.iter().map(|&i| &rs.rules[i]),
                 &mut results,
             );

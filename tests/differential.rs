@@ -48,6 +48,24 @@ fn value() -> impl Strategy<Value = String> {
         literal(),
         prop::sample::select(&STRING_VARS[..]).prop_map(|v| format!("{v}.len()")),
         prop::sample::select(&CUSTOM_KEYS[..]).prop_map(|k| format!("custom.{k}.len()")),
+        prop::sample::select(vec![
+            "velocity(\"1h\")",
+            "velocity_ip(\"10m\")",
+            "velocity_device(\"1d\")",
+            "distinct_users_on_ip(\"1h\")",
+            "distinct_users_on_device(\"1h\")",
+            "distinct_devices(\"7d\")",
+            // Longer than the history kept: an error on both paths.
+            "velocity(\"30d\")",
+            "country()",
+            "city()",
+            // `asn()` and `is_anonymous_ip()` need databases the tests do not have (a load error).
+            "travel_speed_kmh()",
+            "ua_browser()",
+            "ua_os()",
+            "ua_device_type()",
+        ])
+        .prop_map(str::to_owned),
     ]
 }
 
@@ -74,6 +92,16 @@ fn cond() -> impl Strategy<Value = String> {
         1 => (value(), prop::collection::vec(literal(), 0..4))
             .prop_map(|(v, items)| format!("{v} in [{}]", items.join(", "))),
         1 => prop::sample::select(vec!["true", "false"]).prop_map(str::to_owned),
+        1 => prop::sample::select(vec![
+            "is_new_device()",
+            "is_new_ip()",
+            "is_new_country()",
+            "is_impossible_travel()",
+            "is_bot()",
+        ])
+        .prop_map(str::to_owned),
+        1 => (Just("blocked"), value())
+            .prop_map(|(l, v)| format!("in_list({l:?}, {v})")),
     ];
     leaf.prop_recursive(3, 12, 3, |inner| {
         prop_oneof![
@@ -135,7 +163,13 @@ fn request() -> impl Strategy<Value = TrackRequest> {
         prop::sample::select(vec!["u1", "10.user", "crypto"]),
         prop::sample::select(vec!["signIn", "withdraw-funds"]),
         (
-            opt_string(&["10.0.0.1", "203.0.113.42", "::1"]),
+            opt_string(&[
+                "10.0.0.1",
+                "81.2.69.142",
+                "216.160.83.56",
+                "89.160.20.112",
+                "::1",
+            ]),
             opt_string(&["d1", "dev-x", "10."]),
             opt_string(&["", "Safari", "curl/8", "Mozilla/5.0 Safari ü"]),
             opt_string(&["a@b.io", "x@y.io", "crypto"]),
@@ -167,9 +201,15 @@ fn request() -> impl Strategy<Value = TrackRequest> {
 }
 
 fn ruleset(rules: &[(String, String)], config: &str, compile: bool) -> Option<RuleSet> {
+    let geoip = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/rules/geoip/GeoIP2-City-Test.mmdb"
+    );
+    let config = format!("{config}\n[geoip]\ncity = {geoip:?}\n");
     let mut b = RuleSet::builder()
         .compile_rules(compile)
-        .config_toml(config);
+        .config_toml(config)
+        .list("blocked", "10.0.0.0/8\nx@y.io\ncrypto\n2\n");
     for (id, src) in rules {
         b = b.rule(id.clone(), src.clone());
     }
@@ -177,6 +217,8 @@ fn ruleset(rules: &[(String, String)], config: &str, compile: bool) -> Option<Ru
     b.build().ok()
 }
 
+/// Tracks `requests` in order through an engine compiling `rules` and one interpreting them (so signals see
+/// the same history), and compares every response.
 fn check(rules: Vec<(String, String)>, config: &str, requests: &[TrackRequest], all_compile: bool) {
     let Some(compiled) = ruleset(&rules, config, true) else {
         assert!(!all_compile, "subset rules failed to load: {rules:?}");
@@ -190,19 +232,20 @@ fn check(rules: Vec<(String, String)>, config: &str, requests: &[TrackRequest], 
             assert!(r.compiled, "rule in the subset was not compiled: {rules:?}");
         }
     }
-    for req in requests {
-        let a = Engine::builder()
-            .ruleset(compiled.clone())
-            .clock(FakeClock::default())
+    let clock = FakeClock::default();
+    let engine = |rules: &RuleSet| {
+        Engine::builder()
+            .ruleset(rules.clone())
+            .clock(clock.clone())
             .build()
             .unwrap()
-            .track(req);
-        let b = Engine::builder()
-            .ruleset(interpreted.clone())
-            .clock(FakeClock::default())
-            .build()
-            .unwrap()
-            .track(req);
+    };
+    let (ec, ei) = (engine(&compiled), engine(&interpreted));
+    for (i, req) in requests.iter().enumerate() {
+        let mut req = req.clone();
+        req.attributes.idempotency_key = Some(format!("k{i}"));
+        let (a, b) = (ec.track(&req), ei.track(&req));
+        clock.advance(std::time::Duration::from_secs(60));
         match (a, b) {
             (Ok(a), Ok(b)) => {
                 assert_eq!(a.state, b.state, "{rules:?}\n{req:?}");
@@ -253,7 +296,7 @@ proptest! {
     #[test]
     fn subset_rules_compile_and_agree(
         bodies in prop::collection::vec((subset_rule(), meta()), 1..4),
-        requests in prop::collection::vec(request(), 1..6),
+        requests in prop::collection::vec(request(), 1..8),
     ) {
         let rules = with_ids(bodies.into_iter().map(|(b, (s, p))| (b, s, p)).collect());
         check(rules, "", &requests, true);
@@ -262,7 +305,7 @@ proptest! {
     #[test]
     fn mixed_rules_and_limits_agree(
         bodies in prop::collection::vec((prop_oneof![subset_rule(), other_rule()], meta()), 1..4),
-        requests in prop::collection::vec(request(), 1..6),
+        requests in prop::collection::vec(request(), 1..8),
         config in config(),
     ) {
         let rules = with_ids(bodies.into_iter().map(|(b, (s, p))| (b, s, p)).collect());

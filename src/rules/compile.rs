@@ -3,8 +3,9 @@
 //! At load time each rule's Rhai AST is walked once. A rule written only with the common subset (comparisons,
 //! `&&`/`||`/`!`, `if`/`else` and `return`, request variables and `custom.field`, the string methods
 //! `starts_with`, `ends_with`, `contains`, `len` and `is_empty`, `in` on a literal array, numeric, string and
-//! bool literals, `()` and the outcome constants) becomes a tree of Rust closures that reads the request
-//! directly: no `Scope`, no `Dynamic`, no allocation. Any other rule runs in Rhai's interpreter as before.
+//! bool literals, `()`, the outcome constants, and the signal functions) becomes a tree of Rust closures that reads the request
+//! directly: no `Scope`, no `Dynamic`, no allocation. Signal calls go to the same functions the Rhai-registered
+//! ones call, with the same per-decision memo. Any other rule runs in Rhai's interpreter as before.
 //!
 //! # Same results as Rhai
 //! The closures follow Rhai's own rules for every value they produce: comparisons between different
@@ -21,11 +22,13 @@ use rhai::{Dynamic, Expr, ImmutableString, Stmt, StmtBlock, AST, INT};
 
 use crate::config::Limits;
 use crate::request::{CustomValue, TrackRequest, MAX_CUSTOM_STRING_BYTES, MAX_LONG_FIELD_BYTES};
+use crate::signals::{self, DecisionCtx};
 use crate::State;
 
-/// What a compiled rule reads: the request under decision.
+/// What a compiled rule reads: the request under decision, and its signals.
 pub(crate) struct Ctx<'a> {
     pub req: &'a TrackRequest,
+    pub signals: &'a DecisionCtx,
 }
 
 /// A value while a compiled rule runs. Strings are borrowed from the request.
@@ -544,6 +547,93 @@ impl Compiler<'_> {
                     }))),
                 }
             }
+            _ => self.signal(name, args),
+        }
+    }
+
+    /// A call to a signal function (see `signals::register` for the Rhai side of each).
+    fn signal(&mut self, name: &str, args: &[Expr]) -> Option<Code> {
+        type Windowed = fn(&DecisionCtx, i64) -> Result<i64, String>;
+        type Flag = fn(&DecisionCtx) -> bool;
+        type Text = for<'c> fn(&'c DecisionCtx) -> Option<&'c str>;
+        let windowed: Option<Windowed> = match name {
+            "velocity" => Some(signals::velocity),
+            "velocity_ip" => Some(signals::velocity_ip),
+            "velocity_device" => Some(signals::velocity_device),
+            "distinct_users_on_ip" => Some(signals::distinct_users_on_ip),
+            "distinct_users_on_device" => Some(signals::distinct_users_on_device),
+            "distinct_devices" => Some(signals::distinct_devices),
+            _ => None,
+        };
+        if let (Some(f), [w]) = (windowed, args) {
+            // A window that does not parse is an error only Rhai reports.
+            let Code::Const(Konst::Str(w)) = self.expr(w)? else {
+                return None;
+            };
+            let ms = signals::window(name, &w).ok()?;
+            return Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                f(ctx.signals, ms).ok().map(Val::Int)
+            })));
+        }
+        let flag: Option<Flag> = match name {
+            "is_new_device" => Some(signals::is_new_device),
+            "is_new_ip" => Some(signals::is_new_ip),
+            "is_new_country" => Some(signals::is_new_country),
+            "is_impossible_travel" => Some(signals::is_impossible_travel),
+            "is_bot" => Some(signals::is_bot),
+            _ => None,
+        };
+        if let (Some(f), []) = (flag, args) {
+            return Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                Some(Val::Bool(f(ctx.signals)))
+            })));
+        }
+        let text: Option<Text> = match name {
+            "country" => Some(signals::country),
+            "city" => Some(signals::city),
+            "ua_browser" => Some(signals::ua_browser),
+            "ua_os" => Some(signals::ua_os),
+            "ua_device_type" => Some(signals::ua_device_type),
+            _ => None,
+        };
+        if let (Some(f), []) = (text, args) {
+            return Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                Some(f(ctx.signals).map_or(Val::Unit, Val::Str))
+            })));
+        }
+        match (name, args) {
+            ("asn", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
+                Some(signals::asn(ctx.signals).map_or(Val::Unit, Val::Int))
+            }))),
+            ("is_anonymous_ip", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
+                Some(signals::is_anonymous_ip(ctx.signals).map_or(Val::Unit, Val::Bool))
+            }))),
+            ("travel_speed_kmh", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
+                Some(signals::travel_speed_kmh(ctx.signals).map_or(Val::Unit, Val::Float))
+            }))),
+            ("in_list", [list, value]) => {
+                let Code::Const(Konst::Str(list)) = self.expr(list)? else {
+                    return None;
+                };
+                let value = match self.expr(value)? {
+                    Code::Const(Konst::Str(v)) => {
+                        return Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                            signals::in_list(ctx.signals, &list, &v).ok().map(Val::Bool)
+                        })))
+                    }
+                    code => code.into_fn()?,
+                };
+                Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                    let found = match value(ctx)? {
+                        Val::Str(v) => signals::in_list(ctx.signals, &list, v),
+                        // An absent attribute is in no list, but the list must still exist.
+                        Val::Unit => signals::in_list(ctx.signals, &list, "").map(|_| false),
+                        // Numbers are looked up by Rhai's own formatting of them.
+                        _ => return None,
+                    };
+                    found.ok().map(Val::Bool)
+                })))
+            }
             _ => None,
         }
     }
@@ -587,7 +677,13 @@ mod tests {
     }
 
     fn run(src: &str, req: &TrackRequest) -> Option<Option<State>> {
-        compiled(src).unwrap().eval(&Ctx { req })
+        let history = std::sync::Arc::new(signals::History::new(signals::Limits::default()));
+        let set = std::sync::Arc::new(signals::SignalSet::default());
+        let signals = DecisionCtx::new(&history, &set, req, 0);
+        compiled(src).unwrap().eval(&Ctx {
+            req,
+            signals: &signals,
+        })
     }
 
     #[test]
@@ -599,6 +695,8 @@ mod tests {
             r#"if ip_address.starts_with("10.") || email.ends_with("@x.io") { BLOCK } else { REVIEW }"#,
             r#"if custom.destination in ["crypto", "gift"] { REVIEW }"#,
             r#"if !(user_agent.len() > 3) { return BLOCK; } ()"#,
+            r#"if velocity("10m") > 5 || is_new_device() && country() != "NZ" { REVIEW }"#,
+            r#"if in_list("blocked_ips", ip_address) { BLOCK }"#,
         ] {
             assert!(compiled(src).is_some(), "{src}");
         }
@@ -613,6 +711,7 @@ mod tests {
             "while true {}",
             r#"if custom["a"] == 1 { BLOCK }"#,
             "throw \"no\"",
+            r#"if velocity("ten minutes") > 5 { BLOCK }"#,
         ] {
             assert!(compiled(src).is_none(), "{src}");
         }

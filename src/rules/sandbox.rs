@@ -20,6 +20,7 @@ use super::compile::Ctx;
 use super::Rule;
 use crate::config::Limits;
 use crate::request::{CustomValue, TrackRequest};
+use crate::signals::DecisionCtx;
 use crate::State;
 
 /// The request variables every rule sees, in scope order.
@@ -217,10 +218,11 @@ pub(crate) fn evaluate<'a>(
     engine: &rhai::Engine,
     limits: &Limits,
     req: &TrackRequest,
+    signals: &DecisionCtx,
     rules: impl Iterator<Item = &'a Rule>,
     out: &mut Vec<RuleResult>,
 ) {
-    let ctx = Ctx { req };
+    let ctx = Ctx { req, signals };
     let mut rules = rules.peekable();
     // The fast path: compiled rules, for as long as they settle.
     while let Some(rule) = rules.peek() {
