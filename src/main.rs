@@ -1,4 +1,4 @@
-//! The `riskgate` command line: check a rules folder, replay an event log against it.
+//! The `riskgate` command line: check a rules folder, replay an event log against it, measure how fast it decides.
 
 mod cli;
 
@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "riskgate", version, about = "Check and replay riskgate rules")]
+#[command(
+    name = "riskgate",
+    version,
+    about = "Check, replay and benchmark riskgate rules"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -31,6 +35,25 @@ enum Command {
         #[arg(default_value = "-")]
         events: String,
     },
+    /// Measure decision latency for a rules folder and an event log: replays the log round after round into a
+    /// fresh engine, timing each `track` call; prints p50/p99/p99.9 latency and decisions per second.
+    Bench {
+        /// The rules folder.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// The event file (as for `replay`), or `-` for standard input (then read once).
+        #[arg(default_value = "examples/events.jsonl")]
+        events: String,
+        /// Keep replaying until at least this many `track` calls were timed.
+        #[arg(long, default_value_t = 100_000)]
+        calls: u64,
+        /// Keep replaying until at least this many seconds passed.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Run every rule in Rhai's interpreter (no native compilation), for comparison.
+        #[arg(long)]
+        interpret: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,5 +61,23 @@ fn main() -> ExitCode {
     match args.command {
         Command::Check { rules } => cli::check::run(&rules),
         Command::Replay { rules, events } => cli::replay::run(&rules, &events),
+        Command::Bench {
+            rules,
+            events,
+            calls,
+            seconds,
+            interpret,
+        } => {
+            let Ok(min_time) = std::time::Duration::try_from_secs_f64(seconds) else {
+                eprintln!("error: `--seconds {seconds}` must be a number of seconds, 0 or more");
+                return ExitCode::FAILURE;
+            };
+            let opts = cli::bench::Options {
+                min_calls: calls,
+                min_time,
+                interpret,
+            };
+            cli::bench::run(&rules, &events, &opts)
+        }
     }
 }

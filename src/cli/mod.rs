@@ -1,5 +1,6 @@
 //! The subcommands of the `riskgate` binary.
 
+pub mod bench;
 pub mod check;
 pub mod lines;
 pub mod replay;

@@ -1,0 +1,184 @@
+//! `riskgate bench`: how fast a ruleset decides a given event log, on this machine.
+//!
+//! The log is replayed as `riskgate replay` would (same parsing, same per-line clock), into a fresh engine per
+//! round so that every round sees the same history, and only the `track` calls are timed. Rounds repeat until
+//! both a minimum number of decisions and a minimum time are reached. The summary gives latency percentiles,
+//! the mean, and decisions per second on one thread, and says how many rules run as native code.
+
+use riskgate::replay::{Outcome, Replayer};
+use riskgate::{Engine, RuleSet};
+use std::io::{self, BufReader};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::lines::{next_line, Line};
+use super::stats::{human, Histogram};
+
+/// How long and how much to measure.
+pub struct Options {
+    /// Stop after at least this many timed `track` calls (and `min_time`).
+    pub min_calls: u64,
+    /// Stop after at least this much wall time (and `min_calls`).
+    pub min_time: Duration,
+    /// Run every rule in Rhai's interpreter instead of compiling the common subset.
+    pub interpret: bool,
+}
+
+pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
+    let ruleset = match RuleSet::builder()
+        .rules_dir(rules)
+        .and_then(|b| b.compile_rules(!opts.interpret).build())
+    {
+        Ok(r) => r,
+        Err(e) => {
+            super::check::report_load_error(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    match measure(&ruleset, events, opts) {
+        Ok(m) => {
+            print(&ruleset, &m);
+            if m.latency.count() == 0 {
+                eprintln!("error: no line of `{events}` reached `track`");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot read `{events}`: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a bench run measured.
+pub struct Measured {
+    pub latency: Histogram,
+    pub rounds: u64,
+    pub refused: u64,
+    pub elapsed: Duration,
+}
+
+/// Replays `events` round after round until `opts` is satisfied (or a round times nothing).
+pub fn measure(ruleset: &RuleSet, events: &str, opts: &Options) -> io::Result<Measured> {
+    let mut m = Measured {
+        latency: Histogram::default(),
+        rounds: 0,
+        refused: 0,
+        elapsed: Duration::ZERO,
+    };
+    let started = Instant::now();
+    loop {
+        let mut replayer = Replayer::new(Engine::builder().ruleset(ruleset.clone()))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let before = m.latency.count();
+        let mut input: Box<dyn io::BufRead> = if events == "-" {
+            if m.rounds > 0 {
+                // Standard input can be read only once.
+                break;
+            }
+            Box::new(io::stdin().lock())
+        } else {
+            Box::new(BufReader::new(std::fs::File::open(events)?))
+        };
+        let mut n = 0u64;
+        while let Some(line) = next_line(&mut input)? {
+            n += 1;
+            let Line::Text(bytes) = line else { continue };
+            let Some(out) = replayer.line(n, &bytes) else {
+                continue;
+            };
+            if let Some(t) = out.track_latency {
+                m.latency.record(t);
+            }
+            if matches!(out.outcome, Outcome::Refused(_)) {
+                m.refused += 1;
+            }
+        }
+        m.rounds += 1;
+        let done = m.latency.count() >= opts.min_calls && started.elapsed() >= opts.min_time;
+        if done || m.latency.count() == before {
+            break;
+        }
+    }
+    m.elapsed = started.elapsed();
+    Ok(m)
+}
+
+fn print(ruleset: &RuleSet, m: &Measured) {
+    let compiled = ruleset.rules().filter(|r| r.compiled).count();
+    println!(
+        "rules: {} ({} compiled to native code, {} interpreted by Rhai)",
+        ruleset.len(),
+        compiled,
+        ruleset.len() - compiled
+    );
+    let h = &m.latency;
+    let calls = h.count();
+    println!(
+        "track calls: {calls} in {} rounds of the log ({} refused lines), {} wall time",
+        m.rounds,
+        m.refused,
+        human(m.elapsed)
+    );
+    if calls == 0 {
+        return;
+    }
+    let busy = h.total().as_secs_f64().max(1e-9);
+    let mean = Duration::from_secs_f64(busy / calls as f64);
+    println!(
+        "latency: p50 {}, p99 {}, p99.9 {}, max {}, mean {}",
+        human(h.quantile(0.5)),
+        human(h.quantile(0.99)),
+        human(h.quantile(0.999)),
+        human(h.max()),
+        human(mean)
+    );
+    println!(
+        "throughput: {:.0} decisions/s on one thread (time inside track only)",
+        calls as f64 / busy
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_the_sample_log_until_both_bounds_are_met() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
+        let events = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl");
+        let rules = RuleSet::from_dir(dir).unwrap();
+        let opts = Options {
+            min_calls: 100,
+            min_time: Duration::ZERO,
+            interpret: false,
+        };
+        let m = measure(&rules, events, &opts).unwrap();
+        assert!(m.latency.count() >= 100, "{}", m.latency.count());
+        assert!(m.rounds >= 2);
+        let per_round = m.latency.count() / m.rounds;
+        assert!(per_round >= 5 && m.latency.count() % per_round == 0);
+        assert!(m.latency.quantile(0.5) <= m.latency.quantile(0.999));
+    }
+
+    #[test]
+    fn a_log_without_track_lines_stops_after_one_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("ops.jsonl");
+        std::fs::write(
+            &events,
+            "{\"op\":\"validateChallenge\",\"token\":\"x\"}\n\n",
+        )
+        .unwrap();
+        let rules = RuleSet::from_sources([("r", "()")]).unwrap();
+        let opts = Options {
+            min_calls: 10,
+            min_time: Duration::ZERO,
+            interpret: true,
+        };
+        let m = measure(&rules, events.to_str().unwrap(), &opts).unwrap();
+        assert_eq!((m.latency.count(), m.rounds), (0, 1));
+    }
+}
