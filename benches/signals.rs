@@ -1,5 +1,6 @@
-//! What each signal adds to a decision: the same one-rule ruleset with and without the signal, on Rhai's
-//! interpreter (signal calls always run there), with realistic history behind every lookup.
+//! What each signal adds to a decision: the same one-rule ruleset with and without the signal, with realistic
+//! history behind every lookup, on both rule paths (`compiled`: rules compiled to native closures, the
+//! default; `interpreted`: Rhai's interpreter).
 //!
 //! `cargo bench --bench signals` (add `-- --quick` for a short run). Each case tracks a fresh action (a new
 //! idempotency key) for one of 1,000 users, one second after the previous one on a fake clock, so velocity
@@ -32,7 +33,7 @@ fn big_list() -> String {
     text
 }
 
-fn engine(rule: &str) -> Engine {
+fn engine(rule: &str, compiled: bool) -> Engine {
     let config = format!(
         "[idempotency]\ncapacity = 100000\n[geoip]\ncity = \"{}\"\nasn = \"{}\"\nanonymous_ip = \"{}\"\n",
         db("GeoIP2-City-Test.mmdb"),
@@ -43,7 +44,7 @@ fn engine(rule: &str) -> Engine {
         .rule("r", rule)
         .list("big", big_list())
         .config_toml(config)
-        .compile_rules(false)
+        .compile_rules(compiled)
         .build()
         .unwrap();
     Engine::builder()
@@ -124,8 +125,9 @@ fn signals(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     let t0 = UNIX_EPOCH + Duration::from_secs(1_709_283_600);
-    for (name, rule) in CASES {
-        let e = engine(rule);
+    for ((name, rule), compiled) in CASES.iter().flat_map(|c| [(c, true), (c, false)]) {
+        let e = engine(rule, compiled);
+        let path = if compiled { "compiled" } else { "interpreted" };
         // History first: ten actions per user.
         let mut i = 0u64;
         while i < USERS * 10 {
@@ -133,7 +135,7 @@ fn signals(c: &mut Criterion) {
                 .unwrap();
             i += 1;
         }
-        g.bench_function(name, |b| {
+        g.bench_function(format!("{path}/{name}"), |b| {
             b.iter(|| {
                 i += 1;
                 let at = t0 + Duration::from_secs(i);
