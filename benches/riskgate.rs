@@ -8,7 +8,8 @@
 //! - `store`: the concurrent map behind the action store against the alternatives.
 //!
 //! Run `cargo bench --bench riskgate -- --quick` for a short run; see BENCHMARKS.md. Setting
-//! `RISKGATE_BENCH_MEMORY=N` instead measures resident memory per stored action over N unique actions and exits.
+//! `RISKGATE_BENCH_MEMORY=N` instead measures resident memory per stored action over N unique actions and exits
+//! (add `RISKGATE_BENCH_MEMORY_RULES=plain` for the action store without signal history).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
@@ -453,10 +454,22 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-/// Tracks `n` unique first decisions through the bundled rules and prints the growth of resident memory per
-/// action (store, history and allocator overhead together).
+/// Tracks `n` unique first decisions and prints the growth of resident memory per action: through the bundled
+/// rules (store, signal history and allocator overhead together), or with `RISKGATE_BENCH_MEMORY_RULES=plain`
+/// through one rule that calls no signal (the action store alone).
 fn memory(n: u64) {
-    let e = engine(bundled(true, i64::try_from(n).unwrap()));
+    let capacity = i64::try_from(n).unwrap();
+    let plain = std::env::var("RISKGATE_BENCH_MEMORY_RULES").is_ok_and(|v| v == "plain");
+    let rules = if plain {
+        RuleSet::builder()
+            .rule("huge", "if custom.amount > 100000 { BLOCK }")
+            .config_toml(format!("[idempotency]\ncapacity = {capacity}"))
+            .build()
+            .unwrap()
+    } else {
+        bundled(true, capacity)
+    };
+    let e = engine(rules);
     let mut req = request("user-0", "signIn");
     // Warm the allocator and the rule engine before the baseline.
     for i in 0..1_000 {
@@ -472,7 +485,8 @@ fn memory(n: u64) {
     }
     let after = rss_bytes().unwrap_or(0);
     println!(
-        "memory: {n} actions, {} bytes resident growth, {:.0} bytes per action ({} actions stored, {:?})",
+        "memory ({}): {n} actions, {} bytes resident growth, {:.0} bytes per action ({} actions stored, {:?})",
+        if plain { "one plain rule" } else { "bundled rules" },
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 / n as f64,
         e.stored_actions(),

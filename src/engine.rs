@@ -161,7 +161,7 @@ impl Engine {
                 generated.as_str()
             }
         };
-        let fingerprint = req.fingerprint();
+        let fingerprint = req.fingerprint().into();
         let store = &self.shared.store;
         let found = store.get_or_insert(
             &req.user_id,
@@ -237,13 +237,13 @@ impl Engine {
         if let Some(t) = &token {
             self.shared.store.register_token(t, slot);
         }
-        Decided {
+        Decided::new(
             decision,
-            token: token.map(String::into_boxed_str),
-            token_expires_ms: now_ms.saturating_add(rs.config.token_ttl_ms),
-            url: url.map(String::into_boxed_str),
+            token,
+            now_ms.saturating_add(rs.config.token_ttl_ms),
+            url,
             footprint,
-        }
+        )
     }
 
     /// The stored action with this identity, if it is still retained.
@@ -303,7 +303,9 @@ impl Engine {
             State::ChallengeSucceeded | State::ReviewSucceeded
         ) {
             let rs = self.shared.ruleset.load();
-            signals::make_known(&self.shared.history, &rs.signals, &decided.footprint);
+            if let Some(footprint) = decided.footprint() {
+                signals::make_known(&self.shared.history, &rs.signals, footprint);
+            }
         }
         Ok(record(&slot, decided))
     }
@@ -333,7 +335,7 @@ impl Engine {
         let state = slot.state();
         // Expiry first, then the state, and only then is the token used up: checking a pending, failed or
         // expired token never spends it.
-        let reason = if now_ms >= decided.token_expires_ms {
+        let reason = if now_ms >= decided.token_expires_ms() {
             Some(InvalidTokenReason::Expired)
         } else if state != State::ChallengeSucceeded {
             Some(InvalidTokenReason::NotSucceeded)
@@ -459,12 +461,12 @@ fn respond(slot: &Slot, d: &Decided) -> TrackResponse {
     TrackResponse {
         state: slot.state(),
         idempotency_key: slot.key().to_owned(),
-        token: d.token.as_deref().map(str::to_owned),
-        url: d.url.as_deref().map(str::to_owned),
-        rule_ids: d.decision.rule_ids.clone(),
-        priority_rule_id: d.decision.priority_rule_id.clone(),
-        shadow_rule_ids: d.decision.shadow_rule_ids.clone(),
-        errors: d.decision.errors.clone(),
+        token: d.token().map(str::to_owned),
+        url: d.url().map(str::to_owned),
+        rule_ids: d.rule_ids().to_vec(),
+        priority_rule_id: d.priority_rule_id().cloned(),
+        shadow_rule_ids: d.shadow_rule_ids().to_vec(),
+        errors: d.errors().to_vec(),
     }
 }
 
@@ -474,9 +476,9 @@ fn record(slot: &Slot, d: &Decided) -> ActionRecord {
         action: slot.action().to_owned(),
         idempotency_key: slot.key().to_owned(),
         state: slot.state(),
-        outcome: d.decision.state,
-        rule_ids: d.decision.rule_ids.clone(),
-        priority_rule_id: d.decision.priority_rule_id.clone(),
+        outcome: d.outcome(),
+        rule_ids: d.rule_ids().to_vec(),
+        priority_rule_id: d.priority_rule_id().cloned(),
         created_at: crate::clock::from_millis(slot.created_ms),
         state_updated_at: crate::clock::from_millis(slot.state_updated_ms()),
     }

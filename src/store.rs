@@ -23,16 +23,34 @@ use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, AtomicU8, Atomi
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::decide::Decision;
-use crate::State;
+use crate::signals::Footprint;
+use crate::{RuleError, RuleId, State};
 
 /// Hashes an action identity. Lengths are mixed in so that `("ab", "c")` and `("a", "bc")` differ.
-pub(crate) fn identity_hash(user_id: &str, action: &str, key: &str) -> u128 {
+pub(crate) fn identity_hash(user_id: &str, action: &str, key: &str) -> H128 {
     crate::request::hash_bytes(|h| {
         for part in [user_id, action, key] {
             h.extend_from_slice(&(part.len() as u32).to_le_bytes());
             h.extend_from_slice(part.as_bytes());
         }
     })
+    .into()
+}
+
+/// A 128-bit hash stored as two `u64`s: a `u128` aligns to 16 bytes, which pads every slot and map entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct H128([u64; 2]);
+
+impl From<u128> for H128 {
+    fn from(v: u128) -> Self {
+        H128([v as u64, (v >> 64) as u64])
+    }
+}
+
+impl std::hash::Hash for H128 {
+    fn hash<S: Hasher>(&self, state: &mut S) {
+        state.write_u64(self.0[0] ^ self.0[1]);
+    }
 }
 
 /// A hasher for keys that are already uniformly distributed hashes.
@@ -50,12 +68,15 @@ impl Hasher for PreHashed {
             self.0 ^= u64::from_le_bytes(b);
         }
     }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
     fn write_u128(&mut self, v: u128) {
         self.0 ^= (v as u64) ^ ((v >> 64) as u64);
     }
 }
 
-type Map<V> = DashMap<u128, V, BuildHasherDefault<PreHashed>>;
+type Map<V> = DashMap<H128, V, BuildHasherDefault<PreHashed>>;
 
 /// One stored action.
 pub(crate) struct Slot {
@@ -65,24 +86,110 @@ pub(crate) struct Slot {
     action_len: u32,
     /// Unique per slot in this store: tells a retention entry whether it still stands for the stored slot.
     seq: u64,
-    pub fingerprint: u128,
+    pub fingerprint: H128,
     pub created_ms: i64,
     pub decided: OnceLock<Decided>,
     state: AtomicU8,
     state_updated_ms: AtomicI64,
     token_used: AtomicBool,
     /// The hash of the slot's challenge token, set just before the token is registered.
-    token_hash: OnceLock<u128>,
+    token_hash: OnceLock<H128>,
 }
 
-/// What the first decision fixed for an action.
+/// What the first decision fixed for an action, kept compact: most actions are an `ALLOW` or `BLOCK` with no
+/// shadow matches, errors, token or url, and store only the outcome and their matching rule ids.
 pub(crate) struct Decided {
-    pub decision: Decision,
-    pub token: Option<Box<str>>,
-    pub token_expires_ms: i64,
-    pub url: Option<Box<str>>,
-    /// What a later successful challenge or review needs to make the action's device, IP and country known.
-    pub footprint: crate::signals::Footprint,
+    outcome: State,
+    rule_ids: Box<[RuleId]>,
+    rest: Option<Box<Rest>>,
+}
+
+/// The parts of a decision most actions do not have.
+#[derive(Default)]
+struct Rest {
+    /// Set only when the deciding rule is not the first of `rule_ids` (resolution never does that today).
+    priority_rule_id: Option<Option<RuleId>>,
+    shadow_rule_ids: Vec<RuleId>,
+    errors: Vec<RuleError>,
+    token: Option<Box<str>>,
+    token_expires_ms: i64,
+    url: Option<Box<str>>,
+    /// Kept only for actions that can still move to `CHALLENGE_SUCCEEDED` or `REVIEW_SUCCEEDED`.
+    footprint: Option<Footprint>,
+}
+
+impl Decided {
+    pub fn new(
+        decision: Decision,
+        token: Option<String>,
+        token_expires_ms: i64,
+        url: Option<String>,
+        footprint: Footprint,
+    ) -> Decided {
+        let Decision {
+            state,
+            rule_ids,
+            priority_rule_id,
+            shadow_rule_ids,
+            errors,
+        } = decision;
+        let pending = matches!(state, State::ChallengeRequired | State::Review);
+        let rest = Rest {
+            priority_rule_id: (priority_rule_id.as_ref() != rule_ids.first())
+                .then_some(priority_rule_id),
+            shadow_rule_ids,
+            errors,
+            token: token.map(String::into_boxed_str),
+            token_expires_ms,
+            url: url.map(String::into_boxed_str),
+            footprint: pending.then_some(footprint),
+        };
+        let needed = rest.priority_rule_id.is_some()
+            || !rest.shadow_rule_ids.is_empty()
+            || !rest.errors.is_empty()
+            || rest.token.is_some()
+            || rest.url.is_some()
+            || rest.footprint.is_some();
+        Decided {
+            outcome: state,
+            rule_ids: rule_ids.into_boxed_slice(),
+            rest: needed.then(|| Box::new(rest)),
+        }
+    }
+
+    /// The first decision's state.
+    pub fn outcome(&self) -> State {
+        self.outcome
+    }
+    pub fn rule_ids(&self) -> &[RuleId] {
+        &self.rule_ids
+    }
+    pub fn priority_rule_id(&self) -> Option<&RuleId> {
+        match self.rest.as_ref().and_then(|r| r.priority_rule_id.as_ref()) {
+            Some(explicit) => explicit.as_ref(),
+            None => self.rule_ids.first(),
+        }
+    }
+    pub fn shadow_rule_ids(&self) -> &[RuleId] {
+        self.rest.as_ref().map_or(&[], |r| &r.shadow_rule_ids)
+    }
+    pub fn errors(&self) -> &[RuleError] {
+        self.rest.as_ref().map_or(&[], |r| &r.errors)
+    }
+    pub fn token(&self) -> Option<&str> {
+        self.rest.as_ref()?.token.as_deref()
+    }
+    /// When the token expires; meaningless without a token.
+    pub fn token_expires_ms(&self) -> i64 {
+        self.rest.as_ref().map_or(i64::MIN, |r| r.token_expires_ms)
+    }
+    pub fn url(&self) -> Option<&str> {
+        self.rest.as_ref()?.url.as_deref()
+    }
+    /// What a successful challenge or review makes known; `None` for actions decided otherwise.
+    pub fn footprint(&self) -> Option<&Footprint> {
+        self.rest.as_ref()?.footprint.as_ref()
+    }
 }
 
 impl Slot {
@@ -91,7 +198,7 @@ impl Slot {
         action: &str,
         key: &str,
         seq: u64,
-        fingerprint: u128,
+        fingerprint: H128,
         now_ms: i64,
     ) -> Self {
         let mut ident = String::with_capacity(user_id.len() + action.len() + key.len());
@@ -185,7 +292,7 @@ pub(crate) struct Store {
 
 /// A retention entry: the slot stored under `key` with sequence number `seq`, created at `created_ms`.
 struct Entry {
-    key: u128,
+    key: H128,
     seq: u64,
     created_ms: i64,
 }
@@ -231,7 +338,7 @@ impl Store {
         user_id: &str,
         action: &str,
         key: &str,
-        fingerprint: u128,
+        fingerprint: H128,
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<Found, Arc<Slot>> {
@@ -276,7 +383,7 @@ impl Store {
     }
 
     /// Records a new slot in the retention order, and evicts what is expired or over capacity.
-    fn admit(&self, key: u128, seq: u64, now_ms: i64, ttl_ms: i64) {
+    fn admit(&self, key: H128, seq: u64, now_ms: i64, ttl_ms: i64) {
         let capacity = self.capacity.load(Ordering::Relaxed);
         let mut evict: Vec<Entry> = Vec::new();
         {
@@ -339,7 +446,7 @@ impl Store {
         if expired(&slot, now_ms, ttl_ms) {
             return None;
         }
-        let stored = slot.decided.get()?.token.as_deref()?;
+        let stored = slot.decided.get()?.token()?;
         constant_time_eq(stored.as_bytes(), token.as_bytes()).then_some(slot)
     }
 
@@ -362,8 +469,8 @@ fn expired(s: &Slot, now_ms: i64, ttl_ms: i64) -> bool {
     s.created_ms.saturating_add(ttl_ms) <= now_ms
 }
 
-fn token_hash(token: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(token.as_bytes())
+fn token_hash(token: &str) -> H128 {
+    xxhash_rust::xxh3::xxh3_128(token.as_bytes()).into()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -381,29 +488,28 @@ pub(crate) fn new_token() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::Decision;
 
     const TTL: i64 = 60_000;
 
     fn decide_with_token(store: &Store, slot: &Arc<Slot>, token: &str) {
         store.register_token(token, slot);
-        let _ = slot.decided.set(Decided {
-            decision: Decision {
+        let _ = slot.decided.set(Decided::new(
+            Decision {
                 state: State::ChallengeRequired,
                 rule_ids: Vec::new(),
                 priority_rule_id: None,
                 shadow_rule_ids: Vec::new(),
                 errors: Vec::new(),
             },
-            token: Some(token.into()),
-            token_expires_ms: i64::MAX,
-            url: None,
-            footprint: Default::default(),
-        });
+            Some(token.into()),
+            i64::MAX,
+            None,
+            Default::default(),
+        ));
     }
 
     fn insert(store: &Store, key: &str, now_ms: i64) -> Arc<Slot> {
-        match store.get_or_insert("u", "a", key, 0, now_ms, TTL) {
+        match store.get_or_insert("u", "a", key, 0u128.into(), now_ms, TTL) {
             Ok(Found::New(s)) => s,
             _ => panic!("`{key}` should be new"),
         }
@@ -461,5 +567,68 @@ mod tests {
         insert(&store, "late", TTL + 5);
         // k0..=k5 expired (created at 0..=5, TTL 60 s); k6..=k9 and `late` remain.
         assert_eq!(store.len(), 5);
+    }
+
+    fn decision(state: State, ids: &[&str], shadow: &[&str]) -> Decision {
+        let ids: Vec<RuleId> = ids.iter().map(|i| RuleId::new(i)).collect();
+        Decision {
+            state,
+            priority_rule_id: ids.first().cloned(),
+            rule_ids: ids,
+            shadow_rule_ids: shadow.iter().map(|i| RuleId::new(i)).collect(),
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_plain_decision_is_stored_compactly_and_read_back_whole() {
+        let d = Decided::new(
+            decision(State::Block, &["a", "b"], &[]),
+            None,
+            5,
+            None,
+            Footprint::default(),
+        );
+        assert!(d.rest.is_none());
+        assert_eq!(d.outcome(), State::Block);
+        assert_eq!(d.rule_ids(), [RuleId::new("a"), RuleId::new("b")]);
+        assert_eq!(d.priority_rule_id(), Some(&RuleId::new("a")));
+        assert!(d.shadow_rule_ids().is_empty() && d.errors().is_empty());
+        assert_eq!((d.token(), d.url(), d.footprint()), (None, None, None));
+        // The store's memory per action depends on these staying small.
+        assert!(
+            std::mem::size_of::<Slot>() <= 136,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+        assert!(std::mem::size_of::<Decided>() <= 32);
+    }
+
+    #[test]
+    fn every_other_part_survives() {
+        let mut dec = decision(State::ChallengeRequired, &[], &["s"]);
+        dec.errors.push(RuleError {
+            rule_id: RuleId::new("e"),
+            message: "m".into(),
+        });
+        let fp = Footprint {
+            at_ms: 7,
+            ..Footprint::default()
+        };
+        let d = Decided::new(dec, Some("t".into()), 9, Some("u".into()), fp);
+        assert_eq!(d.priority_rule_id(), None);
+        assert_eq!(d.shadow_rule_ids(), [RuleId::new("s")]);
+        assert_eq!(d.errors()[0].message, "m");
+        assert_eq!(
+            (d.token(), d.url(), d.token_expires_ms()),
+            (Some("t"), Some("u"), 9)
+        );
+        assert_eq!(d.footprint(), Some(&fp));
+        // A deciding rule that is not the first listed is kept as given.
+        let mut odd = decision(State::Allow, &["a"], &[]);
+        odd.priority_rule_id = None;
+        let d = Decided::new(odd, None, 0, None, fp);
+        assert_eq!(d.priority_rule_id(), None);
+        assert_eq!(d.footprint(), None);
     }
 }
