@@ -11,6 +11,9 @@
 //! long is dropped whole; known entries are dropped after `[signals] known_for` without being seen. When a
 //! table is full, the key created longest ago goes first.
 //!
+//! A key costs about 200 bytes with its entries (measured over 1.4 million keys from 200,000 unique users, IPs
+//! and devices), so the defaults bound history at roughly 600 MB in the worst case.
+//!
 //! Keys are 64-bit xxh3 hashes of the user id, IP or device id, seeded per engine from the operating system's
 //! random source, so callers cannot aim collisions at a key they do not control.
 
