@@ -156,3 +156,47 @@ fn the_bundled_ruleset_loads() {
     let set = RuleSet::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/rules")).unwrap();
     assert!(set.len() >= 5, "{set:?}");
 }
+
+#[test]
+fn an_unknown_function_is_a_load_error_with_a_suggestion() {
+    let e = RuleSet::from_sources([(
+        "typo",
+        "//! priority: 5\nif is_new_devise() { CHALLENGE_REQUIRED }",
+    )])
+    .unwrap_err();
+    let m = messages(&e);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(
+        m[0].starts_with(
+            "typo:2:4: unknown function `is_new_devise`: did you mean `is_new_device`?"
+        ),
+        "{m:?}"
+    );
+    let e = RuleSet::from_sources([("arity", "if velocity() > 3 { BLOCK }")]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`velocity` is called with 0 arguments, but takes 1"),
+        "{e}"
+    );
+    let e =
+        RuleSet::from_sources([("nothing-like-it", "if qqqqqqqqqqqq() { BLOCK }")]).unwrap_err();
+    assert!(
+        e.to_string().ends_with("unknown function `qqqqqqqqqqqq`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn known_functions_of_every_kind_load() {
+    RuleSet::from_sources([(
+        "kinds",
+        r#"
+        fn big(x) { x > 10 }
+        let double = |x| x * 2;
+        let n = parse_int("12");
+        if big(n) && double.call(n) == 24 && max(1, 2) == 2 && type_of(n) == "i64"
+            && email != () && email.ends_with("@x.test") && starts_with("ab", "a") { REVIEW }
+        "#,
+    )])
+    .unwrap();
+}

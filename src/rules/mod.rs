@@ -2,6 +2,7 @@
 //! metadata, and compiling each rule once.
 
 pub(crate) mod compile;
+mod functions;
 mod meta;
 pub(crate) mod sandbox;
 
@@ -346,6 +347,7 @@ impl RuleSetBuilder {
         };
         let engine = sandbox::new_engine(&config.limits);
         let scope = sandbox::compile_scope();
+        let known = functions::Known::of(&engine);
         let mut rules: Vec<Rule> = Vec::with_capacity(self.sources.len());
         let mut sources = self.sources;
         sources.sort_by(|a, b| a.0.cmp(&b.0));
@@ -377,6 +379,7 @@ impl RuleSetBuilder {
             };
             match engine.compile_with_scope(&scope, &source) {
                 Ok(ast) => {
+                    known.check(&ast, &file, &mut problems);
                     crate::signals::analyze(&ast, &file, &needs, &mut uses, &mut problems);
                     if let Some(meta) = meta {
                         let compiled = if self.compile {
