@@ -27,8 +27,18 @@ use crate::{ActionRecord, InvalidTokenReason, State, TrackResponse, ValidateChal
 ///
 /// # Concurrent calls
 /// Concurrent `track` calls with the same (`userId`, `action`, `idempotencyKey`) are coalesced: the rules run
-/// once, in the first caller, while the others wait for that decision and all return the same action. No lock
-/// on the store is held while rules run.
+/// once, in the first caller, while the others wait for that decision and all return the same action (the same
+/// token included). No lock on the store is held while rules run, and callers with other identities never wait.
+/// [`decisions`](Engine::decisions) counts rule evaluations.
+///
+/// This holds while the action is retained. If the store evicts an action (it is full) while the action is
+/// still being decided, the callers already waiting still get its decision, but the store no longer holds it or
+/// its token: a later call with that identity is a new action. Size `[idempotency] capacity` above the number
+/// of actions tracked within the TTL and this never happens.
+///
+/// An action being decided is not visible to [`get_action`](Engine::get_action),
+/// [`update_action`](Engine::update_action) or [`validate_challenge`](Engine::validate_challenge) until its
+/// decision is complete.
 ///
 /// # Reloads
 /// [`swap_ruleset`](Engine::swap_ruleset) and [`reload_rules`](Engine::reload_rules) replace the ruleset
