@@ -155,7 +155,7 @@ impl DecisionCtx {
     fn agent(&self) -> &ua::Agent {
         self.memo
             .agent
-            .get_or_init(|| ua::parse(self.ua.as_deref()))
+            .get_or_init(|| ua::parse_cached(self.ua.as_deref()))
     }
 
     /// Adds this action to history (after its decision is resolved) and, when it ends `ALLOW`, makes its device,

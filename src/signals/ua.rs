@@ -13,6 +13,44 @@ pub(crate) struct Agent {
     pub bot: bool,
 }
 
+/// How many parsed user agents each thread remembers (direct-mapped by hash; a user agent is at most
+/// `MAX_LONG_FIELD_BYTES`, so the cache holds at most a few hundred kilobytes per thread).
+const CACHE_SLOTS: usize = 128;
+
+/// One remembered user agent and what it parsed to.
+type Cached = Option<(Box<str>, Agent)>;
+
+thread_local! {
+    static CACHE: std::cell::RefCell<Vec<Cached>> = std::cell::RefCell::new(vec![None; CACHE_SLOTS]);
+}
+
+/// [`parse`], remembering recent results: parsing costs microseconds, and the same few user agents recur.
+pub(crate) fn parse_cached(ua: Option<&str>) -> Agent {
+    let Some(text) = ua else {
+        return parse(None);
+    };
+    let slot = (xxhash_rust::xxh3::xxh3_64(text.as_bytes()) % CACHE_SLOTS as u64) as usize;
+    let hit = CACHE.with(|c| {
+        let c = c.try_borrow().ok()?;
+        match c.get(slot)? {
+            Some((k, agent)) if &**k == text => Some(agent.clone()),
+            _ => None,
+        }
+    });
+    if let Some(agent) = hit {
+        return agent;
+    }
+    let agent = parse(ua);
+    CACHE.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            if let Some(entry) = c.get_mut(slot) {
+                *entry = Some((Box::from(text), agent.clone()));
+            }
+        }
+    });
+    agent
+}
+
 /// Parses a user agent; `None` and blank strings are bots with nothing else known.
 pub(crate) fn parse(ua: Option<&str>) -> Agent {
     let ua = ua.map(str::trim).unwrap_or("");
@@ -66,5 +104,18 @@ mod tests {
         let odd = parse(Some("my-script/0.1"));
         assert!(!odd.bot);
         assert_eq!(odd.browser, None);
+    }
+
+    #[test]
+    fn the_cache_gives_what_parsing_gives() {
+        for ua in [
+            None,
+            Some(""),
+            Some("curl/8.0"),
+            Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"),
+        ] {
+            assert_eq!(super::parse_cached(ua), parse(ua));
+            assert_eq!(super::parse_cached(ua), parse(ua));
+        }
     }
 }
