@@ -251,3 +251,34 @@ fn known_devices_survive_a_ruleset_swap() {
         State::Block
     );
 }
+
+#[test]
+fn a_device_not_seen_for_known_for_is_new_again() {
+    let rules = RuleSet::builder()
+        .rule("new", "if is_new_device() { CHALLENGE_REQUIRED }")
+        .config_toml("[signals]\nknown_for = \"30d\"\n")
+        .build()
+        .unwrap();
+    let e = Engine::builder()
+        .ruleset(rules)
+        .clock(FakeClock::at(at(0)))
+        .build()
+        .unwrap();
+    let day = 86_400;
+    e.track_at(&req("u", "k0", None, Some("d")), at(0)).unwrap();
+    e.update_action("u", "signIn", "k0", State::ChallengeSucceeded)
+        .unwrap();
+    // Used again (and allowed) on day 20: known until day 50.
+    let r = e
+        .track_at(&req("u", "k1", None, Some("d")), at(20 * day))
+        .unwrap();
+    assert_eq!(r.state, State::Allow);
+    let r = e
+        .track_at(&req("u", "k2", None, Some("d")), at(49 * day))
+        .unwrap();
+    assert_eq!(r.state, State::Allow);
+    let r = e
+        .track_at(&req("u", "k3", None, Some("d")), at(80 * day))
+        .unwrap();
+    assert_eq!(r.state, State::ChallengeRequired, "31 days unseen");
+}

@@ -215,11 +215,12 @@ pub(crate) struct Located {
     pub at_ms: i64,
 }
 
-fn remember(list: &mut Vec<(u64, i64)>, item: u64, at: i64) {
+fn remember(list: &mut Vec<(u64, i64)>, item: u64, at: i64, known_for_ms: i64) {
     if let Some(m) = list.iter_mut().find(|m| m.0 == item) {
         m.1 = m.1.max(at);
         return;
     }
+    list.retain(|m| m.1.saturating_add(known_for_ms) > at);
     if list.len() >= MAX_KNOWN {
         remove_oldest(list);
     }
@@ -405,15 +406,18 @@ impl History {
             .unwrap_or(0)
     }
 
-    /// Whether `item` (a device, IP or country hash) is known for `user`.
-    pub fn is_known(&self, user: u64, kind: KnownKind, item: u64) -> bool {
+    /// Whether `item` (a device, IP or country hash) is known for `user` at `now_ms`: made known, and seen
+    /// again since, within `known_for`.
+    pub fn is_known(&self, user: u64, kind: KnownKind, item: u64, now_ms: i64) -> bool {
+        let known_for = self.known_for_ms.load(Ordering::Relaxed);
         self.known.map.get(&user).is_some_and(|k| {
             let list = match kind {
                 KnownKind::Device => &k.devices,
                 KnownKind::Ip => &k.ips,
                 KnownKind::Country => &k.countries,
             };
-            list.iter().any(|m| m.0 == item)
+            list.iter()
+                .any(|m| m.0 == item && m.1.saturating_add(known_for) > now_ms)
         })
     }
 
@@ -464,13 +468,13 @@ impl History {
             .upsert(user, at_ms, horizon, self.max_keys(), |k| {
                 k.last_ms = k.last_ms.max(at_ms);
                 if let Some(d) = device {
-                    remember(&mut k.devices, d, at_ms);
+                    remember(&mut k.devices, d, at_ms, horizon);
                 }
                 if let Some(i) = ip {
-                    remember(&mut k.ips, i, at_ms);
+                    remember(&mut k.ips, i, at_ms, horizon);
                 }
                 if let Some(c) = country {
-                    remember(&mut k.countries, c, at_ms);
+                    remember(&mut k.countries, c, at_ms, horizon);
                 }
                 if let Some(l) = location {
                     if k.location.is_none_or(|old| old.at_ms <= l.at_ms) {

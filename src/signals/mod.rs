@@ -282,7 +282,7 @@ fn is_new(ctx: &DecisionCtx, kind: KnownKind, item: Option<u64>) -> bool {
         KnownKind::Ip => 1,
         KnownKind::Country => 2,
     };
-    let compute = || item.is_none_or(|i| !ctx.history.is_known(ctx.keys.user, kind, i));
+    let compute = || item.is_none_or(|i| !ctx.history.is_known(ctx.keys.user, kind, i, ctx.now_ms));
     match ctx.memo.known.get(slot) {
         Some(cell) => *cell.get_or_init(compute),
         None => compute(),
