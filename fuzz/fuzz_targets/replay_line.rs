@@ -1,0 +1,7 @@
+//! Fuzz target `replay_line`: see `harness.rs` for what it drives and what it checks.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::replay_line(data));

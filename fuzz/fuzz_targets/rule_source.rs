@@ -1,0 +1,7 @@
+//! Fuzz target `rule_source`: see `harness.rs` for what it drives and what it checks.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::rule_source(data));
