@@ -102,21 +102,6 @@ const HOSTILE: &[(&str, &str, &str)] = &[
     ),
     ("eval-via-pointer", r#"Fn("eval")"#, "'eval' is a reserved keyword"),
     (
-        "file-open",
-        r#"open("/etc/passwd")"#,
-        "Function not found: open",
-    ),
-    (
-        "file-read",
-        r#"read_file("/etc/passwd")"#,
-        "Function not found: read_file",
-    ),
-    (
-        "process",
-        r#"system("rm -rf /")"#,
-        "Function not found: system",
-    ),
-    (
         "mutate-request",
         "custom.clear(); ()",
         "cannot be called on constant",
@@ -265,7 +250,7 @@ fn skip_leaves_a_failing_rule_out_of_the_decision() {
 }
 
 #[test]
-fn unavailable_language_features_fail_to_load_with_a_clear_message() {
+fn unavailable_features_and_file_or_process_access_fail_to_load_with_a_clear_message() {
     for (source, expected) in [
         (
             r#"import "std" as s; ()"#,
@@ -275,6 +260,12 @@ fn unavailable_language_features_fail_to_load_with_a_clear_message() {
             "export const x = 1; ()",
             "`export` is not available in rules",
         ),
+        (r#"open("/etc/passwd")"#, "unknown function `open`"),
+        (
+            r#"read_file("/etc/passwd")"#,
+            "unknown function `read_file`",
+        ),
+        (r#"system("rm -rf /")"#, "unknown function `system`"),
         (
             r#"eval("BLOCK")"#,
             "`eval` is not available in rules: rules cannot evaluate code built at run time",
