@@ -435,3 +435,77 @@ fn an_action_evicted_while_being_decided_answers_its_caller_and_leaves_no_token(
     assert_eq!(e.stored_actions(), 1);
     assert_eq!(e.validate_challenge(&token), invalid("unknown_token"));
 }
+
+#[test]
+fn concurrent_validations_of_one_token_have_one_winner() {
+    use std::sync::{Arc, Barrier};
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    for round in 0..20 {
+        let key = format!("k{round}");
+        let (_, token) = challenged(&e, &key);
+        succeed(&e, &key);
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (e, token, barrier) = (e.clone(), token.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    e.validate_challenge(&token)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_valid).count(), 1);
+        for r in results.iter().filter(|r| !r.is_valid) {
+            assert_eq!(
+                r,
+                &about(&key, State::ChallengeSucceeded, Some("already_used"))
+            );
+        }
+    }
+}
+
+#[test]
+fn under_concurrent_eviction_exactly_the_stored_actions_have_live_tokens() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 2_000;
+    const CAPACITY: usize = 100;
+    let clock = FakeClock::default();
+    let e = engine_with(&format!("[idempotency]\ncapacity = {CAPACITY}"), &clock);
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                (0..PER_THREAD)
+                    .map(|i| {
+                        let key = format!("t{t}-{i}");
+                        let token = e.track(&req(&key, true)).unwrap().token.unwrap();
+                        (key, token)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let issued: Vec<(String, String)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    // Once the inserts have settled, the store is exactly at its bound.
+    assert_eq!(e.stored_actions(), CAPACITY);
+    let mut live = 0;
+    for (key, token) in &issued {
+        let check = e.validate_challenge(token);
+        let stored = e.get_action("u1", "withdraw-funds", key).is_some();
+        if stored {
+            live += 1;
+            assert_eq!(
+                check,
+                about(key, State::ChallengeRequired, Some("not_succeeded"))
+            );
+        } else {
+            assert_eq!(check, invalid("unknown_token"), "{key}");
+        }
+    }
+    assert_eq!(live, CAPACITY);
+}
