@@ -2,8 +2,9 @@
 //!
 //! A line is a track request (`{"userId","action","attributes"}`) with an optional `"timestamp"` (RFC 3339 or
 //! epoch milliseconds; the wall clock when absent), or an operation: `{"op":"updateAction","userId","action",
-//! "idempotencyKey","state"}`, `{"op":"getAction",…}` or `{"op":"validateChallenge","token"}`. The output line
-//! is the response JSON, or `{"line":N,"error":{"code":"…","message":"…"}}` for a line that is refused.
+//! "idempotencyKey","state"}`, `{"op":"getAction",…}` or `{"op":"validateChallenge","token"}`, with an optional
+//! `"timestamp"` too (the time of the line before when absent). The output line is the response JSON, or
+//! `{"line":N,"error":{"code":"…","message":"…"}}` for a line that is refused.
 //!
 //! A [`Replayer`] owns an engine whose clock it sets to each line's timestamp, so replaying a log is
 //! deterministic (challenge tokens and generated idempotency keys aside, which are random).
@@ -130,8 +131,11 @@ impl Replayer {
             Err(e) => return Err(TrackError::InvalidJson(e.to_string())),
         };
         let at = match obj.remove("timestamp") {
-            None => SystemTime::now(),
             Some(v) => parse_timestamp(&v)?,
+            // An operation without a timestamp happens when the line before it did, so that a log of past events
+            // followed by `getAction` still finds its action, however long ago the log was written.
+            None if obj.contains_key("op") => crate::Clock::now(&self.clock),
+            None => SystemTime::now(),
         };
         self.clock.set(at);
         let op = match obj.remove("op") {

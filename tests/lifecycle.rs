@@ -383,3 +383,23 @@ fn replay_runs_the_lifecycle_operations() {
     assert_eq!(code(&out[8]), "idempotency_conflict");
     assert_eq!(code(&out[9]), "action_not_found", "expired after 24 h");
 }
+
+#[test]
+fn replay_operations_without_a_timestamp_happen_at_the_previous_lines_time() {
+    let dir = rules_dir();
+    // Events from 2024: with the wall clock, these actions would have expired long ago.
+    let input = r#"{"timestamp":"2024-01-01T00:00:00Z","userId":"u1","action":"withdraw","attributes":{"idempotencyKey":"k1","custom":{"decide":"CHALLENGE_REQUIRED"}}}
+{"op":"updateAction","userId":"u1","action":"withdraw","idempotencyKey":"k1","state":"CHALLENGE_SUCCEEDED"}
+{"op":"getAction","userId":"u1","action":"withdraw","idempotencyKey":"k1"}
+{"timestamp":"2024-01-03T00:00:00Z","op":"getAction","userId":"u1","action":"withdraw","idempotencyKey":"k1"}
+{"op":"getAction","userId":"u1","action":"withdraw","idempotencyKey":"k1"}
+"#;
+    let out = replay(&dir, input);
+    assert_eq!(out[0]["state"], "CHALLENGE_REQUIRED");
+    assert_eq!(out[1]["state"], "CHALLENGE_SUCCEEDED");
+    assert_eq!(out[1]["stateUpdatedAt"], "2024-01-01T00:00:00.000Z");
+    assert_eq!(out[2]["state"], "CHALLENGE_SUCCEEDED");
+    // A timestamp moves the clock: two days later the action has expired, and stays so for the next line.
+    assert_eq!(out[3]["error"]["code"], "action_not_found");
+    assert_eq!(out[4]["error"]["code"], "action_not_found");
+}
