@@ -299,8 +299,66 @@ fn decide(c: &mut Criterion) {
     g.finish();
 }
 
+/// 100,000 disjoint /28 ranges, none of which holds the requests' addresses.
+fn big_list() -> String {
+    let mut text = String::with_capacity(2_000_000);
+    for i in 0..100_000u32 {
+        let base = i * 32;
+        let (a, b, c) = ((base >> 16) & 255, (base >> 8) & 255, base & 255);
+        text.push_str(&format!("10.{a}.{b}.{c}/28\n"));
+    }
+    text
+}
+
+/// What one signal adds to a first decision: a one-rule ruleset asking the signal against the same rule
+/// without it (`baseline`), with ten earlier actions per user in history. `benches/signals.rs` covers every
+/// signal on both rule paths; this group tracks the targets (CIDR list, velocity, GeoIP city).
 fn signals(c: &mut Criterion) {
-    let g = c.benchmark_group("signals");
+    const USERS: u64 = 1_000;
+    let mut g = c.benchmark_group("signals");
+    let city_db = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/rules/geoip/GeoIP2-City-Test.mmdb"
+    );
+    let req = |i: u64| {
+        let user = i % USERS;
+        let mut r = request(&format!("user-{user}"), "withdraw-funds");
+        r.attributes.idempotency_key = Some(format!("k{i}"));
+        r.attributes.ip_address = Some(format!("81.2.69.{}", 142 + user % 50));
+        r
+    };
+    let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_709_283_600);
+    for (name, rule) in [
+        ("baseline", r#"if ip_address == "10.0.0.1" { BLOCK }"#),
+        (
+            "in_list-100k-cidr",
+            r#"if in_list("big", ip_address) { BLOCK }"#,
+        ),
+        ("velocity", r#"if velocity("1h") > 100000 { BLOCK }"#),
+        ("geoip-city", r#"if city() == "Atlantis" { BLOCK }"#),
+    ] {
+        let rules = RuleSet::builder()
+            .rule("r", rule)
+            .list("big", big_list())
+            .config_toml(format!(
+                "[idempotency]\ncapacity = 200000\n[geoip]\ncity = {city_db:?}\n"
+            ))
+            .build()
+            .unwrap();
+        assert!(rules.rules().all(|r| r.compiled), "{name}");
+        let e = engine(rules);
+        let mut i = 0u64;
+        while i < USERS * 10 {
+            e.track_at(&req(i), t0 + Duration::from_secs(i)).unwrap();
+            i += 1;
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(e.track_at(&req(i), t0 + Duration::from_secs(i)).unwrap())
+            })
+        });
+    }
     g.finish();
 }
 

@@ -57,6 +57,8 @@ pub(crate) struct Rule {
     pub ast: rhai::AST,
     /// The rule as native code, when it is in the compiled subset (see [`compile`]).
     pub compiled: Option<compile::Compiled>,
+    /// The request variables the rule reads (see [`sandbox::vars_used`]).
+    pub vars: u16,
 }
 
 /// What a ruleset says about one of its rules (for listings such as `riskgate check`).
@@ -387,11 +389,13 @@ impl RuleSetBuilder {
                         } else {
                             None
                         };
+                        let vars = sandbox::vars_used(&ast);
                         rules.push(Rule {
                             id: RuleId::new(&id),
                             meta,
                             ast,
                             compiled,
+                            vars,
                         });
                     }
                 }

@@ -11,7 +11,10 @@
 //!   string size limit (16 KiB × 16 KiB = 256 MiB) and run far past the time limit;
 //! - a panic inside Rhai while a rule runs is caught and becomes that rule's error.
 
-use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position, Scope, FLOAT, INT};
+use rhai::{
+    ASTNode, Dynamic, EvalAltResult, Expr, ImmutableString, Map, Position, Scope, Stmt, AST, FLOAT,
+    INT,
+};
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -219,7 +222,7 @@ pub(crate) fn evaluate<'a>(
     limits: &Limits,
     req: &TrackRequest,
     signals: &DecisionCtx,
-    rules: impl Iterator<Item = &'a Rule>,
+    rules: impl Iterator<Item = &'a Rule> + Clone,
     out: &mut Vec<RuleResult>,
 ) {
     let ctx = Ctx { req, signals };
@@ -253,11 +256,14 @@ fn run<'a>(
     engine: &rhai::Engine,
     limits: &Limits,
     ctx: &Ctx<'_>,
-    rules: impl Iterator<Item = &'a Rule>,
+    rules: impl Iterator<Item = &'a Rule> + Clone,
     out: &mut Vec<RuleResult>,
     scope: &mut Scope<'static>,
 ) {
-    fill_scope(scope, ctx.req);
+    // Only the variables some remaining rule reads: building `custom` or a string nobody reads is most of
+    // what filling the scope costs.
+    let vars = rules.clone().fold(0, |m, r| m | r.vars);
+    fill_scope(scope, ctx.req, vars);
     let base = scope.len();
     let budget = Duration::from_millis(limits.time_limit_ms.unsigned_abs());
     for rule in rules {
@@ -315,39 +321,86 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("unknown panic")
 }
 
-fn fill_scope(scope: &mut Scope<'static>, req: &TrackRequest) {
-    scope.clear();
-    for (name, state) in OUTCOMES {
-        scope.push_constant(name, state);
+/// The request variables a rule reads, as a bit set over [`REQUEST_VARS`]: every one of them if the rule could
+/// read variables in a way a walk of its syntax tree does not show (`is_def_var`, functions).
+pub(crate) fn vars_used(ast: &AST) -> u16 {
+    let all = (1u16 << REQUEST_VARS.len()) - 1;
+    if ast.has_functions() {
+        return all;
     }
+    let mut used = 0u16;
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Expr(Expr::Variable(v, _, _))) => {
+                if let Some(i) = REQUEST_VARS.iter().position(|n| *n == v.1.as_str()) {
+                    used |= 1 << i;
+                }
+            }
+            Some(ASTNode::Expr(Expr::FnCall(f, _) | Expr::MethodCall(f, _)))
+            | Some(ASTNode::Stmt(Stmt::FnCall(f, _)))
+                if f.name.as_str() == "is_def_var" =>
+            {
+                used = all;
+            }
+            _ => {}
+        }
+        true
+    });
+    used
+}
+
+/// Fills `scope` for one decision: the outcome constants (kept from the previous decision on this thread when
+/// they are still there), then the request variables in `vars` (a set from [`vars_used`]).
+fn fill_scope(scope: &mut Scope<'static>, req: &TrackRequest, vars: u16) {
+    // INVARIANT: this is the only writer of the per-thread scope, and the outcomes it pushes first are
+    // constants, so a scope holding at least that many entries starts with them.
+    if scope.len() >= OUTCOMES.len() {
+        scope.rewind(OUTCOMES.len());
+    } else {
+        scope.clear();
+        for (name, state) in OUTCOMES {
+            scope.push_constant(name, state);
+        }
+    }
+    let wants = |name: &str| {
+        REQUEST_VARS
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|i| vars & (1 << i) != 0)
+    };
     let a = &req.attributes;
-    scope.push_constant("user_id", ImmutableString::from(req.user_id.as_str()));
-    scope.push_constant("action", ImmutableString::from(req.action.as_str()));
     for (name, v) in [
-        ("ip_address", &a.ip_address),
-        ("device_id", &a.device_id),
-        ("user_agent", &a.user_agent),
-        ("email", &a.email),
-        ("phone_number", &a.phone_number),
-        ("username", &a.username),
-        ("redirect_url", &a.redirect_url),
+        ("user_id", Some(&req.user_id)),
+        ("action", Some(&req.action)),
+        ("ip_address", a.ip_address.as_ref()),
+        ("device_id", a.device_id.as_ref()),
+        ("user_agent", a.user_agent.as_ref()),
+        ("email", a.email.as_ref()),
+        ("phone_number", a.phone_number.as_ref()),
+        ("username", a.username.as_ref()),
+        ("redirect_url", a.redirect_url.as_ref()),
     ] {
+        if !wants(name) {
+            continue;
+        }
         match v {
             Some(s) => scope.push_constant(name, ImmutableString::from(s.as_str())),
             None => scope.push_constant(name, ()),
         };
     }
-    let mut custom = Map::new();
-    for (k, v) in &a.custom {
-        let v = match v {
-            CustomValue::String(s) => Dynamic::from(ImmutableString::from(s.as_str())),
-            CustomValue::Int(i) => Dynamic::from(*i as INT),
-            CustomValue::Float(f) => Dynamic::from(*f as FLOAT),
-            CustomValue::Bool(b) => Dynamic::from(*b),
-        };
-        custom.insert(k.as_str().into(), v);
+    if wants("custom") {
+        let mut custom = Map::new();
+        for (k, v) in &a.custom {
+            let v = match v {
+                CustomValue::String(s) => Dynamic::from(ImmutableString::from(s.as_str())),
+                CustomValue::Int(i) => Dynamic::from(*i as INT),
+                CustomValue::Float(f) => Dynamic::from(*f as FLOAT),
+                CustomValue::Bool(b) => Dynamic::from(*b),
+            };
+            custom.insert(k.as_str().into(), v);
+        }
+        scope.push_constant("custom", custom);
     }
-    scope.push_constant("custom", custom);
 }
 
 /// A rule error's message, with the rule line and column where Rhai reports one.
@@ -377,5 +430,35 @@ fn at(pos: Position, msg: String) -> String {
         (Some(l), Some(c)) => format!("{l}:{c}: {msg}"),
         (Some(l), None) => format!("{l}: {msg}"),
         _ => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(src: &str) -> Vec<&'static str> {
+        let engine = new_engine(&Limits::default());
+        let ast = engine.compile_with_scope(&compile_scope(), src).unwrap();
+        let used = vars_used(&ast);
+        REQUEST_VARS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| used & (1 << i) != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+
+    #[test]
+    fn the_scope_holds_what_rules_read() {
+        assert_eq!(vars("if email != () { BLOCK }"), ["email"]);
+        assert_eq!(
+            vars(r#"let d = `${custom.a}:${user_id}`; if d == "" { BLOCK }"#),
+            ["user_id", "custom"]
+        );
+        assert_eq!(vars("BLOCK"), Vec::<&str>::new());
+        // Anything that could read a variable by name gets every one.
+        assert_eq!(vars(r#"if is_def_var("email") { BLOCK }"#), REQUEST_VARS);
+        assert_eq!(vars("fn f() { 1 } if f() == 1 { BLOCK }"), REQUEST_VARS);
     }
 }
