@@ -55,6 +55,9 @@ pub(crate) struct Uses {
     pub computed_window: bool,
     /// Some rule asks about the user agent.
     pub agent: bool,
+    /// Which windowed signals rules call: bit `1 << k` for the `k`-th of [`WINDOWED`] counted from 1 (the
+    /// values of `SeriesKind` and `SetKind`), so history keeps only the series and sets that are read.
+    pub windowed: u8,
 }
 
 /// Checks the signal calls in `ast` (rule file `file`), adding to `uses` and `problems`.
@@ -82,7 +85,8 @@ pub(crate) fn analyze(
         };
         let name = call.name.as_str();
         let args = &call.args;
-        if WINDOWED.contains(&name) {
+        if let Some(i) = WINDOWED.iter().position(|w| *w == name) {
+            uses.windowed |= 1 << (i + 1);
             match args.first() {
                 Some(Expr::StringConstant(w, at)) if args.len() == 1 && !method => {
                     match super::window(name, w) {

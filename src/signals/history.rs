@@ -426,13 +426,18 @@ impl History {
         self.known.map.get(&user).and_then(|k| k.location)
     }
 
-    /// Counts an action in every series and set, keeping `horizon_ms` of history (nothing when it is 0).
-    pub fn record(&self, keys: &Keys, now_ms: i64, horizon_ms: i64) {
+    /// Counts an action in the series and sets rules read (bit `1 << kind` of `kept`), keeping `horizon_ms` of
+    /// history (nothing when it is 0).
+    pub fn record(&self, keys: &Keys, now_ms: i64, horizon_ms: i64, kept: u8) {
         if horizon_ms <= 0 {
             return;
         }
         let (max_keys, cap) = (self.max_keys(), self.max_per_key());
+        let kept_kind = |kind: u8| kept & (1 << kind) != 0;
         for kind in [SeriesKind::User, SeriesKind::Ip, SeriesKind::Device] {
+            if !kept_kind(kind as u8) {
+                continue;
+            }
             if let Some(k) = self.series_key(kind, keys) {
                 self.series.upsert(k, now_ms, horizon_ms, max_keys, |s| {
                     s.push(now_ms, horizon_ms, cap)
@@ -444,6 +449,9 @@ impl History {
             (SetKind::UsersOnDevice, Some(keys.user)),
             (SetKind::DevicesOfUser, keys.device),
         ] {
+            if !kept_kind(kind as u8) {
+                continue;
+            }
             if let (Some(k), Some(m)) = (self.set_key(kind, keys), member) {
                 self.distinct.upsert(k, now_ms, horizon_ms, max_keys, |s| {
                     s.see(m, now_ms, horizon_ms, cap)

@@ -42,6 +42,8 @@ pub(crate) struct SignalSet {
     pub geo: geo::Geo,
     /// How much history the ruleset's windows need (0: none, nothing is recorded in series and sets).
     pub horizon_ms: i64,
+    /// Which series and sets rules read (see [`Uses::windowed`]); only those are recorded.
+    pub windowed: u8,
     pub limits: Limits,
     /// Some rule asks about the user agent (so decisions keep a copy of it).
     pub uses_agent: bool,
@@ -53,6 +55,7 @@ impl Default for SignalSet {
             lists: ArcSwap::from_pointee(lists::Lists::new()),
             geo: geo::Geo::default(),
             horizon_ms: 0,
+            windowed: 0,
             limits: Limits::default(),
             uses_agent: false,
         }
@@ -161,8 +164,12 @@ impl DecisionCtx {
     /// Adds this action to history (after its decision is resolved) and, when it ends `ALLOW`, makes its device,
     /// IP and country known. Returns what a later successful challenge or review needs.
     pub fn record(&self, state: crate::State) -> Footprint {
-        self.history
-            .record(&self.keys, self.now_ms, self.set.horizon_ms);
+        self.history.record(
+            &self.keys,
+            self.now_ms,
+            self.set.horizon_ms,
+            self.set.windowed,
+        );
         let footprint = Footprint {
             keys: self.keys,
             ip: self.ip,
@@ -218,6 +225,11 @@ fn windowed(
     window_ms: i64,
     compute: impl FnOnce(&History, &Keys, i64, i64) -> i64,
 ) -> Result<i64, String> {
+    if ctx.set.windowed & (1 << tag) == 0 {
+        return Err(format!(
+            "`{function}` is not called by name in any rule, so its history is not kept"
+        ));
+    }
     if window_ms > ctx.set.horizon_ms {
         return Err(format!(
             "`{function}`: a window of {} is longer than the history kept ({}): raise `[signals] max_window`",
