@@ -339,8 +339,12 @@ fn opt(
 /// `invalid_request` naming the field path.
 pub(crate) fn from_json_str<T: de::DeserializeOwned>(json: &str) -> Result<T, TrackError> {
     let de = &mut serde_json::Deserializer::from_str(json);
-    match serde_path_to_error::deserialize::<_, T>(de) {
-        Ok(v) => Ok(v),
+    match serde_path_to_error::deserialize::<_, T>(&mut *de) {
+        // Anything but whitespace after the document is malformed JSON, as `serde_json::from_str` has it.
+        Ok(v) => de
+            .end()
+            .map(|()| v)
+            .map_err(|e| TrackError::InvalidJson(e.to_string())),
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();

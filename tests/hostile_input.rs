@@ -1,0 +1,518 @@
+//! Hostile input: every bad request gets a clear error, and a refused request changes nothing in the engine: no
+//! stored action, no history, no decision counted, so a later good request behaves as if the bad ones never
+//! came. Covers the library, the JSON parser, the replay line handler and the `riskgate replay` binary
+//! (10 MiB lines).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use riskgate::replay::{Outcome, Replayer, MAX_LINE_BYTES};
+use riskgate::{CustomValue, Engine, FakeClock, RuleSet, State, TrackError, TrackRequest};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+/// Rules whose outcome depends on history, so that any trace a refused request left would show.
+fn rules() -> RuleSet {
+    RuleSet::from_sources([
+        (
+            "seen-before",
+            "//! priority: 10\nif velocity(\"1h\") > 0 || velocity_ip(\"1h\") > 0 { BLOCK }",
+        ),
+        (
+            "new-device",
+            "//! priority: 20\nif device_id != () && is_new_device() { CHALLENGE_REQUIRED }",
+        ),
+    ])
+    .unwrap()
+}
+
+fn at() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_200)
+}
+
+fn engine() -> Engine {
+    Engine::builder()
+        .ruleset(rules())
+        .clock(FakeClock::at(at()))
+        .build()
+        .unwrap()
+}
+
+fn good() -> TrackRequest {
+    let mut r = TrackRequest::new("user-1", "signIn");
+    r.attributes.idempotency_key = Some("k1".into());
+    r.attributes.device_id = Some("device-1".into());
+    r.attributes.ip_address = Some("203.0.113.7".into());
+    r.attributes.custom.insert("amount".into(), 10i64.into());
+    r
+}
+
+/// Everything observable about an engine's state.
+fn footprint(e: &Engine) -> (usize, usize, u64) {
+    (e.stored_actions(), e.history_keys(), e.decisions())
+}
+
+type Mutation = Box<dyn Fn(&mut TrackRequest)>;
+
+fn bad_requests() -> Vec<(&'static str, &'static str, Mutation)> {
+    let set_ip = |v: &'static str| -> Mutation {
+        Box::new(move |r: &mut TrackRequest| r.attributes.ip_address = Some(v.into()))
+    };
+    vec![
+        ("empty user id", "userId", Box::new(|r| r.user_id.clear())),
+        (
+            "oversized user id",
+            "userId",
+            Box::new(|r| r.user_id = "u".repeat(256)),
+        ),
+        (
+            "user id with NUL",
+            "userId",
+            Box::new(|r| r.user_id = "user\0-1".into()),
+        ),
+        (
+            "user id with newline",
+            "userId",
+            Box::new(|r| r.user_id = "user-1\n{\"forged\":1}".into()),
+        ),
+        (
+            "user id with DEL",
+            "userId",
+            Box::new(|r| r.user_id = "user\u{7f}".into()),
+        ),
+        (
+            "user id with C1 control",
+            "userId",
+            Box::new(|r| r.user_id = "user\u{85}".into()),
+        ),
+        ("empty action", "action", Box::new(|r| r.action.clear())),
+        (
+            "action with space",
+            "action",
+            Box::new(|r| r.action = "sign in".into()),
+        ),
+        (
+            "action with unicode",
+            "action",
+            Box::new(|r| r.action = "sígnIn".into()),
+        ),
+        (
+            "oversized action",
+            "action",
+            Box::new(|r| r.action = "a".repeat(65)),
+        ),
+        (
+            "empty idempotency key",
+            "attributes.idempotencyKey",
+            Box::new(|r| r.attributes.idempotency_key = Some(String::new())),
+        ),
+        (
+            "oversized idempotency key",
+            "attributes.idempotencyKey",
+            Box::new(|r| r.attributes.idempotency_key = Some("k".repeat(256))),
+        ),
+        (
+            "idempotency key with tab",
+            "attributes.idempotencyKey",
+            Box::new(|r| r.attributes.idempotency_key = Some("k\t1".into())),
+        ),
+        (
+            "ip out of range",
+            "attributes.ipAddress",
+            set_ip("999.1.1.1"),
+        ),
+        ("ip too short", "attributes.ipAddress", set_ip("1.2.3")),
+        ("ip with port", "attributes.ipAddress", set_ip("1.2.3.4:80")),
+        ("ip with space", "attributes.ipAddress", set_ip(" 1.2.3.4")),
+        (
+            "ip with prefix",
+            "attributes.ipAddress",
+            set_ip("10.0.0.0/8"),
+        ),
+        (
+            "ipv6 bad hex",
+            "attributes.ipAddress",
+            set_ip("2001:db8::g"),
+        ),
+        ("ipv6 zone", "attributes.ipAddress", set_ip("fe80::1%eth0")),
+        ("empty ip", "attributes.ipAddress", set_ip("")),
+        (
+            "hostname as ip",
+            "attributes.ipAddress",
+            set_ip("localhost"),
+        ),
+        (
+            "empty device id",
+            "attributes.deviceId",
+            Box::new(|r| r.attributes.device_id = Some(String::new())),
+        ),
+        (
+            "oversized user agent",
+            "attributes.userAgent",
+            Box::new(|r| r.attributes.user_agent = Some("M".repeat(2049))),
+        ),
+        (
+            "redirect with CR",
+            "attributes.redirectUrl",
+            Box::new(|r| r.attributes.redirect_url = Some("https://a.test/\r\nX: y".into())),
+        ),
+        (
+            "oversized email",
+            "attributes.email",
+            Box::new(|r| r.attributes.email = Some(format!("{}@example.com", "a".repeat(250)))),
+        ),
+        (
+            "oversized phone",
+            "attributes.phoneNumber",
+            Box::new(|r| r.attributes.phone_number = Some("+1".repeat(20))),
+        ),
+        (
+            "too many custom entries",
+            "attributes.custom",
+            Box::new(|r| {
+                for i in 0..1000 {
+                    r.attributes
+                        .custom
+                        .insert(format!("k{i}"), CustomValue::Int(i));
+                }
+            }),
+        ),
+        (
+            "empty custom key",
+            "attributes.custom",
+            Box::new(|r| {
+                r.attributes.custom.insert(String::new(), 1i64.into());
+            }),
+        ),
+        (
+            "oversized custom key",
+            "attributes.custom",
+            Box::new(|r| {
+                r.attributes.custom.insert("k".repeat(65), 1i64.into());
+            }),
+        ),
+        (
+            "custom key with control",
+            "attributes.custom",
+            Box::new(|r| {
+                r.attributes
+                    .custom
+                    .insert("a\u{1b}[31m".into(), 1i64.into());
+            }),
+        ),
+        (
+            "oversized custom string",
+            "attributes.custom.note",
+            Box::new(|r| {
+                r.attributes
+                    .custom
+                    .insert("note".into(), "n".repeat(1025).into());
+            }),
+        ),
+        (
+            "NaN custom number",
+            "attributes.custom.amount",
+            Box::new(|r| {
+                r.attributes.custom.insert("amount".into(), f64::NAN.into());
+            }),
+        ),
+        (
+            "infinite custom number",
+            "attributes.custom.amount",
+            Box::new(|r| {
+                r.attributes
+                    .custom
+                    .insert("amount".into(), f64::INFINITY.into());
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn each_bad_request_is_refused_by_field_and_changes_nothing() {
+    let e = engine();
+    let empty = footprint(&e);
+    for (name, field, mutate) in bad_requests() {
+        let mut req = good();
+        mutate(&mut req);
+        let err = e.track_at(&req, at()).unwrap_err();
+        match &err {
+            TrackError::InvalidRequest { field: f, reason } => {
+                assert_eq!(f, field, "{name}: {err}");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{name}: expected invalid_request, got {other:?}"),
+        }
+        assert_eq!(err.code(), "invalid_request");
+        // A clear message: lowercase, names the field, echoes at most a shortened, escaped value.
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("invalid `{field}`")),
+            "{name}: {msg}"
+        );
+        assert!(msg.len() < 400, "{name}: message is {} bytes", msg.len());
+        assert!(
+            !msg.contains('\n') && !msg.contains('\0'),
+            "{name}: {msg:?}"
+        );
+        assert_eq!(footprint(&e), empty, "{name} left a trace");
+        assert!(e.get_action("user-1", "signIn", "k1").is_none(), "{name}");
+    }
+    // The good request now behaves exactly as on a fresh engine: no velocity, a new device.
+    let first = e.track_at(&good(), at()).unwrap();
+    let fresh = engine().track_at(&good(), at()).unwrap();
+    assert_eq!(first.state, State::ChallengeRequired);
+    assert_eq!(
+        (&first.state, &first.rule_ids),
+        (&fresh.state, &fresh.rule_ids)
+    );
+    assert_eq!(footprint(&e).0, 1);
+}
+
+#[test]
+fn an_idempotency_conflict_changes_nothing() {
+    let e = engine();
+    let first = e.track_at(&good(), at()).unwrap();
+    let after_first = footprint(&e);
+    let mut other = good();
+    other.attributes.ip_address = Some("198.51.100.1".into());
+    let err = e.track_at(&other, at()).unwrap_err();
+    assert_eq!(err.code(), "idempotency_conflict");
+    assert_eq!(footprint(&e), after_first);
+    let stored = e.get_action("user-1", "signIn", "k1").unwrap();
+    assert_eq!(stored.state, first.state);
+    // The history still holds one action from the first IP, none from the conflicting one.
+    let mut probe = good();
+    probe.attributes.idempotency_key = Some("k2".into());
+    probe.user_id = "user-2".into();
+    probe.attributes.ip_address = Some("198.51.100.1".into());
+    assert_ne!(e.track_at(&probe, at()).unwrap().state, State::Block);
+}
+
+#[test]
+fn hostile_json_is_refused_without_overflowing_the_stack() {
+    let deep = |n: usize| {
+        format!(
+            r#"{{"userId":"u","action":"a","attributes":{{"custom":{{"k":{}1{}}}}}}}"#,
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    };
+    let deep_objects = format!(
+        r#"{{"userId":"u","action":"a","attributes":{{"custom":{}1{}}}}}"#,
+        r#"{"k":"#.repeat(100_000),
+        "}".repeat(100_000)
+    );
+    let mut huge_custom = String::from(r#"{"userId":"u","action":"a","attributes":{"custom":{"#);
+    for i in 0..100_000 {
+        if i > 0 {
+            huge_custom.push(',');
+        }
+        huge_custom.push_str(&format!(r#""k{i}":{i}"#));
+    }
+    huge_custom.push_str("}}}");
+    let cases: Vec<(&str, String, &str)> = vec![
+        // Typed parsing refuses the first level that is not a scalar: the depth is never reached.
+        ("deep arrays", deep(100_000), "invalid_request"),
+        ("deep objects", deep_objects, "invalid_request"),
+        ("nested custom value", deep(1), "invalid_request"),
+        (
+            "null custom value",
+            r#"{"userId":"u","action":"a","attributes":{"custom":{"k":null}}}"#.into(),
+            "invalid_request",
+        ),
+        (
+            "number as user id",
+            r#"{"userId":1,"action":"a"}"#.into(),
+            "invalid_request",
+        ),
+        (
+            "unknown field",
+            r#"{"userId":"u","action":"a","admin":true}"#.into(),
+            "invalid_request",
+        ),
+        (
+            "unknown attribute",
+            r#"{"userId":"u","action":"a","attributes":{"isAdmin":true}}"#.into(),
+            "invalid_request",
+        ),
+        (
+            "duplicate field",
+            r#"{"userId":"u","userId":"v","action":"a"}"#.into(),
+            "invalid_request",
+        ),
+        (
+            "truncated",
+            r#"{"userId":"u","action":"#.into(),
+            "invalid_json",
+        ),
+        ("not an object", "[]".into(), "invalid_request"),
+        ("bare string", r#""u""#.into(), "invalid_request"),
+        ("empty", String::new(), "invalid_json"),
+        (
+            "lone surrogate",
+            r#"{"userId":"\ud800","action":"a"}"#.into(),
+            "invalid_json",
+        ),
+        (
+            "trailing garbage",
+            r#"{"userId":"u","action":"a"} x"#.into(),
+            "invalid_json",
+        ),
+    ];
+    for (name, json, code) in cases {
+        let e = TrackRequest::from_json(&json)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: parsed"));
+        assert_eq!(e.code(), code, "{name}: {e}");
+        assert!(e.to_string().len() < 400, "{name}: {e}");
+    }
+    // Parsed but refused by validation, with nothing stored.
+    let e = engine();
+    let req = TrackRequest::from_json(&huge_custom).unwrap();
+    let err = e.track_at(&req, at()).unwrap_err();
+    assert!(err.to_string().contains("100000 entries"), "{err}");
+    assert_eq!(footprint(&e), (0, 0, 0));
+    let req = TrackRequest::from_json(r#"{"userId":"u\u0000","action":"a"}"#).unwrap();
+    assert_eq!(
+        e.track_at(&req, at()).unwrap_err().code(),
+        "invalid_request"
+    );
+}
+
+fn replayer() -> Replayer {
+    Replayer::new(Engine::builder().ruleset(rules())).unwrap()
+}
+
+fn error_line(json: &str) -> (u64, String, String) {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    (
+        v["line"].as_u64().unwrap(),
+        v["error"]["code"].as_str().unwrap().to_owned(),
+        v["error"]["message"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn replay_refuses_bad_lines_and_goes_on() {
+    let mut r = replayer();
+    let good_line =
+        br#"{"timestamp":0,"userId":"u","action":"signIn","attributes":{"idempotencyKey":"k","deviceId":"d"}}"#;
+    let mut ten_mib = br#"{"userId":"u","action":"signIn","attributes":{"custom":{"k":""#.to_vec();
+    ten_mib.resize(10 * 1024 * 1024, b'x');
+    ten_mib.extend_from_slice(br#""}}}"#);
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("non-UTF-8", b"{\"userId\":\"\xff\"}".to_vec(), "invalid_json", "UTF-8"),
+        ("10 MiB line", ten_mib, "invalid_request", "at most 1048576"),
+        ("NUL bytes", b"\0\0\0".to_vec(), "invalid_json", "invalid JSON"),
+        (
+            // Replay reads a line as a JSON value first: serde_json's recursion limit applies.
+            "deeply nested line",
+            "[".repeat(1_000_000).into_bytes(),
+            "invalid_json",
+            "recursion limit exceeded",
+        ),
+        (
+            "control character in a value",
+            br#"{"userId":"u\u0007","action":"signIn"}"#.to_vec(),
+            "invalid_request",
+            "control character",
+        ),
+        (
+            "raw control character",
+            b"{\"userId\":\"u\x07\",\"action\":\"signIn\"}".to_vec(),
+            "invalid_json",
+            "control character",
+        ),
+        (
+            "bad timestamp",
+            br#"{"timestamp":"yesterday","userId":"u","action":"signIn"}"#.to_vec(),
+            "invalid_request",
+            "timestamp",
+        ),
+        (
+            "negative timestamp",
+            br#"{"timestamp":-1,"userId":"u","action":"signIn"}"#.to_vec(),
+            "invalid_request",
+            "timestamp",
+        ),
+        (
+            "huge op name",
+            format!(r#"{{"op":"{}"}}"#, "x".repeat(100_000)).into_bytes(),
+            "invalid_request",
+            "unknown operation",
+        ),
+        (
+            "update to a decision state",
+            br#"{"op":"updateAction","userId":"u","action":"signIn","idempotencyKey":"k","state":"ALLOW"}"#
+                .to_vec(),
+            "action_not_found",
+            "no action",
+        ),
+    ];
+    for (i, (name, line, code, needle)) in cases.iter().enumerate() {
+        let n = i as u64 + 1;
+        let out = r.line(n, line).unwrap();
+        assert!(matches!(out.outcome, Outcome::Refused(_)), "{name}");
+        let (l, c, m) = error_line(&out.json);
+        assert_eq!((l, c.as_str()), (n, *code), "{name}: {m}");
+        assert!(m.contains(needle), "{name}: {m}");
+        assert!(out.json.len() < 1024, "{name}: {} bytes", out.json.len());
+        assert_eq!(footprint(r.engine()), (0, 0, 0), "{name} left a trace");
+    }
+    let out = r.line(99, good_line).unwrap();
+    assert!(matches!(out.outcome, Outcome::Tracked(_)), "{}", out.json);
+    assert!(out.json.contains("CHALLENGE_REQUIRED"), "{}", out.json);
+    assert!(r.line(100, b"  \t ").is_none());
+    assert!(MAX_LINE_BYTES < 10 * 1024 * 1024);
+}
+
+#[test]
+fn the_replay_command_skips_10_mib_lines_and_goes_on() {
+    let mut input = Vec::new();
+    input.extend_from_slice(
+        b"{\"timestamp\":0,\"userId\":\"u\",\"action\":\"signIn\",\"attributes\":{\"idempotencyKey\":\"k1\"}}\n",
+    );
+    input.extend(std::iter::repeat_n(b'[', 10 * 1024 * 1024));
+    input.push(b'\n');
+    input.extend_from_slice(b"\xff\xfe\n");
+    input.extend_from_slice(
+        b"{\"timestamp\":1,\"userId\":\"u\",\"action\":\"signIn\",\"attributes\":{\"idempotencyKey\":\"k2\"}}",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.rhai"),
+        "if velocity(\"1h\") > 0 { REVIEW }",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+        .args(["replay", "--rules"])
+        .arg(dir.path())
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].contains(r#""state":"ALLOW""#), "{}", lines[0]);
+    let (n, code, msg) = error_line(lines[1]);
+    assert_eq!((n, code.as_str()), (2, "invalid_request"));
+    assert!(
+        msg.contains("is 10485760 bytes, at most 1048576 are allowed"),
+        "{msg}"
+    );
+    assert_eq!(error_line(lines[2]).1, "invalid_json");
+    // The refused lines left no trace: the last line sees exactly one earlier action.
+    assert!(lines[3].contains(r#""state":"REVIEW""#), "{}", lines[3]);
+}
