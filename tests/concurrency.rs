@@ -238,7 +238,7 @@ fn run_stress() {
         settled.values().all(|&n| n == 1),
         "an action was settled twice"
     );
-    for ((user, key), _) in &settled {
+    for (user, key) in settled.keys() {
         let rec = engine
             .get_action(&format!("user-{user}"), "withdraw-funds", key)
             .unwrap();
