@@ -255,3 +255,21 @@ fn database_paths_are_relative_to_the_rules_folder() {
         State::Allow
     );
 }
+
+#[test]
+fn staying_put_keeps_the_last_known_location_fresh() {
+    let e = travel_engine();
+    e.track_at(&req("u", "1", Some(LONDON)), at(0)).unwrap();
+    // Ten hours later, still in London (the same IP, so no new lookup is needed to refresh it).
+    assert_eq!(
+        e.track_at(&req("u", "2", Some(LONDON)), at(36_000))
+            .unwrap()
+            .state,
+        State::Allow
+    );
+    // An hour after that, 1,400 km away: measured from the fresh London time, not the first one.
+    let r = e
+        .track_at(&req("u", "3", Some(LINKOPING)), at(39_600))
+        .unwrap();
+    assert_eq!(r.state, State::Review);
+}

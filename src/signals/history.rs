@@ -207,12 +207,15 @@ impl Entry for Known {
     }
 }
 
-/// A point on the globe and when the user was there.
+/// A point on the globe and when the user was there, with the IP (and its country) that placed them, so that
+/// the next action from the same IP can refresh it without another database lookup.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Located {
     pub lat: f64,
     pub lon: f64,
     pub at_ms: i64,
+    pub ip: u64,
+    pub country: Option<u64>,
 }
 
 fn remember(list: &mut Vec<(u64, i64)>, item: u64, at: i64, known_for_ms: i64) {

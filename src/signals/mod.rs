@@ -176,32 +176,62 @@ impl DecisionCtx {
             at_ms: self.now_ms,
         };
         if state == crate::State::Allow {
-            let place = if self.set.geo.city.is_some() {
-                self.place().cloned()
-            } else {
-                None
-            };
-            know(&self.history, &footprint, place);
+            match self.last_place_again() {
+                // Same IP as the last located action: refresh it without looking the IP up again.
+                Some(last) => know(
+                    &self.history,
+                    &footprint,
+                    last.country,
+                    Some((last.lat, last.lon)),
+                ),
+                None if self.set.geo.city.is_some() => {
+                    let place = self.place();
+                    let country = place
+                        .and_then(|p| p.country.as_deref())
+                        .map(|c| self.history.hash(b'c', c));
+                    know(
+                        &self.history,
+                        &footprint,
+                        country,
+                        place.and_then(|p| p.location),
+                    );
+                }
+                None => know(&self.history, &footprint, None, None),
+            }
         }
         footprint
+    }
+
+    /// The user's last known location, when this action comes from the IP that placed it and no rule has looked
+    /// this IP up yet.
+    fn last_place_again(&self) -> Option<Located> {
+        if self.set.geo.city.is_none() || self.memo.place.get().is_some() {
+            return None;
+        }
+        let ip = self.keys.ip?;
+        self.history
+            .last_location(self.keys.user)
+            .filter(|l| l.ip == ip)
     }
 }
 
 /// Makes an action's device, IP and country known for its user (its challenge or review succeeded later).
 pub(crate) fn make_known(history: &History, set: &SignalSet, footprint: &Footprint) {
     let place = footprint.ip.and_then(|ip| set.geo.place(ip));
-    know(history, footprint, place);
-}
-
-fn know(history: &History, fp: &Footprint, place: Option<geo::Place>) {
     let country = place
         .as_ref()
         .and_then(|p| p.country.as_deref())
         .map(|c| history.hash(b'c', c));
-    let location = place.and_then(|p| p.location).map(|(lat, lon)| Located {
+    know(history, footprint, country, place.and_then(|p| p.location));
+}
+
+fn know(history: &History, fp: &Footprint, country: Option<u64>, location: Option<(f64, f64)>) {
+    let location = location.zip(fp.keys.ip).map(|((lat, lon), ip)| Located {
         lat,
         lon,
         at_ms: fp.at_ms,
+        ip,
+        country,
     });
     history.make_known(
         fp.keys.user,
