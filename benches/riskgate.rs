@@ -220,6 +220,9 @@ fn on_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Dura
 // Groups
 
 fn repeat(c: &mut Criterion) {
+    if !wanted("repeat") {
+        return;
+    }
     let mut g = c.benchmark_group("repeat");
     let e = engine(bundled(true, 200_000));
     let mut reqs: Vec<TrackRequest> = (0..2)
@@ -259,6 +262,9 @@ fn repeat(c: &mut Criterion) {
 }
 
 fn decide(c: &mut Criterion) {
+    if !wanted("decide") {
+        return;
+    }
     let mut g = c.benchmark_group("decide");
     // Engine overhead alone: validation, store insert, response, with no rule to run.
     let empty = engine(ruleset(Vec::new(), true));
@@ -314,6 +320,9 @@ fn big_list() -> String {
 /// without it (`baseline`), with ten earlier actions per user in history. `benches/signals.rs` covers every
 /// signal on both rule paths; this group tracks the targets (CIDR list, velocity, GeoIP city).
 fn signals(c: &mut Criterion) {
+    if !wanted("signals") {
+        return;
+    }
     const USERS: u64 = 1_000;
     let mut g = c.benchmark_group("signals");
     let city_db = concat!(
@@ -363,6 +372,9 @@ fn signals(c: &mut Criterion) {
 }
 
 fn throughput(c: &mut Criterion) {
+    if !wanted("throughput") {
+        return;
+    }
     let mut g = c.benchmark_group("throughput");
     g.throughput(Throughput::Elements(1));
     let e = engine(bundled(true, 200_000));
@@ -450,6 +462,9 @@ impl Candidate for scc::HashMap<u128, Arc<u64>, H> {
 }
 
 fn store(c: &mut Criterion) {
+    if !wanted("store") {
+        return;
+    }
     let mut g = c.benchmark_group("store");
     const N: u64 = 100_000;
     let key = |i: u64| xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes());
@@ -559,6 +574,43 @@ criterion_group! {
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
     targets = repeat, decide, signals, throughput, store
+}
+
+/// Whether group `name` can match the benchmark filter on the command line, so that running or profiling one
+/// benchmark (`cargo bench --bench riskgate -- decide/compiled`) does not pay for every other group's setup.
+fn wanted(name: &str) -> bool {
+    let mut args = std::env::args().skip(1);
+    let mut filter = None;
+    while let Some(a) = args.next() {
+        if matches!(
+            a.as_str(),
+            "--profile-time"
+                | "--measurement-time"
+                | "--warm-up-time"
+                | "--sample-size"
+                | "--save-baseline"
+                | "--baseline"
+                | "--load-baseline"
+                | "--output-format"
+                | "--color"
+                | "--plotting-backend"
+                | "--significance-level"
+                | "--noise-threshold"
+                | "--confidence-level"
+                | "--nresamples"
+        ) {
+            args.next();
+        } else if !a.starts_with('-') {
+            filter = Some(a);
+            break;
+        }
+    }
+    let Some(f) = filter else { return true };
+    let f = f.trim_start_matches('^');
+    match f.split_once('/') {
+        Some((group, _)) => group == name,
+        None => name.contains(f) || f.contains(name),
+    }
 }
 
 fn main() {

@@ -159,10 +159,30 @@ impl Engine {
         req: &TrackRequest,
         at: SystemTime,
     ) -> Result<TrackResponse, TrackError> {
-        req.validate()?;
         let now_ms = to_millis(at);
         let rs = self.shared.ruleset.load();
         let cfg = &rs.config;
+        let store = &self.shared.store;
+        // The repeat fast path. A stored action with this identity and this fingerprint was tracked with the same
+        // attributes, which passed validation then: validating them again (most of what a repeat would cost)
+        // cannot fail, so a decided repeat is answered before it. Anything else takes the full path below.
+        if let Some(key) = req.attributes.idempotency_key.as_deref() {
+            if let Some(slot) = store.get(
+                &req.user_id,
+                &req.action,
+                key,
+                now_ms,
+                cfg.idempotency_ttl_ms,
+            ) {
+                if slot.fingerprint == req.fingerprint().into() {
+                    if let Some(decided) = slot.decided.get() {
+                        return Ok(respond(&slot, decided));
+                    }
+                }
+            }
+        }
+        req.validate()?;
+        let fingerprint = req.fingerprint().into();
         let generated;
         let key = match &req.attributes.idempotency_key {
             Some(k) => k.as_str(),
@@ -171,8 +191,6 @@ impl Engine {
                 generated.as_str()
             }
         };
-        let fingerprint = req.fingerprint().into();
-        let store = &self.shared.store;
         let found = store.get_or_insert(
             &req.user_id,
             &req.action,

@@ -509,4 +509,21 @@ mod tests {
             "{e:?}"
         );
     }
+
+    #[test]
+    fn control_characters_are_found_wherever_they_are() {
+        let plain = "Mozilla/5.0 (X11; Linux x86_64) ü € 𝄞 AppleWebKit/537.36";
+        assert_eq!(find_control(plain), None);
+        for c in ['\0', '\n', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}'] {
+            for at in [0, 7, 8, 15, 16, plain.len()] {
+                let mut s = plain.to_owned();
+                s.insert(at, c);
+                assert_eq!(find_control(&s), Some(c), "{c:?} at {at}");
+            }
+        }
+        // Bytes around the tested ones are not controls.
+        for c in ['\u{20}', '\u{7e}', '\u{a0}', 'Â', 'Ÿ'] {
+            assert_eq!(find_control(&format!("abcdefgh{c}ijklmnop")), None, "{c:?}");
+        }
+    }
 }
