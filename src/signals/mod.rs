@@ -86,6 +86,7 @@ struct Memo {
     counts: RefCell<Vec<(u8, i64, i64)>>,
     known: [OnceCell<bool>; 3],
     place: OnceCell<Option<geo::Place>>,
+    city: OnceCell<Option<Box<str>>>,
     asn: OnceCell<Option<geo::Asn>>,
     anonymous: OnceCell<Option<bool>>,
     travel: OnceCell<Option<f64>>,
@@ -367,7 +368,10 @@ pub(crate) fn country(ctx: &DecisionCtx) -> Option<&str> {
 
 /// The IP's city (English name), from the city database.
 pub(crate) fn city(ctx: &DecisionCtx) -> Option<&str> {
-    ctx.place()?.city.as_deref()
+    ctx.memo
+        .city
+        .get_or_init(|| ctx.ip.and_then(|ip| ctx.set.geo.city(ip)))
+        .as_deref()
 }
 
 /// The IP's autonomous system number, from the ASN database.
