@@ -273,3 +273,39 @@ fn staying_put_keeps_the_last_known_location_fresh() {
         .unwrap();
     assert_eq!(r.state, State::Review);
 }
+
+#[test]
+fn a_returning_ip_is_placed_from_history_with_the_same_answers() {
+    let rules = RuleSet::builder()
+        .rule(
+            "home",
+            "if country() == \"GB\" && !is_new_country() && travel_speed_kmh() == 0.0 { REVIEW }",
+        )
+        .config_toml(all_dbs())
+        .build()
+        .unwrap();
+    let e = Engine::builder()
+        .ruleset(rules)
+        .clock(FakeClock::at(at(0)))
+        .build()
+        .unwrap();
+    assert_eq!(
+        e.track_at(&req("u", "1", Some(LONDON)), at(0))
+            .unwrap()
+            .state,
+        State::Allow
+    );
+    assert_eq!(
+        e.track_at(&req("u", "2", Some(LONDON)), at(60))
+            .unwrap()
+            .state,
+        State::Review
+    );
+    assert_eq!(
+        e.track_at(&req("v", "1", Some(LONDON)), at(60))
+            .unwrap()
+            .state,
+        State::Allow,
+        "per user"
+    );
+}

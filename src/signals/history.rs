@@ -215,7 +215,27 @@ pub(crate) struct Located {
     pub lon: f64,
     pub at_ms: i64,
     pub ip: u64,
-    pub country: Option<u64>,
+    pub country: Option<CountryCode>,
+}
+
+/// An ISO 3166-1 alpha-2 country code, stored inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CountryCode([u8; 2]);
+
+impl CountryCode {
+    /// The code, if `code` is two ASCII letters.
+    pub fn new(code: &str) -> Option<Self> {
+        match code.as_bytes() {
+            &[a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(CountryCode([a, b]))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
 }
 
 fn remember(list: &mut Vec<(u64, i64)>, item: u64, at: i64, known_for_ms: i64) {

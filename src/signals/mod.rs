@@ -149,11 +149,32 @@ impl DecisionCtx {
         v
     }
 
+    /// The place of this action's IP. When the user's last known location was placed by this same IP, it is
+    /// taken from there (one history read instead of a database lookup: a user who comes back from the same
+    /// address costs nothing more).
     fn place(&self) -> Option<&geo::Place> {
         self.memo
             .place
-            .get_or_init(|| self.ip.and_then(|ip| self.set.geo.place(ip)))
+            .get_or_init(|| {
+                let ip = self.ip?;
+                self.set.geo.city.as_ref()?;
+                match self.last_location_here() {
+                    Some(last) => Some(geo::Place {
+                        country: last.country.map(|c| Box::from(c.as_str())),
+                        location: Some((last.lat, last.lon)),
+                    }),
+                    None => self.set.geo.place(ip),
+                }
+            })
             .as_ref()
+    }
+
+    /// The user's last known location, if this action comes from the IP that placed it.
+    fn last_location_here(&self) -> Option<Located> {
+        let ip = self.keys.ip?;
+        self.history
+            .last_location(self.keys.user)
+            .filter(|l| l.ip == ip)
     }
 
     fn agent(&self) -> &ua::Agent {
@@ -177,63 +198,31 @@ impl DecisionCtx {
             at_ms: self.now_ms,
         };
         if state == crate::State::Allow {
-            match self.last_place_again() {
-                // Same IP as the last located action: refresh it without looking the IP up again.
-                Some(last) => know(
-                    &self.history,
-                    &footprint,
-                    last.country,
-                    Some((last.lat, last.lon)),
-                ),
-                None if self.set.geo.city.is_some() => {
-                    let place = self.place();
-                    let country = place
-                        .and_then(|p| p.country.as_deref())
-                        .map(|c| self.history.hash(b'c', c));
-                    know(
-                        &self.history,
-                        &footprint,
-                        country,
-                        place.and_then(|p| p.location),
-                    );
-                }
-                None => know(&self.history, &footprint, None, None),
-            }
+            know(&self.history, &footprint, self.place());
         }
         footprint
-    }
-
-    /// The user's last known location, when this action comes from the IP that placed it and no rule has looked
-    /// this IP up yet.
-    fn last_place_again(&self) -> Option<Located> {
-        if self.set.geo.city.is_none() || self.memo.place.get().is_some() {
-            return None;
-        }
-        let ip = self.keys.ip?;
-        self.history
-            .last_location(self.keys.user)
-            .filter(|l| l.ip == ip)
     }
 }
 
 /// Makes an action's device, IP and country known for its user (its challenge or review succeeded later).
 pub(crate) fn make_known(history: &History, set: &SignalSet, footprint: &Footprint) {
     let place = footprint.ip.and_then(|ip| set.geo.place(ip));
-    let country = place
-        .as_ref()
-        .and_then(|p| p.country.as_deref())
-        .map(|c| history.hash(b'c', c));
-    know(history, footprint, country, place.and_then(|p| p.location));
+    know(history, footprint, place.as_ref());
 }
 
-fn know(history: &History, fp: &Footprint, country: Option<u64>, location: Option<(f64, f64)>) {
-    let location = location.zip(fp.keys.ip).map(|((lat, lon), ip)| Located {
-        lat,
-        lon,
-        at_ms: fp.at_ms,
-        ip,
-        country,
-    });
+fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
+    let code = place.and_then(|p| p.country.as_deref());
+    let country = code.map(|c| history.hash(b'c', c));
+    let location = place
+        .and_then(|p| p.location)
+        .zip(fp.keys.ip)
+        .map(|((lat, lon), ip)| Located {
+            lat,
+            lon,
+            at_ms: fp.at_ms,
+            ip,
+            country: code.and_then(history::CountryCode::new),
+        });
     history.make_known(
         fp.keys.user,
         fp.keys.device,
