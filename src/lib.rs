@@ -36,6 +36,8 @@ mod signals;
 mod store;
 
 pub mod replay;
+#[cfg(feature = "watch")]
+mod watch;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{Engine, EngineBuilder};
@@ -49,6 +51,8 @@ pub use response::{
     ValidateChallengeResponse,
 };
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
+#[cfg(feature = "watch")]
+pub use watch::{RulesWatcher, WatchError};
 
 /// The README's Rust examples, compiled as doctests so they cannot go stale.
 #[doc = include_str!("../README.md")]

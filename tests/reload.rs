@@ -1,0 +1,321 @@
+//! Reloading rules from disk: while decisions run, with every kind of broken folder (which never replaces the
+//! working ruleset), and (feature `watch`) when the folder changes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use riskgate::{Engine, FakeClock, State, TrackRequest};
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+fn at() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_200)
+}
+
+fn req(key: &str) -> TrackRequest {
+    let mut r = TrackRequest::new("user-1", "signIn");
+    r.attributes.idempotency_key = Some(key.into());
+    r.attributes.ip_address = Some("203.0.113.7".into());
+    r
+}
+
+/// Writes generation `g` of a ruleset into `dir`: two rules whose file names carry the generation.
+fn write_generation(dir: &Path, g: usize) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(
+        dir.join(format!("g{g}-challenge.rhai")),
+        "//! priority: 10\nif ip_address != () { CHALLENGE_REQUIRED }",
+    )
+    .unwrap();
+    fs::write(
+        dir.join(format!("g{g}-review.rhai")),
+        "//! priority: 20\nREVIEW",
+    )
+    .unwrap();
+}
+
+/// Points the symlink `link` at `target` atomically (a new link renamed over the old one), the way
+/// deployments switch rules folders.
+#[cfg(unix)]
+fn point(link: &Path, target: &Path) {
+    let tmp = link.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    fs::rename(&tmp, link).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn reloads_while_decisions_run_never_mix_generations() {
+    let root = tempfile::tempdir().unwrap();
+    let link = root.path().join("current");
+    write_generation(&root.path().join("gen-0"), 0);
+    point(&link, &root.path().join("gen-0"));
+    let engine = Engine::builder()
+        .rules_dir(&link)
+        .unwrap()
+        .clock(FakeClock::at(at()))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let trackers: Vec<_> = (0..3)
+        .map(|t| {
+            let engine = engine.clone();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut generations = std::collections::BTreeSet::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) || i < 50 {
+                    let resp = engine.track_at(&req(&format!("t{t}-{i}")), at()).unwrap();
+                    assert_eq!(resp.rule_ids.len(), 2, "{resp:?}");
+                    let g = resp.rule_ids[0].split('-').next().unwrap().to_owned();
+                    assert!(
+                        resp.rule_ids
+                            .iter()
+                            .all(|id| id.starts_with(&format!("{g}-"))),
+                        "mixed generations: {resp:?}"
+                    );
+                    assert_eq!(resp.state, State::ChallengeRequired);
+                    generations.insert(g);
+                    i += 1;
+                }
+                generations
+            })
+        })
+        .collect();
+    let mut loaded = 0;
+    for g in 1..=20 {
+        let dir = root.path().join(format!("gen-{g}"));
+        write_generation(&dir, g);
+        point(&link, &dir);
+        // A reload that lists one generation's folder and then reads the next one's fails whole (the file
+        // is not there), and the ruleset in use stays: either way, never a mix.
+        if engine.reload_rules().is_ok() {
+            loaded += 1;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = std::collections::BTreeSet::new();
+    for t in trackers {
+        seen.extend(t.join().unwrap());
+    }
+    assert!(loaded > 0);
+    assert!(seen.len() > 1, "decisions saw only {seen:?}");
+    // After the last reload, decisions use the last generation.
+    let resp = engine.track_at(&req("after"), at()).unwrap();
+    assert!(resp.rule_ids[0].starts_with("g20-"), "{resp:?}");
+}
+
+#[test]
+fn a_broken_folder_never_replaces_the_working_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(
+        d.join("challenge.rhai"),
+        "//! priority: 10\nCHALLENGE_REQUIRED",
+    )
+    .unwrap();
+    fs::create_dir_all(d.join("lists")).unwrap();
+    fs::write(d.join("lists/bad.txt"), "203.0.113.0/24\n").unwrap();
+    fs::write(d.join("riskgate.toml"), "default_outcome = \"ALLOW\"\n").unwrap();
+    let engine = Engine::builder()
+        .rules_dir(d)
+        .unwrap()
+        .clock(FakeClock::at(at()))
+        .build()
+        .unwrap();
+    let baseline = engine.track_at(&req("k0"), at()).unwrap();
+    assert_eq!(baseline.rule_ids, ["challenge"]);
+    type Break = (&'static str, Box<dyn Fn(&Path)>, Box<dyn Fn(&Path)>);
+    let breakages: Vec<Break> = vec![
+        (
+            "syntax error",
+            Box::new(|d| fs::write(d.join("new.rhai"), "if { BLOCK").unwrap()),
+            Box::new(|d| fs::remove_file(d.join("new.rhai")).unwrap()),
+        ),
+        (
+            "unknown metadata key",
+            Box::new(|d| fs::write(d.join("new.rhai"), "//! priorty: 1\nBLOCK").unwrap()),
+            Box::new(|d| fs::remove_file(d.join("new.rhai")).unwrap()),
+        ),
+        (
+            "unknown function",
+            Box::new(|d| {
+                fs::write(d.join("new.rhai"), "if velocty(\"1h\") > 1 { BLOCK }").unwrap()
+            }),
+            Box::new(|d| fs::remove_file(d.join("new.rhai")).unwrap()),
+        ),
+        (
+            "not UTF-8",
+            Box::new(|d| fs::write(d.join("new.rhai"), b"BLOCK \xff\xfe").unwrap()),
+            Box::new(|d| fs::remove_file(d.join("new.rhai")).unwrap()),
+        ),
+        (
+            "half-written file",
+            Box::new(|d| fs::write(d.join("new.rhai"), "if custom.amount > 1000 && ").unwrap()),
+            Box::new(|d| fs::remove_file(d.join("new.rhai")).unwrap()),
+        ),
+        (
+            "bad riskgate.toml",
+            Box::new(|d| {
+                fs::write(d.join("riskgate.toml"), "default_outcome = \"MAYBE\"\n").unwrap()
+            }),
+            Box::new(|d| {
+                fs::write(d.join("riskgate.toml"), "default_outcome = \"ALLOW\"\n").unwrap()
+            }),
+        ),
+        (
+            "unparsable riskgate.toml",
+            Box::new(|d| fs::write(d.join("riskgate.toml"), "[limits\n").unwrap()),
+            Box::new(|d| {
+                fs::write(d.join("riskgate.toml"), "default_outcome = \"ALLOW\"\n").unwrap()
+            }),
+        ),
+        (
+            "bad list",
+            Box::new(|d| fs::write(d.join("lists/bad.txt"), "203.0.113.0/33\n").unwrap()),
+            Box::new(|d| fs::write(d.join("lists/bad.txt"), "203.0.113.0/24\n").unwrap()),
+        ),
+        (
+            "rule file turned into a folder",
+            Box::new(|d| fs::create_dir_all(d.join("challenge.rhai.d/x.rhai")).unwrap()),
+            Box::new(|d| fs::remove_dir_all(d.join("challenge.rhai.d")).unwrap()),
+        ),
+    ];
+    for (i, (name, break_it, fix_it)) in breakages.iter().enumerate() {
+        break_it(d);
+        let err = engine.reload_rules();
+        // The folder-shaped rule file is skipped rather than refused (folders are walked): it must not load
+        // as a rule either way.
+        if *name != "rule file turned into a folder" {
+            let err = err.expect_err(name);
+            assert!(!err.to_string().is_empty(), "{name}");
+        }
+        let resp = engine.track_at(&req(&format!("k{}", i + 1)), at()).unwrap();
+        assert_eq!(
+            resp.rule_ids, baseline.rule_ids,
+            "{name}: the working rules changed"
+        );
+        assert_eq!(resp.state, baseline.state, "{name}");
+        fix_it(d);
+        engine
+            .reload_rules()
+            .unwrap_or_else(|e| panic!("{name}: fixed folder fails: {e}"));
+    }
+}
+
+#[test]
+fn a_deleted_folder_keeps_the_working_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    fs::create_dir_all(&rules).unwrap();
+    fs::write(rules.join("review.rhai"), "REVIEW").unwrap();
+    let engine = Engine::builder()
+        .rules_dir(&rules)
+        .unwrap()
+        .build()
+        .unwrap();
+    fs::remove_dir_all(&rules).unwrap();
+    let err = engine.reload_rules().unwrap_err();
+    assert!(err.to_string().contains("cannot read"), "{err}");
+    assert_eq!(engine.track(&req("k")).unwrap().state, State::Review);
+}
+
+#[cfg(feature = "watch")]
+mod watch {
+    use super::*;
+    use riskgate::{LoadError, RuleSet, WatchError};
+    use std::sync::mpsc;
+
+    const DEBOUNCE: Duration = Duration::from_millis(50);
+    /// Filesystem events can be slow on a loaded CI machine.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    fn watched(
+        d: &Path,
+    ) -> (
+        Engine,
+        riskgate::RulesWatcher,
+        mpsc::Receiver<Result<(), String>>,
+    ) {
+        let engine = Engine::builder().rules_dir(d).unwrap().build().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let watcher = engine
+            .watch_rules(DEBOUNCE, move |r: Result<(), LoadError>| {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            })
+            .unwrap();
+        (engine, watcher, rx)
+    }
+
+    fn state(engine: &Engine, key: &str) -> State {
+        engine.track(&req(key)).unwrap().state
+    }
+
+    #[test]
+    fn a_change_on_disk_is_reloaded_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("r.rhai"), "REVIEW").unwrap();
+        let (engine, watcher, reloads) = watched(d);
+        assert_eq!(watcher.dir(), d);
+        assert_eq!(state(&engine, "a"), State::Review);
+
+        fs::write(d.join("r.rhai"), "BLOCK").unwrap();
+        assert_eq!(reloads.recv_timeout(PATIENCE).unwrap(), Ok(()));
+        assert_eq!(state(&engine, "b"), State::Block);
+
+        fs::write(d.join("r.rhai"), "if { BLOCK").unwrap();
+        let err = reloads.recv_timeout(PATIENCE).unwrap().unwrap_err();
+        assert!(err.contains("r.rhai:1:"), "{err}");
+        assert_eq!(
+            state(&engine, "c"),
+            State::Block,
+            "a broken file replaced the rules"
+        );
+
+        fs::write(d.join("r.rhai"), "ALLOW").unwrap();
+        assert_eq!(reloads.recv_timeout(PATIENCE).unwrap(), Ok(()));
+        assert_eq!(state(&engine, "d"), State::Allow);
+
+        // Dropping the watcher stops reloading.
+        drop(watcher);
+        fs::write(d.join("r.rhai"), "BLOCK").unwrap();
+        assert!(reloads.recv_timeout(DEBOUNCE * 10).is_err());
+        assert_eq!(state(&engine, "e"), State::Allow);
+    }
+
+    #[test]
+    fn a_burst_of_changes_is_one_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("r.rhai"), "REVIEW").unwrap();
+        let (engine, _watcher, reloads) = watched(d);
+        for i in 0..30 {
+            fs::write(d.join(format!("r{i}.rhai")), "//! priority: 90\nALLOW").unwrap();
+        }
+        fs::write(d.join("r.rhai"), "BLOCK").unwrap();
+        assert_eq!(reloads.recv_timeout(PATIENCE).unwrap(), Ok(()));
+        // Whatever else arrives, it arrives soon after and is at most a couple of reloads.
+        let mut more = 0;
+        while reloads.recv_timeout(DEBOUNCE * 6).is_ok() {
+            more += 1;
+        }
+        assert!(more <= 2, "{more} more reloads for one burst");
+        assert_eq!(state(&engine, "x"), State::Block);
+        assert_eq!(engine.ruleset().len(), 31);
+    }
+
+    #[test]
+    fn an_engine_without_a_folder_has_nothing_to_watch() {
+        let engine = Engine::builder()
+            .ruleset(RuleSet::from_sources([("r", "ALLOW")]).unwrap())
+            .build()
+            .unwrap();
+        let err = engine.watch_rules(DEBOUNCE, |_| {}).unwrap_err();
+        assert!(matches!(err, WatchError::NoRulesDir), "{err}");
+    }
+}
