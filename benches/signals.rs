@@ -54,16 +54,19 @@ fn engine(rule: &str, compiled: bool) -> Engine {
         .unwrap()
 }
 
-/// The request for iteration `i`: user `i % USERS`, from London, with a desktop user agent.
-fn request(i: u64) -> TrackRequest {
+/// The request for iteration `i`: user `i % USERS`, from an address in London that the user always uses (or,
+/// with `fresh_ip`, a different one each time, so GeoIP cannot answer from the user's last known location),
+/// with a desktop user agent.
+fn request(i: u64, fresh_ip: bool) -> TrackRequest {
     let user = i % USERS;
+    let host = if fresh_ip { i % 97 } else { user % 50 };
     TrackRequest {
         user_id: format!("user-{user}"),
         action: "withdraw-funds".into(),
         attributes: TrackAttributes {
             idempotency_key: Some(format!("k{i}")),
             device_id: Some(format!("device-{}", user % 700)),
-            ip_address: Some(format!("81.2.69.{}", 142 + user % 50)),
+            ip_address: Some(format!("81.2.69.{}", 142 + host)),
             user_agent: Some(
                 "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) \
                  Version/17.0 Safari/605.1.15"
@@ -75,7 +78,7 @@ fn request(i: u64) -> TrackRequest {
 }
 
 /// Rules that never match (so every case does the same work after its rules), each asking one signal.
-const CASES: [(&str, &str); 17] = [
+const CASES: [(&str, &str); 21] = [
     ("baseline", r#"if user_id == "nobody" { BLOCK }"#),
     ("velocity", r#"if velocity("1h") > 100000 { BLOCK }"#),
     ("velocity_ip", r#"if velocity_ip("1h") > 100000 { BLOCK }"#),
@@ -109,6 +112,16 @@ const CASES: [(&str, &str); 17] = [
         r#"let n = 0; for i in 0..10 { if ip_address == "x" { n += 1 } } if n > 0 { BLOCK }"#,
     ),
     ("country", r#"if country() == "ZZ" { BLOCK }"#),
+    ("country/fresh-ip", r#"if country() == "ZZ" { BLOCK }"#),
+    (
+        "is_new_country/fresh-ip",
+        r#"if is_new_country() && user_id == "nobody" { BLOCK }"#,
+    ),
+    (
+        "travel/fresh-ip",
+        r#"if is_impossible_travel() && user_id == "nobody" { BLOCK }"#,
+    ),
+    ("baseline/fresh-ip", r#"if user_id == "nobody" { BLOCK }"#),
     ("asn", r#"if asn() == 1 { BLOCK }"#),
     ("is_anonymous_ip", r#"if is_anonymous_ip() == 1 { BLOCK }"#),
     (
@@ -127,11 +140,12 @@ fn signals(c: &mut Criterion) {
     let t0 = UNIX_EPOCH + Duration::from_secs(1_709_283_600);
     for ((name, rule), compiled) in CASES.iter().flat_map(|c| [(c, true), (c, false)]) {
         let e = engine(rule, compiled);
+        let fresh = name.ends_with("fresh-ip");
         let path = if compiled { "compiled" } else { "interpreted" };
         // History first: ten actions per user.
         let mut i = 0u64;
         while i < USERS * 10 {
-            e.track_at(&request(i), t0 + Duration::from_secs(i))
+            e.track_at(&request(i, fresh), t0 + Duration::from_secs(i))
                 .unwrap();
             i += 1;
         }
@@ -139,7 +153,7 @@ fn signals(c: &mut Criterion) {
             b.iter(|| {
                 i += 1;
                 let at = t0 + Duration::from_secs(i);
-                black_box(e.track_at(&request(i), at).unwrap())
+                black_box(e.track_at(&request(i, fresh), at).unwrap())
             })
         });
     }

@@ -309,3 +309,41 @@ fn a_returning_ip_is_placed_from_history_with_the_same_answers() {
         "per user"
     );
 }
+
+#[test]
+fn a_ruleset_that_never_asks_the_city_database_records_no_places() {
+    let quiet = RuleSet::builder()
+        .rule("device", "if is_new_device() { REVIEW }")
+        .config_toml(all_dbs())
+        .build()
+        .unwrap();
+    let e = Engine::builder()
+        .ruleset(quiet)
+        .clock(FakeClock::at(at(0)))
+        .build()
+        .unwrap();
+    e.track_at(&req("u", "1", Some(LONDON)), at(0)).unwrap();
+    e.update_action("u", "signIn", "1", State::ReviewSucceeded)
+        .unwrap();
+    let asking = RuleSet::builder()
+        .rule("country", "if is_new_country() { CHALLENGE_REQUIRED }")
+        .config_toml(all_dbs())
+        .build()
+        .unwrap();
+    e.swap_ruleset(asking);
+    // GB was never looked up, so it is not known yet; from now on allowed actions record their country.
+    assert_eq!(
+        e.track_at(&req("u", "2", Some(LONDON)), at(10))
+            .unwrap()
+            .state,
+        State::ChallengeRequired
+    );
+    e.update_action("u", "signIn", "2", State::ChallengeSucceeded)
+        .unwrap();
+    assert_eq!(
+        e.track_at(&req("u", "3", Some(LONDON)), at(20))
+            .unwrap()
+            .state,
+        State::Allow
+    );
+}

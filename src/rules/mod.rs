@@ -422,6 +422,7 @@ impl RuleSetBuilder {
             horizon_ms: uses.longest_window_ms.max(computed),
             limits: config.signals.limits,
             uses_agent: uses.agent,
+            uses_places: uses.places,
             windowed: uses.windowed,
         };
         Ok(RuleSet {

@@ -55,6 +55,9 @@ pub(crate) struct Uses {
     pub computed_window: bool,
     /// Some rule asks about the user agent.
     pub agent: bool,
+    /// Some rule asks the city database (`country()`, `city()`, `is_new_country()`, travel): known countries
+    /// and locations are recorded only then, so a ruleset that never asks never looks an IP up.
+    pub places: bool,
     /// Which windowed signals rules call: bit `1 << k` for the `k`-th of [`WINDOWED`] counted from 1 (the
     /// values of `SeriesKind` and `SetKind`), so history keeps only the series and sets that are read.
     pub windowed: u8,
@@ -116,6 +119,7 @@ pub(crate) fn analyze(
                 }
             }
             uses.agent |= UA.contains(&name);
+            uses.places |= *db == Some(super::geo::Kind::City);
         } else if name == "in_list" {
             if args.len() != 2 && !method {
                 report(

@@ -47,6 +47,8 @@ pub(crate) struct SignalSet {
     pub limits: Limits,
     /// Some rule asks about the user agent (so decisions keep a copy of it).
     pub uses_agent: bool,
+    /// Some rule asks the city database (so allowed actions record their country and location).
+    pub uses_places: bool,
 }
 
 impl Default for SignalSet {
@@ -58,6 +60,7 @@ impl Default for SignalSet {
             windowed: 0,
             limits: Limits::default(),
             uses_agent: false,
+            uses_places: false,
         }
     }
 }
@@ -198,7 +201,12 @@ impl DecisionCtx {
             at_ms: self.now_ms,
         };
         if state == crate::State::Allow {
-            know(&self.history, &footprint, self.place());
+            let place = if self.set.uses_places {
+                self.place()
+            } else {
+                None
+            };
+            know(&self.history, &footprint, place);
         }
         footprint
     }
@@ -206,7 +214,10 @@ impl DecisionCtx {
 
 /// Makes an action's device, IP and country known for its user (its challenge or review succeeded later).
 pub(crate) fn make_known(history: &History, set: &SignalSet, footprint: &Footprint) {
-    let place = footprint.ip.and_then(|ip| set.geo.place(ip));
+    let place = footprint
+        .ip
+        .filter(|_| set.uses_places)
+        .and_then(|ip| set.geo.place(ip));
     know(history, footprint, place.as_ref());
 }
 
