@@ -352,3 +352,27 @@ fn without_windowed_rules_no_series_are_kept() {
     // Only what users made known (one key per user) is kept.
     assert_eq!(e.history_keys(), 100);
 }
+
+#[test]
+fn concurrent_actions_are_all_counted() {
+    let e = engine(&[(
+        "n",
+        r#"if velocity("1h") == 400 && distinct_devices("1h") == 2 { REVIEW }"#,
+    )]);
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let e = e.clone();
+            s.spawn(move || {
+                for i in 0..200u64 {
+                    let r = keyed(
+                        req("u", "withdraw-funds", None, Some(&format!("d{t}"))),
+                        &format!("{t}-{i}"),
+                    );
+                    e.track_at(&r, at(i)).unwrap();
+                }
+            });
+        }
+    });
+    let last = keyed(req("u", "withdraw-funds", None, Some("d0")), "last");
+    assert_eq!(e.track_at(&last, at(300)).unwrap().state, State::Review);
+}
