@@ -25,11 +25,13 @@ const CUSTOM_KEYS: [&str; 5] = ["a", "b", "amount", "s", "flag"];
 const STRINGS: [&str; 7] = ["", "a", "10.", "x@y.io", "crypto", "Safari", "ü"];
 const OUTCOMES: [&str; 5] = ["ALLOW", "CHALLENGE_REQUIRED", "REVIEW", "BLOCK", "()"];
 
-fn string_lit() -> impl Strategy<Value = String> {
-    prop::sample::select(&STRINGS[..]).prop_map(|s| format!("{s:?}"))
+fn string_lit() -> BoxedStrategy<String> {
+    prop::sample::select(&STRINGS[..])
+        .prop_map(|s| format!("{s:?}"))
+        .boxed()
 }
 
-fn literal() -> impl Strategy<Value = String> {
+fn literal() -> BoxedStrategy<String> {
     prop_oneof![
         (-3i64..100_005).prop_map(|i| i.to_string()),
         prop::sample::select(vec!["0", "1", "2", "10000", "100000"]).prop_map(str::to_owned),
@@ -38,10 +40,11 @@ fn literal() -> impl Strategy<Value = String> {
         prop::sample::select(vec!["true", "false", "()"]).prop_map(str::to_owned),
         prop::sample::select(&OUTCOMES[..4]).prop_map(str::to_owned),
     ]
+    .boxed()
 }
 
 /// A value: a request variable, a `custom` field, a literal, or a string's length.
-fn value() -> impl Strategy<Value = String> {
+fn value() -> BoxedStrategy<String> {
     prop_oneof![
         prop::sample::select(&STRING_VARS[..]).prop_map(str::to_owned),
         prop::sample::select(&CUSTOM_KEYS[..]).prop_map(|k| format!("custom.{k}")),
@@ -67,17 +70,19 @@ fn value() -> impl Strategy<Value = String> {
         ])
         .prop_map(str::to_owned),
     ]
+    .boxed()
 }
 
-fn string_value() -> impl Strategy<Value = String> {
+fn string_value() -> BoxedStrategy<String> {
     prop_oneof![
         prop::sample::select(&STRING_VARS[..]).prop_map(str::to_owned),
         prop::sample::select(&CUSTOM_KEYS[..]).prop_map(|k| format!("custom.{k}")),
     ]
+    .boxed()
 }
 
 /// A condition.
-fn cond() -> impl Strategy<Value = String> {
+fn cond() -> BoxedStrategy<String> {
     let cmp = prop::sample::select(vec!["==", "!=", "<", "<=", ">", ">="]);
     let leaf = prop_oneof![
         3 => (value(), cmp, value()).prop_map(|(a, op, b)| format!("{a} {op} {b}")),
@@ -110,14 +115,17 @@ fn cond() -> impl Strategy<Value = String> {
             (inner.clone(), inner).prop_map(|(a, b)| format!("({a} || {b})")),
         ]
     })
+    .boxed()
 }
 
-fn outcome() -> impl Strategy<Value = String> {
-    prop::sample::select(&OUTCOMES[..]).prop_map(str::to_owned)
+fn outcome() -> BoxedStrategy<String> {
+    prop::sample::select(&OUTCOMES[..])
+        .prop_map(str::to_owned)
+        .boxed()
 }
 
 /// A rule body in the compiled subset.
-fn subset_rule() -> impl Strategy<Value = String> {
+fn subset_rule() -> BoxedStrategy<String> {
     prop_oneof![
         (cond(), outcome()).prop_map(|(c, o)| format!("if {c} {{ {o} }}")),
         (cond(), outcome(), cond(), outcome(), outcome()).prop_map(|(c1, o1, c2, o2, o3)| format!(
@@ -126,15 +134,30 @@ fn subset_rule() -> impl Strategy<Value = String> {
         (cond(), outcome(), outcome())
             .prop_map(|(c, o1, o2)| format!("if {c} {{ return {o1}; }}\n{o2}")),
         outcome(),
+        // Local variables: run-time values, constants, arrays, shadowing a request variable.
+        (value(), prop::sample::select(vec!["==", "!=", "<", ">="]), value(), outcome())
+            .prop_map(|(a, op, b, o)| format!("let x = {a}; if x {op} {b} {{ {o} }}")),
+        (prop::collection::vec(literal(), 0..4), value(), outcome()).prop_map(|(items, v, o)| {
+            format!("const D = [{}]; if {v} in D {{ {o} }}", items.join(", "))
+        }),
+        (value(), value(), outcome())
+            .prop_map(|(a, b, o)| format!("let email = {a}; if email == {b} {{ {o} }} else {{ {o} }}")),
+        (string_value(), string_lit(), prop::collection::vec(string_lit(), 0..3), outcome()).prop_map(
+            |(v, sep, items, o)| format!(
+                "let d = [{}];\nif {v} != () {{\n  let p = {v}.split({sep}).pop();\n  if p in d || p == \"\" {{ {o} }}\n}}",
+                items.join(", ")
+            )
+        ),
     ]
+    .boxed()
 }
 
 /// A rule body partly or wholly outside the subset: locals, arithmetic, other methods, non-bool conditions,
 /// non-outcome results.
-fn other_rule() -> impl Strategy<Value = String> {
+fn other_rule() -> BoxedStrategy<String> {
     prop_oneof![
         (value(), value(), outcome())
-            .prop_map(|(a, b, o)| format!("let x = {a}; if x == {b} {{ {o} }}")),
+            .prop_map(|(a, b, o)| format!("let x = {a}; x = {b}; if x == {b} {{ {o} }}")),
         (value(), value(), outcome()).prop_map(|(a, b, o)| format!("if {a} + {b} > 3 {{ {o} }}")),
         (value(), outcome()).prop_map(|(v, o)| format!("if {v} {{ {o} }}")),
         value(),
@@ -142,6 +165,7 @@ fn other_rule() -> impl Strategy<Value = String> {
             .prop_map(|(v, o)| format!("if {v}.split(\"@\").len() > 1 {{ {o} }}")),
         (cond(), outcome()).prop_map(|(c, o)| format!("if {c} {{ {o} }} else {{ 42 }}")),
     ]
+    .boxed()
 }
 
 fn opt_string(pool: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {

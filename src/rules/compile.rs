@@ -1,11 +1,12 @@
 //! Native compilation of the common rule subset.
 //!
 //! At load time each rule's Rhai AST is walked once. A rule written only with the common subset (comparisons,
-//! `&&`/`||`/`!`, `if`/`else` and `return`, request variables and `custom.field`, the string methods
-//! `starts_with`, `ends_with`, `contains`, `len` and `is_empty`, `in` on a literal array, numeric, string and
-//! bool literals, `()`, the outcome constants, and the signal functions) becomes a tree of Rust closures that reads the request
-//! directly: no `Scope`, no `Dynamic`, no allocation. Signal calls go to the same functions the Rhai-registered
-//! ones call, with the same per-decision memo. Any other rule runs in Rhai's interpreter as before.
+//! `&&`/`||`/`!`, `if`/`else` and `return`, `let`/`const` variables, request variables and `custom.field`, the
+//! string methods `starts_with`, `ends_with`, `contains`, `len`, `is_empty` and `split(…).pop()`, `in` on a
+//! literal array, numeric, string and bool literals, `()`, the outcome constants, and the signal functions)
+//! becomes a tree of Rust closures that reads the request directly: no `Scope`, no `Dynamic`, no allocation.
+//! Signal calls go to the same functions the Rhai-registered ones call, with the same per-decision memo. Any
+//! other rule runs in Rhai's interpreter as before.
 //!
 //! # Same results as Rhai
 //! The closures follow Rhai's own rules for every value they produce: comparisons between different
@@ -19,19 +20,36 @@
 //! on generated rules and requests.
 
 use rhai::{Dynamic, Expr, ImmutableString, Stmt, StmtBlock, AST, INT};
+use std::cell::Cell;
 
 use crate::config::Limits;
 use crate::request::{CustomValue, TrackRequest, MAX_CUSTOM_STRING_BYTES, MAX_LONG_FIELD_BYTES};
 use crate::signals::{self, DecisionCtx};
 use crate::State;
 
-/// What a compiled rule reads: the request under decision, and its signals.
+/// How many `let` variables holding run-time values a compiled rule may have.
+const LOCALS: usize = 8;
+
+/// What a compiled rule reads: the request under decision, its signals, and the rule's `let` variables.
 pub(crate) struct Ctx<'a> {
     pub req: &'a TrackRequest,
     pub signals: &'a DecisionCtx,
+    // INVARIANT: a rule reads a slot only after its own `let` wrote it (bindings are resolved lexically at
+    // compile time), so what an earlier rule left there is never seen.
+    locals: [Cell<Val<'a>>; LOCALS],
 }
 
-/// A value while a compiled rule runs. Strings are borrowed from the request.
+impl<'a> Ctx<'a> {
+    pub fn new(req: &'a TrackRequest, signals: &'a DecisionCtx) -> Self {
+        Ctx {
+            req,
+            signals,
+            locals: std::array::from_fn(|_| Cell::new(Val::Unit)),
+        }
+    }
+}
+
+/// A value while a compiled rule runs. Strings are borrowed from the request or its signals.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Val<'a> {
     Unit,
@@ -83,7 +101,12 @@ pub(crate) fn compile(ast: &AST, limits: &Limits) -> Option<Compiled> {
     if limits.max_string_size != 0 && limits.max_string_size < longest {
         return None;
     }
-    let mut c = Compiler { nodes: 0, limits };
+    let mut c = Compiler {
+        nodes: 0,
+        limits,
+        scope: Vec::new(),
+        slots: 0,
+    };
     let body = c.block(ast.statements())?;
     // A compiled rule has no loops, so Rhai would count at most a few operations per node: keep well inside
     // the operation limit so that no rule compiles that Rhai would stop.
@@ -292,17 +315,31 @@ fn custom_val<'a>(req: &'a TrackRequest, key: &str) -> Val<'a> {
     }
 }
 
+/// What a `let` name stands for: a value known at load time, or a run-time slot in [`Ctx`].
+enum Binding {
+    Const(Konst),
+    Slot(usize),
+}
+
 struct Compiler<'l> {
     nodes: usize,
     limits: &'l Limits,
+    /// The `let` bindings visible at this point, innermost last.
+    scope: Vec<(ImmutableString, Binding)>,
+    /// Run-time slots handed out so far.
+    slots: usize,
 }
 
 impl Compiler<'_> {
     fn block(&mut self, stmts: &[Stmt]) -> Option<StmtFn> {
-        let mut parts = stmts
+        // A block's `let` bindings end with it.
+        let depth = self.scope.len();
+        let parts = stmts
             .iter()
             .map(|s| self.stmt(s))
-            .collect::<Option<Vec<_>>>()?;
+            .collect::<Option<Vec<_>>>();
+        self.scope.truncate(depth);
+        let mut parts = parts?;
         Some(match parts.len() {
             0 => Box::new(|_: &Ctx<'_>| Some(Flow::Next(Val::Unit))),
             1 => parts.pop()?,
@@ -346,6 +383,36 @@ impl Compiler<'_> {
                     _ => None,
                 })
             }
+            // `let` and `const`.
+            Stmt::Var(v, flags, _) if (*flags - rhai::ASTFlags::CONSTANT).is_empty() => {
+                let name = v.0.name.clone();
+                match self.expr(&v.1)? {
+                    Code::Const(k) => {
+                        if let Konst::Array(items) = &k {
+                            if self.limits.max_array_size != 0
+                                && items.len() > self.limits.max_array_size
+                            {
+                                return None;
+                            }
+                        }
+                        self.scope.push((name, Binding::Const(k)));
+                        Box::new(|_: &Ctx<'_>| Some(Flow::Next(Val::Unit)))
+                    }
+                    Code::Run(f) => {
+                        let slot = self.slots;
+                        if slot >= LOCALS {
+                            return None;
+                        }
+                        self.slots += 1;
+                        self.scope.push((name, Binding::Slot(slot)));
+                        Box::new(move |ctx: &Ctx<'_>| {
+                            let v = f(ctx)?;
+                            ctx.locals.get(slot)?.set(v);
+                            Some(Flow::Next(Val::Unit))
+                        })
+                    }
+                }
+            }
             // `return` (not `throw`, which sets a flag).
             Stmt::Return(e, flags, _) if flags.is_empty() => match e {
                 None => Box::new(|_: &Ctx<'_>| Some(Flow::Return(Val::Unit))),
@@ -382,7 +449,15 @@ impl Compiler<'_> {
             }
             Expr::Variable(v, _, _) => {
                 let name: &ImmutableString = &v.1;
-                if let Some(s) = outcome(name) {
+                let local = self.scope.iter().rev().find(|(n, _)| n == name);
+                if let Some((_, binding)) = local {
+                    match binding {
+                        Binding::Const(k) => Code::Const(k.clone()),
+                        &Binding::Slot(slot) => Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                            Some(ctx.locals.get(slot)?.get())
+                        })),
+                    }
+                } else if let Some(s) = outcome(name) {
                     Code::Const(Konst::Outcome(s))
                 } else {
                     let get = request_var(name)?;
@@ -425,7 +500,8 @@ impl Compiler<'_> {
     /// `lhs.rhs`: a `custom` field, or a string method on a value.
     fn dot(&mut self, lhs: &Expr, rhs: &Expr) -> Option<Code> {
         self.nodes += 1;
-        let is_custom = matches!(lhs, Expr::Variable(v, _, _) if v.1.as_str() == "custom");
+        let is_custom = matches!(lhs, Expr::Variable(v, _, _) if v.1.as_str() == "custom")
+            && !self.scope.iter().any(|(n, _)| n.as_str() == "custom");
         match (is_custom, rhs) {
             (true, Expr::Property(p, _)) => {
                 let key: Box<str> = p.2.as_str().into();
@@ -459,11 +535,51 @@ impl Compiler<'_> {
                 let Expr::MethodCall(call, _) = &bin.lhs else {
                     return None;
                 };
+                if let Expr::MethodCall(next, _) = &bin.rhs {
+                    if call.name.as_str() == "split"
+                        && next.name.as_str() == "pop"
+                        && next.args.is_empty()
+                    {
+                        return self.split_pop(recv, call);
+                    }
+                }
                 let first = self.method(recv, call)?;
                 self.chain(first, &bin.rhs)
             }
             _ => None,
         }
+    }
+
+    /// `s.split(delimiter).pop()`: the last piece, without building the array.
+    fn split_pop(&mut self, recv: Code, call: &rhai::FnCallExpr) -> Option<Code> {
+        self.nodes += 2;
+        let [arg] = call.args.as_slice() else {
+            return None;
+        };
+        let Code::Const(Konst::Str(delim)) = self.expr(arg)? else {
+            return None;
+        };
+        let recv = recv.into_fn()?;
+        let max = self.limits.max_array_size;
+        Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+            let Val::Str(s) = recv(ctx)? else {
+                return None;
+            };
+            // Rhai refuses to build an array over the size limit: leave that error to it.
+            if max != 0 && s.len() + 2 > max {
+                let pieces = if delim.is_empty() {
+                    s.chars().count() + 2
+                } else {
+                    s.matches(&*delim).count() + 1
+                };
+                if pieces > max {
+                    return None;
+                }
+            }
+            // Rhai's `split` gives `[s]` for an empty `s` or a missing delimiter, and `str::split` otherwise;
+            // either way the last piece is `str::split`'s last.
+            s.split(&*delim).last().map(Val::Str)
+        })))
     }
 
     fn method(&mut self, recv: Code, call: &rhai::FnCallExpr) -> Option<Code> {
@@ -538,10 +654,10 @@ impl Compiler<'_> {
                 };
                 let item = self.expr(item)?;
                 match item {
-                    Code::Const(k) => {
-                        let v = k.val()?;
-                        array_contains(&items, v).map(|b| Code::Const(Konst::Bool(b)))
-                    }
+                    Code::Const(k) => match array_contains(&items, k.val()?) {
+                        Some(b) => Some(Code::Const(Konst::Bool(b))),
+                        None => Some(Code::Run(Box::new(|_: &Ctx<'_>| None))),
+                    },
                     Code::Run(f) => Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
                         array_contains(&items, f(ctx)?).map(Val::Bool)
                     }))),
@@ -641,9 +757,11 @@ impl Compiler<'_> {
     fn compare(&mut self, op: Cmp, a: &Expr, b: &Expr) -> Option<Code> {
         let (a, b) = (self.expr(a)?, self.expr(b)?);
         Some(match (a, b) {
-            (Code::Const(x), Code::Const(y)) => {
-                Code::Const(Konst::Bool(op.apply(x.val()?, y.val()?)?))
-            }
+            (Code::Const(x), Code::Const(y)) => match op.apply(x.val()?, y.val()?) {
+                Some(b) => Code::Const(Konst::Bool(b)),
+                // An error every time it runs (an ordering between outcomes): Rhai's to report.
+                None => Code::Run(Box::new(|_: &Ctx<'_>| None)),
+            },
             (Code::Run(f), Code::Const(k)) => {
                 k.val()?;
                 Code::Run(Box::new(move |ctx: &Ctx<'_>| {
@@ -680,10 +798,7 @@ mod tests {
         let history = std::sync::Arc::new(signals::History::new(signals::Limits::default()));
         let set = std::sync::Arc::new(signals::SignalSet::default());
         let signals = DecisionCtx::new(&history, &set, req, 0);
-        compiled(src).unwrap().eval(&Ctx {
-            req,
-            signals: &signals,
-        })
+        compiled(src).unwrap().eval(&Ctx::new(req, &signals))
     }
 
     #[test]
@@ -697,6 +812,7 @@ mod tests {
             r#"if !(user_agent.len() > 3) { return BLOCK; } ()"#,
             r#"if velocity("10m") > 5 || is_new_device() && country() != "NZ" { REVIEW }"#,
             r#"if in_list("blocked_ips", ip_address) { BLOCK }"#,
+            "let d = [\"a.io\"]; if email != () { let x = email.split(\"@\").pop(); if x in d { BLOCK } }",
         ] {
             assert!(compiled(src).is_some(), "{src}");
         }
@@ -705,8 +821,11 @@ mod tests {
     #[test]
     fn the_rest_is_left_to_rhai() {
         for src in [
-            "let x = 1; if x > 0 { BLOCK }",
-            r#"if email.split("@").pop() == "x" { BLOCK }"#,
+            "let x = 1; x += 1; if x > 0 { BLOCK }",
+            "let a = 1; let b = 2; let c = 3; let d = 4; let e = 5; let f = 6; let g = 7; let h = 8; \
+             let i = user_id; let j = user_id; let k = user_id; let l = user_id; let m = user_id; \
+             let n = user_id; let o = user_id; let p = user_id; let q = user_id; ()",
+            r#"if email.split("@").len() == 2 { BLOCK }"#,
             "fn f() { 1 } if f() == 1 { BLOCK }",
             "while true {}",
             r#"if custom["a"] == 1 { BLOCK }"#,

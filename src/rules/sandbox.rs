@@ -225,7 +225,7 @@ pub(crate) fn evaluate<'a>(
     rules: impl Iterator<Item = &'a Rule> + Clone,
     out: &mut Vec<RuleResult>,
 ) {
-    let ctx = Ctx { req, signals };
+    let ctx = Ctx::new(req, signals);
     let mut rules = rules.peekable();
     // The fast path: compiled rules, for as long as they settle.
     while let Some(rule) = rules.peek() {
