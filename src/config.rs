@@ -188,7 +188,20 @@ impl Config {
     pub(crate) fn parse(text: &str, file: &str) -> Result<Config, LoadError> {
         let parsed: File = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
-            LoadError::one(file, line, column, e.message().trim_end().to_owned())
+            let mut message = e.message().trim_end().to_owned();
+            if message.is_empty() {
+                // The toml crate gives no message for some characters it refuses (a control character in a
+                // comment, for one): name the character instead of reporting nothing.
+                let at = e
+                    .span()
+                    .and_then(|s| text.get(s.start..))
+                    .and_then(|t| t.chars().next());
+                message = match at {
+                    Some(c) => format!("invalid TOML: unexpected character `{}`", c.escape_debug()),
+                    None => "invalid TOML".to_owned(),
+                };
+            }
+            LoadError::one(file, line, column, message)
         })?;
         let mut problems = Vec::new();
         let mut fail = |key: &str, message: String| {
@@ -457,6 +470,16 @@ url = "https://example.com/challenge"
         assert_eq!(cfg.capacity, 10);
         assert_eq!(cfg.on_conflict, OnConflict::Replay);
         assert_eq!(cfg.token_ttl_ms, 300_000);
+    }
+
+    #[test]
+    fn a_control_character_in_a_comment_is_named() {
+        // Found by the `config_toml` fuzz target: the toml crate's message for it is empty.
+        let e = Config::parse("# a \u{1} b\nx = 1\n", "riskgate.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "riskgate.toml:1:5: invalid TOML: unexpected character `\\u{1}`"
+        );
     }
 
     #[test]
