@@ -85,6 +85,11 @@ pub(crate) fn open(path: &Path, kind: Kind) -> Result<Reader<Vec<u8>>, String> {
 }
 
 impl Geo {
+    /// Whether any database is configured.
+    pub fn any(&self) -> bool {
+        self.city.is_some() || self.asn.is_some() || self.anonymous.is_some()
+    }
+
     /// The place of `ip`, if the city database has it.
     ///
     /// Only the fields rules use are decoded (`decode_path`): a lookup costs about a third of decoding the whole

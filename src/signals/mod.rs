@@ -9,7 +9,8 @@
 //! scripts agree by construction.
 //!
 //! Nothing is computed until a rule asks, and each answer is memoised for the rest of the decision: a GeoIP
-//! lookup happens at most once per decision, and never when no rule calls a geography function.
+//! lookup happens at most once per decision, and never when no rule calls a geography function. An action from
+//! the IP that placed the user's last known location is placed from history, without a lookup.
 //!
 //! History is what came *before* this action: [`DecisionCtx::record`] adds the action once the decision is
 //! resolved, and idempotent repeats never reach it.
@@ -75,7 +76,7 @@ pub(crate) struct DecisionCtx {
     pub now_ms: i64,
     /// The request's hashed user, action, IP and device.
     pub keys: Keys,
-    /// The request's IP address, when present and valid.
+    /// The request's IP address, when present and valid and the ruleset has a GeoIP database.
     pub ip: Option<IpAddr>,
     /// The request's user agent (copied only when the ruleset asks about user agents).
     ua: Option<Box<str>>,
@@ -123,9 +124,11 @@ impl DecisionCtx {
                 a.ip_address.as_deref(),
                 a.device_id.as_deref(),
             ),
+            // Parsed only for the GeoIP databases (lists parse the value they are given).
             ip: a
                 .ip_address
                 .as_deref()
+                .filter(|_| set.geo.any())
                 .and_then(|s| s.parse().ok())
                 .map(lists::canonical),
             ua: if set.uses_agent {
