@@ -7,9 +7,10 @@
 //! location). Each table holds at most `[signals] max_keys` keys, each series or set at most
 //! `[signals] max_per_key` entries, each user at most [`MAX_KNOWN`] devices, IPs and countries.
 //!
-//! Series and sets drop what is older than the ruleset's longest window (its *horizon*), and a key idle that
-//! long is dropped whole; known entries are dropped after `[signals] known_for` without being seen. When a
-//! table is full, the key created longest ago goes first.
+//! Only the series and sets some rule calls are recorded. They drop what is older than the ruleset's longest
+//! window (its *horizon*), and a key idle that long is dropped whole as new keys arrive (each new key sweeps at
+//! most [`SWEEP_PER_INSERT`] idle ones, so no decision pays for a backlog); known entries are dropped after
+//! `[signals] known_for` without being seen. When a table is full, the key created longest ago goes first.
 //!
 //! A key costs about 200 bytes with its entries (measured over 1.4 million keys from 200,000 unique users, IPs
 //! and devices), so the defaults bound history at roughly 600 MB in the worst case.
