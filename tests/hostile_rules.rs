@@ -128,6 +128,13 @@ const HOSTILE: &[(&str, &str, &str)] = &[
         "not ALLOW, CHALLENGE_REQUIRED, REVIEW, BLOCK or ()",
     ),
     ("throw", r#"throw "boom""#, "boom"),
+    (
+        // A closure that mutates the array being iterated: Rhai's shared values are locks (feature `sync`);
+        // re-entering one is refused rather than deadlocking the host's thread.
+        "closure-reentrancy",
+        "let x = [1]; let f = |y| { x.push(y); x.len() }; x.for_each(|| f.call(1)); ()",
+        "Data race detected",
+    ),
 ];
 
 fn request() -> TrackRequest {
