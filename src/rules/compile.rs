@@ -559,8 +559,20 @@ impl Compiler<'_> {
         let Code::Const(Konst::Str(delim)) = self.expr(arg)? else {
             return None;
         };
-        let recv = recv.into_fn()?;
         let max = self.limits.max_array_size;
+        if let Code::Const(Konst::Str(s)) = &recv {
+            // Both known at load time: fold it, unless Rhai would refuse the array.
+            let pieces = if delim.is_empty() {
+                s.chars().count() + 2
+            } else {
+                s.matches(&*delim).count() + 1
+            };
+            if max != 0 && pieces > max {
+                return None;
+            }
+            return Some(Code::Const(Konst::Str(s.split(&*delim).last()?.into())));
+        }
+        let recv = recv.into_fn()?;
         Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
             let Val::Str(s) = recv(ctx)? else {
                 return None;
@@ -582,8 +594,45 @@ impl Compiler<'_> {
         })))
     }
 
+    /// A string method on a string known at load time (a `let` bound to a literal).
+    fn const_str_method(&mut self, s: Box<str>, call: &rhai::FnCallExpr) -> Option<Code> {
+        let which = match call.name.as_str() {
+            "len" | "is_empty" if call.args.is_empty() => {
+                return Some(Code::Const(if call.name.as_str() == "len" {
+                    Konst::Int(INT::try_from(s.chars().count()).unwrap_or(INT::MAX))
+                } else {
+                    Konst::Bool(s.is_empty())
+                }));
+            }
+            "starts_with" => 0u8,
+            "ends_with" => 1,
+            "contains" => 2,
+            _ => return None,
+        };
+        let [arg] = call.args.as_slice() else {
+            return None;
+        };
+        let test = move |s: &str, p: &str| match which {
+            0 => s.starts_with(p),
+            1 => s.ends_with(p),
+            _ => s.contains(p),
+        };
+        Some(match self.expr(arg)? {
+            Code::Const(Konst::Str(p)) => Code::Const(Konst::Bool(test(&s, &p))),
+            // Another type: whatever Rhai says (an error, or a method this subset does not model).
+            Code::Const(_) => Code::Run(Box::new(|_: &Ctx<'_>| None)),
+            Code::Run(a) => Code::Run(Box::new(move |ctx: &Ctx<'_>| match a(ctx)? {
+                Val::Str(p) => Some(Val::Bool(test(&s, p))),
+                _ => None,
+            })),
+        })
+    }
+
     fn method(&mut self, recv: Code, call: &rhai::FnCallExpr) -> Option<Code> {
         self.nodes += 1;
+        if let Code::Const(Konst::Str(s)) = recv {
+            return self.const_str_method(s, call);
+        }
         let recv = recv.into_fn()?;
         match (call.name.as_str(), call.args.as_slice()) {
             ("len", []) => Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| match recv(ctx)? {
