@@ -404,6 +404,43 @@ fn throughput(c: &mut Criterion) {
         });
     }
     g.finish();
+    // Wall time only shows scaling when each thread has a core. Report CPU time too, from the scheduler's
+    // per-thread statistics (Linux), so that a busy machine is told apart from contention in riskgate.
+    const CALLS: u64 = 100_000;
+    for threads in [1usize, 2] {
+        let per = CALLS / threads as u64;
+        let cpu = std::sync::Mutex::new((Duration::ZERO, Duration::ZERO));
+        let wall = on_threads(threads, per, |t, n| {
+            let before = schedstat();
+            for i in 0..n {
+                let r = if i % 10 == 9 { &repeats[t] } else { &fresh[t] };
+                black_box(e.track(r).unwrap());
+            }
+            if let (Some(a), Some(b)) = (before, schedstat()) {
+                let mut c = cpu.lock().unwrap();
+                c.0 += b.0.saturating_sub(a.0);
+                c.1 += b.1.saturating_sub(a.1);
+            }
+        });
+        let (on_cpu, waiting) = cpu.into_inner().unwrap();
+        println!(
+            "throughput/mixed-90-10/{threads}-threads: {:.0} calls/s wall, {:.0} calls per CPU-second, \
+             threads waited for a CPU {:.0}% of the wall time",
+            CALLS as f64 / wall.as_secs_f64(),
+            CALLS as f64 / on_cpu.as_secs_f64().max(1e-9),
+            100.0 * waiting.as_secs_f64() / (wall.as_secs_f64() * threads as f64)
+        );
+    }
+}
+
+/// This thread's time on a CPU and waiting for one, from `/proc/thread-self/schedstat` (Linux only).
+fn schedstat() -> Option<(Duration, Duration)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((
+        Duration::from_nanos(f.next()??),
+        Duration::from_nanos(f.next()??),
+    ))
 }
 
 /// A hasher for keys that are already hashes (the store keys by a 128-bit xxh3 of the identity).
