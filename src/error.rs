@@ -1,6 +1,8 @@
 //! Error types: what a caller did wrong ([`TrackError`]) and why a ruleset did not load ([`LoadError`]).
 
 use std::fmt;
+
+use crate::request::shorten;
 use std::path::PathBuf;
 
 /// Why a [`track`](crate::Engine::track), [`update_action`](crate::Engine::update_action) or request parse
@@ -24,7 +26,12 @@ pub enum TrackError {
     },
     /// The idempotency key was already used for a request with different attributes
     /// (code `idempotency_conflict`).
-    #[error("idempotency key `{idempotency_key}` was already used for `{action}` by user `{user_id}` with different attributes")]
+    #[error(
+        "idempotency key `{}` was already used for `{}` by user `{}` with different attributes",
+        shorten(idempotency_key),
+        shorten(action),
+        shorten(user_id)
+    )]
     IdempotencyConflict {
         /// The user of the earlier action.
         user_id: String,
@@ -34,7 +41,12 @@ pub enum TrackError {
         idempotency_key: String,
     },
     /// No stored action has this identity (code `action_not_found`).
-    #[error("no action `{action}` with idempotency key `{idempotency_key}` for user `{user_id}`")]
+    #[error(
+        "no action `{}` with idempotency key `{}` for user `{}`",
+        shorten(action),
+        shorten(idempotency_key),
+        shorten(user_id)
+    )]
     ActionNotFound {
         /// The user id asked for.
         user_id: String,
