@@ -66,10 +66,17 @@ enum Hit {
 
 /// Builds the Rhai engine for a ruleset with `limits`.
 pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
+    // Rhai's standard library is built once per process and shared by every ruleset: building it takes most of
+    // a ruleset load (~0.8 ms), and it holds no state.
+    static STANDARD: std::sync::OnceLock<rhai::Shared<rhai::Module>> = std::sync::OnceLock::new();
     let mut e = rhai::Engine::new_raw();
-    e.register_global_module(rhai::packages::Package::as_shared_module(
-        &rhai::packages::StandardPackage::new(),
-    ));
+    e.register_global_module(
+        STANDARD
+            .get_or_init(|| {
+                rhai::packages::Package::as_shared_module(&rhai::packages::StandardPackage::new())
+            })
+            .clone(),
+    );
     e.set_max_operations(limits.max_operations);
     e.set_max_call_levels(limits.max_call_depth);
     e.set_max_expr_depths(limits.max_expr_depth, limits.max_function_expr_depth);
