@@ -32,6 +32,22 @@ pub enum State {
 }
 
 impl State {
+    /// Every state: the four decisions, then the four lifecycle states, in declaration order.
+    ///
+    /// ```
+    /// assert_eq!(riskgate::State::ALL.iter().filter(|s| s.is_decision()).count(), 4);
+    /// ```
+    pub const ALL: [State; 8] = [
+        State::Allow,
+        State::ChallengeRequired,
+        State::Review,
+        State::Block,
+        State::ChallengeSucceeded,
+        State::ChallengeFailed,
+        State::ReviewSucceeded,
+        State::ReviewFailed,
+    ];
+
     /// The wire name (`"CHALLENGE_REQUIRED"`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -85,17 +101,10 @@ impl State {
     }
 
     pub(crate) fn from_u8(v: u8) -> State {
-        const ALL: [State; 8] = [
-            State::Allow,
-            State::ChallengeRequired,
-            State::Review,
-            State::Block,
-            State::ChallengeSucceeded,
-            State::ChallengeFailed,
-            State::ReviewSucceeded,
-            State::ReviewFailed,
-        ];
-        ALL.get(usize::from(v)).copied().unwrap_or(State::Block)
+        State::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(State::Block)
     }
 }
 
@@ -324,5 +333,18 @@ impl InvalidTokenReason {
 impl fmt::Display for InvalidTokenReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+
+    #[test]
+    fn the_stored_byte_round_trips_every_state() {
+        for s in State::ALL {
+            assert_eq!(State::from_u8(s.to_u8()), s);
+            assert_eq!(State::from_wire(s.as_str()), Some(s));
+        }
     }
 }

@@ -9,16 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-const ALL: [State; 8] = [
-    State::Allow,
-    State::ChallengeRequired,
-    State::Review,
-    State::Block,
-    State::ChallengeSucceeded,
-    State::ChallengeFailed,
-    State::ReviewSucceeded,
-    State::ReviewFailed,
-];
+const ALL: [State; 8] = State::ALL;
 
 /// Decides from `custom.decide`: the wire name of the decision to return.
 const DECIDE: &str = r#"let d = custom.decide;

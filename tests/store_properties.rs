@@ -11,16 +11,7 @@ use std::time::Duration;
 const TTL_MS: u64 = 1_000;
 const TOKEN_TTL_MS: u64 = 700;
 
-const ALL: [State; 8] = [
-    State::Allow,
-    State::ChallengeRequired,
-    State::Review,
-    State::Block,
-    State::ChallengeSucceeded,
-    State::ChallengeFailed,
-    State::ReviewSucceeded,
-    State::ReviewFailed,
-];
+const ALL: [State; 8] = State::ALL;
 
 #[derive(Debug, Clone)]
 enum Op {
