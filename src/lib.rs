@@ -32,6 +32,7 @@ mod error;
 mod request;
 mod response;
 mod rules;
+mod settings;
 mod signals;
 mod store;
 
@@ -40,6 +41,7 @@ pub mod replay;
 mod watch;
 
 pub use clock::{Clock, FakeClock, SystemClock};
+pub use config::{OnConflict, OnRuleError};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Diagnostic, LoadError, TrackError};
 pub use request::{
@@ -47,10 +49,11 @@ pub use request::{
     MAX_CUSTOM_STRING_BYTES, MAX_ID_BYTES, MAX_LONG_FIELD_BYTES, MAX_PHONE_BYTES,
 };
 pub use response::{
-    ActionRecord, InvalidTokenReason, RuleError, RuleId, State, TrackResponse,
+    ActionRecord, InvalidTokenReason, ParseStateError, RuleError, RuleId, State, TrackResponse,
     ValidateChallengeResponse,
 };
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
+pub use settings::SandboxLimits;
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
 
