@@ -707,6 +707,45 @@ fn challenge_url(base: &str, token: &str, redirect: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::{Engine, RuleSet, State, TrackError, TrackRequest};
+
+    #[test]
+    fn a_failed_random_source_is_an_error_and_a_retry_decides_again() {
+        let e = Engine::builder()
+            .ruleset(RuleSet::from_sources([("c", "CHALLENGE_REQUIRED")]).unwrap())
+            .build()
+            .unwrap();
+        let req = TrackRequest::new("u1", "signIn").idempotency_key("k1");
+        crate::store::FAIL_RANDOM.with(|f| f.set(true));
+        let err = e.track(&req).unwrap_err();
+        // A repeat while the source is still broken decides again and fails again: never a tokenless challenge.
+        let again = e.track(&req).unwrap_err();
+        crate::store::FAIL_RANDOM.with(|f| f.set(false));
+        assert_eq!(err, TrackError::RandomSource);
+        assert_eq!(again, TrackError::RandomSource);
+        assert_eq!((err.code(), err.http_status()), ("random_source", 503));
+        assert_eq!(e.decisions(), 2);
+        assert_eq!(e.stored_actions(), 0, "the failed action is withdrawn");
+        assert_eq!(e.get_action("u1", "signIn", "k1"), None);
+        assert!(matches!(
+            e.update_action("u1", "signIn", "k1", State::ChallengeSucceeded),
+            Err(TrackError::ActionNotFound { .. })
+        ));
+        let ok = e.track(&req).unwrap();
+        assert_eq!(ok.state, State::ChallengeRequired);
+        assert!(ok.token.is_some());
+        assert_eq!(e.decisions(), 3);
+        // Other outcomes never need the random source.
+        let allow = Engine::builder()
+            .ruleset(RuleSet::from_sources([("a", "ALLOW")]).unwrap())
+            .build()
+            .unwrap();
+        crate::store::FAIL_RANDOM.with(|f| f.set(true));
+        let r = allow.track(&req);
+        crate::store::FAIL_RANDOM.with(|f| f.set(false));
+        assert_eq!(r.unwrap().state, State::Allow);
+    }
+
     #[test]
     fn challenge_url_encodes_the_redirect() {
         assert_eq!(

@@ -234,6 +234,17 @@ impl PartialEq<RuleId> for &str {
         *self == &*other.0
     }
 }
+/// For building expected responses in tests; the engine names rules by their path.
+impl From<&str> for RuleId {
+    fn from(s: &str) -> Self {
+        RuleId::new(s)
+    }
+}
+impl From<String> for RuleId {
+    fn from(s: String) -> Self {
+        RuleId(Arc::from(s))
+    }
+}
 impl AsRef<str> for RuleId {
     fn as_ref(&self) -> &str {
         &self.0
