@@ -219,14 +219,18 @@ mod tests {
 
     #[test]
     fn out_of_range_limits_are_refused_by_name() {
-        let mut l = SandboxLimits::default();
-        l.max_map_size = 0;
+        let l = SandboxLimits {
+            max_map_size: 0,
+            ..SandboxLimits::default()
+        };
         assert_eq!(
             l.to_limits().unwrap_err().to_string(),
             "invalid `sandbox_limits`: `max_map_size` must be at least 1: the sandbox cannot be turned off"
         );
-        let mut l = SandboxLimits::default();
-        l.max_operations = 0;
+        let l = SandboxLimits {
+            max_operations: 0,
+            ..SandboxLimits::default()
+        };
         assert!(l
             .to_limits()
             .unwrap_err()
@@ -237,8 +241,10 @@ mod tests {
             Duration::from_micros(999),
             Duration::from_secs(61),
         ] {
-            let mut l = SandboxLimits::default();
-            l.time_limit = t;
+            let l = SandboxLimits {
+                time_limit: t,
+                ..SandboxLimits::default()
+            };
             assert!(
                 l.to_limits()
                     .unwrap_err()

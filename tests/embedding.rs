@@ -154,10 +154,11 @@ fn rule_ids_compare_with_strings_both_ways() {
     let resp = e.track(&TrackRequest::new("u1", "signIn")).unwrap();
     let id: &RuleId = resp.priority_rule_id.as_ref().unwrap();
     assert!(*id == *"withdraw/big");
-    assert!(id == &"withdraw/big");
+    assert!(id.eq(&"withdraw/big"));
     assert!("withdraw/big" == *id);
     assert!(*"withdraw/big" == *id);
-    assert!(*id == "withdraw/big".to_owned());
+    let owned = String::from("withdraw/big");
+    assert!(*id == owned);
     assert!(*id != "other");
     let as_ref: &str = id.as_ref();
     assert_eq!(as_ref, "withdraw/big");
