@@ -9,18 +9,24 @@ use crate::duration::parse_millis;
 use crate::error::{Diagnostic, LoadError};
 use crate::State;
 
-/// What a failing rule counts as.
+/// What a failing rule counts as: `on_rule_error` in `riskgate.toml`, or
+/// [`EngineBuilder::on_rule_error`](crate::EngineBuilder::on_rule_error). The default counts it as
+/// `CHALLENGE_REQUIRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OnRuleError {
+#[non_exhaustive]
+pub enum OnRuleError {
     /// The rule counts as having returned this outcome.
     Outcome(State),
     /// The rule is left out of the decision (it is still reported in `errors`).
     Skip,
 }
 
-/// What a repeated idempotency key with different attributes does.
+/// What a repeated idempotency key with different attributes does: `[idempotency] on_conflict` in
+/// `riskgate.toml`, or [`EngineBuilder::on_conflict`](crate::EngineBuilder::on_conflict). The default is
+/// `Error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OnConflict {
+#[non_exhaustive]
+pub enum OnConflict {
     /// Refuse with `idempotency_conflict`.
     Error,
     /// Return the stored action, as Authsignal does.

@@ -7,14 +7,15 @@ use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::clock::{to_millis, Clock, SystemClock};
-use crate::config::OnConflict;
+use crate::config::{Config, OnConflict, OnRuleError};
 use crate::decide;
 use crate::error::{LoadError, TrackError};
 use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
+use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
 use crate::store::{self, Decided, Found, Slot, Store};
 use crate::{ActionRecord, InvalidTokenReason, State, TrackResponse, ValidateChallengeResponse};
@@ -62,7 +63,7 @@ pub struct Engine {
 }
 
 struct Shared {
-    ruleset: ArcSwap<rules::Inner>,
+    ruleset: ArcSwap<Loaded>,
     store: Store,
     /// What signals remember of past actions; kept across ruleset swaps.
     history: Arc<History>,
@@ -70,6 +71,33 @@ struct Shared {
     rules_dir: Option<PathBuf>,
     reload: Mutex<()>,
     decisions: AtomicU64,
+    /// The builder's settings, applied over every ruleset's `riskgate.toml`.
+    overrides: Overrides,
+    /// The builder's sandbox limits, for every folder the engine loads.
+    sandbox_limits: Option<SandboxLimits>,
+}
+
+/// A ruleset as the engine uses it: the rules, and their configuration with the builder's settings applied.
+/// Derefs to the rules, so `loaded.config` is the effective configuration and everything else is the set's.
+struct Loaded {
+    set: Arc<rules::Inner>,
+    config: Config,
+}
+
+impl Loaded {
+    fn new(set: Arc<rules::Inner>, overrides: &Overrides) -> Self {
+        Loaded {
+            config: overrides.apply(&set.config),
+            set,
+        }
+    }
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = rules::Inner;
+    fn deref(&self) -> &rules::Inner {
+        &self.set
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -82,20 +110,58 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Builds an [`Engine`]. Give it a ruleset (from a folder or in code); everything else has a default.
+///
+/// # Settings in code and `riskgate.toml`
+/// The setters below ([`idempotency_capacity`](EngineBuilder::idempotency_capacity),
+/// [`idempotency_ttl`](EngineBuilder::idempotency_ttl), [`on_conflict`](EngineBuilder::on_conflict),
+/// [`token_ttl`](EngineBuilder::token_ttl), [`on_rule_error`](EngineBuilder::on_rule_error),
+/// [`default_outcome`](EngineBuilder::default_outcome),
+/// [`action_default_outcome`](EngineBuilder::action_default_outcome),
+/// [`sandbox_limits`](EngineBuilder::sandbox_limits)) set in code what the rules folder's `riskgate.toml` sets
+/// as text. A setting made in code wins over the file, for every ruleset the engine uses: the first, every
+/// [`reload_rules`](Engine::reload_rules) and every [`swap_ruleset`](Engine::swap_ruleset). What is not set in
+/// code comes from the file, and what neither sets has its documented default. Out-of-range values fail
+/// [`build`](EngineBuilder::build) with [`LoadError::InvalidSetting`].
+///
+/// ```
+/// use riskgate::{Engine, OnConflict, RuleSet, State, TrackRequest};
+/// use std::time::Duration;
+///
+/// let engine = Engine::builder()
+///     .ruleset(RuleSet::from_sources([("r", "if custom.amount > 100 { REVIEW }")])?)
+///     .idempotency_ttl(Duration::from_secs(3600))
+///     .on_conflict(OnConflict::Replay)
+///     .default_outcome(State::Allow)
+///     .build()?;
+/// let first = engine.track(&TrackRequest::new("u1", "pay").idempotency_key("k1").custom("amount", 500))?;
+/// let again = engine.track(&TrackRequest::new("u1", "pay").idempotency_key("k1").custom("amount", 1))?;
+/// assert_eq!(again.state, State::Review, "a conflicting repeat replays the stored action");
+/// # assert_eq!(first, again);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use]
 #[derive(Default)]
 pub struct EngineBuilder {
     ruleset: Option<RuleSet>,
     rules_dir: Option<PathBuf>,
     clock: Option<Arc<dyn Clock>>,
+    overrides: Overrides,
+    sandbox_limits: Option<SandboxLimits>,
+    /// Whether the ruleset was loaded by [`EngineBuilder::rules_dir`] (and so can be loaded again with other
+    /// limits), and under which limits.
+    loaded_here: Option<Option<SandboxLimits>>,
 }
 
 impl EngineBuilder {
     /// Loads the ruleset from `dir` now (see [`RuleSet::from_dir`]); [`Engine::reload_rules`] reloads from it.
+    ///
+    /// The folder is loaded under the [`sandbox_limits`](EngineBuilder::sandbox_limits) set so far; limits set
+    /// later make [`build`](EngineBuilder::build) load it again with them.
     pub fn rules_dir(mut self, dir: impl Into<PathBuf>) -> Result<Self, LoadError> {
         let dir = dir.into();
-        self.ruleset = Some(RuleSet::from_dir(&dir)?);
+        self.ruleset = Some(load_dir(&dir, self.sandbox_limits)?);
         self.rules_dir = Some(dir);
+        self.loaded_here = Some(self.sandbox_limits);
         Ok(self)
     }
 
@@ -104,6 +170,71 @@ impl EngineBuilder {
     pub fn ruleset(mut self, ruleset: RuleSet) -> Self {
         self.rules_dir = ruleset.dir().map(PathBuf::from);
         self.ruleset = Some(ruleset);
+        self.loaded_here = None;
+        self
+    }
+
+    /// How many actions the store keeps at most (`[idempotency] capacity`, default 1 000 000); the oldest is
+    /// evicted first. At least 1.
+    pub fn idempotency_capacity(mut self, capacity: usize) -> Self {
+        self.overrides.capacity = Some(capacity);
+        self
+    }
+
+    /// How long an action is kept for repeats and lifecycle calls (`[idempotency] ttl`, default 24 hours).
+    /// Whole milliseconds, from 1ms to 10 years.
+    pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.overrides.idempotency_ttl = Some(ttl);
+        self
+    }
+
+    /// What a repeated idempotency key with different attributes does (`[idempotency] on_conflict`, default
+    /// [`OnConflict::Error`]).
+    pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
+        self.overrides.on_conflict = Some(on_conflict);
+        self
+    }
+
+    /// How long a challenge token stays valid (`[challenge] token_ttl`, default 10 minutes). Whole
+    /// milliseconds, from 1ms to 10 years.
+    pub fn token_ttl(mut self, ttl: Duration) -> Self {
+        self.overrides.token_ttl = Some(ttl);
+        self
+    }
+
+    /// What a failing rule counts as (`on_rule_error`, default `CHALLENGE_REQUIRED`). The outcome must be
+    /// one of the four decisions.
+    pub fn on_rule_error(mut self, on_rule_error: OnRuleError) -> Self {
+        self.overrides.on_rule_error = Some(on_rule_error);
+        self
+    }
+
+    /// The outcome when no enforce rule matches (`default_outcome`, default `ALLOW`); must be one of the four
+    /// decisions. An action's own default (`[actions.<code>] default_outcome` or
+    /// [`action_default_outcome`](EngineBuilder::action_default_outcome)) still applies to that action.
+    pub fn default_outcome(mut self, outcome: State) -> Self {
+        self.overrides.default_outcome = Some(outcome);
+        self
+    }
+
+    /// The outcome when no enforce rule matches for action code `action` (`[actions.<code>]
+    /// default_outcome`); must be one of the four decisions.
+    pub fn action_default_outcome(mut self, action: impl Into<String>, outcome: State) -> Self {
+        self.overrides
+            .action_defaults
+            .insert(action.into(), outcome);
+        self
+    }
+
+    /// The sandbox every rule runs in (the `[limits]` table), for the rules folder this builder loads
+    /// ([`rules_dir`](EngineBuilder::rules_dir)) and every [`reload_rules`](Engine::reload_rules).
+    ///
+    /// A [`RuleSet`] built elsewhere was compiled with its own limits: give them to
+    /// [`RuleSetBuilder::sandbox_limits`](crate::RuleSetBuilder::sandbox_limits). Building an engine from
+    /// [`ruleset`](EngineBuilder::ruleset) with this set is refused ([`LoadError::InvalidSetting`]), and a
+    /// ruleset passed to [`swap_ruleset`](Engine::swap_ruleset) keeps its own.
+    pub fn sandbox_limits(mut self, limits: SandboxLimits) -> Self {
+        self.sandbox_limits = Some(limits);
         self
     }
 
@@ -116,18 +247,36 @@ impl EngineBuilder {
 
     /// Builds the engine.
     pub fn build(self) -> Result<Engine, LoadError> {
-        let ruleset = self.ruleset.ok_or(LoadError::NoRuleset)?;
-        let store = Store::new(ruleset.inner.config.capacity);
-        let history = Arc::new(History::new(ruleset.inner.signals.limits));
+        self.overrides.check()?;
+        let mut ruleset = self.ruleset.ok_or(LoadError::NoRuleset)?;
+        if let Some(limits) = self.sandbox_limits {
+            match (&self.loaded_here, &self.rules_dir) {
+                (Some(applied), _) if *applied == Some(limits) => {}
+                (Some(_), Some(dir)) => ruleset = load_dir(dir, Some(limits))?,
+                _ => {
+                    return Err(LoadError::InvalidSetting {
+                        setting: "sandbox_limits",
+                        reason: "applies to the rules folder the engine loads (`rules_dir`); a ruleset built \
+                                 elsewhere has its own: set them with `RuleSetBuilder::sandbox_limits`"
+                            .to_owned(),
+                    })
+                }
+            }
+        }
+        let loaded = Loaded::new(ruleset.inner, &self.overrides);
+        let store = Store::new(loaded.config.capacity);
+        let history = Arc::new(History::new(loaded.signals.limits));
         Ok(Engine {
             shared: Arc::new(Shared {
-                ruleset: ArcSwap::new(ruleset.inner),
+                ruleset: ArcSwap::from_pointee(loaded),
                 store,
                 history,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
                 reload: Mutex::new(()),
                 decisions: AtomicU64::new(0),
+                overrides: self.overrides,
+                sandbox_limits: self.sandbox_limits,
             }),
         })
     }
@@ -176,7 +325,7 @@ impl Engine {
             ) {
                 if slot.fingerprint == req.fingerprint().into() {
                     if let Some(decided) = slot.decided.get() {
-                        return Ok(respond(&slot, decided));
+                        return answer(store, &slot, decided);
                     }
                 }
             }
@@ -217,17 +366,11 @@ impl Engine {
         let decided = slot
             .decided
             .get_or_init(|| self.decide(&rs, req, now_ms, &slot));
-        Ok(respond(&slot, decided))
+        answer(store, &slot, decided)
     }
 
     /// Runs the rules for a new action and fixes its first decision.
-    fn decide(
-        &self,
-        rs: &rules::Inner,
-        req: &TrackRequest,
-        now_ms: i64,
-        slot: &Arc<Slot>,
-    ) -> Decided {
+    fn decide(&self, rs: &Loaded, req: &TrackRequest, now_ms: i64, slot: &Arc<Slot>) -> Decided {
         self.shared.decisions.fetch_add(1, Ordering::Relaxed);
         let idx = rs.rules_for(&req.action);
         let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now_ms);
@@ -287,7 +430,7 @@ impl Engine {
             .shared
             .store
             .get(user_id, action, idempotency_key, now_ms, ttl)?;
-        let decided = slot.decided.get()?;
+        let decided = slot.decided.get().filter(|d| complete(d))?;
         Some(record(&slot, decided))
     }
 
@@ -315,15 +458,19 @@ impl Engine {
             .store
             .get(user_id, action, idempotency_key, now_ms, ttl)
             .ok_or_else(not_found)?;
-        let decided = slot.decided.get().ok_or_else(not_found)?;
+        let decided = slot
+            .decided
+            .get()
+            .filter(|d| complete(d))
+            .ok_or_else(not_found)?;
         let from = slot.state();
-        if !transition_allowed(from, new_state) || !slot.transition(from, new_state, now_ms) {
+        if !from.allowed_moves().contains(&new_state) || !slot.transition(from, new_state, now_ms) {
             // Report the state the refusal was decided on: after a lost race it is the winner's.
             let current = slot.state();
             return Err(TrackError::InvalidTransition {
                 from: current,
                 to: new_state,
-                allowed: allowed_moves(current),
+                allowed: current.allowed_moves(),
             });
         }
         if matches!(
@@ -384,12 +531,14 @@ impl Engine {
 
     /// Replaces the ruleset atomically (see [Reloads](Engine#reloads)). Stored actions and history are kept;
     /// the new set's `[idempotency]` and `[challenge]` settings apply from now on.
+    ///
+    /// Settings made on the [`EngineBuilder`] still override the new set's `riskgate.toml`; its sandbox limits
+    /// are the set's own.
     pub fn swap_ruleset(&self, ruleset: RuleSet) {
-        self.shared
-            .store
-            .set_capacity(ruleset.inner.config.capacity);
-        self.shared.history.set_limits(ruleset.inner.signals.limits);
-        self.shared.ruleset.store(ruleset.inner);
+        let loaded = Loaded::new(ruleset.inner, &self.shared.overrides);
+        self.shared.store.set_capacity(loaded.config.capacity);
+        self.shared.history.set_limits(loaded.signals.limits);
+        self.shared.ruleset.store(Arc::new(loaded));
     }
 
     /// Reloads the ruleset from the folder the engine was built from. If the folder no longer loads, the error
@@ -402,7 +551,7 @@ impl Engine {
             .ok_or(LoadError::NoRulesDir)?;
         // One reload at a time, so that two reloads cannot finish in the wrong order.
         let _guard = self.shared.reload.lock();
-        let ruleset = RuleSet::from_dir(dir)?;
+        let ruleset = load_dir(dir, self.shared.sandbox_limits)?;
         self.swap_ruleset(ruleset);
         Ok(())
     }
@@ -454,7 +603,7 @@ impl Engine {
     /// The ruleset in use now.
     pub fn ruleset(&self) -> RuleSet {
         RuleSet {
-            inner: self.shared.ruleset.load_full(),
+            inner: Arc::clone(&self.shared.ruleset.load().set),
         }
     }
 
@@ -485,6 +634,30 @@ impl Engine {
     }
 }
 
+/// Loads the rules folder `dir`, under `limits` when given.
+fn load_dir(dir: &std::path::Path, limits: Option<SandboxLimits>) -> Result<RuleSet, LoadError> {
+    match limits {
+        Some(l) => RuleSet::builder().rules_dir(dir)?.sandbox_limits(l).build(),
+        None => RuleSet::from_dir(dir),
+    }
+}
+
+/// Whether a decided action can be answered: a `CHALLENGE_REQUIRED` without a token (the random source
+/// failed while deciding it) cannot, and is withdrawn.
+fn complete(d: &Decided) -> bool {
+    d.outcome() != State::ChallengeRequired || d.token().is_some()
+}
+
+/// The response to `track` for a decided action. A challenge that got no token is an error, never a
+/// `CHALLENGE_REQUIRED` the client cannot complete: the action leaves the store, so a retry decides again.
+fn answer(store: &Store, slot: &Arc<Slot>, d: &Decided) -> Result<TrackResponse, TrackError> {
+    if !complete(d) {
+        store.withdraw(slot);
+        return Err(TrackError::RandomSource);
+    }
+    Ok(respond(slot, d))
+}
+
 fn respond(slot: &Slot, d: &Decided) -> TrackResponse {
     TrackResponse {
         state: slot.state(),
@@ -512,25 +685,6 @@ fn record(slot: &Slot, d: &Decided) -> ActionRecord {
     }
 }
 
-/// The lifecycle of DESIGN §5: a challenge resolves once, a review resolves once; nothing else moves.
-fn transition_allowed(from: State, to: State) -> bool {
-    match from {
-        State::ChallengeRequired => {
-            matches!(to, State::ChallengeSucceeded | State::ChallengeFailed)
-        }
-        State::Review => matches!(to, State::ReviewSucceeded | State::ReviewFailed),
-        _ => false,
-    }
-}
-
-fn allowed_moves(from: State) -> &'static str {
-    match from {
-        State::ChallengeRequired => "allowed: CHALLENGE_SUCCEEDED, CHALLENGE_FAILED",
-        State::Review => "allowed: REVIEW_SUCCEEDED, REVIEW_FAILED",
-        _ => "no moves are allowed from this state",
-    }
-}
-
 /// `base` with `token` (and `redirectUrl`) added as query parameters.
 fn challenge_url(base: &str, token: &str, redirect: Option<&str>) -> String {
     let mut url = String::with_capacity(base.len() + token.len() + 64);
@@ -553,6 +707,45 @@ fn challenge_url(base: &str, token: &str, redirect: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::{Engine, RuleSet, State, TrackError, TrackRequest};
+
+    #[test]
+    fn a_failed_random_source_is_an_error_and_a_retry_decides_again() {
+        let e = Engine::builder()
+            .ruleset(RuleSet::from_sources([("c", "CHALLENGE_REQUIRED")]).unwrap())
+            .build()
+            .unwrap();
+        let req = TrackRequest::new("u1", "signIn").idempotency_key("k1");
+        crate::store::FAIL_RANDOM.with(|f| f.set(true));
+        let err = e.track(&req).unwrap_err();
+        // A repeat while the source is still broken decides again and fails again: never a tokenless challenge.
+        let again = e.track(&req).unwrap_err();
+        crate::store::FAIL_RANDOM.with(|f| f.set(false));
+        assert_eq!(err, TrackError::RandomSource);
+        assert_eq!(again, TrackError::RandomSource);
+        assert_eq!((err.code(), err.http_status()), ("random_source", 503));
+        assert_eq!(e.decisions(), 2);
+        assert_eq!(e.stored_actions(), 0, "the failed action is withdrawn");
+        assert_eq!(e.get_action("u1", "signIn", "k1"), None);
+        assert!(matches!(
+            e.update_action("u1", "signIn", "k1", State::ChallengeSucceeded),
+            Err(TrackError::ActionNotFound { .. })
+        ));
+        let ok = e.track(&req).unwrap();
+        assert_eq!(ok.state, State::ChallengeRequired);
+        assert!(ok.token.is_some());
+        assert_eq!(e.decisions(), 3);
+        // Other outcomes never need the random source.
+        let allow = Engine::builder()
+            .ruleset(RuleSet::from_sources([("a", "ALLOW")]).unwrap())
+            .build()
+            .unwrap();
+        crate::store::FAIL_RANDOM.with(|f| f.set(true));
+        let r = allow.track(&req);
+        crate::store::FAIL_RANDOM.with(|f| f.set(false));
+        assert_eq!(r.unwrap().state, State::Allow);
+    }
+
     #[test]
     fn challenge_url_encodes_the_redirect() {
         assert_eq!(

@@ -57,20 +57,49 @@ pub enum TrackError {
     },
     /// The requested state change is not allowed from the action's current state
     /// (code `invalid_transition`).
-    #[error("cannot move an action from `{from}` to `{to}`: {allowed}")]
+    #[error(
+        "cannot move an action from `{from}` to `{to}`: {}",
+        DisplayMoves(allowed)
+    )]
     InvalidTransition {
         /// The action's current state.
         from: crate::State,
         /// The state asked for.
         to: crate::State,
-        /// The moves that are allowed from `from`.
-        allowed: &'static str,
+        /// The states an action may move to from `from` ([`State::allowed_moves`](crate::State::allowed_moves));
+        /// empty when it may not move at all.
+        allowed: &'static [crate::State],
     },
+    /// The operating system's random source failed while making a challenge token (code `random_source`).
+    ///
+    /// The rules decided `CHALLENGE_REQUIRED`, but a challenge without a token cannot be completed, so the call
+    /// fails instead and the action is not stored: a retry decides again. (The attempt does count in velocity
+    /// signals.) On a working system this does not happen; if it does, the host's entropy source is broken.
+    #[error("cannot make a challenge token: the operating system's random source failed")]
+    RandomSource,
+}
+
+struct DisplayMoves(&'static [crate::State]);
+
+impl fmt::Display for DisplayMoves {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no moves are allowed from this state");
+        }
+        f.write_str("allowed: ")?;
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(s.as_str())?;
+        }
+        Ok(())
+    }
 }
 
 impl TrackError {
-    /// The stable error code: `invalid_json`, `invalid_request`, `idempotency_conflict`, `action_not_found` or
-    /// `invalid_transition`.
+    /// The stable error code: `invalid_json`, `invalid_request`, `idempotency_conflict`, `action_not_found`,
+    /// `invalid_transition` or `random_source`.
     pub fn code(&self) -> &'static str {
         match self {
             TrackError::InvalidJson(_) => "invalid_json",
@@ -78,6 +107,30 @@ impl TrackError {
             TrackError::IdempotencyConflict { .. } => "idempotency_conflict",
             TrackError::ActionNotFound { .. } => "action_not_found",
             TrackError::InvalidTransition { .. } => "invalid_transition",
+            TrackError::RandomSource => "random_source",
+        }
+    }
+
+    /// The HTTP status a web handler should answer with:
+    ///
+    /// | code | status |
+    /// |---|---|
+    /// | `invalid_json`, `invalid_request` | 400 Bad Request: the caller sent something wrong |
+    /// | `idempotency_conflict` | 409 Conflict: the key is taken by a different request |
+    /// | `action_not_found` | 404 Not Found |
+    /// | `invalid_transition` | 409 Conflict: the request is well-formed, but the action's current state does not allow it (it may have been resolved by someone else) |
+    /// | `random_source` | 503 Service Unavailable: the server cannot make tokens now; a retry may succeed |
+    ///
+    /// ```
+    /// let e = riskgate::TrackRequest::from_json("{").unwrap_err();
+    /// assert_eq!((e.code(), e.http_status()), ("invalid_json", 400));
+    /// ```
+    pub fn http_status(&self) -> u16 {
+        match self {
+            TrackError::InvalidJson(_) | TrackError::InvalidRequest { .. } => 400,
+            TrackError::IdempotencyConflict { .. } | TrackError::InvalidTransition { .. } => 409,
+            TrackError::ActionNotFound { .. } => 404,
+            TrackError::RandomSource => 503,
         }
     }
 
@@ -91,6 +144,7 @@ impl TrackError {
 
 /// One problem found while loading a ruleset, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Diagnostic {
     /// The file, as the rules folder path joined with the rule's path (`rules/withdraw/new-device.rhai`), or the
     /// rule id for rules given as sources.
@@ -101,6 +155,28 @@ pub struct Diagnostic {
     pub column: usize,
     /// What is wrong.
     pub message: String,
+}
+
+impl Diagnostic {
+    /// A problem in `file` at `line` and `column` (1-based; 0 when not tied to one).
+    ///
+    /// ```
+    /// let d = riskgate::Diagnostic::new("rules/a.rhai", 3, 14, "unknown variable `x`");
+    /// assert_eq!(d.to_string(), "rules/a.rhai:3:14: unknown variable `x`");
+    /// ```
+    pub fn new(
+        file: impl Into<String>,
+        line: usize,
+        column: usize,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            file: file.into(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for Diagnostic {
@@ -135,6 +211,15 @@ pub enum LoadError {
     /// rules folder.
     #[error("this engine was not built from a rules folder, so there is nothing to reload")]
     NoRulesDir,
+    /// A setting given to [`EngineBuilder`](crate::EngineBuilder) or [`RuleSetBuilder`](crate::RuleSetBuilder)
+    /// in code is out of range.
+    #[error("invalid `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The builder method (`sandbox_limits`, `idempotency_ttl`).
+        setting: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
 }
 
 impl LoadError {

@@ -156,9 +156,9 @@ impl Replayer {
             "updateAction" => {
                 let a: ActionArgs = from_value(obj.clone())?;
                 let state = match obj.get("state") {
-                    Some(Value::String(v)) => {
-                        v.parse::<State>().map_err(|m| invalid("state", &m))?
-                    }
+                    Some(Value::String(v)) => v
+                        .parse::<State>()
+                        .map_err(|m| invalid("state", &m.to_string()))?,
                     _ => return Err(invalid("state", "expected a state name")),
                 };
                 to_json(&engine.update_action(&a.user_id, &a.action, &a.idempotency_key, state)?)?

@@ -121,6 +121,43 @@ impl From<bool> for CustomValue {
     }
 }
 
+/// Integers that always fit in an `i64` become [`CustomValue::Int`].
+macro_rules! from_narrow_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CustomValue {
+            fn from(v: $t) -> Self {
+                CustomValue::Int(i64::from(v))
+            }
+        }
+    )*};
+}
+from_narrow_int!(i8, i16, i32, u8, u16, u32);
+
+/// Integers that may not fit in an `i64`: [`CustomValue::Int`] when they fit, otherwise a
+/// [`CustomValue::Float`] of the same magnitude (rounded to the nearest `f64`), as JSON integers beyond `i64`
+/// are read. A `u64` amount in cents fits as an `Int` up to 2^63 - 1.
+macro_rules! from_wide_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CustomValue {
+            fn from(v: $t) -> Self {
+                i64::try_from(v).map_or(CustomValue::Float(v as f64), CustomValue::Int)
+            }
+        }
+    )*};
+}
+from_wide_int!(u64, usize, isize, i128, u128);
+
+impl From<f32> for CustomValue {
+    fn from(v: f32) -> Self {
+        CustomValue::Float(f64::from(v))
+    }
+}
+impl From<char> for CustomValue {
+    fn from(v: char) -> Self {
+        CustomValue::String(v.to_string())
+    }
+}
+
 impl Serialize for CustomValue {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -302,6 +339,96 @@ impl TrackRequest {
     }
 }
 
+/// Builds a request in code: `TrackRequest::new(user, action)` then one call per attribute.
+///
+/// ```
+/// use riskgate::{CustomValue, TrackRequest};
+///
+/// let req = TrackRequest::new("user-1", "withdraw-funds")
+///     .idempotency_key("order-17")
+///     .ip("203.0.113.7")
+///     .device("dev-1")
+///     .user_agent("Mozilla/5.0")
+///     .email("a@example.com")
+///     .custom("amount", 4200u64)
+///     .custom("currency", "EUR");
+/// assert_eq!(req.attributes.custom["amount"], CustomValue::Int(4200));
+/// assert!(req.validate().is_ok());
+/// ```
+impl TrackRequest {
+    /// Sets `attributes.idempotencyKey`.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.attributes.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets `attributes.deviceId`.
+    pub fn device(mut self, device_id: impl Into<String>) -> Self {
+        self.attributes.device_id = Some(device_id.into());
+        self
+    }
+
+    /// Sets `attributes.ipAddress`; takes a string or an [`IpAddr`].
+    pub fn ip(mut self, ip_address: impl ToString) -> Self {
+        self.attributes.ip_address = Some(ip_address.to_string());
+        self
+    }
+
+    /// Sets `attributes.userAgent`.
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.attributes.user_agent = Some(user_agent.into());
+        self
+    }
+
+    /// Sets `attributes.redirectUrl`.
+    pub fn redirect_url(mut self, redirect_url: impl Into<String>) -> Self {
+        self.attributes.redirect_url = Some(redirect_url.into());
+        self
+    }
+
+    /// Sets `attributes.email`.
+    pub fn email(mut self, email: impl Into<String>) -> Self {
+        self.attributes.email = Some(email.into());
+        self
+    }
+
+    /// Sets `attributes.phoneNumber`.
+    pub fn phone_number(mut self, phone_number: impl Into<String>) -> Self {
+        self.attributes.phone_number = Some(phone_number.into());
+        self
+    }
+
+    /// Sets `attributes.username`.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.attributes.username = Some(username.into());
+        self
+    }
+
+    /// Sets `custom.<key>` (what rules read as `custom.key`), replacing an earlier value.
+    pub fn custom(mut self, key: impl Into<String>, value: impl Into<CustomValue>) -> Self {
+        self.attributes.insert_custom(key, value);
+        self
+    }
+}
+
+impl TrackAttributes {
+    /// Sets `custom.<key>`, returning the value it replaces.
+    ///
+    /// ```
+    /// let mut a = riskgate::TrackAttributes::default();
+    /// a.insert_custom("amount", 4200u32);
+    /// a.insert_custom("vip", true);
+    /// assert_eq!(a.custom.len(), 2);
+    /// ```
+    pub fn insert_custom(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<CustomValue>,
+    ) -> Option<CustomValue> {
+        self.custom.insert(key.into(), value.into())
+    }
+}
+
 thread_local! {
     static HASH_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -465,6 +592,69 @@ pub(crate) fn shorten(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_number_type_converts() {
+        assert_eq!(CustomValue::from(-5i8), CustomValue::Int(-5));
+        assert_eq!(CustomValue::from(-5i16), CustomValue::Int(-5));
+        assert_eq!(CustomValue::from(-5i32), CustomValue::Int(-5));
+        assert_eq!(CustomValue::from(200u8), CustomValue::Int(200));
+        assert_eq!(CustomValue::from(60_000u16), CustomValue::Int(60_000));
+        assert_eq!(CustomValue::from(u32::MAX), CustomValue::Int(4_294_967_295));
+        assert_eq!(CustomValue::from(4200u64), CustomValue::Int(4200));
+        assert_eq!(CustomValue::from(7usize), CustomValue::Int(7));
+        assert_eq!(CustomValue::from(-7isize), CustomValue::Int(-7));
+        assert_eq!(CustomValue::from(-7i128), CustomValue::Int(-7));
+        assert_eq!(
+            CustomValue::from(i64::MAX as u64),
+            CustomValue::Int(i64::MAX)
+        );
+        // Beyond i64: the magnitude as a float, as JSON reads it.
+        assert_eq!(
+            CustomValue::from(u64::MAX),
+            CustomValue::Float(u64::MAX as f64)
+        );
+        assert_eq!(
+            CustomValue::from(u128::MAX),
+            CustomValue::Float(u128::MAX as f64)
+        );
+        let json: TrackAttributes =
+            serde_json::from_str(&format!(r#"{{"custom":{{"a":{}}}}}"#, u64::MAX)).unwrap();
+        assert_eq!(json.custom["a"], CustomValue::from(u64::MAX));
+        assert_eq!(CustomValue::from(1.5f32), CustomValue::Float(1.5));
+        assert_eq!(CustomValue::from('x'), CustomValue::String("x".into()));
+    }
+
+    #[test]
+    fn the_builder_sets_every_attribute() {
+        let req = TrackRequest::new("u", "signIn")
+            .idempotency_key("k")
+            .device("d")
+            .ip(IpAddr::from([203, 0, 113, 7]))
+            .user_agent("ua")
+            .redirect_url("https://app.test/")
+            .email("e@x.test")
+            .phone_number("+100")
+            .username("name")
+            .custom("n", 1u8)
+            .custom("n", 2u16);
+        let expected = TrackAttributes {
+            idempotency_key: Some("k".into()),
+            device_id: Some("d".into()),
+            ip_address: Some("203.0.113.7".into()),
+            user_agent: Some("ua".into()),
+            redirect_url: Some("https://app.test/".into()),
+            email: Some("e@x.test".into()),
+            phone_number: Some("+100".into()),
+            username: Some("name".into()),
+            custom: BTreeMap::from([("n".to_owned(), CustomValue::Int(2))]),
+        };
+        assert_eq!(req.attributes, expected);
+        assert_eq!((req.user_id.as_str(), req.action.as_str()), ("u", "signIn"));
+        let mut a = TrackAttributes::default();
+        assert_eq!(a.insert_custom("n", 1), None);
+        assert_eq!(a.insert_custom("n", "x"), Some(CustomValue::Int(1)));
+    }
 
     #[test]
     fn custom_values_parse_by_type() {

@@ -115,15 +115,65 @@ impl fmt::Display for State {
 }
 
 impl std::str::FromStr for State {
-    type Err = String;
+    type Err = ParseStateError;
+    /// Parses a wire name in any letter case (`"challenge_required"`, `"Review"`); `REVIEW_REQUIRED` is read as
+    /// `REVIEW`.
+    ///
+    /// ```
+    /// use riskgate::State;
+    ///
+    /// assert_eq!("challenge_required".parse::<State>()?, State::ChallengeRequired);
+    /// assert_eq!("REVIEW_REQUIRED".parse::<State>()?, State::Review);
+    /// let e = "maybe".parse::<State>().unwrap_err();
+    /// assert_eq!(e.input(), "maybe");
+    /// assert!(e.to_string().starts_with("unknown state `maybe`: expected ALLOW, "));
+    /// # Ok::<(), riskgate::ParseStateError>(())
+    /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        State::from_wire(s).ok_or_else(|| {
-            format!(
-                "unknown state `{}`: expected ALLOW, CHALLENGE_REQUIRED, REVIEW, BLOCK, CHALLENGE_SUCCEEDED, \
-                 CHALLENGE_FAILED, REVIEW_SUCCEEDED or REVIEW_FAILED",
-                crate::request::shorten(s)
-            )
+        // The longest wire name is 19 bytes: anything longer is unknown without upper-casing it.
+        let known = (s.len() <= 19)
+            .then(|| State::from_wire(&s.to_ascii_uppercase()))
+            .flatten();
+        known.ok_or_else(|| ParseStateError {
+            input: s.chars().take(256).collect(),
         })
+    }
+}
+
+/// Why a string is not a [`State`] (see [`State`]'s `FromStr`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown state `{}`: expected ALLOW, CHALLENGE_REQUIRED, REVIEW, BLOCK, CHALLENGE_SUCCEEDED, \
+     CHALLENGE_FAILED, REVIEW_SUCCEEDED or REVIEW_FAILED",
+    crate::request::shorten(input)
+)]
+pub struct ParseStateError {
+    input: String,
+}
+
+impl ParseStateError {
+    /// The string that did not parse (its first 256 characters).
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+}
+
+impl State {
+    /// The states [`Engine::update_action`](crate::Engine::update_action) may move an action in this state to:
+    /// a challenge resolves once, a review resolves once, nothing else moves.
+    ///
+    /// ```
+    /// use riskgate::State;
+    ///
+    /// assert_eq!(State::Review.allowed_moves(), [State::ReviewSucceeded, State::ReviewFailed]);
+    /// assert!(State::Allow.allowed_moves().is_empty());
+    /// ```
+    pub fn allowed_moves(self) -> &'static [State] {
+        match self {
+            State::ChallengeRequired => &[State::ChallengeSucceeded, State::ChallengeFailed],
+            State::Review => &[State::ReviewSucceeded, State::ReviewFailed],
+            _ => &[],
+        }
     }
 }
 
@@ -169,6 +219,43 @@ impl PartialEq<&str> for RuleId {
         &*self.0 == *other
     }
 }
+impl PartialEq<String> for RuleId {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+impl PartialEq<RuleId> for str {
+    fn eq(&self, other: &RuleId) -> bool {
+        self == &*other.0
+    }
+}
+impl PartialEq<RuleId> for &str {
+    fn eq(&self, other: &RuleId) -> bool {
+        *self == &*other.0
+    }
+}
+/// For building expected responses in tests; the engine names rules by their path.
+impl From<&str> for RuleId {
+    fn from(s: &str) -> Self {
+        RuleId::new(s)
+    }
+}
+impl From<String> for RuleId {
+    fn from(s: String) -> Self {
+        RuleId(Arc::from(s))
+    }
+}
+impl AsRef<str> for RuleId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+/// Lets a set or map of rule ids be searched with a `&str`.
+impl std::borrow::Borrow<str> for RuleId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 impl Serialize for RuleId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
@@ -200,6 +287,7 @@ pub struct RuleError {
 /// response with `{:?}` never leaks one. Serialising it (to hand it to the client) writes the real values.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct TrackResponse {
     /// The action's current state (after any [`update_action`](crate::Engine::update_action)).
     pub state: State,
@@ -244,6 +332,7 @@ impl fmt::Debug for TrackResponse {
 /// [`Engine::update_action`](crate::Engine::update_action) return it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ActionRecord {
     /// The user.
     pub user_id: String,
@@ -271,6 +360,7 @@ pub struct ActionRecord {
 /// What [`Engine::validate_challenge`](crate::Engine::validate_challenge) found for a token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ValidateChallengeResponse {
     /// True only for an unexpired token whose action reached `CHALLENGE_SUCCEEDED`, the first time it is
     /// validated.
@@ -290,6 +380,125 @@ pub struct ValidateChallengeResponse {
     /// Why the token is not valid; absent when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<InvalidTokenReason>,
+}
+
+impl TrackResponse {
+    /// A response in `state` for the action with `idempotency_key`, with no token, url, rules or errors: for
+    /// tests and stand-ins of an engine (the struct is `#[non_exhaustive]`, so set the other fields on the
+    /// value this returns).
+    ///
+    /// ```
+    /// use riskgate::{State, TrackResponse};
+    ///
+    /// let mut resp = TrackResponse::new(State::ChallengeRequired, "k1");
+    /// resp.token = Some("t".into());
+    /// assert_eq!(resp.priority_rule(), None);
+    /// ```
+    pub fn new(state: State, idempotency_key: impl Into<String>) -> Self {
+        TrackResponse {
+            state,
+            idempotency_key: idempotency_key.into(),
+            token: None,
+            url: None,
+            rule_ids: Vec::new(),
+            priority_rule_id: None,
+            shadow_rule_ids: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The id of the rule that decided the state, as a string; `None` when the default outcome applied.
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, State, TrackRequest};
+    ///
+    /// let engine = Engine::builder().ruleset(RuleSet::from_sources([("withdraw/big", "REVIEW")])?).build()?;
+    /// let resp = engine.track(&TrackRequest::new("u1", "withdraw-funds"))?;
+    /// assert_eq!(resp.priority_rule(), Some("withdraw/big"));
+    /// assert!(resp.rule_ids.iter().any(|id| id == "withdraw/big"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn priority_rule(&self) -> Option<&str> {
+        self.priority_rule_id.as_deref()
+    }
+}
+
+impl ActionRecord {
+    /// A record of an action first decided as `state` at `at` and not moved since: for tests and stand-ins of
+    /// an engine (the struct is `#[non_exhaustive]`, so set the other fields on the value this returns).
+    ///
+    /// ```
+    /// use riskgate::{ActionRecord, State};
+    ///
+    /// let rec = ActionRecord::new("u1", "signIn", "k1", State::Review, std::time::SystemTime::UNIX_EPOCH);
+    /// assert_eq!((rec.state, rec.outcome), (State::Review, State::Review));
+    /// ```
+    pub fn new(
+        user_id: impl Into<String>,
+        action: impl Into<String>,
+        idempotency_key: impl Into<String>,
+        state: State,
+        at: SystemTime,
+    ) -> Self {
+        ActionRecord {
+            user_id: user_id.into(),
+            action: action.into(),
+            idempotency_key: idempotency_key.into(),
+            state,
+            outcome: state,
+            rule_ids: Vec::new(),
+            priority_rule_id: None,
+            created_at: at,
+            state_updated_at: at,
+        }
+    }
+
+    /// The id of the rule that decided the first decision, as a string; `None` when the default outcome
+    /// applied.
+    pub fn priority_rule(&self) -> Option<&str> {
+        self.priority_rule_id.as_deref()
+    }
+}
+
+impl ValidateChallengeResponse {
+    /// The answer for a token that names no retained action, or is otherwise not valid for `reason` without an
+    /// action to report: `is_valid` false and no identity.
+    ///
+    /// ```
+    /// use riskgate::{InvalidTokenReason, ValidateChallengeResponse};
+    ///
+    /// let r = ValidateChallengeResponse::invalid(InvalidTokenReason::UnknownToken);
+    /// assert!(!r.is_valid && r.state.is_none());
+    /// ```
+    pub fn invalid(reason: InvalidTokenReason) -> Self {
+        ValidateChallengeResponse {
+            is_valid: false,
+            state: None,
+            user_id: None,
+            action: None,
+            idempotency_key: None,
+            reason: Some(reason),
+        }
+    }
+
+    /// The answer for a token of the stored action (`user_id`, `action`, `idempotency_key`) in `state`: valid
+    /// when `reason` is `None`.
+    pub fn about(
+        user_id: impl Into<String>,
+        action: impl Into<String>,
+        idempotency_key: impl Into<String>,
+        state: State,
+        reason: Option<InvalidTokenReason>,
+    ) -> Self {
+        ValidateChallengeResponse {
+            is_valid: reason.is_none(),
+            state: Some(state),
+            user_id: Some(user_id.into()),
+            action: Some(action.into()),
+            idempotency_key: Some(idempotency_key.into()),
+            reason,
+        }
+    }
 }
 
 /// Why [`Engine::validate_challenge`](crate::Engine::validate_challenge) found a token not valid. Serialised in

@@ -435,6 +435,15 @@ impl Store {
         }
     }
 
+    /// Removes `slot` if it is still the action stored for its identity: its decision could not be completed,
+    /// so the next call with the identity is a new action.
+    pub fn withdraw(&self, slot: &Arc<Slot>) {
+        let h = identity_hash(slot.user_id(), slot.action(), slot.key());
+        if let Some((_, s)) = self.map.remove_if(&h, |_, s| Arc::ptr_eq(s, slot)) {
+            self.forget_token(&s);
+        }
+    }
+
     /// Registers the challenge token of `slot`, which is being decided.
     ///
     /// INVARIANT: the token map holds a token only while its slot is in the action map. Eviction and
@@ -500,9 +509,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Makes [`new_token`] fail on this thread, as a broken random source would.
+    pub(crate) static FAIL_RANDOM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A fresh challenge token: 192 bits from the operating system's random source, base64url without padding.
 pub(crate) fn new_token() -> Option<String> {
     use base64::Engine as _;
+    #[cfg(test)]
+    if FAIL_RANDOM.with(std::cell::Cell::get) {
+        return None;
+    }
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).ok()?;
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))

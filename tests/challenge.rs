@@ -56,25 +56,11 @@ fn reason_of(wire: &str) -> InvalidTokenReason {
 }
 
 fn invalid(reason: &str) -> ValidateChallengeResponse {
-    ValidateChallengeResponse {
-        is_valid: false,
-        state: None,
-        user_id: None,
-        action: None,
-        idempotency_key: None,
-        reason: Some(reason_of(reason)),
-    }
+    ValidateChallengeResponse::invalid(reason_of(reason))
 }
 
 fn about(key: &str, state: State, reason: Option<&str>) -> ValidateChallengeResponse {
-    ValidateChallengeResponse {
-        is_valid: reason.is_none(),
-        state: Some(state),
-        user_id: Some("u1".into()),
-        action: Some("withdraw-funds".into()),
-        idempotency_key: Some(key.into()),
-        reason: reason.map(reason_of),
-    }
+    ValidateChallengeResponse::about("u1", "withdraw-funds", key, state, reason.map(reason_of))
 }
 
 #[test]

@@ -180,6 +180,7 @@ pub struct RuleSetBuilder {
     config: Option<(String, String)>,
     dir: Option<PathBuf>,
     compile: bool,
+    limits: Option<crate::SandboxLimits>,
 }
 
 impl Default for RuleSetBuilder {
@@ -190,6 +191,7 @@ impl Default for RuleSetBuilder {
             config: None,
             dir: None,
             compile: true,
+            limits: None,
         }
     }
 }
@@ -267,6 +269,14 @@ impl RuleSetBuilder {
         self
     }
 
+    /// Runs the rules under `limits`, in place of the `[limits]` table of `riskgate.toml` (whether the file
+    /// comes before or after this call). Out-of-range limits fail [`build`](RuleSetBuilder::build) with
+    /// [`LoadError::InvalidSetting`].
+    pub fn sandbox_limits(mut self, limits: crate::SandboxLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// Adds a rule with id `id` (diagnostics name it as the file).
     pub fn rule(mut self, id: impl Into<String>, source: impl Into<String>) -> Self {
         let id = id.into();
@@ -306,7 +316,11 @@ impl RuleSetBuilder {
     /// Compiles every rule; every problem found is reported.
     pub fn build(self) -> Result<RuleSet, LoadError> {
         let mut problems: Vec<Diagnostic> = Vec::new();
-        let config = match &self.config {
+        let limits = self
+            .limits
+            .map(crate::SandboxLimits::to_limits)
+            .transpose()?;
+        let mut config = match &self.config {
             Some((text, file)) => match Config::parse(text, file) {
                 Ok(c) => c,
                 Err(e) => {
@@ -316,6 +330,9 @@ impl RuleSetBuilder {
             },
             None => Config::default(),
         };
+        if let Some(l) = limits {
+            config.limits = l;
+        }
         let config_file = self
             .config
             .as_ref()
