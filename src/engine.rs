@@ -13,7 +13,7 @@ use crate::clock::{to_millis, Clock, SystemClock};
 use crate::config::OnConflict;
 use crate::decide;
 use crate::error::{LoadError, TrackError};
-use crate::request::TrackRequest;
+use crate::request::{FingerprintKey, TrackRequest};
 use crate::rules::{self, sandbox, RuleSet};
 use crate::signals::{self, DecisionCtx, History};
 use crate::store::{self, Decided, Found, Slot, Store};
@@ -64,6 +64,8 @@ pub struct Engine {
 struct Shared {
     ruleset: ArcSwap<rules::Inner>,
     store: Store,
+    /// The secret of this engine's request fingerprints (see `TrackRequest::fingerprint`).
+    fingerprint_key: FingerprintKey,
     /// What signals remember of past actions; kept across ruleset swaps.
     history: Arc<History>,
     clock: Arc<dyn Clock>,
@@ -123,6 +125,7 @@ impl EngineBuilder {
             shared: Arc::new(Shared {
                 ruleset: ArcSwap::new(ruleset.inner),
                 store,
+                fingerprint_key: FingerprintKey::random(),
                 history,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
@@ -174,7 +177,7 @@ impl Engine {
                 now_ms,
                 cfg.idempotency_ttl_ms,
             ) {
-                if slot.fingerprint == req.fingerprint().into() {
+                if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
                         return Ok(respond(&slot, decided));
                     }
@@ -182,7 +185,7 @@ impl Engine {
             }
         }
         req.validate()?;
-        let fingerprint = req.fingerprint().into();
+        let fingerprint = req.fingerprint(&self.shared.fingerprint_key).into();
         let generated;
         let key = match &req.attributes.idempotency_key {
             Some(k) => k.as_str(),
@@ -553,6 +556,29 @@ fn challenge_url(base: &str, token: &str, redirect: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_fingerprints_with_its_own_secret() {
+        let build = || {
+            Engine::builder()
+                .ruleset(RuleSet::from_sources([("r", "ALLOW")]).unwrap())
+                .build()
+                .unwrap()
+        };
+        let (a, b) = (build(), build());
+        assert!(a.shared.fingerprint_key != b.shared.fingerprint_key);
+        let mut req = TrackRequest::new("u", "signIn");
+        req.attributes.user_agent = Some("MM".into());
+        let fa = req.fingerprint(&a.shared.fingerprint_key);
+        // Stable within one engine, and a different value on the other: nothing outside an engine can
+        // compute its fingerprints.
+        assert_eq!(fa, req.fingerprint(&a.shared.fingerprint_key));
+        assert_ne!(fa, req.fingerprint(&b.shared.fingerprint_key));
+        // Clones share the engine, and so its secret.
+        assert!(a.clone().shared.fingerprint_key == a.shared.fingerprint_key);
+    }
+
     #[test]
     fn challenge_url_encodes_the_redirect() {
         assert_eq!(

@@ -254,10 +254,19 @@ impl TrackRequest {
         Ok(())
     }
 
-    /// A 128-bit fingerprint of everything in the request except the idempotency key, used to refuse a reused
-    /// key that carries a different request.
-    pub(crate) fn fingerprint(&self) -> u128 {
-        hash_bytes(|h| {
+    /// A 128-bit fingerprint of everything in the request except the idempotency key (and the user and action,
+    /// which are the rest of the identity), used to refuse a reused key that carries a different request.
+    ///
+    /// Two requests may share a fingerprint only if they are equal or the hash collides, so the encoding is
+    /// injective and the hash is keyed:
+    /// - every field has a fixed place and a presence tag, every string its length before it, every custom
+    ///   entry its key (length first) and a type tag before its value (so `1`, `1.0` and `"1"` differ, and no
+    ///   choice of strings can shift one field into another's bytes);
+    /// - the bytes go through SipHash-1-3 with a 128-bit secret drawn per engine ([`FingerprintKey`]): a
+    ///   caller who does not know the secret cannot aim a collision, however the values are chosen (an
+    ///   unkeyed or public-secret hash such as xxh3 can be made to collide by construction).
+    pub(crate) fn fingerprint(&self, key: &FingerprintKey) -> u128 {
+        keyed_hash(key, |h| {
             let a = &self.attributes;
             for f in [
                 &a.device_id,
@@ -309,11 +318,24 @@ thread_local! {
 /// The 128-bit xxh3 of the bytes `write` lays out, hashed in one pass over a per-thread buffer: the same value
 /// as feeding them to a streaming hasher piece by piece, at a fraction of the cost for short pieces.
 pub(crate) fn hash_bytes(write: impl FnOnce(&mut Vec<u8>)) -> u128 {
+    with_buffer(write, xxhash_rust::xxh3::xxh3_128)
+}
+
+/// The keyed 128-bit SipHash-1-3 of the bytes `write` lays out, over the same per-thread buffer.
+fn keyed_hash(key: &FingerprintKey, write: impl FnOnce(&mut Vec<u8>)) -> u128 {
+    with_buffer(write, |bytes| {
+        siphasher::sip128::SipHasher13::new_with_key(&key.0)
+            .hash(bytes)
+            .as_u128()
+    })
+}
+
+fn with_buffer(write: impl FnOnce(&mut Vec<u8>), hash: impl FnOnce(&[u8]) -> u128) -> u128 {
     HASH_BUF.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
             write(&mut buf);
-            let h = xxhash_rust::xxh3::xxh3_128(&buf);
+            let h = hash(&buf);
             // Keep the buffer from pinning a rare huge request's memory.
             if buf.capacity() > 64 * 1024 {
                 *buf = Vec::new();
@@ -323,9 +345,41 @@ pub(crate) fn hash_bytes(write: impl FnOnce(&mut Vec<u8>)) -> u128 {
         Err(_) => {
             let mut buf = Vec::new();
             write(&mut buf);
-            xxhash_rust::xxh3::xxh3_128(&buf)
+            hash(&buf)
         }
     })
+}
+
+/// The secret key of [`TrackRequest::fingerprint`]: 128 bits, drawn once per engine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FingerprintKey([u8; 16]);
+
+impl FingerprintKey {
+    /// A key from the operating system's random source.
+    ///
+    /// Should that source fail (it does not on supported systems once booted), the key is derived from what
+    /// differs between processes and engines (the time, the process id, addresses), which no caller can read
+    /// from outside, though it is weaker than a random key.
+    pub(crate) fn random() -> Self {
+        let mut key = [0u8; 16];
+        if getrandom::fill(&mut key).is_ok() {
+            return FingerprintKey(key);
+        }
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        h.write_u128(now);
+        h.write_u32(std::process::id());
+        h.write_usize(std::ptr::addr_of!(key) as usize);
+        let a = h.finish();
+        h.write_u64(a);
+        let b = h.finish();
+        key[..8].copy_from_slice(&a.to_le_bytes());
+        key[8..].copy_from_slice(&b.to_le_bytes());
+        FingerprintKey(key)
+    }
 }
 
 fn opt(
@@ -478,17 +532,18 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_only_the_key() {
+        let k = FingerprintKey::random();
         let mut a = TrackRequest::new("u", "signIn");
         a.attributes.device_id = Some("d".into());
         let mut b = a.clone();
         b.attributes.idempotency_key = Some("k".into());
-        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(&k), b.fingerprint(&k));
         b.attributes.custom.insert("x".into(), 1i64.into());
-        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(&k), b.fingerprint(&k));
         let mut c = a.clone();
         c.attributes.device_id = None;
         c.attributes.ip_address = Some("d".into());
-        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_ne!(a.fingerprint(&k), c.fingerprint(&k));
     }
 
     #[test]
