@@ -125,10 +125,9 @@ impl Replayer {
         text: &str,
         latency: &mut Option<Duration>,
     ) -> Result<(String, Outcome), TrackError> {
-        let mut obj: Map<String, Value> = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err(invalid("line", "expected a JSON object")),
-            Err(e) => return Err(TrackError::InvalidJson(e.to_string())),
+        let mut obj: Map<String, Value> = match parse_line(text)? {
+            Value::Object(m) => m,
+            _ => return Err(invalid("line", "expected a JSON object")),
         };
         let at = match obj.remove("timestamp") {
             Some(v) => parse_timestamp(&v)?,
@@ -194,6 +193,85 @@ impl Replayer {
             }
         };
         Ok((json, Outcome::Operation))
+    }
+}
+
+/// Parses a line as one JSON value with unique keys. Every failure is `invalid_json`; a duplicate key is named
+/// with the object it is in, as [`TrackRequest::from_json`] names it.
+fn parse_line(text: &str) -> Result<Value, TrackError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, Unique>(&mut *de) {
+        Ok(Unique(v)) => de
+            .end()
+            .map(|()| v)
+            .map_err(|e| TrackError::InvalidJson(e.to_string())),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Err(match crate::request::classify_json_error(&path, &inner) {
+                json @ TrackError::InvalidJson(_) => json,
+                _ => TrackError::InvalidJson(inner.to_string()),
+            })
+        }
+    }
+}
+
+/// A JSON value whose objects, at every depth, have unique keys: a line with a key given twice (`userId`, `op`,
+/// `timestamp`, a `custom` key, …) is malformed, as [`TrackRequest::from_json`] has it, rather than read with
+/// whichever value came last.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = m.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(crate::request::duplicate_key(&k));
+            }
+            let Unique(v) = m.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 

@@ -75,7 +75,11 @@ pub struct TrackAttributes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Application-specific values rules can read as `custom.<key>`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_custom"
+    )]
     pub custom: BTreeMap<String, CustomValue>,
 }
 
@@ -164,6 +168,43 @@ impl<'de> Deserialize<'de> for CustomValue {
     }
 }
 
+/// `custom` as a map whose keys are unique: a duplicate is refused like a duplicate field, never silently
+/// replaced by its last value.
+fn unique_custom<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, CustomValue>, D::Error> {
+    struct V;
+    impl<'de> de::Visitor<'de> for V {
+        type Value = BTreeMap<String, CustomValue>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of strings, numbers and bools")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = m.next_key::<String>()? {
+                if out.contains_key(&k) {
+                    return Err(duplicate_key(&k));
+                }
+                let v = m.next_value::<CustomValue>()?;
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
+}
+
+/// The error for a key that appears twice in one JSON object: the words serde uses for a duplicate field, so
+/// that every duplicate is reported (and classified) alike.
+pub(crate) fn duplicate_key<E: de::Error>(key: &str) -> E {
+    E::custom(format!("duplicate field `{}`", shorten(key)))
+}
+
+/// Whether a serde error is a duplicate key (see [`duplicate_key`]).
+pub(crate) fn is_duplicate_key(message: &str) -> bool {
+    message.starts_with("duplicate field `")
+}
+
 impl TrackRequest {
     /// A request for `user_id` doing `action`, with no attributes.
     pub fn new(user_id: impl Into<String>, action: impl Into<String>) -> Self {
@@ -176,7 +217,8 @@ impl TrackRequest {
 
     /// Parses a request from its JSON wire form.
     ///
-    /// Malformed JSON is [`TrackError::InvalidJson`]; well-formed JSON with a wrong field (a number for `userId`,
+    /// Malformed JSON, including a key given twice in one object (at the top, in `attributes` or in `custom`), is
+    /// [`TrackError::InvalidJson`] naming the key; well-formed JSON with a wrong field (a number for `userId`,
     /// an unknown attribute, an object in `custom`) is [`TrackError::InvalidRequest`] naming the field. The
     /// request is not validated further here: [`Engine::track`](crate::Engine::track) does that.
     pub fn from_json(json: &str) -> Result<Self, TrackError> {
@@ -411,6 +453,18 @@ pub(crate) fn from_json_str<T: de::DeserializeOwned>(json: &str) -> Result<T, Tr
 pub(crate) fn classify_json_error(path: &str, e: &serde_json::Error) -> TrackError {
     use serde_json::error::Category;
     match e.classify() {
+        // A key given twice makes the document ambiguous (parsers disagree on which value wins): malformed, as
+        // RFC 8259's interoperability advice and I-JSON have it, whichever object it is in.
+        Category::Data if is_duplicate_key(&e.to_string()) => {
+            let message = e.to_string();
+            TrackError::InvalidJson(match path {
+                "." | "" => message,
+                _ => match message.find(" at line ") {
+                    Some(i) => format!("{} in `{path}`{}", &message[..i], &message[i..]),
+                    None => format!("{message} in `{path}`"),
+                },
+            })
+        }
         Category::Data => {
             let field = if path == "." || path.is_empty() {
                 "request".to_owned()

@@ -336,9 +336,10 @@ fn hostile_json_is_refused_without_overflowing_the_stack() {
             "invalid_request",
         ),
         (
+            // A key given twice is malformed, wherever it is (see `duplicate_keys_are_refused_everywhere`).
             "duplicate field",
             r#"{"userId":"u","userId":"v","action":"a"}"#.into(),
-            "invalid_request",
+            "invalid_json",
         ),
         (
             "truncated",
@@ -515,4 +516,87 @@ fn the_replay_command_skips_10_mib_lines_and_goes_on() {
     assert_eq!(error_line(lines[2]).1, "invalid_json");
     // The refused lines left no trace: the last line sees exactly one earlier action.
     assert!(lines[3].contains(r#""state":"REVIEW""#), "{}", lines[3]);
+}
+
+#[test]
+fn duplicate_keys_are_refused_everywhere() {
+    // The same message for a duplicate at any depth, from the library and from replay: never the last value.
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"userId":"u","action":"signIn","userId":"v"}"#,
+            "invalid JSON: duplicate field `userId` at line 1 column 40",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"deviceId":"a","deviceId":"b"}}"#,
+            "invalid JSON: duplicate field `deviceId` in `attributes` at line 1 column 71",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"custom":{"amount":1,"amount":1000000}}}"#,
+            "invalid JSON: duplicate field `amount` in `attributes.custom` at line 1 column 75",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"custom":{"k":1},"custom":{"k":2}}}"#,
+            "invalid JSON: duplicate field `custom` in `attributes` at line 1 column 71",
+        ),
+    ];
+    for (json, message) in cases {
+        let e = TrackRequest::from_json(json).unwrap_err();
+        assert_eq!(e.code(), "invalid_json", "{json}");
+        assert_eq!(e.to_string(), *message, "{json}");
+    }
+    // A long duplicate key is shortened in the message like any user input.
+    let long = "k".repeat(10_000);
+    let e = TrackRequest::from_json(&format!(
+        r#"{{"userId":"u","action":"a","attributes":{{"custom":{{"{long}":1,"{long}":2}}}}}}"#
+    ))
+    .unwrap_err();
+    assert_eq!(e.code(), "invalid_json");
+    assert!(e.to_string().len() < 200, "{e}");
+
+    let mut r = replayer();
+    let lines: &[(&str, &str)] = &[
+        (
+            r#"{"timestamp":0,"userId":"u","action":"signIn","userId":"admin"}"#,
+            "invalid JSON: duplicate field `userId` at line 1 column 54",
+        ),
+        (
+            r#"{"op":"getAction","op":"validateChallenge","token":"t"}"#,
+            "invalid JSON: duplicate field `op` at line 1 column 22",
+        ),
+        (
+            r#"{"timestamp":0,"timestamp":"2024-01-01T00:00:00Z","userId":"u","action":"signIn"}"#,
+            "invalid JSON: duplicate field `timestamp` at line 1 column 26",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"ipAddress":"1.2.3.4","ipAddress":"5.6.7.8"}}"#,
+            "invalid JSON: duplicate field `ipAddress` in `attributes` at line 1 column 79",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"custom":{"a":[{"x":1,"x":2}]}}}"#,
+            "invalid JSON: duplicate field `x` in `attributes.custom.a[0]` at line 1 column 71",
+        ),
+        (
+            r#"{"op":"updateAction","userId":"u","action":"signIn","idempotencyKey":"k","state":"CHALLENGE_FAILED","state":"CHALLENGE_SUCCEEDED"}"#,
+            "invalid JSON: duplicate field `state` at line 1 column 107",
+        ),
+    ];
+    for (i, (line, message)) in lines.iter().enumerate() {
+        let n = i as u64 + 1;
+        let out = r.line(n, line.as_bytes()).unwrap();
+        assert!(matches!(out.outcome, Outcome::Refused(_)), "{line}");
+        assert_eq!(
+            error_line(&out.json),
+            (n, "invalid_json".to_owned(), (*message).to_owned()),
+            "{line}"
+        );
+        assert_eq!(footprint(r.engine()), (0, 0, 0), "{line} left a trace");
+    }
+    // Equal keys in different objects are not duplicates.
+    let out = r
+        .line(
+            99,
+            br#"{"timestamp":0,"userId":"u","action":"signIn","attributes":{"custom":{"userId":"x"}}}"#,
+        )
+        .unwrap();
+    assert!(matches!(out.outcome, Outcome::Tracked(_)), "{}", out.json);
 }
