@@ -634,3 +634,59 @@ mod any_difference {
         }
     }
 }
+
+#[test]
+fn lowering_the_capacity_evicts_a_few_actions_per_track_not_all_at_once() {
+    let load = |capacity: usize| {
+        RuleSet::builder()
+            .rule("r", "ALLOW")
+            .config_toml(format!("[idempotency]\ncapacity = {capacity}\n"))
+            .build()
+            .unwrap()
+    };
+    let clock = FakeClock::default();
+    let e = Engine::builder()
+        .ruleset(load(1_000_000))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    const N: usize = 20_000;
+    for i in 0..N {
+        e.track(&req(&format!("u{i}"), None, "allow")).unwrap();
+    }
+    assert_eq!(e.stored_actions(), N);
+    e.swap_ruleset(load(1));
+    // The next action evicts at most 16 of the old ones: no caller pays for the whole backlog.
+    let started = std::time::Instant::now();
+    e.track(&req("new", Some("k0"), "allow")).unwrap();
+    let first = started.elapsed();
+    assert_eq!(e.stored_actions(), N + 1 - 16);
+    assert!(first < Duration::from_millis(200), "{first:?}");
+    // Each later action shrinks the store by 15, until it is back at the capacity, holding the newest.
+    let mut n = 1;
+    while e.stored_actions() > 1 {
+        e.track(&req("new", Some(&format!("k{n}")), "allow"))
+            .unwrap();
+        n += 1;
+        assert!(n <= N / 15 + 2, "not converging: {}", e.stored_actions());
+    }
+    assert_eq!(n, (N + 1).div_ceil(15));
+    let last = format!("k{}", n - 1);
+    assert!(e.get_action("new", "withdraw-funds", &last).is_some());
+    // Expiry is bounded the same way: a day later everything has expired, and one action evicts 16.
+    let e2 = Engine::builder()
+        .ruleset(load(1_000_000))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for i in 0..1_000 {
+        e2.track(&req(&format!("u{i}"), Some("k"), "allow"))
+            .unwrap();
+    }
+    assert!(e2.get_action("u999", "withdraw-funds", "k").is_some());
+    clock.advance(Duration::from_secs(24 * 3600));
+    e2.track(&req("late", None, "allow")).unwrap();
+    assert_eq!(e2.stored_actions(), 1_000 + 1 - 16);
+    // Expired actions are gone for lookups at once, evicted or not.
+    assert_eq!(e2.get_action("u999", "withdraw-funds", "k"), None);
+}
