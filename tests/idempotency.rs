@@ -254,8 +254,14 @@ fn expired_actions_are_evicted_as_new_ones_arrive() {
     }
     assert_eq!(e.stored_actions(), 50);
     clock.advance(Duration::from_secs(600));
-    e.track(&req("u1", Some("new"), "allow")).unwrap();
-    assert_eq!(e.stored_actions(), 1, "the expired actions left the store");
+    // Each new action evicts up to 16 expired ones, until none is left.
+    for (i, stored) in [35, 20, 5, 4].into_iter().enumerate() {
+        e.track(&req("u1", Some(&format!("new-{i}")), "allow"))
+            .unwrap();
+        assert_eq!(e.stored_actions(), stored, "after new action {i}");
+    }
+    // The expired actions left the store; the new ones stay.
+    assert!(e.get_action("u1", "withdraw-funds", "new-0").is_some());
 }
 
 fn clock_now(clock: &FakeClock) -> std::time::SystemTime {
