@@ -156,6 +156,10 @@ impl Engine {
     /// counting in any signal; a repeat with different attributes is refused with
     /// [`TrackError::IdempotencyConflict`] (unless `[idempotency] on_conflict = "replay"`).
     ///
+    /// Event times range from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, the same range replay accepts
+    /// for its RFC 3339 and epoch-millisecond timestamps; a time outside it is refused with
+    /// [`TrackError::InvalidRequest`] on `timestamp`, and nothing is stored.
+    ///
     /// Rule failures never make this return `Err`: they are reported in the response's `errors`.
     pub fn track_at(
         &self,
@@ -163,6 +167,9 @@ impl Engine {
         at: SystemTime,
     ) -> Result<TrackResponse, TrackError> {
         let now_ms = to_millis(at);
+        let now_ms = crate::clock::check_event_ms(i128::from(now_ms), || {
+            format!("{now_ms} ms since the epoch")
+        })?;
         let rs = self.shared.ruleset.load();
         let cfg = &rs.config;
         let store = &self.shared.store;

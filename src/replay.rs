@@ -25,7 +25,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::{
     Engine, EngineBuilder, FakeClock, LoadError, State, TrackError, TrackRequest, TrackResponse,
@@ -317,33 +317,40 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, TrackError> {
     serde_json::to_string(v).map_err(|e| TrackError::InvalidJson(e.to_string()))
 }
 
+/// An event time: epoch milliseconds or RFC 3339, within the range [`Engine::track_at`] documents.
 fn parse_timestamp(v: &Value) -> Result<SystemTime, TrackError> {
-    match v {
-        Value::Number(n) => match n.as_u64() {
-            Some(ms) => Ok(UNIX_EPOCH + Duration::from_millis(ms)),
-            None => Err(invalid(
-                "timestamp",
-                "epoch milliseconds must be a non-negative whole number",
-            )),
+    let ms = match v {
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(ms), _) => crate::clock::check_event_ms(i128::from(ms), || n.to_string())?,
+            (None, Some(ms)) => crate::clock::check_event_ms(i128::from(ms), || n.to_string())?,
+            (None, None) => {
+                return Err(invalid(
+                    "timestamp",
+                    "epoch milliseconds must be a non-negative whole number",
+                ))
+            }
         },
-        Value::String(s) => time_from_rfc3339(s).ok_or_else(|| {
-            invalid(
+        Value::String(s) => {
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| {
+                    invalid(
+                        "timestamp",
+                        &format!(
+                            "`{}` is not an RFC 3339 timestamp",
+                            crate::request::shorten(s)
+                        ),
+                    )
+                })?;
+            crate::clock::check_event_ms(t.unix_timestamp_nanos().div_euclid(1_000_000), || {
+                s.clone()
+            })?
+        }
+        _ => {
+            return Err(invalid(
                 "timestamp",
-                &format!(
-                    "`{}` is not an RFC 3339 timestamp",
-                    crate::request::shorten(s)
-                ),
-            )
-        }),
-        _ => Err(invalid(
-            "timestamp",
-            "expected an RFC 3339 string or epoch milliseconds",
-        )),
-    }
-}
-
-fn time_from_rfc3339(s: &str) -> Option<SystemTime> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    let nanos = u64::try_from(t.unix_timestamp_nanos()).ok()?;
-    Some(UNIX_EPOCH + Duration::from_nanos(nanos))
+                "expected an RFC 3339 string or epoch milliseconds",
+            ))
+        }
+    };
+    Ok(crate::clock::from_millis(ms))
 }

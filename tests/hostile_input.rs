@@ -600,3 +600,90 @@ fn duplicate_keys_are_refused_everywhere() {
         .unwrap();
     assert!(matches!(out.outcome, Outcome::Tracked(_)), "{}", out.json);
 }
+
+#[test]
+fn replay_timestamps_share_one_range_in_both_forms() {
+    let range =
+        "is outside the range of event times, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z";
+    let mut r = replayer();
+    let refused: &[(&str, String)] = &[
+        (
+            "253402300800000",
+            format!("invalid `timestamp`: `253402300800000` {range}"),
+        ),
+        (
+            "18446744073709551615",
+            format!("invalid `timestamp`: `18446744073709551615` {range}"),
+        ),
+        ("-1", format!("invalid `timestamp`: `-1` {range}")),
+        (
+            r#""1969-12-31T23:59:59.999Z""#,
+            format!("invalid `timestamp`: `1969-12-31T23:59:59.999Z` {range}"),
+        ),
+        (
+            r#""1970-01-01T00:59:59+01:00""#,
+            format!("invalid `timestamp`: `1970-01-01T00:59:59+01:00` {range}"),
+        ),
+        (
+            r#""+10000-01-01T00:00:00Z""#,
+            "invalid `timestamp`: `+10000-01-01T00:00:00Z` is not an RFC 3339 timestamp".to_owned(),
+        ),
+        (
+            "1.5",
+            "invalid `timestamp`: epoch milliseconds must be a non-negative whole number"
+                .to_owned(),
+        ),
+    ];
+    for (i, (ts, message)) in refused.iter().enumerate() {
+        let n = i as u64 + 1;
+        let line = format!(r#"{{"timestamp":{ts},"userId":"u","action":"signIn"}}"#);
+        let out = r.line(n, line.as_bytes()).unwrap();
+        assert_eq!(
+            error_line(&out.json),
+            (n, "invalid_request".to_owned(), message.clone()),
+            "{ts}"
+        );
+        assert_eq!(footprint(r.engine()), (0, 0, 0), "{ts} left a trace");
+    }
+    // Inside the range, both forms are accepted up to the last millisecond of 9999, and mean the same time.
+    for (key, ts, created) in [
+        (
+            "k1",
+            r#""2600-01-01T00:00:00Z""#,
+            "2600-01-01T00:00:00.000Z",
+        ),
+        ("k2", "32503680000000", "3000-01-01T00:00:00.000Z"),
+        (
+            "k3",
+            r#""9999-12-31T23:59:59.999Z""#,
+            "9999-12-31T23:59:59.999Z",
+        ),
+        ("k4", "253402300799999", "9999-12-31T23:59:59.999Z"),
+        (
+            "k5",
+            r#""1970-01-01T00:00:00Z""#,
+            "1970-01-01T00:00:00.000Z",
+        ),
+        ("k6", "0", "1970-01-01T00:00:00.000Z"),
+    ] {
+        let line = format!(
+            r#"{{"timestamp":{ts},"userId":"u","action":"signIn","attributes":{{"idempotencyKey":"{key}"}}}}"#
+        );
+        let out = r.line(1, line.as_bytes()).unwrap();
+        assert!(
+            matches!(out.outcome, Outcome::Tracked(_)),
+            "{ts}: {}",
+            out.json
+        );
+        // The action is stored at that time and does not expire at once: a lookup at the same time finds it.
+        let get = format!(
+            r#"{{"timestamp":{ts},"op":"getAction","userId":"u","action":"signIn","idempotencyKey":"{key}"}}"#
+        );
+        let out = r.line(2, get.as_bytes()).unwrap();
+        assert!(
+            out.json.contains(&format!(r#""createdAt":"{created}""#)),
+            "{ts}: {}",
+            out.json
+        );
+    }
+}

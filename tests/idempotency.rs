@@ -696,3 +696,41 @@ fn lowering_the_capacity_evicts_a_few_actions_per_track_not_all_at_once() {
     // Expired actions are gone for lookups at once, evicted or not.
     assert_eq!(e2.get_action("u999", "withdraw-funds", "k"), None);
 }
+
+#[test]
+fn event_times_outside_1970_to_9999_are_refused_and_the_last_one_does_not_expire_at_once() {
+    use std::time::UNIX_EPOCH;
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    let last = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+    let r = req("u1", Some("k1"), "block");
+    assert_eq!(e.track_at(&r, last).unwrap().state, State::Block);
+    // At the last valid millisecond the action is stored for its TTL like any other, not expired at once.
+    clock.set(last);
+    assert!(e.get_action("u1", "withdraw-funds", "k1").is_some());
+    assert_eq!(e.track_at(&r, last).unwrap().state, State::Block);
+    assert_eq!(e.decisions(), 1);
+    for (at, shown) in [
+        (last + Duration::from_millis(1), "253402300800000"),
+        (
+            UNIX_EPOCH + Duration::from_millis(u64::MAX),
+            "9223372036854775807",
+        ),
+        (UNIX_EPOCH - Duration::from_millis(1), "-1"),
+    ] {
+        let err = e.track_at(&req("u2", Some("k2"), "allow"), at).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid `timestamp`: `{shown} ms since the epoch` is outside the range of event times, \
+                 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"
+            )
+        );
+    }
+    // A clock advanced past the range saturates (never wraps into the past) and is refused the same way.
+    clock.advance(Duration::MAX);
+    let err = e.track(&req("u2", Some("k2"), "allow")).unwrap_err();
+    assert_eq!(err.code(), "invalid_request");
+    assert!(err.to_string().contains("9223372036854775807 ms"), "{err}");
+    assert_eq!((e.stored_actions(), e.decisions()), (1, 1));
+}
