@@ -1,7 +1,8 @@
 //! Replaying an event log: one JSON line in, one JSON line out, as `riskgate replay` does.
 //!
 //! A line is a track request (`{"userId","action","attributes"}`) with an optional `"timestamp"` (RFC 3339 or
-//! epoch milliseconds; the wall clock when absent), or an operation: `{"op":"updateAction","userId","action",
+//! epoch milliseconds, both from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z; the wall clock when absent),
+//! or an operation: `{"op":"updateAction","userId","action",
 //! "idempotencyKey","state"}`, `{"op":"getAction",…}` or `{"op":"validateChallenge","token"}`, with an optional
 //! `"timestamp"` too (the time of the line before when absent). The output line is the response JSON, or
 //! `{"line":N,"error":{"code":"…","message":"…"}}` for a line that is refused.
