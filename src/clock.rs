@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error::TrackError;
+
 /// A source of the current time for an [`Engine`](crate::Engine).
 ///
 /// The engine asks its clock once per [`track`](crate::Engine::track) call (and once per lifecycle call);
@@ -50,10 +52,17 @@ impl FakeClock {
         }
     }
 
-    /// Moves the clock forward by `by`.
+    /// Moves the clock forward by `by`. It saturates at the latest time it can show (`i64::MAX` milliseconds
+    /// after the epoch, far past the [range of event times](crate::Engine::track_at)), never wrapping around to
+    /// the past.
     pub fn advance(&self, by: Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.millis.fetch_add(ms, Ordering::SeqCst);
+        // The closure always returns `Some`, so this cannot fail.
+        let _ = self
+            .millis
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                Some(now.saturating_add(ms))
+            });
     }
 
     /// Sets the clock to `at`.
@@ -72,6 +81,27 @@ impl Default for FakeClock {
 impl Clock for FakeClock {
     fn now(&self) -> SystemTime {
         from_millis(self.millis.load(Ordering::SeqCst))
+    }
+}
+
+/// The earliest event time accepted (1970-01-01T00:00:00Z), in milliseconds since the Unix epoch.
+pub(crate) const MIN_EVENT_MS: i64 = 0;
+/// The latest event time accepted (9999-12-31T23:59:59.999Z), in milliseconds since the Unix epoch.
+pub(crate) const MAX_EVENT_MS: i64 = 253_402_300_799_999;
+
+/// Checks that an event time, `ms` milliseconds after the epoch, is in the range riskgate accepts, the same for
+/// every source (`track_at`, RFC 3339 and epoch-millisecond replay timestamps); `shown` tells how the caller
+/// gave it, for the error.
+pub(crate) fn check_event_ms(ms: i128, shown: impl FnOnce() -> String) -> Result<i64, TrackError> {
+    match i64::try_from(ms) {
+        Ok(ms) if (MIN_EVENT_MS..=MAX_EVENT_MS).contains(&ms) => Ok(ms),
+        _ => Err(TrackError::invalid(
+            "timestamp",
+            format!(
+                "`{}` is outside the range of event times, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z",
+                crate::request::shorten(&shown())
+            ),
+        )),
     }
 }
 
@@ -130,6 +160,46 @@ pub(crate) mod rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fake_clock_saturates_instead_of_wrapping() {
+        let clock = FakeClock::at(UNIX_EPOCH + Duration::from_millis(1_000));
+        clock.advance(Duration::from_millis(u64::MAX));
+        assert_eq!(to_millis(clock.now()), i64::MAX);
+        clock.advance(Duration::MAX);
+        assert_eq!(to_millis(clock.now()), i64::MAX);
+        let clock = FakeClock::at(UNIX_EPOCH);
+        clock.advance(Duration::from_millis(i64::MAX as u64 - 1));
+        clock.advance(Duration::from_millis(5));
+        assert_eq!(to_millis(clock.now()), i64::MAX);
+    }
+
+    #[test]
+    fn the_range_of_event_times_is_1970_to_9999() {
+        assert_eq!(check_event_ms(0, || "0".into()), Ok(0));
+        assert_eq!(
+            check_event_ms(i128::from(MAX_EVENT_MS), || "m".into()),
+            Ok(MAX_EVENT_MS)
+        );
+        assert_eq!(
+            parse_rfc3339("9999-12-31T23:59:59.999Z"),
+            Some(MAX_EVENT_MS)
+        );
+        assert_eq!(format_rfc3339(MAX_EVENT_MS), "9999-12-31T23:59:59.999Z");
+        for bad in [
+            -1,
+            i128::from(MAX_EVENT_MS) + 1,
+            i128::from(u64::MAX),
+            i128::MIN,
+        ] {
+            let e = check_event_ms(bad, || "x".into()).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "invalid `timestamp`: `x` is outside the range of event times, \
+                 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"
+            );
+        }
+    }
 
     #[test]
     fn millis_round_trip_and_format() {

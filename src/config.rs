@@ -339,13 +339,9 @@ impl Config {
             }
         }
         if let Some(u) = &c.url {
-            if u.starts_with("https://") || u.starts_with("http://") {
-                cfg.challenge_url = Some(u.clone());
-            } else {
-                fail(
-                    "url",
-                    format!("`[challenge] url` must start with https:// or http://, not `{u}`"),
-                );
+            match check_challenge_url(u) {
+                Ok(()) => cfg.challenge_url = Some(u.clone()),
+                Err(m) => fail("url", m),
             }
         }
         let sg = &parsed.signals;
@@ -439,6 +435,66 @@ fn find_key(text: &str, key: &str) -> (usize, usize) {
         }
     }
     (0, 0)
+}
+
+/// Checks `[challenge] url`: an `http(s)://` URL with a host, no fragment (the token is appended to the query,
+/// and would otherwise land in the fragment, which never reaches the server), and nothing that could split a
+/// header or a log line (control characters, spaces).
+fn check_challenge_url(u: &str) -> Result<(), String> {
+    use crate::request::shorten;
+    let bad = |what: String| Err(format!("`[challenge] url` `{}` {what}", shorten(u)));
+    let Some(rest) = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+    else {
+        return Err(format!(
+            "`[challenge] url` must start with https:// or http://, not `{}`",
+            shorten(u)
+        ));
+    };
+    if let Some(c) = u.chars().find(|c| c.is_control()) {
+        return bad(format!(
+            "contains the control character `{}`",
+            c.escape_default()
+        ));
+    }
+    if u.contains(' ') {
+        return bad("contains a space".to_owned());
+    }
+    if u.contains('#') {
+        return bad("has a fragment (`#…`): the token would land in it".to_owned());
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    // The host follows any `user@`; a bracketed IPv6 address may itself contain colons.
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, after)) => (&host_port[..addr.len() + 2], after.strip_prefix(':')),
+            None => return bad(format!("has an invalid host `{}`", shorten(host_port))),
+        },
+        None => match host_port.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
+        return bad("has no host".to_owned());
+    }
+    let valid_host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(addr) => addr.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%')),
+    };
+    if !valid_host {
+        return bad(format!("has an invalid host `{}`", shorten(host)));
+    }
+    if let Some(p) = port {
+        if !p.is_empty() && (!p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err()) {
+            return bad(format!("has an invalid port `{}`", shorten(p)));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::clock::{to_millis, Clock, SystemClock};
 use crate::config::{Config, OnConflict, OnRuleError};
 use crate::decide;
 use crate::error::{LoadError, TrackError};
-use crate::request::TrackRequest;
+use crate::request::{FingerprintKey, TrackRequest};
 use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
@@ -65,6 +65,8 @@ pub struct Engine {
 struct Shared {
     ruleset: ArcSwap<Loaded>,
     store: Store,
+    /// The secret of this engine's request fingerprints (see `TrackRequest::fingerprint`).
+    fingerprint_key: FingerprintKey,
     /// What signals remember of past actions; kept across ruleset swaps.
     history: Arc<History>,
     clock: Arc<dyn Clock>,
@@ -270,6 +272,7 @@ impl EngineBuilder {
             shared: Arc::new(Shared {
                 ruleset: ArcSwap::from_pointee(loaded),
                 store,
+                fingerprint_key: FingerprintKey::random(),
                 history,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
@@ -302,6 +305,10 @@ impl Engine {
     /// counting in any signal; a repeat with different attributes is refused with
     /// [`TrackError::IdempotencyConflict`] (unless `[idempotency] on_conflict = "replay"`).
     ///
+    /// Event times range from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, the same range replay accepts
+    /// for its RFC 3339 and epoch-millisecond timestamps; a time outside it is refused with
+    /// [`TrackError::InvalidRequest`] on `timestamp`, and nothing is stored.
+    ///
     /// Rule failures never make this return `Err`: they are reported in the response's `errors`.
     pub fn track_at(
         &self,
@@ -309,6 +316,9 @@ impl Engine {
         at: SystemTime,
     ) -> Result<TrackResponse, TrackError> {
         let now_ms = to_millis(at);
+        let now_ms = crate::clock::check_event_ms(i128::from(now_ms), || {
+            format!("{now_ms} ms since the epoch")
+        })?;
         let rs = self.shared.ruleset.load();
         let cfg = &rs.config;
         let store = &self.shared.store;
@@ -323,7 +333,7 @@ impl Engine {
                 now_ms,
                 cfg.idempotency_ttl_ms,
             ) {
-                if slot.fingerprint == req.fingerprint().into() {
+                if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
                         return answer(store, &slot, decided);
                     }
@@ -331,7 +341,7 @@ impl Engine {
             }
         }
         req.validate()?;
-        let fingerprint = req.fingerprint().into();
+        let fingerprint = req.fingerprint(&self.shared.fingerprint_key).into();
         let generated;
         let key = match &req.attributes.idempotency_key {
             Some(k) => k.as_str(),
@@ -707,7 +717,8 @@ fn challenge_url(base: &str, token: &str, redirect: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Engine, RuleSet, State, TrackError, TrackRequest};
+    use super::*;
+    use crate::TrackError;
 
     #[test]
     fn a_failed_random_source_is_an_error_and_a_retry_decides_again() {
@@ -744,6 +755,27 @@ mod tests {
         let r = allow.track(&req);
         crate::store::FAIL_RANDOM.with(|f| f.set(false));
         assert_eq!(r.unwrap().state, State::Allow);
+    }
+
+    #[test]
+    fn every_engine_fingerprints_with_its_own_secret() {
+        let build = || {
+            Engine::builder()
+                .ruleset(RuleSet::from_sources([("r", "ALLOW")]).unwrap())
+                .build()
+                .unwrap()
+        };
+        let (a, b) = (build(), build());
+        assert!(a.shared.fingerprint_key != b.shared.fingerprint_key);
+        let mut req = TrackRequest::new("u", "signIn");
+        req.attributes.user_agent = Some("MM".into());
+        let fa = req.fingerprint(&a.shared.fingerprint_key);
+        // Stable within one engine, and a different value on the other: nothing outside an engine can
+        // compute its fingerprints.
+        assert_eq!(fa, req.fingerprint(&a.shared.fingerprint_key));
+        assert_ne!(fa, req.fingerprint(&b.shared.fingerprint_key));
+        // Clones share the engine, and so its secret.
+        assert!(a.clone().shared.fingerprint_key == a.shared.fingerprint_key);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Replaying an event log: one JSON line in, one JSON line out, as `riskgate replay` does.
 //!
 //! A line is a track request (`{"userId","action","attributes"}`) with an optional `"timestamp"` (RFC 3339 or
-//! epoch milliseconds; the wall clock when absent), or an operation: `{"op":"updateAction","userId","action",
+//! epoch milliseconds, both from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z; the wall clock when absent),
+//! or an operation: `{"op":"updateAction","userId","action",
 //! "idempotencyKey","state"}`, `{"op":"getAction",…}` or `{"op":"validateChallenge","token"}`, with an optional
 //! `"timestamp"` too (the time of the line before when absent). The output line is the response JSON, or
 //! `{"line":N,"error":{"code":"…","message":"…"}}` for a line that is refused.
@@ -25,7 +26,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::{
     Engine, EngineBuilder, FakeClock, LoadError, State, TrackError, TrackRequest, TrackResponse,
@@ -125,10 +126,9 @@ impl Replayer {
         text: &str,
         latency: &mut Option<Duration>,
     ) -> Result<(String, Outcome), TrackError> {
-        let mut obj: Map<String, Value> = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err(invalid("line", "expected a JSON object")),
-            Err(e) => return Err(TrackError::InvalidJson(e.to_string())),
+        let mut obj: Map<String, Value> = match parse_line(text)? {
+            Value::Object(m) => m,
+            _ => return Err(invalid("line", "expected a JSON object")),
         };
         let at = match obj.remove("timestamp") {
             Some(v) => parse_timestamp(&v)?,
@@ -197,6 +197,85 @@ impl Replayer {
     }
 }
 
+/// Parses a line as one JSON value with unique keys. Every failure is `invalid_json`; a duplicate key is named
+/// with the object it is in, as [`TrackRequest::from_json`] names it.
+fn parse_line(text: &str) -> Result<Value, TrackError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, Unique>(&mut *de) {
+        Ok(Unique(v)) => de
+            .end()
+            .map(|()| v)
+            .map_err(|e| TrackError::InvalidJson(e.to_string())),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Err(match crate::request::classify_json_error(&path, &inner) {
+                json @ TrackError::InvalidJson(_) => json,
+                _ => TrackError::InvalidJson(inner.to_string()),
+            })
+        }
+    }
+}
+
+/// A JSON value whose objects, at every depth, have unique keys: a line with a key given twice (`userId`, `op`,
+/// `timestamp`, a `custom` key, …) is malformed, as [`TrackRequest::from_json`] has it, rather than read with
+/// whichever value came last.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = m.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(crate::request::duplicate_key(&k));
+            }
+            let Unique(v) = m.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 fn refused(number: u64, e: TrackError, latency: Option<Duration>) -> Output {
     let message = serde_json::to_string(&e.to_string()).unwrap_or_else(|_| "\"\"".to_owned());
     Output {
@@ -239,33 +318,40 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, TrackError> {
     serde_json::to_string(v).map_err(|e| TrackError::InvalidJson(e.to_string()))
 }
 
+/// An event time: epoch milliseconds or RFC 3339, within the range [`Engine::track_at`] documents.
 fn parse_timestamp(v: &Value) -> Result<SystemTime, TrackError> {
-    match v {
-        Value::Number(n) => match n.as_u64() {
-            Some(ms) => Ok(UNIX_EPOCH + Duration::from_millis(ms)),
-            None => Err(invalid(
-                "timestamp",
-                "epoch milliseconds must be a non-negative whole number",
-            )),
+    let ms = match v {
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(ms), _) => crate::clock::check_event_ms(i128::from(ms), || n.to_string())?,
+            (None, Some(ms)) => crate::clock::check_event_ms(i128::from(ms), || n.to_string())?,
+            (None, None) => {
+                return Err(invalid(
+                    "timestamp",
+                    "epoch milliseconds must be a non-negative whole number",
+                ))
+            }
         },
-        Value::String(s) => time_from_rfc3339(s).ok_or_else(|| {
-            invalid(
+        Value::String(s) => {
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| {
+                    invalid(
+                        "timestamp",
+                        &format!(
+                            "`{}` is not an RFC 3339 timestamp",
+                            crate::request::shorten(s)
+                        ),
+                    )
+                })?;
+            crate::clock::check_event_ms(t.unix_timestamp_nanos().div_euclid(1_000_000), || {
+                s.clone()
+            })?
+        }
+        _ => {
+            return Err(invalid(
                 "timestamp",
-                &format!(
-                    "`{}` is not an RFC 3339 timestamp",
-                    crate::request::shorten(s)
-                ),
-            )
-        }),
-        _ => Err(invalid(
-            "timestamp",
-            "expected an RFC 3339 string or epoch milliseconds",
-        )),
-    }
-}
-
-fn time_from_rfc3339(s: &str) -> Option<SystemTime> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    let nanos = u64::try_from(t.unix_timestamp_nanos()).ok()?;
-    Some(UNIX_EPOCH + Duration::from_nanos(nanos))
+                "expected an RFC 3339 string or epoch milliseconds",
+            ))
+        }
+    };
+    Ok(crate::clock::from_millis(ms))
 }

@@ -75,7 +75,11 @@ pub struct TrackAttributes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Application-specific values rules can read as `custom.<key>`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_custom"
+    )]
     pub custom: BTreeMap<String, CustomValue>,
 }
 
@@ -201,6 +205,43 @@ impl<'de> Deserialize<'de> for CustomValue {
     }
 }
 
+/// `custom` as a map whose keys are unique: a duplicate is refused like a duplicate field, never silently
+/// replaced by its last value.
+fn unique_custom<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, CustomValue>, D::Error> {
+    struct V;
+    impl<'de> de::Visitor<'de> for V {
+        type Value = BTreeMap<String, CustomValue>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of strings, numbers and bools")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = m.next_key::<String>()? {
+                if out.contains_key(&k) {
+                    return Err(duplicate_key(&k));
+                }
+                let v = m.next_value::<CustomValue>()?;
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
+}
+
+/// The error for a key that appears twice in one JSON object: the words serde uses for a duplicate field, so
+/// that every duplicate is reported (and classified) alike.
+pub(crate) fn duplicate_key<E: de::Error>(key: &str) -> E {
+    E::custom(format!("duplicate field `{}`", shorten(key)))
+}
+
+/// Whether a serde error is a duplicate key (see [`duplicate_key`]).
+pub(crate) fn is_duplicate_key(message: &str) -> bool {
+    message.starts_with("duplicate field `")
+}
+
 impl TrackRequest {
     /// A request for `user_id` doing `action`, with no attributes.
     pub fn new(user_id: impl Into<String>, action: impl Into<String>) -> Self {
@@ -213,7 +254,8 @@ impl TrackRequest {
 
     /// Parses a request from its JSON wire form.
     ///
-    /// Malformed JSON is [`TrackError::InvalidJson`]; well-formed JSON with a wrong field (a number for `userId`,
+    /// Malformed JSON, including a key given twice in one object (at the top, in `attributes` or in `custom`), is
+    /// [`TrackError::InvalidJson`] naming the key; well-formed JSON with a wrong field (a number for `userId`,
     /// an unknown attribute, an object in `custom`) is [`TrackError::InvalidRequest`] naming the field. The
     /// request is not validated further here: [`Engine::track`](crate::Engine::track) does that.
     pub fn from_json(json: &str) -> Result<Self, TrackError> {
@@ -291,10 +333,19 @@ impl TrackRequest {
         Ok(())
     }
 
-    /// A 128-bit fingerprint of everything in the request except the idempotency key, used to refuse a reused
-    /// key that carries a different request.
-    pub(crate) fn fingerprint(&self) -> u128 {
-        hash_bytes(|h| {
+    /// A 128-bit fingerprint of everything in the request except the idempotency key (and the user and action,
+    /// which are the rest of the identity), used to refuse a reused key that carries a different request.
+    ///
+    /// Two requests may share a fingerprint only if they are equal or the hash collides, so the encoding is
+    /// injective and the hash is keyed:
+    /// - every field has a fixed place and a presence tag, every string its length before it, every custom
+    ///   entry its key (length first) and a type tag before its value (so `1`, `1.0` and `"1"` differ, and no
+    ///   choice of strings can shift one field into another's bytes);
+    /// - the bytes go through SipHash-1-3 with a 128-bit secret drawn per engine ([`FingerprintKey`]): a
+    ///   caller who does not know the secret cannot aim a collision, however the values are chosen (an
+    ///   unkeyed or public-secret hash such as xxh3 can be made to collide by construction).
+    pub(crate) fn fingerprint(&self, key: &FingerprintKey) -> u128 {
+        keyed_hash(key, |h| {
             let a = &self.attributes;
             for f in [
                 &a.device_id,
@@ -436,11 +487,24 @@ thread_local! {
 /// The 128-bit xxh3 of the bytes `write` lays out, hashed in one pass over a per-thread buffer: the same value
 /// as feeding them to a streaming hasher piece by piece, at a fraction of the cost for short pieces.
 pub(crate) fn hash_bytes(write: impl FnOnce(&mut Vec<u8>)) -> u128 {
+    with_buffer(write, xxhash_rust::xxh3::xxh3_128)
+}
+
+/// The keyed 128-bit SipHash-1-3 of the bytes `write` lays out, over the same per-thread buffer.
+fn keyed_hash(key: &FingerprintKey, write: impl FnOnce(&mut Vec<u8>)) -> u128 {
+    with_buffer(write, |bytes| {
+        siphasher::sip128::SipHasher13::new_with_key(&key.0)
+            .hash(bytes)
+            .as_u128()
+    })
+}
+
+fn with_buffer(write: impl FnOnce(&mut Vec<u8>), hash: impl FnOnce(&[u8]) -> u128) -> u128 {
     HASH_BUF.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
             write(&mut buf);
-            let h = xxhash_rust::xxh3::xxh3_128(&buf);
+            let h = hash(&buf);
             // Keep the buffer from pinning a rare huge request's memory.
             if buf.capacity() > 64 * 1024 {
                 *buf = Vec::new();
@@ -450,9 +514,41 @@ pub(crate) fn hash_bytes(write: impl FnOnce(&mut Vec<u8>)) -> u128 {
         Err(_) => {
             let mut buf = Vec::new();
             write(&mut buf);
-            xxhash_rust::xxh3::xxh3_128(&buf)
+            hash(&buf)
         }
     })
+}
+
+/// The secret key of [`TrackRequest::fingerprint`]: 128 bits, drawn once per engine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FingerprintKey([u8; 16]);
+
+impl FingerprintKey {
+    /// A key from the operating system's random source.
+    ///
+    /// Should that source fail (it does not on supported systems once booted), the key is derived from what
+    /// differs between processes and engines (the time, the process id, addresses), which no caller can read
+    /// from outside, though it is weaker than a random key.
+    pub(crate) fn random() -> Self {
+        let mut key = [0u8; 16];
+        if getrandom::fill(&mut key).is_ok() {
+            return FingerprintKey(key);
+        }
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        h.write_u128(now);
+        h.write_u32(std::process::id());
+        h.write_usize(std::ptr::addr_of!(key) as usize);
+        let a = h.finish();
+        h.write_u64(a);
+        let b = h.finish();
+        key[..8].copy_from_slice(&a.to_le_bytes());
+        key[8..].copy_from_slice(&b.to_le_bytes());
+        FingerprintKey(key)
+    }
 }
 
 fn opt(
@@ -484,6 +580,18 @@ pub(crate) fn from_json_str<T: de::DeserializeOwned>(json: &str) -> Result<T, Tr
 pub(crate) fn classify_json_error(path: &str, e: &serde_json::Error) -> TrackError {
     use serde_json::error::Category;
     match e.classify() {
+        // A key given twice makes the document ambiguous (parsers disagree on which value wins): malformed, as
+        // RFC 8259's interoperability advice and I-JSON have it, whichever object it is in.
+        Category::Data if is_duplicate_key(&e.to_string()) => {
+            let message = e.to_string();
+            TrackError::InvalidJson(match path {
+                "." | "" => message,
+                _ => match message.find(" at line ") {
+                    Some(i) => format!("{} in `{path}`{}", &message[..i], &message[i..]),
+                    None => format!("{message} in `{path}`"),
+                },
+            })
+        }
         Category::Data => {
             let field = if path == "." || path.is_empty() {
                 "request".to_owned()
@@ -668,17 +776,18 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_only_the_key() {
+        let k = FingerprintKey::random();
         let mut a = TrackRequest::new("u", "signIn");
         a.attributes.device_id = Some("d".into());
         let mut b = a.clone();
         b.attributes.idempotency_key = Some("k".into());
-        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(&k), b.fingerprint(&k));
         b.attributes.custom.insert("x".into(), 1i64.into());
-        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(&k), b.fingerprint(&k));
         let mut c = a.clone();
         c.attributes.device_id = None;
         c.attributes.ip_address = Some("d".into());
-        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_ne!(a.fingerprint(&k), c.fingerprint(&k));
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //!   slot's `OnceLock`: concurrent callers with the same identity wait on that cell and the rules run once. No
 //!   map lock is held while rules run.
 //! - Retention: a FIFO of (key, slot sequence number, time) in insertion order. Inserting pops from its front
-//!   every action older than the TTL, and more while the store holds more than its capacity (oldest first). A
-//!   lookup also treats an expired action as absent, so expiry is exact even between inserts. An entry removes
-//!   only the slot it was pushed for (same sequence number): a key inserted again after expiry has its own.
+//!   actions older than the TTL, and more while the store holds more than its capacity (oldest first), at most
+//!   [`EVICT_PER_INSERT`] per insert: a backlog (the capacity lowered by a reload, a jump in event time) is
+//!   worked off over the next inserts, never by one caller. A lookup also treats an expired action as absent,
+//!   so expiry is exact even between inserts. An entry removes only the slot it was pushed for (same sequence
+//!   number): a key inserted again after expiry has its own.
 //! - Tokens: a second map from the token's hash to its slot. A token lives exactly as long as its slot is in
 //!   the store; see [`Store::register_token`] for how eviction and registration, which race, never leave an
 //!   orphan behind.
@@ -100,6 +102,10 @@ impl Hasher for PreHashed {
 }
 
 type Map<V> = DashMap<H128, V, BuildHasherDefault<PreHashed>>;
+
+/// The most actions one insert evicts (expired or over capacity). Each insert adds one, so a store over its
+/// capacity shrinks by `EVICT_PER_INSERT - 1` per new action until it is back at the capacity.
+pub(crate) const EVICT_PER_INSERT: usize = 16;
 
 /// One stored action.
 pub(crate) struct Slot {
@@ -405,7 +411,8 @@ impl Store {
         Ok(Found::New(fresh))
     }
 
-    /// Records a new slot in the retention order, and evicts what is expired or over capacity.
+    /// Records a new slot in the retention order, and evicts what is expired or over capacity, at most
+    /// [`EVICT_PER_INSERT`] entries.
     fn admit(&self, key: H128, seq: u64, now_ms: i64, ttl_ms: i64) {
         let capacity = self.capacity.load(Ordering::Relaxed);
         let mut evict: Vec<Entry> = Vec::new();
@@ -418,7 +425,9 @@ impl Store {
                 created_ms: now_ms,
             });
             while let Some(front) = order.front() {
-                if order.len() > capacity || front.created_ms.saturating_add(ttl_ms) <= now_ms {
+                if evict.len() < EVICT_PER_INSERT
+                    && (order.len() > capacity || front.created_ms.saturating_add(ttl_ms) <= now_ms)
+                {
                     if let Some(e) = order.pop_front() {
                         evict.push(e);
                     }
@@ -614,6 +623,25 @@ mod tests {
         // The retention entry of the expired slot must not remove its successor.
         insert(&store, "other", TTL + 1);
         assert!(store.get("u", "a", "k", TTL + 1, TTL).is_some());
+    }
+
+    #[test]
+    fn a_backlog_is_evicted_a_few_entries_per_insert() {
+        let store = Store::new(1000);
+        for i in 0..100 {
+            insert(&store, &format!("k{i}"), 0);
+        }
+        store.set_capacity(1);
+        insert(&store, "new", 1);
+        assert_eq!(store.len(), 101 - EVICT_PER_INSERT);
+        // The same bound holds for expiry: everything is expired at TTL + 1.
+        insert(&store, "later", TTL + 1);
+        assert_eq!(store.len(), 102 - 2 * EVICT_PER_INSERT);
+        for i in 0..10 {
+            insert(&store, &format!("late{i}"), TTL + 2);
+        }
+        assert_eq!(store.len(), 1);
+        assert!(store.get("u", "a", "late9", TTL + 2, TTL).is_some());
     }
 
     #[test]

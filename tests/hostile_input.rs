@@ -336,9 +336,10 @@ fn hostile_json_is_refused_without_overflowing_the_stack() {
             "invalid_request",
         ),
         (
+            // A key given twice is malformed, wherever it is (see `duplicate_keys_are_refused_everywhere`).
             "duplicate field",
             r#"{"userId":"u","userId":"v","action":"a"}"#.into(),
-            "invalid_request",
+            "invalid_json",
         ),
         (
             "truncated",
@@ -515,4 +516,174 @@ fn the_replay_command_skips_10_mib_lines_and_goes_on() {
     assert_eq!(error_line(lines[2]).1, "invalid_json");
     // The refused lines left no trace: the last line sees exactly one earlier action.
     assert!(lines[3].contains(r#""state":"REVIEW""#), "{}", lines[3]);
+}
+
+#[test]
+fn duplicate_keys_are_refused_everywhere() {
+    // The same message for a duplicate at any depth, from the library and from replay: never the last value.
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"userId":"u","action":"signIn","userId":"v"}"#,
+            "invalid JSON: duplicate field `userId` at line 1 column 40",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"deviceId":"a","deviceId":"b"}}"#,
+            "invalid JSON: duplicate field `deviceId` in `attributes` at line 1 column 71",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"custom":{"amount":1,"amount":1000000}}}"#,
+            "invalid JSON: duplicate field `amount` in `attributes.custom` at line 1 column 75",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"custom":{"k":1},"custom":{"k":2}}}"#,
+            "invalid JSON: duplicate field `custom` in `attributes` at line 1 column 71",
+        ),
+    ];
+    for (json, message) in cases {
+        let e = TrackRequest::from_json(json).unwrap_err();
+        assert_eq!(e.code(), "invalid_json", "{json}");
+        assert_eq!(e.to_string(), *message, "{json}");
+    }
+    // A long duplicate key is shortened in the message like any user input.
+    let long = "k".repeat(10_000);
+    let e = TrackRequest::from_json(&format!(
+        r#"{{"userId":"u","action":"a","attributes":{{"custom":{{"{long}":1,"{long}":2}}}}}}"#
+    ))
+    .unwrap_err();
+    assert_eq!(e.code(), "invalid_json");
+    assert!(e.to_string().len() < 200, "{e}");
+
+    let mut r = replayer();
+    let lines: &[(&str, &str)] = &[
+        (
+            r#"{"timestamp":0,"userId":"u","action":"signIn","userId":"admin"}"#,
+            "invalid JSON: duplicate field `userId` at line 1 column 54",
+        ),
+        (
+            r#"{"op":"getAction","op":"validateChallenge","token":"t"}"#,
+            "invalid JSON: duplicate field `op` at line 1 column 22",
+        ),
+        (
+            r#"{"timestamp":0,"timestamp":"2024-01-01T00:00:00Z","userId":"u","action":"signIn"}"#,
+            "invalid JSON: duplicate field `timestamp` at line 1 column 26",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"ipAddress":"1.2.3.4","ipAddress":"5.6.7.8"}}"#,
+            "invalid JSON: duplicate field `ipAddress` in `attributes` at line 1 column 79",
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"custom":{"a":[{"x":1,"x":2}]}}}"#,
+            "invalid JSON: duplicate field `x` in `attributes.custom.a[0]` at line 1 column 71",
+        ),
+        (
+            r#"{"op":"updateAction","userId":"u","action":"signIn","idempotencyKey":"k","state":"CHALLENGE_FAILED","state":"CHALLENGE_SUCCEEDED"}"#,
+            "invalid JSON: duplicate field `state` at line 1 column 107",
+        ),
+    ];
+    for (i, (line, message)) in lines.iter().enumerate() {
+        let n = i as u64 + 1;
+        let out = r.line(n, line.as_bytes()).unwrap();
+        assert!(matches!(out.outcome, Outcome::Refused(_)), "{line}");
+        assert_eq!(
+            error_line(&out.json),
+            (n, "invalid_json".to_owned(), (*message).to_owned()),
+            "{line}"
+        );
+        assert_eq!(footprint(r.engine()), (0, 0, 0), "{line} left a trace");
+    }
+    // Equal keys in different objects are not duplicates.
+    let out = r
+        .line(
+            99,
+            br#"{"timestamp":0,"userId":"u","action":"signIn","attributes":{"custom":{"userId":"x"}}}"#,
+        )
+        .unwrap();
+    assert!(matches!(out.outcome, Outcome::Tracked(_)), "{}", out.json);
+}
+
+#[test]
+fn replay_timestamps_share_one_range_in_both_forms() {
+    let range =
+        "is outside the range of event times, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z";
+    let mut r = replayer();
+    let refused: &[(&str, String)] = &[
+        (
+            "253402300800000",
+            format!("invalid `timestamp`: `253402300800000` {range}"),
+        ),
+        (
+            "18446744073709551615",
+            format!("invalid `timestamp`: `18446744073709551615` {range}"),
+        ),
+        ("-1", format!("invalid `timestamp`: `-1` {range}")),
+        (
+            r#""1969-12-31T23:59:59.999Z""#,
+            format!("invalid `timestamp`: `1969-12-31T23:59:59.999Z` {range}"),
+        ),
+        (
+            r#""1970-01-01T00:59:59+01:00""#,
+            format!("invalid `timestamp`: `1970-01-01T00:59:59+01:00` {range}"),
+        ),
+        (
+            r#""+10000-01-01T00:00:00Z""#,
+            "invalid `timestamp`: `+10000-01-01T00:00:00Z` is not an RFC 3339 timestamp".to_owned(),
+        ),
+        (
+            "1.5",
+            "invalid `timestamp`: epoch milliseconds must be a non-negative whole number"
+                .to_owned(),
+        ),
+    ];
+    for (i, (ts, message)) in refused.iter().enumerate() {
+        let n = i as u64 + 1;
+        let line = format!(r#"{{"timestamp":{ts},"userId":"u","action":"signIn"}}"#);
+        let out = r.line(n, line.as_bytes()).unwrap();
+        assert_eq!(
+            error_line(&out.json),
+            (n, "invalid_request".to_owned(), message.clone()),
+            "{ts}"
+        );
+        assert_eq!(footprint(r.engine()), (0, 0, 0), "{ts} left a trace");
+    }
+    // Inside the range, both forms are accepted up to the last millisecond of 9999, and mean the same time.
+    for (key, ts, created) in [
+        (
+            "k1",
+            r#""2600-01-01T00:00:00Z""#,
+            "2600-01-01T00:00:00.000Z",
+        ),
+        ("k2", "32503680000000", "3000-01-01T00:00:00.000Z"),
+        (
+            "k3",
+            r#""9999-12-31T23:59:59.999Z""#,
+            "9999-12-31T23:59:59.999Z",
+        ),
+        ("k4", "253402300799999", "9999-12-31T23:59:59.999Z"),
+        (
+            "k5",
+            r#""1970-01-01T00:00:00Z""#,
+            "1970-01-01T00:00:00.000Z",
+        ),
+        ("k6", "0", "1970-01-01T00:00:00.000Z"),
+    ] {
+        let line = format!(
+            r#"{{"timestamp":{ts},"userId":"u","action":"signIn","attributes":{{"idempotencyKey":"{key}"}}}}"#
+        );
+        let out = r.line(1, line.as_bytes()).unwrap();
+        assert!(
+            matches!(out.outcome, Outcome::Tracked(_)),
+            "{ts}: {}",
+            out.json
+        );
+        // The action is stored at that time and does not expire at once: a lookup at the same time finds it.
+        let get = format!(
+            r#"{{"timestamp":{ts},"op":"getAction","userId":"u","action":"signIn","idempotencyKey":"{key}"}}"#
+        );
+        let out = r.line(2, get.as_bytes()).unwrap();
+        assert!(
+            out.json.contains(&format!(r#""createdAt":"{created}""#)),
+            "{ts}: {}",
+            out.json
+        );
+    }
 }

@@ -252,8 +252,14 @@ fn expired_actions_are_evicted_as_new_ones_arrive() {
     }
     assert_eq!(e.stored_actions(), 50);
     clock.advance(Duration::from_secs(600));
-    e.track(&req("u1", Some("new"), "allow")).unwrap();
-    assert_eq!(e.stored_actions(), 1, "the expired actions left the store");
+    // Each new action evicts up to 16 expired ones, until none is left.
+    for (i, stored) in [35, 20, 5, 4].into_iter().enumerate() {
+        e.track(&req("u1", Some(&format!("new-{i}")), "allow"))
+            .unwrap();
+        assert_eq!(e.stored_actions(), stored, "after new action {i}");
+    }
+    // The expired actions left the store; the new ones stay.
+    assert!(e.get_action("u1", "withdraw-funds", "new-0").is_some());
 }
 
 fn clock_now(clock: &FakeClock) -> std::time::SystemTime {
@@ -450,4 +456,279 @@ fn a_refused_request_stores_nothing() {
         e.track(&req("u1", Some("k1"), "block")).unwrap().state,
         State::Block
     );
+}
+
+/// Two `withdraw-funds` requests built to collide under an unkeyed xxh3 fingerprint: padding attributes place
+/// `custom.amount` and `custom.pad` at offsets where one lane's multiply term is zero and the second value
+/// cancels the first. They differ only in those two numbers.
+fn forged_pair() -> (TrackRequest, TrackRequest) {
+    let build = |amount: f64, pad: i64| {
+        let mut r = TrackRequest::new("u1", "withdraw-funds");
+        r.attributes.idempotency_key = Some("k1".into());
+        r.attributes.user_agent = Some("MM".into());
+        let custom = &mut r.attributes.custom;
+        custom.insert("amount".into(), amount.into());
+        custom.insert("pad".into(), pad.into());
+        custom.insert("filler".into(), "f".repeat(21).into());
+        custom.insert("zfill".into(), "z".repeat(300).into());
+        r
+    };
+    (
+        build(1.000_000_468_693_230_4, 17_594_136_791_224),
+        build(1_099_512_143_109.656_7, -180_126_390_958_028_616),
+    )
+}
+
+#[test]
+fn a_crafted_fingerprint_collision_is_still_a_conflict() {
+    let rules = || RuleSet::from_sources([("big", "if custom.amount > 1000.0 { BLOCK }")]).unwrap();
+    let (small, big) = forged_pair();
+    let e = Engine::builder().ruleset(rules()).build().unwrap();
+    assert_eq!(e.track(&small).unwrap().state, State::Allow);
+    let err = e.track(&big).unwrap_err();
+    assert_eq!(
+        err,
+        TrackError::IdempotencyConflict {
+            user_id: "u1".into(),
+            action: "withdraw-funds".into(),
+            idempotency_key: "k1".into(),
+        }
+    );
+    assert_eq!(e.decisions(), 1);
+    // On its own, the second request is blocked: the conflict is what keeps it from the first's ALLOW.
+    let alone = Engine::builder().ruleset(rules()).build().unwrap();
+    assert_eq!(alone.track(&big).unwrap().state, State::Block);
+}
+
+mod any_difference {
+    use super::*;
+    use proptest::prelude::*;
+    use riskgate::{CustomValue, TrackAttributes};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn text(pool: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {
+        prop::option::of(prop::sample::select(pool).prop_map(String::from))
+    }
+
+    /// Values chosen to be near each other: `1`, `1.0`, `"1"` and `true` are four different values.
+    fn value() -> impl Strategy<Value = CustomValue> {
+        prop_oneof![
+            prop::sample::select(&["1", "", "a", "1.0", "true"][..]).prop_map(CustomValue::from),
+            prop::sample::select(&[0i64, 1, -1, i64::MAX, i64::MIN][..]).prop_map(CustomValue::Int),
+            prop::sample::select(&[0.0f64, 1.0, 0.1, -1.0, 1e300, f64::MIN_POSITIVE][..])
+                .prop_map(CustomValue::Float),
+            any::<bool>().prop_map(CustomValue::Bool),
+        ]
+    }
+
+    fn attributes() -> impl Strategy<Value = TrackAttributes> {
+        (
+            (
+                text(&["d1", "d2", "d1d2"]),
+                text(&["203.0.113.7", "::1", "2001:db8::1"]),
+                text(&["", "MM", "Mozilla/5.0", "d1"]),
+                text(&["https://a.test/", "https://a.test/?x"]),
+            ),
+            (
+                text(&["a@x.test", "d1", "b@x.test"]),
+                text(&["+15550100", "d1"]),
+                text(&["alice", "d1", "bob"]),
+                prop::collection::btree_map(
+                    prop::sample::select(&["a", "b", "ab", "1", "d1"][..]).prop_map(String::from),
+                    value(),
+                    0..4,
+                ),
+            ),
+        )
+            .prop_map(
+                |(
+                    (device_id, ip_address, user_agent, redirect_url),
+                    (email, phone_number, username, custom),
+                )| {
+                    TrackAttributes {
+                        idempotency_key: None,
+                        device_id,
+                        ip_address,
+                        user_agent,
+                        redirect_url,
+                        email,
+                        phone_number,
+                        username,
+                        custom,
+                    }
+                },
+            )
+    }
+
+    /// Equal as the fingerprint sees them: floats by their bits.
+    fn same(a: &TrackAttributes, b: &TrackAttributes) -> bool {
+        let bits = |v: &CustomValue| match v {
+            CustomValue::Float(f) => Some(f.to_bits()),
+            _ => None,
+        };
+        let mut a = a.clone();
+        let mut b = b.clone();
+        let equal_custom = a.custom.len() == b.custom.len()
+            && a.custom
+                .iter()
+                .zip(&b.custom)
+                .all(|((ka, va), (kb, vb))| ka == kb && va == vb && bits(va) == bits(vb));
+        a.custom.clear();
+        b.custom.clear();
+        equal_custom && a == b
+    }
+
+    /// A copy of `a` with up to three fields replaced by `b`'s: most pairs differ in one or two attributes.
+    fn edited(a: &TrackAttributes, b: &TrackAttributes, fields: &[usize]) -> TrackAttributes {
+        let mut c = a.clone();
+        for &f in fields {
+            match f {
+                0 => c.device_id = b.device_id.clone(),
+                1 => c.ip_address = b.ip_address.clone(),
+                2 => c.user_agent = b.user_agent.clone(),
+                3 => c.redirect_url = b.redirect_url.clone(),
+                4 => c.email = b.email.clone(),
+                5 => c.phone_number = b.phone_number.clone(),
+                6 => c.username = b.username.clone(),
+                7 => c.custom = b.custom.clone(),
+                // One custom entry of b's, added or replacing a's.
+                _ => {
+                    if let Some((k, v)) = b.custom.iter().next() {
+                        c.custom.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        c
+    }
+
+    static KEYS: AtomicU64 = AtomicU64::new(0);
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn two_requests_that_differ_in_any_attribute_conflict(
+            a in attributes(),
+            b in attributes(),
+            fields in prop::collection::vec(0usize..9, 1..4),
+        ) {
+            let clock = FakeClock::default();
+            let e = engine(&clock);
+            let key = format!("k{}", KEYS.fetch_add(1, Ordering::Relaxed));
+            let c = edited(&a, &b, &fields);
+            let mut first = TrackRequest::new("u1", "withdraw-funds");
+            first.attributes = a.clone();
+            first.attributes.idempotency_key = Some(key.clone());
+            let mut second = first.clone();
+            second.attributes = c.clone();
+            second.attributes.idempotency_key = Some(key);
+            let stored = e.track(&first).unwrap();
+            match e.track(&second) {
+                Ok(again) => {
+                    prop_assert!(same(&a, &c), "a different request repeated: {a:?} vs {c:?}");
+                    prop_assert_eq!(again, stored);
+                }
+                Err(err) => {
+                    prop_assert!(!same(&a, &c), "an equal request conflicted: {err}");
+                    prop_assert_eq!(err.code(), "idempotency_conflict");
+                }
+            }
+            prop_assert_eq!(e.decisions(), 1);
+        }
+    }
+}
+
+#[test]
+fn lowering_the_capacity_evicts_a_few_actions_per_track_not_all_at_once() {
+    let load = |capacity: usize| {
+        RuleSet::builder()
+            .rule("r", "ALLOW")
+            .config_toml(format!("[idempotency]\ncapacity = {capacity}\n"))
+            .build()
+            .unwrap()
+    };
+    let clock = FakeClock::default();
+    let e = Engine::builder()
+        .ruleset(load(1_000_000))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    const N: usize = 20_000;
+    for i in 0..N {
+        e.track(&req(&format!("u{i}"), None, "allow")).unwrap();
+    }
+    assert_eq!(e.stored_actions(), N);
+    e.swap_ruleset(load(1));
+    // The next action evicts at most 16 of the old ones: no caller pays for the whole backlog.
+    let started = std::time::Instant::now();
+    e.track(&req("new", Some("k0"), "allow")).unwrap();
+    let first = started.elapsed();
+    assert_eq!(e.stored_actions(), N + 1 - 16);
+    assert!(first < Duration::from_millis(200), "{first:?}");
+    // Each later action shrinks the store by 15, until it is back at the capacity, holding the newest.
+    let mut n = 1;
+    while e.stored_actions() > 1 {
+        e.track(&req("new", Some(&format!("k{n}")), "allow"))
+            .unwrap();
+        n += 1;
+        assert!(n <= N / 15 + 2, "not converging: {}", e.stored_actions());
+    }
+    assert_eq!(n, (N + 1).div_ceil(15));
+    let last = format!("k{}", n - 1);
+    assert!(e.get_action("new", "withdraw-funds", &last).is_some());
+    // Expiry is bounded the same way: a day later everything has expired, and one action evicts 16.
+    let e2 = Engine::builder()
+        .ruleset(load(1_000_000))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for i in 0..1_000 {
+        e2.track(&req(&format!("u{i}"), Some("k"), "allow"))
+            .unwrap();
+    }
+    assert!(e2.get_action("u999", "withdraw-funds", "k").is_some());
+    clock.advance(Duration::from_secs(24 * 3600));
+    e2.track(&req("late", None, "allow")).unwrap();
+    assert_eq!(e2.stored_actions(), 1_000 + 1 - 16);
+    // Expired actions are gone for lookups at once, evicted or not.
+    assert_eq!(e2.get_action("u999", "withdraw-funds", "k"), None);
+}
+
+#[test]
+fn event_times_outside_1970_to_9999_are_refused_and_the_last_one_does_not_expire_at_once() {
+    use std::time::UNIX_EPOCH;
+    let clock = FakeClock::default();
+    let e = engine(&clock);
+    let last = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+    let r = req("u1", Some("k1"), "block");
+    assert_eq!(e.track_at(&r, last).unwrap().state, State::Block);
+    // At the last valid millisecond the action is stored for its TTL like any other, not expired at once.
+    clock.set(last);
+    assert!(e.get_action("u1", "withdraw-funds", "k1").is_some());
+    assert_eq!(e.track_at(&r, last).unwrap().state, State::Block);
+    assert_eq!(e.decisions(), 1);
+    for (at, shown) in [
+        (last + Duration::from_millis(1), "253402300800000"),
+        (
+            UNIX_EPOCH + Duration::from_millis(u64::MAX),
+            "9223372036854775807",
+        ),
+        (UNIX_EPOCH - Duration::from_millis(1), "-1"),
+    ] {
+        let err = e.track_at(&req("u2", Some("k2"), "allow"), at).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid `timestamp`: `{shown} ms since the epoch` is outside the range of event times, \
+                 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"
+            )
+        );
+    }
+    // A clock advanced past the range saturates (never wraps into the past) and is refused the same way.
+    clock.advance(Duration::MAX);
+    let err = e.track(&req("u2", Some("k2"), "allow")).unwrap_err();
+    assert_eq!(err.code(), "invalid_request");
+    assert!(err.to_string().contains("9223372036854775807 ms"), "{err}");
+    assert_eq!((e.stored_actions(), e.decisions()), (1, 1));
 }

@@ -200,3 +200,110 @@ fn known_functions_of_every_kind_load() {
     )])
     .unwrap();
 }
+
+#[test]
+fn a_dangerous_challenge_url_is_refused_at_load() {
+    let load = |url: &str| {
+        // A TOML basic string: control characters written as escapes.
+        let quoted = toml_string(url);
+        RuleSet::builder()
+            .rule("r", "ALLOW")
+            .config_toml(format!("[challenge]\nurl = {quoted}\n"))
+            .build()
+    };
+    let cases: &[(&str, &str)] = &[
+        (
+            "https://",
+            "`[challenge] url` `https://` has no host",
+        ),
+        (
+            "https:///challenge",
+            "`[challenge] url` `https:///challenge` has no host",
+        ),
+        (
+            "https://?x=1",
+            "`[challenge] url` `https://?x=1` has no host",
+        ),
+        (
+            "http://user@/c",
+            "`[challenge] url` `http://user@/c` has no host",
+        ),
+        (
+            "https://:443/c",
+            "`[challenge] url` `https://:443/c` has no host",
+        ),
+        (
+            "https://auth.example.com/c\r\nSet-Cookie: a=b",
+            "`[challenge] url` `https://auth.example.com/c\\r\\nSet-Cookie: a=b` contains the control character `\\r`",
+        ),
+        (
+            "https://auth.example.com/c\n",
+            "`[challenge] url` `https://auth.example.com/c\\n` contains the control character `\\n`",
+        ),
+        (
+            "https://auth.example.com/c\u{85}",
+            "`[challenge] url` `https://auth.example.com/c\\u{85}` contains the control character `\\u{85}`",
+        ),
+        (
+            "https://auth.example.com/a b",
+            "`[challenge] url` `https://auth.example.com/a b` contains a space",
+        ),
+        (
+            "https://auth.example.com/c#",
+            "`[challenge] url` `https://auth.example.com/c#` has a fragment (`#…`): the token would land in it",
+        ),
+        (
+            "https://auth.example.com/c#done",
+            "`[challenge] url` `https://auth.example.com/c#done` has a fragment (`#…`): the token would land in it",
+        ),
+        (
+            "https://auth.example.com:99999/c",
+            "`[challenge] url` `https://auth.example.com:99999/c` has an invalid port `99999`",
+        ),
+        (
+            "https://auth.example.com:x/c",
+            "`[challenge] url` `https://auth.example.com:x/c` has an invalid port `x`",
+        ),
+        (
+            "https://auth.exa<mple.com/c",
+            "`[challenge] url` `https://auth.exa<mple.com/c` has an invalid host `auth.exa<mple.com`",
+        ),
+        (
+            "ftp://auth.example.com/c",
+            "`[challenge] url` must start with https:// or http://, not `ftp://auth.example.com/c`",
+        ),
+    ];
+    for (url, message) in cases {
+        let e = load(url).unwrap_err();
+        assert_eq!(
+            messages(&e),
+            [format!("riskgate.toml:2:1: {message}")],
+            "{url:?}"
+        );
+    }
+    for url in [
+        "https://auth.example.com/challenge",
+        "http://localhost:8080/c?v=2",
+        "https://[2001:db8::1]:8443/c",
+        "https://auth.example.com",
+        "https://auth.example.com?x=%20",
+    ] {
+        let set = load(url).unwrap_or_else(|e| panic!("{url:?}: {e}"));
+        assert_eq!(set.len(), 1);
+    }
+}
+
+/// `v` as a TOML basic string, with control characters escaped.
+fn toml_string(v: &str) -> String {
+    let mut out = String::from("\"");
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -376,3 +376,48 @@ fn concurrent_actions_are_all_counted() {
     let last = keyed(req("u", "withdraw-funds", None, Some("d0")), "last");
     assert_eq!(e.track_at(&last, at(300)).unwrap().state, State::Review);
 }
+
+#[test]
+fn lowering_max_keys_evicts_a_few_keys_per_decision_not_all_at_once() {
+    let load = |max_keys: usize| {
+        RuleSet::builder()
+            .rule("v", r#"if velocity("1h") > 100 { BLOCK }"#)
+            .config_toml(format!("[signals]\nmax_keys = {max_keys}\n"))
+            .build()
+            .unwrap()
+    };
+    let e = Engine::builder().ruleset(load(100_000)).build().unwrap();
+    const USERS: u64 = 20_000;
+    for i in 0..USERS {
+        e.track_at(&req(&format!("u{i}"), "signIn", None, None), at(i / 10))
+            .unwrap();
+    }
+    // A velocity series and a known entry per user.
+    assert_eq!(e.history_keys(), 2 * USERS as usize);
+    e.swap_ruleset(load(1));
+    // One decision adds a key to each table and evicts at most 16 from each: the table shrinks over the
+    // decisions that follow instead of inside this one.
+    let started = std::time::Instant::now();
+    e.track_at(&req("new-0", "signIn", None, None), at(USERS / 10))
+        .unwrap();
+    let first = started.elapsed();
+    assert_eq!(e.history_keys(), 2 * (USERS as usize + 1 - 16));
+    assert!(first < Duration::from_millis(200), "{first:?}");
+    let mut n = 1;
+    while e.history_keys() > 2 {
+        e.track_at(
+            &req(&format!("new-{n}"), "signIn", None, None),
+            at(USERS / 10),
+        )
+        .unwrap();
+        n += 1;
+        assert!(
+            n <= USERS / 15 + 2,
+            "not converging: {} keys",
+            e.history_keys()
+        );
+    }
+    // Back at the bound: one key per table, the newest.
+    assert_eq!(e.history_keys(), 2);
+    assert_eq!(n, (USERS + 1).div_ceil(15));
+}

@@ -10,7 +10,8 @@
 //! Only the series and sets some rule calls are recorded. They drop what is older than the ruleset's longest
 //! window (its *horizon*), and a key idle that long is dropped whole as new keys arrive (each new key sweeps at
 //! most [`SWEEP_PER_INSERT`] idle ones, so no decision pays for a backlog); known entries are dropped after
-//! `[signals] known_for` without being seen. When a table is full, the key created longest ago goes first.
+//! `[signals] known_for` without being seen. When a table is full, the key created longest ago goes first. A
+//! table over `max_keys` (after a reload lowered it) evicts at most 16 keys per new key until it is back under.
 //!
 //! A key costs about 200 bytes with its entries (measured over 1.4 million keys from 200,000 unique users, IPs
 //! and devices), so the defaults bound history at roughly 600 MB in the worst case.
@@ -32,6 +33,9 @@ pub const MAX_KNOWN: usize = 256;
 
 /// How many idle keys one insertion may sweep, so no single decision pays for a large backlog.
 const SWEEP_PER_INSERT: usize = 32;
+
+/// How many keys over `max_keys` one insertion may evict (the same bound as the action store's).
+const EVICT_PER_INSERT: usize = crate::store::EVICT_PER_INSERT;
 
 type Map<V> = DashMap<u64, V, BuildHasherDefault<PreHashed>>;
 
@@ -89,7 +93,12 @@ impl<V: Entry> Table<V> {
             return;
         };
         order.push_back((key, now_ms));
-        while order.len() > max_keys.max(1) {
+        // At most EVICT_PER_INSERT keys over `max_keys` go per new key, so a table over its bound (after
+        // `max_keys` was lowered) shrinks over the next insertions instead of in one caller.
+        for _ in 0..EVICT_PER_INSERT {
+            if order.len() <= max_keys.max(1) {
+                break;
+            }
             if let Some((k, _)) = order.pop_front() {
                 self.map.remove(&k);
             }
