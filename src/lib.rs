@@ -23,6 +23,8 @@ mod signals;
 mod store;
 
 pub mod replay;
+#[cfg(feature = "simulate")]
+pub mod simulate;
 #[cfg(feature = "watch")]
 mod watch;
 

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod check;
 pub mod lines;
 pub mod replay;
+pub mod simulate;
 pub mod stats;

@@ -9,7 +9,7 @@
 //! The line handling itself is the library's [`riskgate::replay::Replayer`]; this file reads lines, writes
 //! the output and keeps the summary.
 
-use riskgate::replay::{Outcome, Output, Replayer};
+use riskgate::replay::{Labels, Outcome, Output, Replayer};
 use riskgate::Engine;
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
@@ -32,9 +32,20 @@ pub struct Summary {
     pub rules: BTreeMap<String, [u64; 4]>,
     pub latency: Histogram,
     pub elapsed: Duration,
+    /// Decisions per `label` and `model` (lines that carry one).
+    pub labels: Labels,
 }
 
-pub fn run(rules: &Path, events: &str) -> ExitCode {
+/// What `riskgate replay` reports besides its summary.
+#[derive(Default)]
+pub struct Options {
+    /// Print the per-label table (catch rate and friction) on stderr.
+    pub labels: bool,
+    /// Also write the per-label tally as JSON to this file.
+    pub labels_json: Option<String>,
+}
+
+pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
     let mut replayer = match Engine::builder().rules_dir(rules).and_then(Replayer::new) {
         Ok(r) => r,
         Err(e) => {
@@ -63,6 +74,15 @@ pub fn run(rules: &Path, events: &str) -> ExitCode {
     match result.and_then(|s| flushed.map(|()| s)) {
         Ok(summary) => {
             print_summary(&summary);
+            if opts.labels || opts.labels_json.is_some() {
+                print_labels(&summary.labels);
+            }
+            if let Some(path) = &opts.labels_json {
+                if let Err(e) = std::fs::write(path, summary.labels.to_json() + "\n") {
+                    eprintln!("error: cannot write `{path}`: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -114,6 +134,7 @@ pub fn replay<R: io::Read>(
 
 impl Summary {
     fn count(&mut self, o: &Output) {
+        self.labels.record(o);
         if let Some(t) = o.track_latency {
             self.latency.record(t);
         }
@@ -140,6 +161,15 @@ impl Summary {
             _ => {}
         }
     }
+}
+
+fn print_labels(labels: &Labels) {
+    if labels.is_empty() {
+        eprintln!("labels: no line carried a `label`");
+        return;
+    }
+    eprintln!("decisions per label (caught: attacks not allowed; friction: others not allowed):");
+    eprint!("{}", labels.table());
 }
 
 fn print_summary(s: &Summary) {
