@@ -14,6 +14,7 @@ pub use meta::Mode;
 
 use crate::config::Config;
 use crate::error::{Diagnostic, LoadError};
+use crate::files;
 use crate::RuleId;
 
 /// The deepest folder nesting read under a rules folder (guards against symlink loops).
@@ -204,10 +205,7 @@ impl RuleSetBuilder {
         collect(dir, dir, 0, &mut files)?;
         files.sort();
         for (id, path) in files {
-            let source = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let source = read_text(&path, files::Kind::Rule)?;
             self.push(id, source, path.display().to_string());
         }
         let lists = dir.join("lists");
@@ -229,10 +227,7 @@ impl RuleSetBuilder {
                 }
                 found.sort();
                 for (name, path) in found {
-                    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    let text = read_text(&path, files::Kind::List)?;
                     self.lists.push((name, text, path.display().to_string()));
                 }
             }
@@ -245,12 +240,12 @@ impl RuleSetBuilder {
             }
         }
         let toml = dir.join("riskgate.toml");
-        match std::fs::read_to_string(&toml) {
+        match files::read_text(&toml, files::Kind::Config) {
             Ok(text) => {
                 self.config = Some((text, toml.display().to_string()));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(LoadError::Io { path: toml, source }),
+            Err(files::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(load_error(&toml, files::Kind::Config, e)),
         }
         self.dir = Some(dir.to_path_buf());
         Ok(self)
@@ -436,6 +431,22 @@ impl RuleSetBuilder {
                 signals: Arc::new(signals),
             }),
         })
+    }
+}
+
+/// Reads a ruleset file as text: a regular file of at most its kind's size (see [`files`]).
+fn read_text(path: &Path, kind: files::Kind) -> Result<String, LoadError> {
+    files::read_text(path, kind).map_err(|e| load_error(path, kind, e))
+}
+
+/// An operating-system error stays [`LoadError::Io`]; a file of the wrong type or size is a diagnostic on it.
+fn load_error(path: &Path, kind: files::Kind, e: files::ReadError) -> LoadError {
+    match e {
+        files::ReadError::Io(source) => LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => LoadError::one(path.display().to_string(), 0, 0, other.message(path, kind)),
     }
 }
 
