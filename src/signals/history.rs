@@ -15,7 +15,7 @@
 //! A key costs about 200 bytes with its entries (measured over 1.4 million keys from 200,000 unique users, IPs
 //! and devices), so the defaults bound history at roughly 600 MB in the worst case.
 //!
-//! Keys are 64-bit xxh3 hashes of the user id, IP or device id, seeded per engine from the operating system's
+//! Keys are 64-bit xxh3 hashes of the user id, IP address (its bytes, not its text) or device id, seeded per engine from the operating system's
 //! random source, so callers cannot aim collisions at a key they do not control.
 
 use dashmap::DashMap;
@@ -363,10 +363,41 @@ impl History {
 
     /// The seeded hash of one attribute value (`tag` keeps user ids, IPs and devices apart).
     pub fn hash(&self, tag: u8, value: &str) -> u64 {
+        self.hash_bytes(tag, value.as_bytes())
+    }
+
+    fn hash_bytes(&self, tag: u8, value: &[u8]) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed);
         h.update(&[tag]);
-        h.update(value.as_bytes());
+        h.update(value);
         h.digest()
+    }
+
+    /// The seeded key of an IP address, the same for every spelling of one address.
+    ///
+    /// An IPv4 address that passed request validation has exactly one spelling (four decimal parts, no leading
+    /// zeros: `std`'s parser refuses any other), so its text is its key and costs no parse. Text with a `:` is
+    /// IPv6: it is parsed, an IPv4-mapped address (`::ffff:1.2.3.4`, `::ffff:102:304`, …) is keyed as its dotted
+    /// IPv4 text, and any other as its 16 bytes (which no dotted text can equal: 15 bytes at most).
+    pub fn ip_key(&self, text: &str) -> u64 {
+        if !text.contains(':') {
+            return self.hash(b'i', text);
+        }
+        match text.parse::<std::net::Ipv6Addr>() {
+            Ok(a) => match a.to_ipv4_mapped() {
+                Some(v4) => {
+                    use std::io::Write;
+                    let mut buf = [0u8; 15];
+                    let mut w = &mut buf[..];
+                    let _ = write!(w, "{v4}");
+                    let n = 15 - w.len();
+                    self.hash_bytes(b'i', buf.get(..n).unwrap_or_default())
+                }
+                None => self.hash_bytes(b'i', &a.octets()),
+            },
+            // Not reached for a validated request; any fixed key would do.
+            Err(_) => self.hash(b'i', text),
+        }
     }
 
     /// The keys of an action.
@@ -380,7 +411,7 @@ impl History {
         Keys {
             user: self.hash(b'u', user_id),
             action: self.hash(b'a', action),
-            ip: ip.map(|v| self.hash(b'i', v)),
+            ip: ip.map(|v| self.ip_key(v)),
             device: device.map(|v| self.hash(b'd', v)),
         }
     }
@@ -547,6 +578,42 @@ mod tests {
         }
         assert_eq!(d.members.len(), 10);
         assert!(d.members.iter().all(|m| m.0 >= 40));
+    }
+
+    #[test]
+    fn an_ip_has_one_key_however_it_is_spelt() {
+        let h = History::new(Limits::default());
+        let v4 = h.ip_key("1.2.3.4");
+        for s in [
+            "::ffff:1.2.3.4",
+            "::ffff:102:304",
+            "0:0:0:0:0:ffff:1.2.3.4",
+            "::FFFF:0102:0304",
+        ] {
+            assert_eq!(h.ip_key(s), v4, "{s}");
+        }
+        let v6 = h.ip_key("2001:db8::1");
+        for s in [
+            "2001:DB8::1",
+            "2001:0db8:0000:0000:0000:0000:0000:0001",
+            "2001:db8:0::0:1",
+        ] {
+            assert_eq!(h.ip_key(s), v6, "{s}");
+        }
+        assert_ne!(h.ip_key("::1.2.3.4"), v4, "IPv4-compatible is not mapped");
+        assert_ne!(h.ip_key("1.2.3.5"), v4);
+        // Dotted IPv4 text is its own key only because it has one spelling: `std` refuses every other.
+        for other in [
+            "01.2.3.4",
+            "1.2.3.04",
+            "1.2.3",
+            "1.2.3.4.",
+            " 1.2.3.4",
+            "0x1.2.3.4",
+            "1.2.3.4/32",
+        ] {
+            assert!(other.parse::<std::net::IpAddr>().is_err(), "{other}");
+        }
     }
 
     #[test]
