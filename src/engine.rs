@@ -451,6 +451,12 @@ impl Engine {
         self.shared.history.len()
     }
 
+    /// The bytes the signal history accounts for now, over its three tables: each key's slots and its entries
+    /// on the heap, with the allocator's overhead. Each table holds at most `[signals] max_bytes`.
+    pub fn history_bytes(&self) -> usize {
+        self.shared.history.bytes()
+    }
+
     /// The ruleset in use now.
     pub fn ruleset(&self) -> RuleSet {
         RuleSet {
