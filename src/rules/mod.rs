@@ -525,6 +525,27 @@ fn index_by_action(rules: &[Rule]) -> (HashMap<String, Vec<usize>>, Vec<usize>) 
     (by_action, any)
 }
 
+/// Every file [`RuleSetBuilder::rules_dir`] reads from `dir` (rules, lists, `riskgate.toml`; not the GeoIP
+/// databases), sorted: what the folder watcher checks for a stable state before a reload.
+#[cfg(feature = "watch")]
+pub(crate) fn inputs(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let mut rules = Vec::new();
+    collect(dir, dir, 0, &mut rules)?;
+    let mut out: Vec<PathBuf> = rules.into_iter().map(|(_, p)| p).collect();
+    if let Ok(entries) = std::fs::read_dir(dir.join("lists")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".txt") && !name.starts_with('.') {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.push(dir.join("riskgate.toml"));
+    out.sort();
+    Ok(out)
+}
+
 /// Collects `(rule id, path)` for every rule file under `dir`.
 fn collect(
     root: &Path,
