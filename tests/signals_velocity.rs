@@ -518,3 +518,29 @@ fn a_dense_flood_stays_within_max_bytes() {
     assert!(peak >= 2 * MAX, "the flood fills history: peak {peak}");
     assert!(keys < 2_000, "{keys} keys: the budget evicted some");
 }
+
+#[test]
+fn max_bytes_is_set_in_signals_and_cannot_be_zero() {
+    let e = RuleSet::builder()
+        .rule("v", r#"if velocity("1h") > 3 { BLOCK }"#)
+        .config_toml("[signals]\nmax_bytes = 0\n")
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "riskgate.toml:2:1: `[signals] max_bytes` must be at least 1"
+    );
+    // A budget smaller than one key keeps nothing: every count is 0, and memory stays at the budget.
+    let rules = RuleSet::builder()
+        .rule("v", r#"if velocity("1h") > 0 { BLOCK }"#)
+        .config_toml("[signals]\nmax_bytes = 1\n")
+        .build()
+        .unwrap();
+    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let r = req("u", "signIn", None, None);
+    for i in 0..5 {
+        assert_eq!(e.track_at(&r, at(i)).unwrap().state, State::Allow);
+    }
+    assert_eq!(e.history_keys(), 0);
+    assert_eq!(e.history_bytes(), 0);
+}
