@@ -1,5 +1,5 @@
 //! Velocity and distinct counts: windows and their edges, separation by user/IP/device, what counts (every
-//! first decision, blocked ones too; never idempotent repeats), window errors, and the memory bound.
+//! first decision, blocked ones too; never idempotent repeats), window errors.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use riskgate::{Engine, RuleSet, State, TrackAttributes, TrackRequest};
