@@ -142,6 +142,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct SignalsFile {
     max_keys: Option<usize>,
+    max_bytes: Option<usize>,
     max_per_key: Option<usize>,
     max_window: Option<String>,
     known_for: Option<String>,
@@ -347,6 +348,7 @@ impl Config {
         let sg = &parsed.signals;
         for (key, v, slot) in [
             ("max_keys", sg.max_keys, &mut cfg.signals.limits.max_keys),
+            ("max_bytes", sg.max_bytes, &mut cfg.signals.limits.max_bytes),
             (
                 "max_per_key",
                 sg.max_per_key,

@@ -566,6 +566,29 @@ impl Engine {
         Ok(())
     }
 
+    /// [`reload_rules`](Engine::reload_rules) with a check between loading and swapping: the loaded ruleset (or
+    /// its error) counts only if `settled` says the folder did not change meanwhile; `None` when it did.
+    #[cfg(feature = "watch")]
+    pub(crate) fn reload_settled(
+        &self,
+        settled: impl FnOnce() -> bool,
+    ) -> Option<Result<(), LoadError>> {
+        let Some(dir) = self.shared.rules_dir.as_ref() else {
+            return Some(Err(LoadError::NoRulesDir));
+        };
+        let loaded = RuleSet::from_dir(dir);
+        if !settled() {
+            return None;
+        }
+        let ruleset = match loaded {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let _guard = self.shared.reload.lock();
+        self.swap_ruleset(ruleset);
+        Some(Ok(()))
+    }
+
     /// Replaces list `name` of the current ruleset with `text` (the `rules/lists/<name>.txt` format), atomically:
     /// a decision sees either the old list or the new one, never a mix. A list that does not parse is refused
     /// and the old one stays. A list the ruleset did not have is added.
@@ -608,6 +631,12 @@ impl Engine {
     /// known devices): each table holds at most `[signals] max_keys`.
     pub fn history_keys(&self) -> usize {
         self.shared.history.len()
+    }
+
+    /// The bytes the signal history accounts for now, over its three tables: each key's slots and its entries
+    /// on the heap, with the allocator's overhead. Each table holds at most `[signals] max_bytes`.
+    pub fn history_bytes(&self) -> usize {
+        self.shared.history.bytes()
     }
 
     /// The ruleset in use now.

@@ -15,6 +15,7 @@ mod decide;
 mod duration;
 mod engine;
 mod error;
+mod files;
 mod request;
 mod response;
 mod rules;

@@ -2,12 +2,24 @@
 //!
 //! [`Engine::watch_rules`] starts an OS file watcher (inotify, FSEvents, ReadDirectoryChangesW through the
 //! `notify` crate) on the folder the engine was built from, and a thread that reloads after the folder has
-//! been quiet for the debounce time: an editor's save or a `git pull` that touches many files leads to one
-//! reload, not one per file. A reload that fails (a syntax error, a bad `riskgate.toml`, a list that does not
-//! parse, a half-written file) leaves the working ruleset in place, exactly as [`Engine::reload_rules`] does;
-//! the callback hears of each attempt either way, so it can log the error.
+//! settled: an editor's save or a `git pull` that touches many files leads to one reload, not one per file.
+//!
+//! # Partial writes
+//! A prefix of a rule can be a different valid rule (`if custom.ok == true { ALLOW }` is a prefix of
+//! `… { ALLOW } else { BLOCK }`), so no check of the loaded rules can tell a half-written file. The watcher
+//! waits instead: for the folder to be quiet for the debounce time, then loads it, then waits the debounce
+//! time again, and swaps the new rules in only if no change arrived meanwhile and every file the loader reads
+//! has the same length, modification time and content hash as before the load. A writer pausing for up to
+//! about twice the debounce time mid-file is waited for. A longer pause can still expose a prefix, which is
+//! why the safe way to change a rule is to write it under a name the loader skips (a hidden name such as
+//! `.new-device.rhai.tmp`, or outside the folder on the same filesystem) and rename it into place: a rename is
+//! atomic, so a reload sees the old file or the new one.
+//!
+//! A reload that fails (a syntax error, a bad `riskgate.toml`, a list that does not parse) leaves the working
+//! ruleset in place, exactly as [`Engine::reload_rules`] does; the callback hears of each attempt either way,
+//! so it can log the error.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -84,8 +96,14 @@ impl Engine {
     /// default), and reports each reload's result to `on_reload`.
     ///
     /// A change that does not load (see [`reload_rules`](Engine::reload_rules)) never replaces the working
-    /// ruleset: `on_reload` gets the error and decisions go on with the rules they had. While changes keep
-    /// coming, a reload still happens at least every ten `debounce` periods.
+    /// ruleset: `on_reload` gets the error and decisions go on with the rules they had. A reload happens only
+    /// once the files have settled: quiet for `debounce`, loaded, and unchanged (length, modification time,
+    /// content hash) one more `debounce` later; if they keep changing for thirty `debounce` periods,
+    /// `on_reload` gets an error saying so and the working rules stay until the next change.
+    ///
+    /// A writer that pauses mid-file for longer than about twice `debounce` can still have a prefix loaded
+    /// (a prefix of a rule can be a valid rule): write each file under a name the loader skips (hidden, such
+    /// as `.rule.rhai.tmp`, or outside the folder on the same filesystem) and rename it into place.
     ///
     /// ```no_run
     /// # #[cfg(feature = "watch")] {
@@ -149,7 +167,10 @@ impl Engine {
         let engine = self.clone();
         let thread = std::thread::Builder::new()
             .name("riskgate-rules-watcher".into())
-            .spawn(move || run(&engine, &rx, debounce, on_reload))
+            .spawn({
+                let dir = dir.clone();
+                move || run(&engine, &dir, &rx, debounce, on_reload)
+            })
             .map_err(WatchError::Thread)?;
         Ok(RulesWatcher {
             watcher: Some(watcher),
@@ -160,8 +181,62 @@ impl Engine {
     }
 }
 
+/// What one input file held: its length, modification time and a hash of its content, or why it could not be
+/// read.
+type Seen = Result<(u64, Option<std::time::SystemTime>, u64), String>;
+
+/// The state of every file a reload reads (see [`crate::rules::inputs`]).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Seen)> {
+    let files = match crate::rules::inputs(dir) {
+        Ok(f) => f,
+        Err(e) => return vec![(dir.to_path_buf(), Err(e.to_string()))],
+    };
+    files
+        .into_iter()
+        .map(|path| {
+            let seen = std::fs::metadata(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|meta| {
+                    // Bounded and non-blocking, like the loader itself (the list bound is the largest).
+                    let bytes = crate::files::read(&path, crate::files::Kind::List)
+                        .map_err(|e| e.message(&path, crate::files::Kind::List))?;
+                    Ok((
+                        meta.len(),
+                        meta.modified().ok(),
+                        xxhash_rust::xxh3::xxh3_64(&bytes),
+                    ))
+                });
+            (path, seen)
+        })
+        .collect()
+}
+
+/// How `wait_quiet` ended.
+enum Quiet {
+    /// No change for the whole debounce time (or changes kept coming for `longest`).
+    Yes,
+    Stop,
+}
+
+/// Waits until no change has arrived for `debounce`, but at most `longest`.
+fn wait_quiet(rx: &mpsc::Receiver<Msg>, debounce: Duration, longest: Duration) -> Quiet {
+    let first = Instant::now();
+    loop {
+        let left = longest.saturating_sub(first.elapsed());
+        if left.is_zero() {
+            return Quiet::Yes;
+        }
+        match rx.recv_timeout(debounce.min(left)) {
+            Ok(Msg::Changed) => continue,
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return Quiet::Stop,
+            Err(RecvTimeoutError::Timeout) => return Quiet::Yes,
+        }
+    }
+}
+
 fn run(
     engine: &Engine,
+    dir: &Path,
     rx: &mpsc::Receiver<Msg>,
     debounce: Duration,
     mut on_reload: impl FnMut(Result<(), LoadError>),
@@ -172,19 +247,49 @@ fn run(
             Ok(Msg::Changed) => {}
             Ok(Msg::Stop) | Err(_) => return,
         }
-        // Wait for the folder to be quiet, but not forever.
-        let first = Instant::now();
+        // Reload only a settled folder: quiet for `debounce`, then loaded, then, one `debounce` later, no
+        // change seen and every input file the same (length, time and content) as before the load. A writer
+        // still writing (even one pausing longer than `debounce` between writes, up to twice it) is waited
+        // for, so a half-written file is not loaded.
+        let since = Instant::now();
         loop {
-            let left = longest.saturating_sub(first.elapsed());
-            if left.is_zero() {
+            if let Quiet::Stop = wait_quiet(rx, debounce, longest) {
+                return;
+            }
+            let before = snapshot(dir);
+            let mut stop = false;
+            let outcome = engine.reload_settled(|| {
+                match rx.recv_timeout(debounce) {
+                    Ok(Msg::Changed) => return false,
+                    Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                        stop = true;
+                        return false;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                snapshot(dir) == before
+            });
+            if stop {
+                return;
+            }
+            if let Some(result) = outcome {
+                on_reload(result);
                 break;
             }
-            match rx.recv_timeout(debounce.min(left)) {
-                Ok(Msg::Changed) => continue,
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => break,
+            if since.elapsed() >= longest.saturating_mul(3) {
+                // Say so rather than stay silent; the next change tries again.
+                on_reload(Err(LoadError::one(
+                    dir.display().to_string(),
+                    0,
+                    0,
+                    format!(
+                        "the rules kept changing for {} ms, so they were not reloaded: write each file under a \
+                         name the loader skips and rename it into place",
+                        since.elapsed().as_millis()
+                    ),
+                )));
+                break;
             }
         }
-        on_reload(engine.reload_rules());
     }
 }

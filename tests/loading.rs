@@ -307,3 +307,130 @@ fn toml_string(v: &str) -> String {
     out.push('"');
     out
 }
+
+/// Runs `f` on a thread and fails the test if it has not returned within `secs` (a blocked read would
+/// otherwise hang the whole test run).
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .expect("loading blocked")
+}
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_rule_file_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.rhai", "ALLOW");
+    mkfifo(&dir.path().join("b.rhai"));
+    let d = dir.path().to_path_buf();
+    let e = within(10, move || RuleSet::from_dir(&d)).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("b.rhai") && m.contains("is a FIFO, not a regular file"),
+        "{m}"
+    );
+
+    // An engine built from the folder before the FIFO appeared: `reload_rules` refuses at once, and
+    // `replace_list` behind it is not held up.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.rhai", "ALLOW");
+    let engine = riskgate::Engine::builder()
+        .rules_dir(dir.path())
+        .unwrap()
+        .build()
+        .unwrap();
+    mkfifo(&dir.path().join("b.rhai"));
+    let e2 = engine.clone();
+    let reloaded = within(10, move || e2.reload_rules());
+    assert!(
+        reloaded.unwrap_err().to_string().contains("is a FIFO"),
+        "reload refuses the FIFO"
+    );
+    let e3 = engine.clone();
+    within(10, move || e3.replace_list("blocked", "203.0.113.0/24\n")).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn dev_zero_behind_any_ruleset_path_is_refused_without_growing_memory() {
+    use std::os::unix::fs::symlink;
+    let cases: [(&str, &str); 3] = [
+        ("zero.rhai", "a rule file must be a regular file"),
+        ("lists/zero.txt", "a list file must be a regular file"),
+        ("riskgate.toml", "`riskgate.toml` must be a regular file"),
+    ];
+    for (rel, expect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.rhai", "ALLOW");
+        let p = dir.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        symlink("/dev/zero", &p).unwrap();
+        let d = dir.path().to_path_buf();
+        let e = within(10, move || RuleSet::from_dir(&d)).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("is a device") && m.contains(expect),
+            "{rel}: {m}"
+        );
+    }
+    // A GeoIP database path.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.rhai", "if country() == \"GB\" { REVIEW }");
+    write(
+        dir.path(),
+        "riskgate.toml",
+        "[geoip]\ncity = \"zero.mmdb\"\n",
+    );
+    symlink("/dev/zero", dir.path().join("zero.mmdb")).unwrap();
+    let d = dir.path().to_path_buf();
+    let e = within(10, move || RuleSet::from_dir(&d)).unwrap_err();
+    let m = messages(&e);
+    assert!(
+        m[0].contains("riskgate.toml:2:1: `[geoip] city`")
+            && m[0].contains(
+                "is a device, not a regular file: a GeoIP database must be a regular file"
+            ),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn an_oversized_rule_or_config_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // One byte over 1 MiB, of a comment (a valid rule if it were read).
+    let mut big = String::from("ALLOW\n");
+    big.push_str(&"/".repeat((1 << 20) - big.len() + 1));
+    write(dir.path(), "big.rhai", &big);
+    let e = RuleSet::from_dir(dir.path()).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("big.rhai")
+            && m.contains("is larger than 1048576 bytes, the most a rule file may hold"),
+        "{m}"
+    );
+    // Exactly the limit loads.
+    big.pop();
+    write(dir.path(), "big.rhai", &big);
+    RuleSet::from_dir(dir.path()).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.rhai", "ALLOW");
+    let mut toml = String::from("default_outcome = \"ALLOW\"\n");
+    toml.push_str(&"#".repeat(1 << 20));
+    write(dir.path(), "riskgate.toml", &toml);
+    let m = RuleSet::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(m.contains("the most `riskgate.toml` may hold"), "{m}");
+}

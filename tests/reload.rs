@@ -309,6 +309,124 @@ mod watch {
         assert_eq!(engine.ruleset().len(), 31);
     }
 
+    /// The final rule: REVIEW for the probe (which has no `custom.ok`). Its prefix `if custom.ok == true
+    /// { ALLOW }` is a valid rule too, which returns `()` for the probe, so the default, ALLOW, applies; the
+    /// empty prefix is also ALLOW.
+    const FINAL: &str = "//! priority: 10\nif custom.ok == true { ALLOW } else { REVIEW }\n";
+
+    /// Watches `d` (holding one rule that BLOCKs) with `debounce`; every reload's result, with the probe's
+    /// state right after it when it loaded, goes to the receiver.
+    fn watched_probe(
+        d: &Path,
+        debounce: Duration,
+    ) -> (
+        Engine,
+        riskgate::RulesWatcher,
+        mpsc::Receiver<Result<State, String>>,
+    ) {
+        let engine = Engine::builder().rules_dir(d).unwrap().build().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let probe = engine.clone();
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        let watcher = engine
+            .watch_rules(debounce, move |r: Result<(), LoadError>| {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(
+                    r.map(|()| probe.track(&req(&format!("probe-{i}"))).unwrap().state)
+                        .map_err(|e| e.to_string()),
+                );
+            })
+            .unwrap();
+        (engine, watcher, rx)
+    }
+
+    /// Writes `text` to `path` a few bytes at a time, with a pause after each piece; `long` pauses of
+    /// `pause_long` come after every tenth piece.
+    fn write_slowly(path: &Path, text: &str, pause: Duration, pause_long: Duration) {
+        use std::io::Write;
+        let mut f = fs::File::create(path).unwrap();
+        for (i, piece) in text.as_bytes().chunks(2).enumerate() {
+            f.write_all(piece).unwrap();
+            f.flush().unwrap();
+            thread::sleep(if i % 10 == 9 { pause_long } else { pause });
+        }
+    }
+
+    #[test]
+    fn a_rule_written_slowly_in_place_never_loads_a_prefix() {
+        // Pieces every quarter debounce, and after every tenth piece a pause longer than the debounce (but
+        // within the settle check): the debounce alone would load a prefix at each long pause, and the old
+        // "at least every ten debounce periods" rule would load one anyway.
+        let debounce = Duration::from_millis(200);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("r.rhai"), "BLOCK").unwrap();
+        let (engine, _watcher, reloads) = watched_probe(d, debounce);
+        assert_eq!(state(&engine, "start"), State::Block);
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (path, done) = (d.join("r.rhai"), Arc::clone(&done));
+            thread::spawn(move || {
+                write_slowly(&path, FINAL, debounce / 4, debounce * 5 / 4);
+                done.store(true, Ordering::Release);
+            })
+        };
+        // While the file is being written, decisions see the old rule or the whole new one, never a prefix.
+        let mut i = 0;
+        while !done.load(Ordering::Acquire) {
+            let s = state(&engine, &format!("during-{i}"));
+            assert!(
+                s == State::Block || s == State::Review,
+                "a prefix was loaded: {s:?}"
+            );
+            i += 1;
+            thread::sleep(Duration::from_millis(5));
+        }
+        writer.join().unwrap();
+        // The first reload the watcher made is the whole rule; the prefixes were never even tried.
+        let first = reloads.recv_timeout(PATIENCE).unwrap();
+        assert_eq!(
+            first,
+            Ok(State::Review),
+            "a reload of a partly written file"
+        );
+        assert_eq!(state(&engine, "end"), State::Review);
+        assert!(reloads.recv_timeout(debounce * 4).is_err(), "one reload");
+    }
+
+    #[test]
+    fn the_rename_workflow_swaps_a_rule_in_whole() {
+        // Written under a hidden name in the folder, or outside it, with pauses far longer than the debounce
+        // (which would defeat the settle check in place): nothing loads until the rename, which loads it all.
+        let debounce = Duration::from_millis(50);
+        let outside = tempfile::tempdir().unwrap();
+        for tmp_in_folder in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            fs::write(d.join("r.rhai"), "BLOCK").unwrap();
+            let (engine, _watcher, reloads) = watched_probe(d, debounce);
+            let tmp = if tmp_in_folder {
+                d.join(".r.rhai.tmp")
+            } else {
+                outside.path().join("r.rhai")
+            };
+            let short = FINAL.get(..40).unwrap().to_owned() + "\n";
+            write_slowly(&tmp, &short, debounce * 4, debounce * 4);
+            fs::write(&tmp, FINAL).unwrap();
+            // Whatever reloads the hidden file's events caused, they kept the old rule.
+            while let Ok(r) = reloads.recv_timeout(debounce * 6) {
+                assert_eq!(r, Ok(State::Block), "in folder: {tmp_in_folder}");
+            }
+            assert_eq!(state(&engine, "before"), State::Block);
+            fs::rename(&tmp, d.join("r.rhai")).unwrap();
+            assert_eq!(reloads.recv_timeout(PATIENCE).unwrap(), Ok(State::Review));
+            assert_eq!(state(&engine, "after"), State::Review);
+            // `reload_rules` reads the renamed file whole too.
+            engine.reload_rules().unwrap();
+            assert_eq!(state(&engine, "again"), State::Review);
+        }
+    }
+
     #[test]
     fn an_engine_without_a_folder_has_nothing_to_watch() {
         let engine = Engine::builder()

@@ -282,3 +282,88 @@ fn a_device_not_seen_for_known_for_is_new_again() {
         .unwrap();
     assert_eq!(r.state, State::ChallengeRequired, "31 days unseen");
 }
+
+#[test]
+fn a_known_ip_is_known_however_it_is_spelt() {
+    let v4 = [
+        "1.2.3.4",
+        "::ffff:1.2.3.4",
+        "::ffff:102:304",
+        "0:0:0:0:0:ffff:1.2.3.4",
+        "::FFFF:0102:0304",
+        "0000:0000:0000:0000:0000:ffff:0102:0304",
+    ];
+    let v6 = [
+        "2001:db8::1",
+        "2001:DB8::1",
+        "2001:0db8::1",
+        "2001:db8:0:0:0:0:0:1",
+        "2001:0db8:0000:0000:0000:0000:0000:0001",
+        "2001:db8::0:1",
+        "2001:db8:0::1",
+        "2001:0DB8:0:0::0:0001",
+    ];
+    for spellings in [&v4[..], &v6[..]] {
+        for (first, known) in spellings.iter().enumerate() {
+            let e = engine();
+            let r = req("u", "k0", Some(known), Some("d"));
+            e.track_at(&r, at(0)).unwrap();
+            e.update_action("u", "signIn", "k0", State::ChallengeSucceeded)
+                .unwrap();
+            for (i, ip) in spellings.iter().enumerate() {
+                let r = req("u", &format!("k{}", i + 1), Some(ip), Some("d"));
+                let resp = e.track_at(&r, at(1 + i as u64)).unwrap();
+                assert!(
+                    resp.shadow_rule_ids.is_empty(),
+                    "made known as {known} (spelling {first}), new as {ip}"
+                );
+            }
+            // A different address is still new.
+            let other = req("u", "other", Some("1.2.3.5"), Some("d"));
+            assert_eq!(e.track_at(&other, at(99)).unwrap().shadow_rule_ids.len(), 1);
+        }
+    }
+}
+
+#[test]
+fn geography_and_travel_read_a_mapped_address_as_its_ipv4() {
+    // 81.2.69.142 is London in MaxMind's test database; 175.16.199.1 is Changchun.
+    let rules = RuleSet::builder()
+        .config_toml(format!(
+            "[geoip]\ncity = \"{}\"\n",
+            geoip("GeoIP2-City-Test.mmdb")
+        ))
+        .rule(
+            "gb",
+            r#"if country() == "GB" && !is_new_country() { ALLOW }"#,
+        )
+        .rule("far", "if is_impossible_travel() { REVIEW }")
+        .build()
+        .unwrap();
+    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let london = [
+        "81.2.69.142",
+        "::ffff:81.2.69.142",
+        "::ffff:5102:458e",
+        "0:0:0:0:0:FFFF:5102:458E",
+    ];
+    let first = e
+        .track_at(&req("u", "k0", Some(london[0]), None), at(0))
+        .unwrap();
+    assert_eq!(first.state, State::Allow);
+    for (i, ip) in london.iter().enumerate() {
+        let r = e
+            .track_at(
+                &req("u", &format!("k{}", i + 1), Some(ip), None),
+                at(60 + i as u64),
+            )
+            .unwrap();
+        let ids: Vec<String> = r.rule_ids.iter().map(|x| x.to_string()).collect();
+        assert_eq!(ids, ["gb"], "{ip}: known country, no travel");
+    }
+    // Changchun a minute later, spelt as a mapped address, is impossible travel.
+    let r = e
+        .track_at(&req("u", "far", Some("::ffff:af10:c701"), None), at(120))
+        .unwrap();
+    assert_eq!(r.state, State::Review);
+}

@@ -264,3 +264,56 @@ fn a_hundred_thousand_ranges_load_and_match() {
     assert_eq!(state(&e, &req("u", Some(&ip), None)), State::Block);
     assert_eq!(state(&e, &req("u", Some("11.0.0.1"), None)), State::Allow);
 }
+
+#[test]
+fn an_address_in_a_list_matches_however_it_is_spelt() {
+    let v4 = [
+        "1.2.3.4",
+        "::ffff:1.2.3.4",
+        "::ffff:102:304",
+        "0:0:0:0:0:ffff:1.2.3.4",
+        "::FFFF:0102:0304",
+        "0000:0000:0000:0000:0000:ffff:0102:0304",
+    ];
+    let v6 = [
+        "2001:db8::1",
+        "2001:DB8::1",
+        "2001:0db8::1",
+        "2001:db8:0:0:0:0:0:1",
+        "2001:0db8:0000:0000:0000:0000:0000:0001",
+        "2001:db8::0:1",
+        "2001:db8:0::1",
+        "2001:0DB8:0:0::0:0001",
+    ];
+    for spellings in [&v4[..], &v6[..]] {
+        // Each spelling as the list entry, each spelling as the request's address.
+        for entry in spellings {
+            let rules = RuleSet::builder()
+                .list("blocked", format!("{entry}\n"))
+                .rule("b", r#"if in_list("blocked", ip_address) { BLOCK }"#)
+                .build()
+                .unwrap();
+            let e = Engine::builder().ruleset(rules).build().unwrap();
+            for ip in spellings {
+                assert_eq!(
+                    state(&e, &req("u", Some(ip), None)),
+                    State::Block,
+                    "{entry} vs {ip}"
+                );
+            }
+            assert_eq!(state(&e, &req("u", Some("1.2.3.5"), None)), State::Allow);
+            assert_eq!(
+                state(&e, &req("u", Some("2001:db8::2"), None)),
+                State::Allow
+            );
+        }
+    }
+    // The deprecated IPv4-compatible `::1.2.3.4` is an IPv6 address, not 1.2.3.4.
+    let rules = RuleSet::builder()
+        .list("blocked", "1.2.3.4\n")
+        .rule("b", r#"if in_list("blocked", ip_address) { BLOCK }"#)
+        .build()
+        .unwrap();
+    let e = Engine::builder().ruleset(rules).build().unwrap();
+    assert_eq!(state(&e, &req("u", Some("::1.2.3.4"), None)), State::Allow);
+}

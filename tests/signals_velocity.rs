@@ -1,5 +1,5 @@
 //! Velocity and distinct counts: windows and their edges, separation by user/IP/device, what counts (every
-//! first decision, blocked ones too; never idempotent repeats), window errors, and the memory bound.
+//! first decision, blocked ones too; never idempotent repeats), window errors.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use riskgate::{Engine, RuleSet, State, TrackAttributes, TrackRequest};
@@ -420,4 +420,96 @@ fn lowering_max_keys_evicts_a_few_keys_per_decision_not_all_at_once() {
     // Back at the bound: one key per table, the newest.
     assert_eq!(e.history_keys(), 2);
     assert_eq!(n, (USERS + 1).div_ceil(15));
+}
+
+/// Spellings of 1.2.3.4: dotted, IPv4-mapped IPv6 in dotted and hex form, long and upper-case.
+pub const V4_SPELLINGS: [&str; 6] = [
+    "1.2.3.4",
+    "::ffff:1.2.3.4",
+    "::ffff:102:304",
+    "0:0:0:0:0:ffff:1.2.3.4",
+    "::FFFF:0102:0304",
+    "0000:0000:0000:0000:0000:ffff:0102:0304",
+];
+
+/// Eight spellings of 2001:db8::1: compressed, upper-case, leading zeros, full form, mixed.
+pub const V6_SPELLINGS: [&str; 8] = [
+    "2001:db8::1",
+    "2001:DB8::1",
+    "2001:0db8::1",
+    "2001:db8:0:0:0:0:0:1",
+    "2001:0db8:0000:0000:0000:0000:0000:0001",
+    "2001:db8::0:1",
+    "2001:db8:0::1",
+    "2001:0DB8:0:0::0:0001",
+];
+
+#[test]
+fn velocity_ip_counts_an_address_however_it_is_spelt() {
+    for spellings in [&V4_SPELLINGS[..], &V6_SPELLINGS[..]] {
+        let e = value_engine(r#"velocity_ip("1h")"#);
+        for (i, ip) in spellings.iter().enumerate() {
+            let r = req(&format!("u{i}"), "signIn", Some(ip), None);
+            assert_eq!(value(&e, &r, at(i as u64)), i as i64, "{ip}");
+        }
+    }
+}
+
+#[test]
+fn distinct_users_on_ip_counts_an_address_however_it_is_spelt() {
+    for spellings in [&V4_SPELLINGS[..], &V6_SPELLINGS[..]] {
+        let e = value_engine(r#"distinct_users_on_ip("1h")"#);
+        for (i, ip) in spellings.iter().enumerate() {
+            let r = req(&format!("u{i}"), "signIn", Some(ip), None);
+            assert_eq!(value(&e, &r, at(i as u64)), i as i64, "{ip}");
+        }
+    }
+}
+
+#[test]
+fn an_ipv4_compatible_address_is_its_own_ipv6_address() {
+    // `::1.2.3.4` (deprecated IPv4-compatible, RFC 4291) is the IPv6 address ::102:304, not 1.2.3.4.
+    let e = value_engine(r#"velocity_ip("1h")"#);
+    assert_eq!(
+        value(&e, &req("a", "signIn", Some("1.2.3.4"), None), at(0)),
+        0
+    );
+    assert_eq!(
+        value(&e, &req("b", "signIn", Some("::1.2.3.4"), None), at(1)),
+        0
+    );
+    assert_eq!(
+        value(&e, &req("c", "signIn", Some("::102:304"), None), at(2)),
+        1
+    );
+    assert_eq!(
+        value(&e, &req("d", "signIn", Some("::ffff:1.2.3.4"), None), at(3)),
+        1
+    );
+}
+
+#[test]
+fn max_bytes_is_set_in_signals_and_cannot_be_zero() {
+    let e = RuleSet::builder()
+        .rule("v", r#"if velocity("1h") > 3 { BLOCK }"#)
+        .config_toml("[signals]\nmax_bytes = 0\n")
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "riskgate.toml:2:1: `[signals] max_bytes` must be at least 1"
+    );
+    // A budget smaller than one key keeps nothing: every count is 0, and memory stays at the budget.
+    let rules = RuleSet::builder()
+        .rule("v", r#"if velocity("1h") > 0 { BLOCK }"#)
+        .config_toml("[signals]\nmax_bytes = 1\n")
+        .build()
+        .unwrap();
+    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let r = req("u", "signIn", None, None);
+    for i in 0..5 {
+        assert_eq!(e.track_at(&r, at(i)).unwrap().state, State::Allow);
+    }
+    assert_eq!(e.history_keys(), 0);
+    assert_eq!(e.history_bytes(), 0);
 }

@@ -14,6 +14,7 @@ pub use meta::Mode;
 
 use crate::config::Config;
 use crate::error::{Diagnostic, LoadError};
+use crate::files;
 use crate::RuleId;
 
 /// The deepest folder nesting read under a rules folder (guards against symlink loops).
@@ -206,10 +207,7 @@ impl RuleSetBuilder {
         collect(dir, dir, 0, &mut files)?;
         files.sort();
         for (id, path) in files {
-            let source = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let source = read_text(&path, files::Kind::Rule)?;
             self.push(id, source, path.display().to_string());
         }
         let lists = dir.join("lists");
@@ -231,10 +229,7 @@ impl RuleSetBuilder {
                 }
                 found.sort();
                 for (name, path) in found {
-                    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    let text = read_text(&path, files::Kind::List)?;
                     self.lists.push((name, text, path.display().to_string()));
                 }
             }
@@ -247,12 +242,12 @@ impl RuleSetBuilder {
             }
         }
         let toml = dir.join("riskgate.toml");
-        match std::fs::read_to_string(&toml) {
+        match files::read_text(&toml, files::Kind::Config) {
             Ok(text) => {
                 self.config = Some((text, toml.display().to_string()));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(LoadError::Io { path: toml, source }),
+            Err(files::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(load_error(&toml, files::Kind::Config, e)),
         }
         self.dir = Some(dir.to_path_buf());
         Ok(self)
@@ -456,6 +451,22 @@ impl RuleSetBuilder {
     }
 }
 
+/// Reads a ruleset file as text: a regular file of at most its kind's size (see [`files`]).
+fn read_text(path: &Path, kind: files::Kind) -> Result<String, LoadError> {
+    files::read_text(path, kind).map_err(|e| load_error(path, kind, e))
+}
+
+/// An operating-system error stays [`LoadError::Io`]; a file of the wrong type or size is a diagnostic on it.
+fn load_error(path: &Path, kind: files::Kind, e: files::ReadError) -> LoadError {
+    match e {
+        files::ReadError::Io(source) => LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => LoadError::one(path.display().to_string(), 0, 0, other.message(path, kind)),
+    }
+}
+
 /// Opens the `[geoip]` databases, with paths relative to the rules folder (or the current directory for a
 /// ruleset built in code).
 fn load_geo(
@@ -529,6 +540,27 @@ fn index_by_action(rules: &[Rule]) -> (HashMap<String, Vec<usize>>, Vec<usize>) 
             .collect();
     }
     (by_action, any)
+}
+
+/// Every file [`RuleSetBuilder::rules_dir`] reads from `dir` (rules, lists, `riskgate.toml`; not the GeoIP
+/// databases), sorted: what the folder watcher checks for a stable state before a reload.
+#[cfg(feature = "watch")]
+pub(crate) fn inputs(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let mut rules = Vec::new();
+    collect(dir, dir, 0, &mut rules)?;
+    let mut out: Vec<PathBuf> = rules.into_iter().map(|(_, p)| p).collect();
+    if let Ok(entries) = std::fs::read_dir(dir.join("lists")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".txt") && !name.starts_with('.') {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.push(dir.join("riskgate.toml"));
+    out.sort();
+    Ok(out)
 }
 
 /// Collects `(rule id, path)` for every rule file under `dir`.

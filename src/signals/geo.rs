@@ -61,7 +61,19 @@ impl Kind {
 
 /// Opens a database and checks it is of the kind its key names.
 pub(crate) fn open(path: &Path, kind: Kind) -> Result<Reader<Vec<u8>>, String> {
-    let reader = Reader::open_readfile(path).map_err(|e| {
+    let bytes = crate::files::read(path, crate::files::Kind::Geoip).map_err(|e| match e {
+        crate::files::ReadError::Io(e) => format!(
+            "`[geoip] {}`: cannot open `{}`: {e}",
+            kind.key(),
+            path.display()
+        ),
+        other => format!(
+            "`[geoip] {}`: {}",
+            kind.key(),
+            other.message(path, crate::files::Kind::Geoip)
+        ),
+    })?;
+    let reader = Reader::from_source(bytes).map_err(|e| {
         format!(
             "`[geoip] {}`: cannot open `{}`: {e}",
             kind.key(),

@@ -4,8 +4,8 @@
 //! History lives in three tables: `series` (one key per user+action, IP+action and device+action: the times of
 //! those actions), `distinct` (one key per IP, device and user: the users or devices seen with it and when) and
 //! `known` (one key per user: the devices, IPs and countries the user has made known, and the last known
-//! location). Each table holds at most `[signals] max_keys` keys, each series or set at most
-//! `[signals] max_per_key` entries, each user at most [`MAX_KNOWN`] devices, IPs and countries.
+//! location). Each table holds at most `[signals] max_keys` keys and `[signals] max_bytes` bytes, each series
+//! or set at most `[signals] max_per_key` entries, each user at most [`MAX_KNOWN`] devices, IPs and countries.
 //!
 //! Only the series and sets some rule calls are recorded. They drop what is older than the ruleset's longest
 //! window (its *horizon*), and a key idle that long is dropped whole as new keys arrive (each new key sweeps at
@@ -13,11 +13,15 @@
 //! `[signals] known_for` without being seen. When a table is full, the key created longest ago goes first. A
 //! table over `max_keys` (after a reload lowered it) evicts at most 16 keys per new key until it is back under.
 //!
-//! A key costs about 200 bytes with its entries (measured over 1.4 million keys from 200,000 unique users, IPs
-//! and devices), so the defaults bound history at roughly 600 MB in the worst case.
+//! Keys alone do not bound memory: a dense key (a full series or set) holds up to 16 KB, a sparse one about
+//! 180 bytes. So each table also keeps an account of its bytes (each key's slots, counted as if the table had
+//! just doubled, plus its buffers' capacity and the allocator's header) and evicts the keys created longest
+//! ago while it is over `[signals] max_bytes` (default [`DEFAULT_MAX_BYTES`] per table). Buffers grow by
+//! doubling but never past their cap, so a full series holds exactly `max_per_key` times.
 //!
-//! Keys are 64-bit xxh3 hashes of the user id, IP or device id, seeded per engine from the operating system's
-//! random source, so callers cannot aim collisions at a key they do not control.
+//! Keys are 64-bit xxh3 hashes of the user id, IP address (one key per address, however it is spelt: see
+//! [`History::ip_key`]) or device id, seeded per engine from the operating system's random source, so callers
+//! cannot aim collisions at a key they do not control.
 
 use dashmap::DashMap;
 use std::collections::VecDeque;
@@ -36,6 +40,32 @@ const SWEEP_PER_INSERT: usize = 32;
 
 /// How many keys over `max_keys` one insertion may evict (the same bound as the action store's).
 const EVICT_PER_INSERT: usize = crate::store::EVICT_PER_INSERT;
+/// How many keys one write may evict to bring its table back under `[signals] max_bytes`. One write grows a
+/// table by at most one key's largest step (a set growing from 500 to 1,000 members, 8 KB), and every key
+/// frees at least [`Table::KEY_OVERHEAD`] (over 100 bytes), so this always suffices in steady state; after
+/// `max_bytes` is lowered, the excess is evicted this many keys per write.
+const SHED_PER_WRITE: usize = 128;
+
+/// What the allocator adds to each heap allocation (glibc's chunk header), counted so that the budget holds
+/// for resident memory, not only for the bytes asked for.
+const ALLOC_OVERHEAD: usize = 16;
+
+/// Bytes a buffer of `capacity` elements of `T` holds on the heap, with the allocator's overhead.
+fn heap<T>(capacity: usize) -> usize {
+    if capacity == 0 {
+        0
+    } else {
+        capacity.saturating_mul(std::mem::size_of::<T>()) + ALLOC_OVERHEAD
+    }
+}
+
+/// Room for one more element, growing by doubling but never past `cap` (so a full series or set holds
+/// exactly `cap` slots, not the next power of two).
+fn make_room<T>(v: &mut Vec<T>, cap: usize) {
+    if v.len() == v.capacity() && v.len() < cap {
+        v.reserve_exact(v.len().max(4).min(cap - v.len()));
+    }
+}
 
 type Map<V> = DashMap<u64, V, BuildHasherDefault<PreHashed>>;
 
@@ -43,52 +73,100 @@ type Map<V> = DashMap<u64, V, BuildHasherDefault<PreHashed>>;
 trait Entry: Default {
     /// The last time the key was written.
     fn last_ms(&self) -> i64;
+    /// The bytes the value holds on the heap (see [`heap`]).
+    fn heap_bytes(&self) -> usize;
 }
 
-/// A bounded map with creation-order eviction and idle expiry.
+/// A bounded map with creation-order eviction and idle expiry, and an account of the bytes it holds.
 ///
 /// INVARIANT: every key in `map` appears exactly once in `order` (keys are only removed by popping `order`).
+/// INVARIANT: `bytes` is the sum of [`Table::size`] over the values in `map` (every change to a value adds its
+/// change in size, under the value's shard lock; every removal subtracts the removed value's size).
 struct Table<V> {
     map: Map<V>,
     order: Mutex<VecDeque<(u64, i64)>>,
+    bytes: AtomicUsize,
 }
 
 impl<V: Entry> Table<V> {
+    /// What a key costs besides its value's heap: its slot in the map and in the creation order, each counted
+    /// twice over (a hash table or queue that has just doubled is half empty) and the map's slots at its
+    /// 7/8 load factor. Tables keep their capacity after eviction, so this is what bounds them too.
+    const KEY_OVERHEAD: usize =
+        2 * (std::mem::size_of::<(u64, V)>() + 1) * 8 / 7 + 2 * std::mem::size_of::<(u64, i64)>();
+
     fn new() -> Self {
         Table {
             map: Map::default(),
             order: Mutex::new(VecDeque::new()),
+            bytes: AtomicUsize::new(0),
         }
     }
 
+    /// The bytes one key with `value` accounts for.
+    fn size(value: &V) -> usize {
+        Self::KEY_OVERHEAD + value.heap_bytes()
+    }
+
     /// Updates the value under `key` with `f`, creating it first if needed; then evicts what is over `max_keys`
-    /// or idle longer than `horizon_ms`.
-    fn upsert(
-        &self,
-        key: u64,
-        now_ms: i64,
-        horizon_ms: i64,
-        max_keys: usize,
-        f: impl FnOnce(&mut V),
-    ) {
+    /// or `max_bytes`, or idle longer than `horizon_ms`.
+    fn upsert(&self, key: u64, now_ms: i64, horizon_ms: i64, cap: Caps, f: impl FnOnce(&mut V)) {
         let created = match self.map.entry(key) {
             dashmap::Entry::Occupied(mut e) => {
-                f(e.get_mut());
+                let v = e.get_mut();
+                let before = Self::size(v);
+                f(v);
+                let after = Self::size(v);
+                if after >= before {
+                    self.bytes.fetch_add(after - before, Ordering::Relaxed);
+                } else {
+                    self.bytes.fetch_sub(before - after, Ordering::Relaxed);
+                }
                 false
             }
             dashmap::Entry::Vacant(e) => {
                 let mut v = V::default();
                 f(&mut v);
+                self.bytes.fetch_add(Self::size(&v), Ordering::Relaxed);
                 e.insert(v);
                 true
             }
         };
         if created {
-            self.admit(key, now_ms, horizon_ms, max_keys);
+            self.admit(key, now_ms, horizon_ms, cap);
+        } else if self.bytes() > cap.max_bytes {
+            if let Ok(mut order) = self.order.lock() {
+                self.shed(&mut order, cap.max_bytes);
+            }
         }
     }
 
-    fn admit(&self, key: u64, now_ms: i64, horizon_ms: i64, max_keys: usize) {
+    /// Removes `key` (already popped from `order`) if `keep` says not to keep it, keeping `bytes` true.
+    fn remove_unless(&self, key: u64, keep: impl FnOnce(&V) -> bool) -> bool {
+        match self.map.remove_if(&key, |_, v| !keep(v)) {
+            Some((_, v)) => {
+                self.bytes.fetch_sub(Self::size(&v), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Evicts the keys created longest ago until the table is within `max_bytes` (at most
+    /// [`SHED_PER_WRITE`] of them).
+    fn shed(&self, order: &mut VecDeque<(u64, i64)>, max_bytes: usize) {
+        for _ in 0..SHED_PER_WRITE {
+            if self.bytes() <= max_bytes {
+                break;
+            }
+            let Some((k, _)) = order.pop_front() else {
+                break;
+            };
+            self.remove_unless(k, |_| false);
+        }
+    }
+
+    fn admit(&self, key: u64, now_ms: i64, horizon_ms: i64, cap: Caps) {
         let Ok(mut order) = self.order.lock() else {
             return;
         };
@@ -96,21 +174,22 @@ impl<V: Entry> Table<V> {
         // At most EVICT_PER_INSERT keys over `max_keys` go per new key, so a table over its bound (after
         // `max_keys` was lowered) shrinks over the next insertions instead of in one caller.
         for _ in 0..EVICT_PER_INSERT {
-            if order.len() <= max_keys.max(1) {
+            if order.len() <= cap.max_keys.max(1) {
                 break;
             }
             if let Some((k, _)) = order.pop_front() {
-                self.map.remove(&k);
+                self.remove_unless(k, |_| false);
             }
         }
+        self.shed(&mut order, cap.max_bytes);
         for _ in 0..SWEEP_PER_INSERT {
             let Some(&(k, t)) = order.front() else { break };
             if t.saturating_add(horizon_ms) > now_ms {
                 break;
             }
             order.pop_front();
-            let idle = |_: &u64, v: &V| v.last_ms().saturating_add(horizon_ms) <= now_ms;
-            if self.map.remove_if(&k, idle).is_none() {
+            let busy = |v: &V| v.last_ms().saturating_add(horizon_ms) > now_ms;
+            if !self.remove_unless(k, busy) {
                 // Written since it was queued: check it again one horizon after its last write.
                 if let Some(last) = self.map.get(&k).map(|v| v.last_ms()) {
                     order.push_back((k, last));
@@ -122,6 +201,17 @@ impl<V: Entry> Table<V> {
     fn len(&self) -> usize {
         self.map.len()
     }
+
+    fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The key and byte bounds one write is held to.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    max_keys: usize,
+    max_bytes: usize,
 }
 
 /// The times of one subject's actions with one action code, oldest first.
@@ -134,6 +224,10 @@ struct Series {
 impl Entry for Series {
     fn last_ms(&self) -> i64 {
         self.last_ms
+    }
+
+    fn heap_bytes(&self) -> usize {
+        heap::<i64>(self.times.capacity())
     }
 }
 
@@ -148,6 +242,10 @@ impl Series {
         }
         if self.times.len() >= cap.max(1) {
             self.times.pop_front();
+        }
+        let n = self.times.len();
+        if n == self.times.capacity() && n < cap.max(1) {
+            self.times.reserve_exact(n.max(4).min(cap.max(1) - n));
         }
         // Replays may be slightly out of order: keep the series sorted.
         let i = self.times.partition_point(|&t| t <= at);
@@ -176,6 +274,10 @@ impl Entry for Distinct {
     fn last_ms(&self) -> i64 {
         self.last_ms
     }
+
+    fn heap_bytes(&self) -> usize {
+        heap::<(u64, i64)>(self.members.capacity())
+    }
 }
 
 impl Distinct {
@@ -189,6 +291,7 @@ impl Distinct {
         if self.members.len() >= cap.max(1) {
             remove_oldest(&mut self.members);
         }
+        make_room(&mut self.members, cap.max(1));
         self.members.push((member, at));
     }
 
@@ -214,6 +317,13 @@ struct Known {
 impl Entry for Known {
     fn last_ms(&self) -> i64 {
         self.last_ms
+    }
+
+    fn heap_bytes(&self) -> usize {
+        [&self.devices, &self.ips, &self.countries]
+            .iter()
+            .map(|l| heap::<(u64, i64)>(l.capacity()))
+            .sum()
     }
 }
 
@@ -257,6 +367,7 @@ fn remember(list: &mut Vec<(u64, i64)>, item: u64, at: i64, known_for_ms: i64) {
     if list.len() >= MAX_KNOWN {
         remove_oldest(list);
     }
+    make_room(list, MAX_KNOWN);
     list.push((item, at));
 }
 
@@ -308,14 +419,19 @@ pub(crate) struct Keys {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
     pub max_keys: usize,
+    pub max_bytes: usize,
     pub max_per_key: usize,
     pub known_for_ms: i64,
 }
+
+/// `[signals] max_bytes` by default: 128 MiB per table, so at most 384 MiB for all of history.
+pub(crate) const DEFAULT_MAX_BYTES: usize = 128 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_keys: 1_000_000,
+            max_bytes: DEFAULT_MAX_BYTES,
             max_per_key: 1_000,
             known_for_ms: 90 * 86_400_000,
         }
@@ -329,6 +445,7 @@ pub(crate) struct History {
     distinct: Table<Distinct>,
     known: Table<Known>,
     max_keys: AtomicUsize,
+    max_bytes: AtomicUsize,
     max_per_key: AtomicUsize,
     known_for_ms: AtomicI64,
 }
@@ -344,6 +461,7 @@ impl History {
             distinct: Table::new(),
             known: Table::new(),
             max_keys: AtomicUsize::new(limits.max_keys),
+            max_bytes: AtomicUsize::new(limits.max_bytes),
             max_per_key: AtomicUsize::new(limits.max_per_key),
             known_for_ms: AtomicI64::new(limits.known_for_ms),
         }
@@ -351,14 +469,18 @@ impl History {
 
     pub fn set_limits(&self, limits: Limits) {
         self.max_keys.store(limits.max_keys, Ordering::Relaxed);
+        self.max_bytes.store(limits.max_bytes, Ordering::Relaxed);
         self.max_per_key
             .store(limits.max_per_key, Ordering::Relaxed);
         self.known_for_ms
             .store(limits.known_for_ms, Ordering::Relaxed);
     }
 
-    fn max_keys(&self) -> usize {
-        self.max_keys.load(Ordering::Relaxed)
+    fn caps(&self) -> Caps {
+        Caps {
+            max_keys: self.max_keys.load(Ordering::Relaxed),
+            max_bytes: self.max_bytes.load(Ordering::Relaxed),
+        }
     }
 
     fn max_per_key(&self) -> usize {
@@ -370,12 +492,48 @@ impl History {
         self.series.len() + self.distinct.len() + self.known.len()
     }
 
+    /// The bytes the three tables account for together (each at most `[signals] max_bytes`).
+    pub fn bytes(&self) -> usize {
+        self.series.bytes() + self.distinct.bytes() + self.known.bytes()
+    }
+
     /// The seeded hash of one attribute value (`tag` keeps user ids, IPs and devices apart).
     pub fn hash(&self, tag: u8, value: &str) -> u64 {
+        self.hash_bytes(tag, value.as_bytes())
+    }
+
+    fn hash_bytes(&self, tag: u8, value: &[u8]) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed);
         h.update(&[tag]);
-        h.update(value.as_bytes());
+        h.update(value);
         h.digest()
+    }
+
+    /// The seeded key of an IP address, the same for every spelling of one address.
+    ///
+    /// An IPv4 address that passed request validation has exactly one spelling (four decimal parts, no leading
+    /// zeros: `std`'s parser refuses any other), so its text is its key and costs no parse. Text with a `:` is
+    /// IPv6: it is parsed, an IPv4-mapped address (`::ffff:1.2.3.4`, `::ffff:102:304`, …) is keyed as its dotted
+    /// IPv4 text, and any other as its 16 bytes (which no dotted text can equal: 15 bytes at most).
+    pub fn ip_key(&self, text: &str) -> u64 {
+        if !text.contains(':') {
+            return self.hash(b'i', text);
+        }
+        match text.parse::<std::net::Ipv6Addr>() {
+            Ok(a) => match a.to_ipv4_mapped() {
+                Some(v4) => {
+                    use std::io::Write;
+                    let mut buf = [0u8; 15];
+                    let mut w = &mut buf[..];
+                    let _ = write!(w, "{v4}");
+                    let n = 15 - w.len();
+                    self.hash_bytes(b'i', buf.get(..n).unwrap_or_default())
+                }
+                None => self.hash_bytes(b'i', &a.octets()),
+            },
+            // Not reached for a validated request; any fixed key would do.
+            Err(_) => self.hash(b'i', text),
+        }
     }
 
     /// The keys of an action.
@@ -389,7 +547,7 @@ impl History {
         Keys {
             user: self.hash(b'u', user_id),
             action: self.hash(b'a', action),
-            ip: ip.map(|v| self.hash(b'i', v)),
+            ip: ip.map(|v| self.ip_key(v)),
             device: device.map(|v| self.hash(b'd', v)),
         }
     }
@@ -465,14 +623,14 @@ impl History {
         if horizon_ms <= 0 {
             return;
         }
-        let (max_keys, cap) = (self.max_keys(), self.max_per_key());
+        let (caps, cap) = (self.caps(), self.max_per_key());
         let kept_kind = |kind: u8| kept & (1 << kind) != 0;
         for kind in [SeriesKind::User, SeriesKind::Ip, SeriesKind::Device] {
             if !kept_kind(kind as u8) {
                 continue;
             }
             if let Some(k) = self.series_key(kind, keys) {
-                self.series.upsert(k, now_ms, horizon_ms, max_keys, |s| {
+                self.series.upsert(k, now_ms, horizon_ms, caps, |s| {
                     s.push(now_ms, horizon_ms, cap)
                 });
             }
@@ -486,7 +644,7 @@ impl History {
                 continue;
             }
             if let (Some(k), Some(m)) = (self.set_key(kind, keys), member) {
-                self.distinct.upsert(k, now_ms, horizon_ms, max_keys, |s| {
+                self.distinct.upsert(k, now_ms, horizon_ms, caps, |s| {
                     s.see(m, now_ms, horizon_ms, cap)
                 });
             }
@@ -505,24 +663,23 @@ impl History {
         at_ms: i64,
     ) {
         let horizon = self.known_for_ms.load(Ordering::Relaxed);
-        self.known
-            .upsert(user, at_ms, horizon, self.max_keys(), |k| {
-                k.last_ms = k.last_ms.max(at_ms);
-                if let Some(d) = device {
-                    remember(&mut k.devices, d, at_ms, horizon);
+        self.known.upsert(user, at_ms, horizon, self.caps(), |k| {
+            k.last_ms = k.last_ms.max(at_ms);
+            if let Some(d) = device {
+                remember(&mut k.devices, d, at_ms, horizon);
+            }
+            if let Some(i) = ip {
+                remember(&mut k.ips, i, at_ms, horizon);
+            }
+            if let Some(c) = country {
+                remember(&mut k.countries, c, at_ms, horizon);
+            }
+            if let Some(l) = location {
+                if k.location.is_none_or(|old| old.at_ms <= l.at_ms) {
+                    k.location = Some(l);
                 }
-                if let Some(i) = ip {
-                    remember(&mut k.ips, i, at_ms, horizon);
-                }
-                if let Some(c) = country {
-                    remember(&mut k.countries, c, at_ms, horizon);
-                }
-                if let Some(l) = location {
-                    if k.location.is_none_or(|old| old.at_ms <= l.at_ms) {
-                        k.location = Some(l);
-                    }
-                }
-            });
+            }
+        });
     }
 }
 
@@ -559,16 +716,109 @@ mod tests {
     }
 
     #[test]
+    fn an_ip_has_one_key_however_it_is_spelt() {
+        let h = History::new(Limits::default());
+        let v4 = h.ip_key("1.2.3.4");
+        for s in [
+            "::ffff:1.2.3.4",
+            "::ffff:102:304",
+            "0:0:0:0:0:ffff:1.2.3.4",
+            "::FFFF:0102:0304",
+        ] {
+            assert_eq!(h.ip_key(s), v4, "{s}");
+        }
+        let v6 = h.ip_key("2001:db8::1");
+        for s in [
+            "2001:DB8::1",
+            "2001:0db8:0000:0000:0000:0000:0000:0001",
+            "2001:db8:0::0:1",
+        ] {
+            assert_eq!(h.ip_key(s), v6, "{s}");
+        }
+        assert_ne!(h.ip_key("::1.2.3.4"), v4, "IPv4-compatible is not mapped");
+        assert_ne!(h.ip_key("1.2.3.5"), v4);
+        // Dotted IPv4 text is its own key only because it has one spelling: `std` refuses every other.
+        for other in [
+            "01.2.3.4",
+            "1.2.3.04",
+            "1.2.3",
+            "1.2.3.4.",
+            " 1.2.3.4",
+            "0x1.2.3.4",
+            "1.2.3.4/32",
+        ] {
+            assert!(other.parse::<std::net::IpAddr>().is_err(), "{other}");
+        }
+    }
+
+    fn caps(max_keys: usize, max_bytes: usize) -> Caps {
+        Caps {
+            max_keys,
+            max_bytes,
+        }
+    }
+
+    /// The bytes the values in `t` account for, recomputed from scratch.
+    fn recount<V: Entry>(t: &Table<V>) -> usize {
+        t.map.iter().map(|e| Table::<V>::size(e.value())).sum()
+    }
+
+    #[test]
+    fn a_table_stays_within_its_bytes_and_its_account_is_exact() {
+        let t: Table<Series> = Table::new();
+        let budget = 64 * 1024;
+        // Many small keys, then a few that grow to a full series: the budget holds after every write.
+        for k in 0..2_000u64 {
+            t.upsert(k, 0, 1_000_000, caps(usize::MAX, budget), |s| {
+                s.push(0, 1_000_000, 500)
+            });
+            assert!(t.bytes() <= budget, "{} after key {k}", t.bytes());
+        }
+        for i in 0..3_000i64 {
+            let k = 10_000 + (i % 3) as u64;
+            t.upsert(k, i, 1_000_000, caps(usize::MAX, budget), |s| {
+                s.push(i, 1_000_000, 500)
+            });
+            assert!(t.bytes() <= budget, "{} after write {i}", t.bytes());
+        }
+        assert_eq!(t.bytes(), recount(&t));
+        assert!(t.bytes() > budget / 2, "the budget is used, not undershot");
+        let full = t
+            .map
+            .get(&10_000)
+            .map(|s| (s.times.len(), s.times.capacity()));
+        assert_eq!(
+            full,
+            Some((500, 500)),
+            "a full series holds exactly its cap"
+        );
+        // A lower budget is reached a bounded number of keys per write.
+        for i in 0..100i64 {
+            t.upsert(
+                20_000 + i as u64,
+                5_000,
+                1_000_000,
+                caps(usize::MAX, 8 * 1024),
+                |s| s.push(5_000, 1_000_000, 500),
+            );
+        }
+        assert!(t.bytes() <= 8 * 1024, "{}", t.bytes());
+        assert_eq!(t.bytes(), recount(&t));
+    }
+
+    #[test]
     fn table_evicts_oldest_and_idle_keys() {
         let t: Table<Series> = Table::new();
         for k in 0..100u64 {
-            t.upsert(k, 0, 1_000, 10, |s| s.push(0, 1_000, 10));
+            t.upsert(k, 0, 1_000, caps(10, usize::MAX), |s| s.push(0, 1_000, 10));
         }
         assert_eq!(t.len(), 10);
         assert!(t.map.get(&99).is_some() && t.map.get(&0).is_none());
         // Everything is idle after one horizon: new inserts sweep it.
         for k in 1_000..1_005u64 {
-            t.upsert(k, 5_000, 1_000, 10, |s| s.push(5_000, 1_000, 10));
+            t.upsert(k, 5_000, 1_000, caps(10, usize::MAX), |s| {
+                s.push(5_000, 1_000, 10)
+            });
         }
         assert_eq!(t.len(), 5);
         let order = t.order.lock().map(|o| o.len()).unwrap_or(0);

@@ -127,7 +127,11 @@ impl List {
     }
 }
 
-/// `::ffff:a.b.c.d` as `a.b.c.d`; any other address unchanged.
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, in any spelling) as its IPv4 `a.b.c.d`; any other address
+/// unchanged. Every signal that keys on an IP uses this form, so an address is one key however it is written.
+///
+/// The deprecated IPv4-compatible form (`::a.b.c.d`, RFC 4291 §2.5.5.1) is left as the IPv6 address it is:
+/// it is not used on the wire, and reading it as IPv4 would also turn `::1` into `0.0.0.1`.
 pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(a) => match a.to_ipv4_mapped() {

@@ -76,7 +76,8 @@ pub(crate) struct DecisionCtx {
     pub now_ms: i64,
     /// The request's hashed user, action, IP and device.
     pub keys: Keys,
-    /// The request's IP address, when present and valid and the ruleset has a GeoIP database.
+    /// The request's IP address, canonical (an IPv4-mapped IPv6 address as its IPv4), when present and valid and
+    /// the ruleset has a GeoIP database.
     pub ip: Option<IpAddr>,
     /// The request's user agent (copied only when the ruleset asks about user agents).
     ua: Option<Box<str>>,
@@ -118,6 +119,7 @@ impl DecisionCtx {
         let a = &req.attributes;
         DecisionCtx {
             now_ms,
+            // Every IP signal keys on the address, not on how it was spelt (see `History::ip_key`).
             keys: history.keys(
                 &req.user_id,
                 &req.action,
