@@ -773,6 +773,9 @@ impl Compiler<'_> {
             ("is_anonymous_ip", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
                 Some(signals::is_anonymous_ip(ctx.signals).map_or(Val::Unit, Val::Bool))
             }))),
+            ("rba_score", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
+                Some(Val::Float(signals::rba_score(ctx.signals)))
+            }))),
             ("travel_speed_kmh", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
                 Some(signals::travel_speed_kmh(ctx.signals).map_or(Val::Unit, Val::Float))
             }))),

@@ -435,6 +435,7 @@ impl RuleSetBuilder {
             limits: config.signals.limits,
             uses_agent: uses.agent,
             uses_places: uses.places,
+            uses_rba: uses.rba,
             windowed: uses.windowed,
         };
         Ok(RuleSet {

@@ -17,7 +17,7 @@ const WINDOWED: [&str; 6] = [
 ];
 
 /// Signal functions that take no argument, with the `[geoip]` database each needs.
-const NULLARY: [(&str, Option<super::geo::Kind>); 13] = {
+const NULLARY: [(&str, Option<super::geo::Kind>); 14] = {
     use super::geo::Kind::{AnonymousIp, Asn, City};
     [
         ("is_new_device", None),
@@ -33,6 +33,7 @@ const NULLARY: [(&str, Option<super::geo::Kind>); 13] = {
         ("ua_os", None),
         ("ua_device_type", None),
         ("is_bot", None),
+        ("rba_score", None),
     ]
 };
 
@@ -58,6 +59,8 @@ pub(crate) struct Uses {
     /// Some rule asks the city database (`country()`, `city()`, `is_new_country()`, travel): known countries
     /// and locations are recorded only then, so a ruleset that never asks never looks an IP up.
     pub places: bool,
+    /// Some rule calls `rba_score()`.
+    pub rba: bool,
     /// Which windowed signals rules call: bit `1 << k` for the `k`-th of [`WINDOWED`] counted from 1 (the
     /// values of `SeriesKind` and `SetKind`), so history keeps only the series and sets that are read.
     pub windowed: u8,
@@ -118,7 +121,8 @@ pub(crate) fn analyze(
                     );
                 }
             }
-            uses.agent |= UA.contains(&name);
+            uses.agent |= UA.contains(&name) || name == "rba_score";
+            uses.rba |= name == "rba_score";
             uses.places |= *db == Some(super::geo::Kind::City);
         } else if name == "in_list" {
             if args.len() != 2 && !method {

@@ -19,6 +19,7 @@ mod analyze;
 pub(crate) mod geo;
 pub(crate) mod history;
 pub(crate) mod lists;
+pub(crate) mod rba;
 mod ua;
 
 use arc_swap::ArcSwap;
@@ -50,6 +51,8 @@ pub(crate) struct SignalSet {
     pub uses_agent: bool,
     /// Some rule asks the city database (so allowed actions record their country and location).
     pub uses_places: bool,
+    /// Some rule calls `rba_score()` (so verified actions count their feature values).
+    pub uses_rba: bool,
 }
 
 impl Default for SignalSet {
@@ -62,6 +65,7 @@ impl Default for SignalSet {
             limits: Limits::default(),
             uses_agent: false,
             uses_places: false,
+            uses_rba: false,
         }
     }
 }
@@ -97,6 +101,8 @@ struct Memo {
     travel: OnceCell<Option<f64>>,
     agent: OnceCell<ua::Agent>,
     lists: OnceCell<Arc<lists::Lists>>,
+    rba_features: OnceCell<rba::Features>,
+    rba_score: OnceCell<f64>,
 }
 
 /// What a decision leaves behind so that a later `CHALLENGE_SUCCEEDED` or `REVIEW_SUCCEEDED` can make the
@@ -106,6 +112,8 @@ pub(crate) struct Footprint {
     pub keys: Keys,
     pub ip: Option<IpAddr>,
     pub at_ms: i64,
+    /// The action's feature values, when some rule calls `rba_score()`.
+    pub rba: Option<rba::Features>,
 }
 
 impl DecisionCtx {
@@ -200,10 +208,15 @@ impl DecisionCtx {
             self.set.horizon_ms,
             self.set.windowed,
         );
+        let verifiable = matches!(
+            state,
+            crate::State::Allow | crate::State::ChallengeRequired | crate::State::Review
+        );
         let footprint = Footprint {
             keys: self.keys,
             ip: self.ip,
             at_ms: self.now_ms,
+            rba: (self.set.uses_rba && verifiable).then(|| rba::features(self)),
         };
         if state == crate::State::Allow {
             let place = if self.set.uses_places {
@@ -229,6 +242,12 @@ pub(crate) fn make_known(history: &History, set: &SignalSet, footprint: &Footpri
 fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
     let code = place.and_then(|p| p.country.as_deref());
     let country = code.map(|c| history.hash(b'c', c));
+    let mut rba = [0u64; rba::LEVELS];
+    let mut n = 0;
+    for (slot, v) in rba.iter_mut().zip(fp.rba.iter().flat_map(|f| f.present())) {
+        *slot = v;
+        n += 1;
+    }
     let location = place
         .and_then(|p| p.location)
         .zip(fp.keys.ip)
@@ -245,6 +264,7 @@ fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
         fp.keys.ip,
         country,
         location,
+        rba.get(..n).unwrap_or(&[]),
         fp.at_ms,
     );
 }
@@ -434,6 +454,8 @@ pub(crate) fn is_bot(ctx: &DecisionCtx) -> bool {
     ctx.agent().bot
 }
 
+pub(crate) use rba::rba_score;
+
 thread_local! {
     /// The decision running on this thread, for the Rhai functions.
     static CURRENT: RefCell<Option<Rc<DecisionCtx>>> = const { RefCell::new(None) };
@@ -529,6 +551,9 @@ pub(crate) fn register(engine: &mut rhai::Engine) {
     });
     engine.register_fn("is_anonymous_ip", || -> RhaiResult<Dynamic> {
         current(|ctx| Ok(is_anonymous_ip(ctx).map_or(Dynamic::UNIT, Dynamic::from)))
+    });
+    engine.register_fn("rba_score", || -> RhaiResult<FLOAT> {
+        current(|ctx| Ok(rba_score(ctx) as FLOAT))
     });
     engine.register_fn("travel_speed_kmh", || -> RhaiResult<Dynamic> {
         current(
