@@ -41,6 +41,11 @@ enum Command {
         /// Also write the per-label tally as JSON to this file.
         #[arg(long, value_name = "FILE")]
         labels_json: Option<String>,
+        /// Instead of the folder's rules, replay the log once per threshold through one rule,
+        /// `if rba_score() >= T { CHALLENGE_REQUIRED }` (with the folder's riskgate.toml), and print catch rate
+        /// and friction per threshold. Thresholds are comma-separated (default 0.01,0.03,…,100).
+        #[arg(long, value_name = "T,T,…", num_args = 0..=1, default_missing_value = "", value_delimiter = ',')]
+        rba_sweep: Option<Vec<String>>,
     },
     /// Write a labelled, simulated sign-in log (JSON lines for `replay --labels`): users, their devices and
     /// travels, and attackers (naive, VPN, targeted, credential stuffing, bots). The same flags give the same
@@ -153,8 +158,30 @@ fn main() -> ExitCode {
         Command::Replay {
             rules,
             events,
+            rba_sweep: Some(list),
+            ..
+        } => {
+            let mut thresholds = Vec::new();
+            for t in list.iter().filter(|t| !t.trim().is_empty()) {
+                match t.trim().parse::<f64>() {
+                    Ok(v) if v.is_finite() => thresholds.push(v),
+                    _ => {
+                        eprintln!("error: `--rba-sweep`: `{t}` is not a number");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if thresholds.is_empty() {
+                thresholds = cli::replay::DEFAULT_SWEEP.to_vec();
+            }
+            cli::replay::sweep(&rules, &events, &thresholds)
+        }
+        Command::Replay {
+            rules,
+            events,
             labels,
             labels_json,
+            rba_sweep: None,
         } => cli::replay::run(
             &rules,
             &events,

@@ -76,6 +76,8 @@ pub struct Label {
     pub label: String,
     /// The model, if given.
     pub model: Option<String>,
+    /// The action code, for a track line.
+    pub action: Option<String>,
 }
 
 /// What a replayed line did.
@@ -161,7 +163,14 @@ impl Replayer {
             _ => return Err(invalid("line", "expected a JSON object")),
         };
         let model = take_label(&mut obj, "model")?;
-        *label = take_label(&mut obj, "label")?.map(|label| Label { label, model });
+        *label = take_label(&mut obj, "label")?.map(|label| Label {
+            label,
+            model,
+            action: match (obj.get("op"), obj.get("action")) {
+                (None, Some(Value::String(a))) => Some(a.clone()),
+                _ => None,
+            },
+        });
         let at = match obj.remove("timestamp") {
             Some(v) => parse_timestamp(&v)?,
             // An operation without a timestamp happens when the line before it did, so that a log of past events
@@ -391,6 +400,8 @@ pub const MAX_LABEL_ROWS: usize = 256;
 #[derive(Debug, Clone, Default)]
 pub struct Labels {
     rows: std::collections::BTreeMap<(String, String), Tally>,
+    /// The same decisions per (label, action code).
+    actions: std::collections::BTreeMap<(String, String), Tally>,
 }
 
 /// Decisions of one row of a [`Labels`] tally.
@@ -457,11 +468,24 @@ impl Labels {
             Outcome::Refused(_) => one.refused = 1,
             Outcome::Operation => return,
         }
-        let mut key = (label.label.clone(), label.model.clone().unwrap_or_default());
-        if !self.rows.contains_key(&key) && self.rows.len() >= MAX_LABEL_ROWS {
-            key = ("(other)".to_owned(), String::new());
+        for (map, second) in [
+            (&mut self.rows, label.model.clone()),
+            (&mut self.actions, label.action.clone()),
+        ] {
+            let mut key = (label.label.clone(), second.unwrap_or_default());
+            if !map.contains_key(&key) && map.len() >= MAX_LABEL_ROWS {
+                key = ("(other)".to_owned(), String::new());
+            }
+            map.entry(key).or_default().add(&one);
         }
-        self.rows.entry(key).or_default().add(&one);
+    }
+
+    /// All decisions of one label on one action code.
+    pub fn action_total(&self, label: &str, action: &str) -> Tally {
+        self.actions
+            .get(&(label.to_owned(), action.to_owned()))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Every (label, model) row, sorted; the model is empty for lines without one.
@@ -485,14 +509,14 @@ impl Labels {
         self.rows.is_empty()
     }
 
-    /// The table: one row per label and model, then one total per label, with the share caught (label
-    /// `attack`) or the friction (every other label).
+    /// The table: one row per label and model, one per label and action code (`[signIn]`), then one total per
+    /// label, with the share caught (label `attack`) or the friction (every other label).
     pub fn table(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<10} {:<12} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}  share not allowed",
+            "{:<10} {:<16} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}  share not allowed",
             "label", "model", "events", "ALLOW", "CHALLENGE", "REVIEW", "BLOCK", "refused"
         );
         let mut line = |label: &str, model: &str, t: &Tally| {
@@ -503,7 +527,7 @@ impl Labels {
             };
             let _ = writeln!(
                 s,
-                "{label:<10} {model:<12} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}  {:>6.2}% {what}",
+                "{label:<10} {model:<16} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}  {:>6.2}% {what}",
                 t.events,
                 t.allow,
                 t.challenge,
@@ -515,6 +539,9 @@ impl Labels {
         };
         for (l, m, t) in self.rows() {
             line(l, m, t);
+        }
+        for ((l, a), t) in &self.actions {
+            line(l, &format!("[{a}]"), t);
         }
         let mut labels: Vec<&str> = self.rows().map(|r| r.0).collect();
         labels.dedup();

@@ -47,11 +47,17 @@
 //!   browser;
 //! - `vpn`: from a network in the victim's country, a new device, a common browser;
 //! - `targeted`: knows the victim's city and browser: an address in the victim's own broadband network, the
-//!   victim's usual user agent exactly (current version), only the device id is new;
+//!   victim's usual user agent exactly (current version), a new device id;
 //! - `stuffing`: credential stuffing: one address and one device try many accounts (some of them not
 //!   customers at all) a few seconds apart;
 //! - `bot`: scripted sign-ins from hosting, cloud and anonymising networks; most send a headless or library
 //!   user agent or none, the rest a common browser's.
+//!
+//! No attacker of the four single-attempt models uses an address the victim itself used (networks and
+//! addresses are drawn again, up to 64 times): some test networks have eight addresses, so without this an
+//! attacker would often share the victim's own address, which in reality means sharing the household (outside
+//! this model). A victim who has used every address of a tiny home network leaves a targeted attacker none
+//! other. Credential-stuffing addresses are not checked.
 //!
 //! **Not modelled** (so a measurement on this log says nothing about them): attackers that have stolen a session
 //! rather than a password (no sign-in to judge), what an attacker does after a sign-in that succeeded, attackers
@@ -87,7 +93,8 @@ pub struct Params {
     pub new_device_per_month: f64,
     /// Mean trips per user per year. Default 3.
     pub trips_per_year: f64,
-    /// Share of sign-ins followed by a withdrawal (one to three, minutes apart). Default 0.2.
+    /// Share of sign-ins followed by withdrawals (one to three, the first at least 2.5 minutes after the sign-in,
+    /// then minutes apart). Default 0.2.
     pub sensitive_share: f64,
     /// New users joining per week, as a share of the starting population. Default 0.01.
     pub new_users_per_week: f64,
@@ -669,10 +676,11 @@ pub fn simulate(p: &Params, out: &mut impl Write) -> io::Result<Counts> {
         let u = sim.user(p.users + n, day);
         users.push(u);
     }
+    let mut used = Vec::with_capacity(users.len());
     for user in &users {
-        genuine(&mut sim, p, user, warmup_ms, end_ms)?;
+        used.push(genuine(&mut sim, p, user, warmup_ms, end_ms)?);
     }
-    attacks(&mut sim, p, &users, warmup_ms, end_ms)?;
+    attacks(&mut sim, p, &users, &used, warmup_ms, end_ms)?;
     let Sim {
         mut lines, counts, ..
     } = sim;
@@ -696,12 +704,20 @@ fn distance_km(a: &Net, b: &Net) -> f64 {
     2.0 * 6371.0 * h.sqrt().asin()
 }
 
-fn genuine(sim: &mut Sim, p: &Params, u: &User, warmup_ms: i64, end_ms: i64) -> io::Result<()> {
+/// Simulates one user's genuine actions; returns every address the user signed in from.
+fn genuine(
+    sim: &mut Sim,
+    p: &Params,
+    u: &User,
+    warmup_ms: i64,
+    end_ms: i64,
+) -> io::Result<Vec<IpAddr>> {
     let mut devices = u.devices.clone();
     let mut seen = vec![false; devices.len()];
     let rate = p.logins_per_week / 7.0 * (0.3 + 1.7 * sim.unit());
     let new_device_per_login = p.new_device_per_month / 30.0 / rate.max(1e-9);
     let mut home_ip = sim.address(&u.broadband);
+    let mut used: Vec<IpAddr> = Vec::new();
     let mut trips = Vec::new();
     let mut t = u.joined_day * DAY_MS;
     loop {
@@ -806,6 +822,7 @@ fn genuine(sim: &mut Sim, p: &Params, u: &User, warmup_ms: i64, end_ms: i64) -> 
         let label = if t < warmup_ms { "warmup" } else { "genuine" };
         let agent = dev.client.user_agent(day);
         let device = dev.id.clone();
+        used.push(ip);
         let key = sim.key();
         sim.emit(
             &Event {
@@ -822,7 +839,8 @@ fn genuine(sim: &mut Sim, p: &Params, u: &User, warmup_ms: i64, end_ms: i64) -> 
             &key,
         )?;
         if sim.chance(p.sensitive_share) {
-            let mut at = t;
+            // The first a few minutes after signing in (after any challenge), the next minutes apart.
+            let mut at = t + 2 * MINUTE_MS;
             for _ in 0..sim.range(1, 3) {
                 at += sim.range(MINUTE_MS / 2, 10 * MINUTE_MS);
                 let amount = (10.0 * (sim.unit() * 6.0).exp()) as i64;
@@ -847,7 +865,9 @@ fn genuine(sim: &mut Sim, p: &Params, u: &User, warmup_ms: i64, end_ms: i64) -> 
         first = false;
         t += sim.gap_ms(rate);
     }
-    Ok(())
+    used.sort_unstable();
+    used.dedup();
+    Ok(used)
 }
 
 /// A common browser as the population has them (attackers who do not know the victim's).
@@ -864,6 +884,7 @@ fn attacks(
     sim: &mut Sim,
     p: &Params,
     users: &[User],
+    used: &[Vec<IpAddr>],
     warmup_ms: i64,
     end_ms: i64,
 ) -> io::Result<()> {
@@ -892,33 +913,36 @@ fn attacks(
         for _ in 0..n {
             let t = sim.range(warmup_ms, end_ms - 1);
             let day = t / DAY_MS;
-            let v = &users[victim(sim, t)];
-            let (ip, device, agent) = match model {
-                "naive" => {
-                    let net = *sim.pick(&anywhere);
-                    (
-                        sim.address(&net),
-                        Some(sim.id("")),
-                        Some(common_agent(sim, day)),
-                    )
-                }
+            let vi = victim(sim, t);
+            let v = &users[vi];
+            let nets: Vec<Net> = match model {
+                "naive" => anywhere.clone(),
                 "vpn" => {
                     let mut nets = Sim::networks_in(v.home);
                     nets.extend(ANONYMOUS.iter().filter(|n| n.country == Some(v.home)));
-                    let net = *sim.pick(&nets);
-                    (
-                        sim.address(&net),
-                        Some(sim.id("")),
-                        Some(common_agent(sim, day)),
-                    )
+                    nets
                 }
-                "targeted" => {
-                    // The victim's usual browser: the first device they had.
-                    let agent = v.devices[0].client.user_agent(day);
-                    (sim.address(&v.broadband), Some(sim.id("")), Some(agent))
+                "targeted" => vec![v.broadband],
+                _ => hosting.clone(),
+            };
+            // Not an address the victim used: the test networks are so small (some have 8 addresses) that an
+            // attacker would otherwise share the victim's own, which means sharing the household. (A victim
+            // who used every address of a tiny network leaves a targeted attacker no other.)
+            let own = used.get(vi).map_or(&[][..], Vec::as_slice);
+            let first = *sim.pick(&nets);
+            let mut ip = sim.address(&first);
+            for _ in 0..64 {
+                if own.binary_search(&ip).is_err() {
+                    break;
                 }
+                let net = *sim.pick(&nets);
+                ip = sim.address(&net);
+            }
+            let (device, agent) = match model {
+                "naive" | "vpn" => (Some(sim.id("")), Some(common_agent(sim, day))),
+                // The victim's usual browser: the first device they had.
+                "targeted" => (Some(sim.id("")), Some(v.devices[0].client.user_agent(day))),
                 _ => {
-                    let net = *sim.pick(&hosting);
                     let agent = if sim.chance(0.7) {
                         if sim.chance(0.15) {
                             None
@@ -933,7 +957,7 @@ fn attacks(
                     } else {
                         None
                     };
-                    (sim.address(&net), device, agent)
+                    (device, agent)
                 }
             };
             let key = sim.key();
@@ -1024,7 +1048,7 @@ mod tests {
     #[test]
     fn networks_answer_in_the_test_databases() {
         use crate::signals::geo::{open, Geo, Kind};
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/starter/geoip");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("starter/geoip");
         let geo = Geo {
             city: open(&dir.join("GeoIP2-City-Test.mmdb"), Kind::City).ok(),
             asn: None,

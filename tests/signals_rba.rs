@@ -8,7 +8,7 @@ use std::time::Duration;
 const UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/143.0.0.0 Safari/537.36";
 
 fn engine(compile: bool) -> (Engine, FakeClock) {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/starter/geoip");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/starter/geoip");
     let rules = RuleSet::builder()
         .compile_rules(compile)
         .config_toml(format!(

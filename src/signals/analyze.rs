@@ -123,7 +123,9 @@ pub(crate) fn analyze(
             }
             uses.agent |= UA.contains(&name) || name == "rba_score";
             uses.rba |= name == "rba_score";
-            uses.places |= *db == Some(super::geo::Kind::City);
+            // `rba_score()` reads the country too: with known locations recorded, an action from the address
+            // that placed the user last time is placed without a lookup.
+            uses.places |= *db == Some(super::geo::Kind::City) || name == "rba_score";
         } else if name == "in_list" {
             if args.len() != 2 && !method {
                 report(

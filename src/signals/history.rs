@@ -635,14 +635,17 @@ impl History {
         self.combine(tag, value, 0)
     }
 
-    /// The seeded hash of two strings together (`tag` keeps kinds apart).
-    pub fn hash2(&self, tag: u8, a: &str, b: &str) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed);
-        h.update(&[tag]);
-        h.update(a.as_bytes());
-        h.update(&[0]);
-        h.update(b.as_bytes());
-        h.digest()
+    /// A one-shot seeded hash of `value` for `tag` (cheaper than [`History::hash`]'s streaming state on the short
+    /// strings `rba_score()` hashes; the two never need to agree).
+    pub fn quick_hash(&self, tag: u8, value: &str) -> u64 {
+        let seed = self.seed ^ u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        xxhash_rust::xxh3::xxh3_64_with_seed(value.as_bytes(), seed)
+    }
+
+    /// [`History::quick_hash`] of two strings together.
+    pub fn quick_hash2(&self, tag: u8, a: &str, b: &str) -> u64 {
+        let first = self.quick_hash(tag, a);
+        xxhash_rust::xxh3::xxh3_64_with_seed(b.as_bytes(), first)
     }
 
     fn combine(&self, kind: u8, subject: u64, other: u64) -> u64 {

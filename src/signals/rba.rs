@@ -83,21 +83,24 @@ pub(crate) fn features(ctx: &DecisionCtx) -> Features {
     *ctx.memo.rba_features.get_or_init(|| {
         let h = &ctx.history;
         let mut f = Features::default();
-        let none = |tag: u8| h.hash(tag, "\0none");
+        let none = |tag: u8| h.quick_hash(tag, "\0none");
         f.set(
             0,
             Some(ctx.keys.ip.map_or_else(|| none(b'I'), |ip| h.mix(b'I', ip))),
         );
         f.set(1, super::asn(ctx).map(|a| h.mix(b'A', a as u64)));
-        f.set(2, super::country(ctx).map(|c| h.hash(b'C', c)));
+        f.set(2, super::country(ctx).map(|c| h.quick_hash(b'C', c)));
         let agent = ctx.agent();
-        f.set(3, Some(h.hash(b'U', ctx.ua.as_deref().unwrap_or("\0none"))));
+        f.set(
+            3,
+            Some(h.quick_hash(b'U', ctx.ua.as_deref().unwrap_or("\0none"))),
+        );
         if let Some(b) = agent.browser.as_deref() {
             let v = agent.version.as_deref().unwrap_or("");
-            f.set(4, Some(h.hash2(b'V', b, v)));
-            f.set(5, Some(h.hash(b'B', b)));
+            f.set(4, Some(h.quick_hash2(b'V', b, v)));
+            f.set(5, Some(h.quick_hash(b'B', b)));
         }
-        f.set(6, agent.os.as_deref().map(|o| h.hash(b'O', o)));
+        f.set(6, agent.os.as_deref().map(|o| h.quick_hash(b'O', o)));
         f.set(
             7,
             Some(
@@ -106,7 +109,7 @@ pub(crate) fn features(ctx: &DecisionCtx) -> Features {
                     .map_or_else(|| none(b'D'), |d| h.mix(b'D', d)),
             ),
         );
-        f.set(8, agent.device_type.map(|t| h.hash(b'T', t)));
+        f.set(8, agent.device_type.map(|t| h.quick_hash(b'T', t)));
         f
     })
 }
@@ -126,7 +129,15 @@ pub(crate) fn score(f: &Features, c: &super::history::RbaCounts) -> f64 {
     let pop = |g: u64| (g as f64 + 1.0) / (n_all + 1.0);
     let mut total = 1.0;
     for chain in CHAINS {
-        let levels: Vec<usize> = chain.filter(|&l| f.has(l)).collect();
+        let mut buf = [0usize; 4];
+        let mut len = 0;
+        for l in chain.filter(|&l| f.has(l)) {
+            if let Some(slot) = buf.get_mut(len) {
+                *slot = l;
+                len += 1;
+            }
+        }
+        let levels = buf.get(..len).unwrap_or(&[]);
         let (Some(&first), Some(&top)) = (levels.first(), levels.last()) else {
             continue;
         };
@@ -166,7 +177,7 @@ mod tests {
 
     impl World {
         fn new() -> World {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/starter/geoip");
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("starter/geoip");
             let geo = geo::Geo {
                 city: geo::open(&dir.join("GeoIP2-City-Test.mmdb"), geo::Kind::City).ok(),
                 asn: geo::open(&dir.join("GeoLite2-ASN-Test.mmdb"), geo::Kind::Asn).ok(),
