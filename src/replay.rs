@@ -7,7 +7,7 @@
 //! `"timestamp"` too (the time of the line before when absent). The output line is the response JSON, or
 //! `{"line":N,"error":{"code":"…","message":"…"}}` for a line that is refused.
 //!
-//! Two additions make labelled logs (such as [`riskgate simulate`](crate) writes) replayable:
+//! Two additions make labelled logs (such as `riskgate simulate` writes) replayable:
 //! - any line may carry `"label"` and `"model"` (strings of at most [`MAX_LABEL_BYTES`] bytes, such as
 //!   `"label":"attack","model":"vpn"`): they are not part of the request, the output line does not change, and
 //!   [`Output::label`] carries them so that a [`Labels`] tally can measure catch rate and friction per label

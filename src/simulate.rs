@@ -9,7 +9,10 @@
 //! ```
 //! use riskgate::simulate::{simulate, Params};
 //!
-//! let params = Params { users: 20, days: 14, warmup_days: 7, ..Params::default() };
+//! let mut params = Params::default();
+//! params.users = 20;
+//! params.days = 14;
+//! params.warmup_days = 7;
 //! let mut a = Vec::new();
 //! let counts = simulate(&params, &mut a)?;
 //! let mut b = Vec::new();

@@ -69,12 +69,12 @@ fn lines_are_in_time_order_and_every_line_replays() {
                     challenged += 1;
                 }
             }
-            Outcome::Operation if v["ifState"] == "CHALLENGE_REQUIRED" => {
-                if out.json.contains("\"CHALLENGE_SUCCEEDED\"")
-                    || out.json.contains("\"CHALLENGE_FAILED\"")
-                {
-                    completed += 1;
-                }
+            Outcome::Operation
+                if v["ifState"] == "CHALLENGE_REQUIRED"
+                    && (out.json.contains("\"CHALLENGE_SUCCEEDED\"")
+                        || out.json.contains("\"CHALLENGE_FAILED\"")) =>
+            {
+                completed += 1;
             }
             Outcome::Refused(e) => panic!("line {} refused: {e}", n + 1),
             _ => {}

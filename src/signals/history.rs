@@ -4,7 +4,9 @@
 //! History lives in three tables: `series` (one key per user+action, IP+action and device+action: the times of
 //! those actions), `distinct` (one key per IP, device and user: the users or devices seen with it and when) and
 //! `known` (one key per user: the devices, IPs and countries the user has made known, and the last known
-//! location). Each table holds at most `[signals] max_keys` keys and `[signals] max_bytes` bytes, each series
+//! location, and `rba_score()`'s counts of the user's feature values), plus, when a rule calls `rba_score()`,
+//! `rba` (one key per feature value: how many verified actions of all users had it). Each table holds at most
+//! `[signals] max_keys` keys and `[signals] max_bytes` bytes, each series
 //! or set at most `[signals] max_per_key` entries, each user at most [`MAX_KNOWN`] devices, IPs and countries.
 //!
 //! Only the series and sets some rule calls are recorded. They drop what is older than the ruleset's longest
@@ -479,6 +481,18 @@ pub(crate) enum KnownKind {
     Country,
 }
 
+/// What one verified action of a user makes known ([`History::make_known`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Verified<'a> {
+    pub device: Option<u64>,
+    pub ip: Option<u64>,
+    pub country: Option<u64>,
+    pub location: Option<Located>,
+    /// Its `rba_score()` feature values (empty when no rule calls it).
+    pub rba: &'a [u64],
+    pub at_ms: i64,
+}
+
 /// The hashed keys of one action.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Keys {
@@ -774,16 +788,15 @@ impl History {
 
     /// Makes the device, IP and country of an action known for its user, and its location the user's last
     /// known one (unless a later one is already recorded).
-    pub fn make_known(
-        &self,
-        user: u64,
-        device: Option<u64>,
-        ip: Option<u64>,
-        country: Option<u64>,
-        location: Option<Located>,
-        rba: &[u64],
-        at_ms: i64,
-    ) {
+    pub fn make_known(&self, user: u64, v: &Verified<'_>) {
+        let Verified {
+            device,
+            ip,
+            country,
+            location,
+            rba,
+            at_ms,
+        } = *v;
         let horizon = self.known_for_ms.load(Ordering::Relaxed);
         let caps = self.caps();
         if !rba.is_empty() {

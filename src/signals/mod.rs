@@ -260,12 +260,14 @@ fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
         });
     history.make_known(
         fp.keys.user,
-        fp.keys.device,
-        fp.keys.ip,
-        country,
-        location,
-        rba.get(..n).unwrap_or(&[]),
-        fp.at_ms,
+        &history::Verified {
+            device: fp.keys.device,
+            ip: fp.keys.ip,
+            country,
+            location,
+            rba: rba.get(..n).unwrap_or(&[]),
+            at_ms: fp.at_ms,
+        },
     );
 }
 
