@@ -716,7 +716,7 @@ impl Compiler<'_> {
         }
     }
 
-    /// A call to a signal function (see `signals::register` for the Rhai side of each).
+    /// A call to a signal function (see `binding::register` for the Rhai side of each).
     fn signal(&mut self, name: &str, args: &[Expr]) -> Option<Code> {
         type Windowed = fn(&DecisionCtx, i64) -> Result<i64, String>;
         type Flag = fn(&DecisionCtx) -> bool;

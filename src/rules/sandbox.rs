@@ -141,7 +141,7 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
         .register_fn("!=", |a: State, b: State| a != b)
         .register_fn("to_string", |s: &mut State| s.as_str().to_owned())
         .register_fn("to_debug", |s: &mut State| s.as_str().to_owned());
-    crate::signals::register(&mut e);
+    super::binding::register(&mut e);
     e
 }
 

@@ -17,8 +17,8 @@ const WINDOWED: [&str; 6] = [
 ];
 
 /// Signal functions that take no argument, with the `[geoip]` database each needs.
-const NULLARY: [(&str, Option<super::geo::Kind>); 13] = {
-    use super::geo::Kind::{AnonymousIp, Asn, City};
+const NULLARY: [(&str, Option<crate::signals::geo::Kind>); 13] = {
+    use crate::signals::geo::Kind::{AnonymousIp, Asn, City};
     [
         ("is_new_device", None),
         ("is_new_ip", None),
@@ -43,7 +43,7 @@ pub(crate) struct Needs<'a> {
     /// The names of the ruleset's lists.
     pub lists: &'a dyn Fn(&str) -> bool,
     /// Which `[geoip]` databases are configured.
-    pub geo: &'a dyn Fn(super::geo::Kind) -> bool,
+    pub geo: &'a dyn Fn(crate::signals::geo::Kind) -> bool,
 }
 
 /// What a ruleset's rules use, gathered over all rules.
@@ -92,7 +92,7 @@ pub(crate) fn analyze(
             uses.windowed |= 1 << (i + 1);
             match args.first() {
                 Some(Expr::StringConstant(w, at)) if args.len() == 1 && !method => {
-                    match super::window(name, w) {
+                    match crate::signals::window(name, w) {
                         Ok(ms) => uses.longest_window_ms = uses.longest_window_ms.max(ms),
                         Err(m) => report(*at, m),
                     }
@@ -119,7 +119,7 @@ pub(crate) fn analyze(
                 }
             }
             uses.agent |= UA.contains(&name);
-            uses.places |= *db == Some(super::geo::Kind::City);
+            uses.places |= *db == Some(crate::signals::geo::Kind::City);
         } else if name == "in_list" {
             if args.len() != 2 && !method {
                 report(
