@@ -54,6 +54,9 @@ pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
 
+#[doc(hidden)]
+pub use rules::vars::names;
+
 /// The README's Rust examples, compiled as doctests so they cannot go stale.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -5,45 +5,15 @@
 use rhai::{ASTNode, Expr, Position, Stmt, AST};
 
 use crate::error::Diagnostic;
-
-/// Signal functions that take a window string.
-const WINDOWED: [&str; 6] = [
-    "velocity",
-    "velocity_ip",
-    "velocity_device",
-    "distinct_users_on_ip",
-    "distinct_users_on_device",
-    "distinct_devices",
-];
-
-/// Signal functions that take no argument, with the `[geoip]` database each needs.
-const NULLARY: [(&str, Option<crate::signals::geo::Kind>); 13] = {
-    use crate::signals::geo::Kind::{AnonymousIp, Asn, City};
-    [
-        ("is_new_device", None),
-        ("is_new_ip", None),
-        ("is_new_country", Some(City)),
-        ("country", Some(City)),
-        ("city", Some(City)),
-        ("asn", Some(Asn)),
-        ("is_anonymous_ip", Some(AnonymousIp)),
-        ("travel_speed_kmh", Some(City)),
-        ("is_impossible_travel", Some(City)),
-        ("ua_browser", None),
-        ("ua_os", None),
-        ("ua_device_type", None),
-        ("is_bot", None),
-    ]
-};
-
-const UA: [&str; 4] = ["ua_browser", "ua_os", "ua_device_type", "is_bot"];
+use crate::signals::catalogue::{self, Args};
+use crate::signals::geo;
 
 /// What the ruleset offers that rules may need.
 pub(crate) struct Needs<'a> {
     /// The names of the ruleset's lists.
     pub lists: &'a dyn Fn(&str) -> bool,
     /// Which `[geoip]` databases are configured.
-    pub geo: &'a dyn Fn(crate::signals::geo::Kind) -> bool,
+    pub geo: &'a dyn Fn(geo::Kind) -> bool,
 }
 
 /// What a ruleset's rules use, gathered over all rules.
@@ -58,8 +28,8 @@ pub(crate) struct Uses {
     /// Some rule asks the city database (`country()`, `city()`, `is_new_country()`, travel): known countries
     /// and locations are recorded only then, so a ruleset that never asks never looks an IP up.
     pub places: bool,
-    /// Which windowed signals rules call: bit `1 << k` for the `k`-th of [`WINDOWED`] counted from 1 (the
-    /// values of `SeriesKind` and `SetKind`), so history keeps only the series and sets that are read.
+    /// Which windowed signals rules call: the [`Kept::bit`](catalogue::Kept::bit) of each one's catalogue row,
+    /// so history keeps only the series and sets that are read.
     pub windowed: u8,
 }
 
@@ -88,57 +58,164 @@ pub(crate) fn analyze(
         };
         let name = call.name.as_str();
         let args = &call.args;
-        if let Some(i) = WINDOWED.iter().position(|w| *w == name) {
-            uses.windowed |= 1 << (i + 1);
-            match args.first() {
-                Some(Expr::StringConstant(w, at)) if args.len() == 1 && !method => {
-                    match crate::signals::window(name, w) {
-                        Ok(ms) => uses.longest_window_ms = uses.longest_window_ms.max(ms),
-                        Err(m) => report(*at, m),
+        let Some(signal) = catalogue::find(name) else {
+            return true;
+        };
+        match signal.call.args() {
+            Args::Window => {
+                uses.windowed |= signal.call.kept().map_or(0, |k| k.bit());
+                match args.first() {
+                    Some(Expr::StringConstant(w, at)) if args.len() == 1 && !method => {
+                        match crate::signals::window(name, w) {
+                            Ok(ms) => uses.longest_window_ms = uses.longest_window_ms.max(ms),
+                            Err(m) => report(*at, m),
+                        }
                     }
+                    _ if args.len() == 1 || method => uses.computed_window = true,
+                    _ => report(
+                        pos,
+                        format!("`{name}` takes one argument, a window like \"10m\" or \"1h\""),
+                    ),
                 }
-                _ if args.len() == 1 || method => uses.computed_window = true,
-                _ => report(
-                    pos,
-                    format!("`{name}` takes one argument, a window like \"10m\" or \"1h\""),
-                ),
             }
-        } else if let Some((_, db)) = NULLARY.iter().find(|(n, _)| *n == name) {
-            if !args.is_empty() {
-                report(pos, format!("`{name}` takes no arguments"));
+            Args::None => {
+                if !args.is_empty() {
+                    report(pos, format!("`{name}` takes no arguments"));
+                }
             }
-            if let Some(kind) = db {
-                if !(needs.geo)(*kind) {
+            Args::ListValue => {
+                if args.len() != 2 && !method {
                     report(
                         pos,
-                        format!(
-                            "`{name}` needs a GeoIP database: set `[geoip] {}` in riskgate.toml",
-                            kind.key()
-                        ),
+                        format!("`{name}` takes two arguments: a list name and a value"),
                     );
-                }
-            }
-            uses.agent |= UA.contains(&name);
-            uses.places |= *db == Some(crate::signals::geo::Kind::City);
-        } else if name == "in_list" {
-            if args.len() != 2 && !method {
-                report(
-                    pos,
-                    "`in_list` takes two arguments: a list name and a value".to_owned(),
-                );
-            } else if let Some(Expr::StringConstant(list, at)) = args.first() {
-                if !method && !(needs.lists)(list) {
-                    report(
-                        *at,
-                        format!(
-                            "no list named `{}`: expected `lists/{}.txt` in the rules folder",
-                            crate::request::shorten(list),
-                            crate::request::shorten(list)
-                        ),
-                    );
+                } else if let Some(Expr::StringConstant(list, at)) = args.first() {
+                    if !method && !(needs.lists)(list) {
+                        report(
+                            *at,
+                            format!(
+                                "no list named `{}`: expected `lists/{}.txt` in the rules folder",
+                                crate::request::shorten(list),
+                                crate::request::shorten(list)
+                            ),
+                        );
+                    }
                 }
             }
         }
+        if let Some(kind) = signal.geo {
+            if !(needs.geo)(kind) {
+                report(
+                    pos,
+                    format!(
+                        "`{name}` needs a GeoIP database: set `[geoip] {}` in riskgate.toml",
+                        kind.key()
+                    ),
+                );
+            }
+        }
+        uses.agent |= signal.agent;
+        uses.places |= signal.places;
         true
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::signals::catalogue::{Call, SIGNALS};
+    use crate::{Engine, RuleSet, State, TrackRequest};
+    use std::time::{Duration, SystemTime};
+
+    /// An action on `signIn` by `user` from `ip` and `device`.
+    fn req(user: &str, ip: &str, device: &str) -> TrackRequest {
+        let mut r = TrackRequest::new(user, "signIn");
+        r.attributes.ip_address = Some(ip.into());
+        r.attributes.device_id = Some(device.into());
+        r
+    }
+
+    /// What each windowed signal counts, stated apart from the catalogue: after `FIRST`, the first request
+    /// here must see one earlier action or member, and the second none.
+    fn meaning(name: &str) -> Option<[TrackRequest; 2]> {
+        Some(match name {
+            "velocity" => [req("u1", "10.0.0.2", "d2"), req("u2", "10.0.0.1", "d1")],
+            "velocity_ip" => [req("u2", "10.0.0.1", "d2"), req("u1", "10.0.0.2", "d1")],
+            "velocity_device" => [req("u2", "10.0.0.2", "d1"), req("u1", "10.0.0.1", "d2")],
+            "distinct_users_on_ip" => [req("u2", "10.0.0.1", "d2"), req("u1", "10.0.0.2", "d1")],
+            "distinct_users_on_device" => {
+                [req("u2", "10.0.0.2", "d1"), req("u1", "10.0.0.1", "d2")]
+            }
+            "distinct_devices" => [req("u1", "10.0.0.2", "d2"), req("u2", "10.0.0.1", "d1")],
+            _ => return None,
+        })
+    }
+
+    /// The count `name("1h")` gives `second` after `first`, by an engine whose only rule calls `name`; and how
+    /// many history keys the first action left.
+    fn count_after(
+        name: &str,
+        compile: bool,
+        first: &TrackRequest,
+        second: &TrackRequest,
+    ) -> (State, usize) {
+        // REVIEW (not ALLOW) when nothing is counted, so that nothing is made known and the only history is the
+        // series or set the signal reads.
+        let rules = RuleSet::builder()
+            .compile_rules(compile)
+            .rule(
+                "only",
+                format!("if {name}(\"1h\") == 1 {{ BLOCK }} else {{ REVIEW }}"),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(rules.rules().all(|r| r.compiled), compile, "`{name}`");
+        let engine = Engine::builder().ruleset(rules).build().unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let state = engine.track_at(first, t0).unwrap().state;
+        assert_eq!(
+            state,
+            State::Review,
+            "`{name}` counts the first action itself"
+        );
+        let keys = engine.history_keys();
+        let state = engine
+            .track_at(second, t0 + Duration::from_secs(60))
+            .unwrap()
+            .state;
+        (state, keys)
+    }
+
+    /// A windowed row's history kind is what history records for it and what it reads: a ruleset calling only
+    /// that signal keeps exactly one series or set key, and the signal counts an earlier action by the subject
+    /// its name promises, and not one by another subject.
+    #[test]
+    fn each_windowed_signal_keeps_the_history_it_reads() {
+        let first = req("u1", "10.0.0.1", "d1");
+        let mut windowed = 0;
+        for signal in &SIGNALS {
+            let Call::Window(_) = signal.call else {
+                continue;
+            };
+            windowed += 1;
+            let name = signal.name;
+            let [same, other] =
+                meaning(name).unwrap_or_else(|| panic!("say what `{name}` counts in `meaning`"));
+            for compile in [true, false] {
+                let (state, keys) = count_after(name, compile, &first, &same);
+                assert_eq!(keys, 1, "`{name}` keeps one series or set key");
+                assert_eq!(
+                    state,
+                    State::Block,
+                    "`{name}` sees the earlier action (compiled: {compile})"
+                );
+                let (state, _) = count_after(name, compile, &first, &other);
+                assert_eq!(
+                    state,
+                    State::Review,
+                    "`{name}` counts another subject's action (compiled: {compile})"
+                );
+            }
+        }
+        assert_eq!(windowed, 6);
+    }
 }

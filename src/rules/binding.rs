@@ -1,13 +1,15 @@
-//! The binding of signals to Rhai: the decision running on each thread, and the registered signal functions.
+//! The binding of signals to Rhai: the decision running on each thread, and one registered function per row of
+//! the signal [`catalogue`].
 //!
 //! Registered functions read the context of the decision running on their thread (set by [`with_decision`]
-//! around rule evaluation) and call the same functions compiled rules call.
+//! around rule evaluation) and call the row's function, the same one compiled rules call.
 
 use rhai::{Dynamic, EvalAltResult, ImmutableString, FLOAT, INT};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::signals::*;
+use crate::signals::catalogue::{self, Call};
+use crate::signals::DecisionCtx;
 
 thread_local! {
     /// The decision running on this thread, for the Rhai functions.
@@ -55,81 +57,94 @@ fn text(v: Option<&str>) -> Dynamic {
     v.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(s)))
 }
 
-/// Registers the signal functions on a rule engine.
+/// Registers every signal of the catalogue on a rule engine.
 pub(crate) fn register(engine: &mut rhai::Engine) {
-    type Windowed = fn(&DecisionCtx, i64) -> Result<i64, String>;
-    let windowed: [(&'static str, Windowed); 6] = [
-        ("velocity", velocity),
-        ("velocity_ip", velocity_ip),
-        ("velocity_device", velocity_device),
-        ("distinct_users_on_ip", distinct_users_on_ip),
-        ("distinct_users_on_device", distinct_users_on_device),
-        ("distinct_devices", distinct_devices),
-    ];
-    for (name, f) in windowed {
-        engine.register_fn(name, move |w: ImmutableString| -> RhaiResult<INT> {
-            current(|ctx| f(ctx, window(name, &w)?))
-        });
+    for signal in &catalogue::SIGNALS {
+        let name = signal.name;
+        match signal.call {
+            Call::Window(kept) => {
+                engine.register_fn(name, move |w: ImmutableString| -> RhaiResult<INT> {
+                    current(|ctx| {
+                        crate::signals::count(ctx, name, kept, crate::signals::window(name, &w)?)
+                    })
+                });
+            }
+            Call::Flag(f) => {
+                engine.register_fn(name, move || -> RhaiResult<bool> {
+                    current(|ctx| Ok(f(ctx)))
+                });
+            }
+            Call::Text(f) => {
+                engine.register_fn(name, move || -> RhaiResult<Dynamic> {
+                    current(|ctx| Ok(text(f(ctx))))
+                });
+            }
+            Call::MaybeInt(f) => {
+                engine.register_fn(name, move || -> RhaiResult<Dynamic> {
+                    current(|ctx| Ok(f(ctx).map_or(Dynamic::UNIT, |n| Dynamic::from(n as INT))))
+                });
+            }
+            Call::MaybeBool(f) => {
+                engine.register_fn(name, move || -> RhaiResult<Dynamic> {
+                    current(|ctx| Ok(f(ctx).map_or(Dynamic::UNIT, Dynamic::from)))
+                });
+            }
+            Call::MaybeFloat(f) => {
+                engine.register_fn(name, move || -> RhaiResult<Dynamic> {
+                    current(|ctx| Ok(f(ctx).map_or(Dynamic::UNIT, |v| Dynamic::from(v as FLOAT))))
+                });
+            }
+            Call::List(f) => {
+                engine.register_fn(
+                    name,
+                    move |list: ImmutableString, value: Dynamic| -> RhaiResult<bool> {
+                        current(|ctx| {
+                            if value.is_unit() {
+                                // An absent attribute is in no list, but the list must still exist.
+                                return f(ctx, &list, "").map(|_| false);
+                            }
+                            let v = if let Some(s) = value.read_lock::<ImmutableString>() {
+                                return f(ctx, &list, &s);
+                            } else if value.is_int()
+                                || value.is_float()
+                                || value.is_bool()
+                                || value.is_char()
+                            {
+                                value.to_string()
+                            } else {
+                                return Err(format!(
+                                    "`{name}`: expected a string value, not {}",
+                                    value.type_name()
+                                ));
+                            };
+                            f(ctx, &list, &v)
+                        })
+                    },
+                );
+            }
+        }
     }
-    type Flag = fn(&DecisionCtx) -> bool;
-    let flags: [(&'static str, Flag); 5] = [
-        ("is_new_device", is_new_device),
-        ("is_new_ip", is_new_ip),
-        ("is_new_country", is_new_country),
-        ("is_impossible_travel", is_impossible_travel),
-        ("is_bot", is_bot),
-    ];
-    for (name, f) in flags {
-        engine.register_fn(name, move || -> RhaiResult<bool> {
-            current(|ctx| Ok(f(ctx)))
-        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_is_registered_with_its_arity() {
+        let engine = super::super::sandbox::new_engine(&crate::config::Limits::default());
+        let registered: Vec<(String, usize)> = engine.collect_fn_metadata(
+            None,
+            |info| Some((info.metadata.name.to_string(), info.metadata.num_params)),
+            true,
+        );
+        for signal in &catalogue::SIGNALS {
+            let arities: Vec<usize> = registered
+                .iter()
+                .filter(|(n, _)| n == signal.name)
+                .map(|(_, a)| *a)
+                .collect();
+            assert_eq!(arities, [signal.call.arity()], "`{}`", signal.name);
+        }
     }
-    type Text = fn(&DecisionCtx) -> Option<&str>;
-    let texts: [(&'static str, Text); 4] = [
-        ("country", country),
-        ("city", city),
-        ("ua_browser", ua_browser),
-        ("ua_os", ua_os),
-    ];
-    for (name, f) in texts {
-        engine.register_fn(name, move || -> RhaiResult<Dynamic> {
-            current(|ctx| Ok(text(f(ctx))))
-        });
-    }
-    engine.register_fn("ua_device_type", || -> RhaiResult<Dynamic> {
-        current(|ctx| Ok(text(ua_device_type(ctx))))
-    });
-    engine.register_fn("asn", || -> RhaiResult<Dynamic> {
-        current(|ctx| Ok(asn(ctx).map_or(Dynamic::UNIT, |n| Dynamic::from(n as INT))))
-    });
-    engine.register_fn("is_anonymous_ip", || -> RhaiResult<Dynamic> {
-        current(|ctx| Ok(is_anonymous_ip(ctx).map_or(Dynamic::UNIT, Dynamic::from)))
-    });
-    engine.register_fn("travel_speed_kmh", || -> RhaiResult<Dynamic> {
-        current(
-            |ctx| Ok(travel_speed_kmh(ctx).map_or(Dynamic::UNIT, |v| Dynamic::from(v as FLOAT))),
-        )
-    });
-    engine.register_fn(
-        "in_list",
-        |name: ImmutableString, value: Dynamic| -> RhaiResult<bool> {
-            current(|ctx| {
-                if value.is_unit() {
-                    // An absent attribute is in no list, but the list must still exist.
-                    return in_list(ctx, &name, "").map(|_| false);
-                }
-                let v = if let Some(s) = value.read_lock::<ImmutableString>() {
-                    return in_list(ctx, &name, &s);
-                } else if value.is_int() || value.is_float() || value.is_bool() || value.is_char() {
-                    value.to_string()
-                } else {
-                    return Err(format!(
-                        "`in_list`: expected a string value, not {}",
-                        value.type_name()
-                    ));
-                };
-                in_list(ctx, &name, &v)
-            })
-        },
-    );
 }

@@ -7,6 +7,7 @@ pub(crate) mod compile;
 mod functions;
 mod meta;
 pub(crate) mod sandbox;
+pub(crate) mod vars;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,10 +3,10 @@
 //!
 //! # How a signal is computed
 //! Each signal is a plain function over a [`DecisionCtx`], the state of one decision: the request's hashed keys,
-//! the event time, handles to the engine's [`History`] and the ruleset's [`SignalSet`], and a memo. The Rhai
-//! functions registered by `rules/binding.rs` read the context of the decision running on their thread and call
-//! the same functions, so compiled rule paths and Rhai scripts agree by construction. This module knows nothing
-//! of Rhai.
+//! the event time, handles to the engine's [`History`] and the ruleset's [`SignalSet`], and a memo. Each signal
+//! is one row of the [`catalogue`]: the Rhai binding (`rules/binding.rs`), the load-time checks and the native
+//! compiler all read that table and call the same functions, so compiled rule paths and Rhai scripts agree by
+//! construction. This module knows nothing of Rhai.
 //!
 //! Nothing is computed until a rule asks, and each answer is memoised for the rest of the decision: a GeoIP
 //! lookup happens at most once per decision, and never when no rule calls a geography function. An action from
@@ -15,6 +15,7 @@
 //! History is what came *before* this action: [`DecisionCtx::record`] adds the action once the decision is
 //! resolved, and idempotent repeats never reach it.
 
+pub(crate) mod catalogue;
 pub(crate) mod geo;
 pub(crate) mod history;
 pub(crate) mod lists;
@@ -27,7 +28,8 @@ use std::sync::Arc;
 
 pub(crate) use history::{History, Keys, Limits};
 
-use history::{KnownKind, Located, SeriesKind, SetKind};
+use catalogue::Kept;
+use history::{KnownKind, Located};
 
 /// Speeds above this many km/h are impossible travel.
 pub const IMPOSSIBLE_KMH: f64 = 1000.0;
@@ -39,7 +41,7 @@ pub(crate) struct SignalSet {
     pub geo: geo::Geo,
     /// How much history the ruleset's windows need (0: none, nothing is recorded in series and sets).
     pub horizon_ms: i64,
-    /// Which series and sets rules read (see `Uses::windowed` in `rules/analyze.rs`); only those are recorded.
+    /// Which series and sets rules read ([`Kept::bit`] of each windowed signal called); only those are recorded.
     pub windowed: u8,
     pub limits: Limits,
     /// Some rule asks about the user agent (so decisions keep a copy of it).
@@ -248,14 +250,16 @@ pub(crate) fn window(function: &str, window: &str) -> Result<i64, String> {
     crate::duration::parse_millis(window).map_err(|e| format!("`{function}`: {e}"))
 }
 
-fn windowed(
+/// What the windowed signal `function` counts over `window_ms`: its series or set `kept` (see its catalogue
+/// row). An error when no rule calls it by name (its history is not kept) or the window is longer than the
+/// history kept.
+pub(crate) fn count(
     ctx: &DecisionCtx,
     function: &str,
-    tag: u8,
+    kept: Kept,
     window_ms: i64,
-    compute: impl FnOnce(&History, &Keys, i64, i64) -> i64,
 ) -> Result<i64, String> {
-    if ctx.set.windowed & (1 << tag) == 0 {
+    if ctx.set.windowed & kept.bit() == 0 {
         return Err(format!(
             "`{function}` is not called by name in any rule, so its history is not kept"
         ));
@@ -267,55 +271,10 @@ fn windowed(
             crate::duration::format_millis(ctx.set.horizon_ms)
         ));
     }
-    Ok(ctx.count(tag, window_ms, || {
-        compute(&ctx.history, &ctx.keys, ctx.now_ms, window_ms)
+    Ok(ctx.count(kept.tag(), window_ms, || match kept {
+        Kept::Series(k) => ctx.history.velocity(k, &ctx.keys, ctx.now_ms, window_ms),
+        Kept::Set(k) => ctx.history.distinct(k, &ctx.keys, ctx.now_ms, window_ms),
     }))
-}
-
-/// This user's earlier actions with this action code within `window_ms`.
-pub(crate) fn velocity(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "velocity", 1, window_ms, |h, k, now, w| {
-        h.velocity(SeriesKind::User, k, now, w)
-    })
-}
-
-/// Earlier actions with this action code from this IP, any user, within `window_ms` (0 without an IP).
-pub(crate) fn velocity_ip(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "velocity_ip", 2, window_ms, |h, k, now, w| {
-        h.velocity(SeriesKind::Ip, k, now, w)
-    })
-}
-
-/// Earlier actions with this action code from this device, any user, within `window_ms` (0 without a device).
-pub(crate) fn velocity_device(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "velocity_device", 3, window_ms, |h, k, now, w| {
-        h.velocity(SeriesKind::Device, k, now, w)
-    })
-}
-
-/// Distinct users seen from this IP within `window_ms` (0 without an IP).
-pub(crate) fn distinct_users_on_ip(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "distinct_users_on_ip", 4, window_ms, |h, k, now, w| {
-        h.distinct(SetKind::UsersOnIp, k, now, w)
-    })
-}
-
-/// Distinct users seen from this device within `window_ms` (0 without a device).
-pub(crate) fn distinct_users_on_device(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(
-        ctx,
-        "distinct_users_on_device",
-        5,
-        window_ms,
-        |h, k, now, w| h.distinct(SetKind::UsersOnDevice, k, now, w),
-    )
-}
-
-/// Distinct devices this user acted from within `window_ms`.
-pub(crate) fn distinct_devices(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "distinct_devices", 6, window_ms, |h, k, now, w| {
-        h.distinct(SetKind::DevicesOfUser, k, now, w)
-    })
 }
 
 fn is_new(ctx: &DecisionCtx, kind: KnownKind, item: Option<u64>) -> bool {
