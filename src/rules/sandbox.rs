@@ -349,12 +349,11 @@ fn fill_scope(scope: &mut Scope<'static>, req: &TrackRequest, vars: u16) {
             scope.push_constant(state.as_str(), state);
         }
     }
-    let wants = |name: &str| vars::bit(name).is_some_and(|bit| vars & bit != 0);
     let a = &req.attributes;
-    for var in &VARS {
+    for (i, var) in VARS.iter().enumerate() {
         let Read::Text(read) = var.read else { continue };
         let name = var.name;
-        if !wants(name) {
+        if vars & (1 << i) == 0 {
             continue;
         }
         match read(req) {
@@ -362,7 +361,7 @@ fn fill_scope(scope: &mut Scope<'static>, req: &TrackRequest, vars: u16) {
             None => scope.push_constant(name, ()),
         };
     }
-    if wants(vars::CUSTOM) {
+    if vars & vars::CUSTOM_BIT != 0 {
         let mut custom = Map::new();
         for (k, v) in &a.custom {
             let v = match v {

@@ -52,6 +52,30 @@ pub(crate) const VARS: [Var; 10] = [
 /// Every request variable, as a variable set.
 pub(crate) const ALL: u16 = (1 << VARS.len()) - 1;
 
+/// The bit of `custom` in a variable set.
+pub(crate) const CUSTOM_BIT: u16 = {
+    let mut i = 0;
+    while i < VARS.len() && !same(VARS[i].name.as_bytes(), CUSTOM.as_bytes()) {
+        i += 1;
+    }
+    assert!(i < VARS.len(), "`custom` is a request variable");
+    1 << i
+};
+
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// The bit of request variable `name` in a variable set.
 pub(crate) fn bit(name: &str) -> Option<u16> {
     VARS.iter().position(|v| v.name == name).map(|i| 1 << i)

@@ -13,32 +13,9 @@
 //! member in `History::record`). Then document it in the README's Signals table.
 
 use super::geo::Kind as Geo;
+pub(crate) use super::history::Kept;
 use super::history::{SeriesKind, SetKind};
 use super::DecisionCtx;
-
-/// The history a windowed signal counts, and so the history that is kept when some rule calls it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kept {
-    /// A velocity series: the times of earlier actions with this action code.
-    Series(SeriesKind),
-    /// A distinct-member set: the users or devices seen with a subject.
-    Set(SetKind),
-}
-
-impl Kept {
-    /// Its tag in history (and in the per-decision memo).
-    pub fn tag(self) -> u8 {
-        match self {
-            Kept::Series(k) => k as u8,
-            Kept::Set(k) => k as u8,
-        }
-    }
-
-    /// Its bit in a set of kept series and sets (`SignalSet::windowed`, `History::record`).
-    pub fn bit(self) -> u8 {
-        1 << self.tag()
-    }
-}
 
 /// How a signal is called and what it returns. The variant fixes both the argument shape ([`Call::args`]) and
 /// the value's type, so a row cannot say one thing and its function do another, and the Rhai binding and the

@@ -28,8 +28,7 @@ use std::sync::Arc;
 
 pub(crate) use history::{History, Keys, Limits};
 
-use catalogue::Kept;
-use history::{KnownKind, Located};
+use history::{Kept, KnownKind, Located};
 
 /// Speeds above this many km/h are impossible travel.
 pub const IMPOSSIBLE_KMH: f64 = 1000.0;
