@@ -384,7 +384,7 @@ impl Engine {
         self.shared.decisions.fetch_add(1, Ordering::Relaxed);
         let idx = rs.rules_for(&req.action);
         let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now_ms);
-        let (decision, footprint) = signals::with_decision(ctx, |ctx| {
+        let (decision, footprint) = rules::binding::with_decision(ctx, |ctx| {
             let mut results = Vec::with_capacity(idx.len());
             sandbox::evaluate(
                 &rs.engine,

@@ -43,3 +43,6 @@ pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use settings::SandboxLimits;
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
+
+#[doc(hidden)]
+pub use rules::vars::names;

@@ -78,7 +78,7 @@ impl State {
     }
 
     /// Whether this is one of the four decisions a rule can return (not a lifecycle state).
-    pub fn is_decision(self) -> bool {
+    pub const fn is_decision(self) -> bool {
         matches!(
             self,
             State::Allow | State::ChallengeRequired | State::Review | State::Block

@@ -1,10 +1,13 @@
 //! Rulesets: loading `*.rhai` files and `riskgate.toml` from a folder (or from sources), reading their
 //! metadata, and compiling each rule once.
 
+mod analyze;
+pub(crate) mod binding;
 pub(crate) mod compile;
 mod functions;
 mod meta;
 pub(crate) mod sandbox;
+pub(crate) mod vars;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -348,14 +351,14 @@ impl RuleSetBuilder {
                 Err(mut d) => problems.append(&mut d),
             }
         }
-        let mut uses = crate::signals::Uses::default();
+        let mut uses = analyze::Uses::default();
         let has_list = |name: &str| lists.contains_key(name);
         let has_geo = |kind: crate::signals::geo::Kind| match kind {
             crate::signals::geo::Kind::City => geo.city.is_some(),
             crate::signals::geo::Kind::Asn => geo.asn.is_some(),
             crate::signals::geo::Kind::AnonymousIp => geo.anonymous.is_some(),
         };
-        let needs = crate::signals::Needs {
+        let needs = analyze::Needs {
             lists: &has_list,
             geo: &has_geo,
         };
@@ -394,7 +397,7 @@ impl RuleSetBuilder {
             match engine.compile_with_scope(&scope, &source) {
                 Ok(ast) => {
                     known.check(&ast, &file, &mut problems);
-                    crate::signals::analyze(&ast, &file, &needs, &mut uses, &mut problems);
+                    analyze::analyze(&ast, &file, &needs, &mut uses, &mut problems);
                     if let Some(meta) = meta {
                         let compiled = if self.compile {
                             compile::compile(&ast, &config.limits)

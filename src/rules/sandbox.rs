@@ -20,32 +20,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use super::compile::Ctx;
+use super::vars::{self, Read, OUTCOMES, VARS};
 use super::Rule;
 use crate::config::Limits;
 use crate::request::{CustomValue, TrackRequest};
 use crate::signals::DecisionCtx;
 use crate::State;
-
-/// The request variables every rule sees, in scope order.
-pub(crate) const REQUEST_VARS: [&str; 10] = [
-    "user_id",
-    "action",
-    "ip_address",
-    "device_id",
-    "user_agent",
-    "email",
-    "phone_number",
-    "username",
-    "redirect_url",
-    "custom",
-];
-
-const OUTCOMES: [(&str, State); 4] = [
-    ("ALLOW", State::Allow),
-    ("CHALLENGE_REQUIRED", State::ChallengeRequired),
-    ("REVIEW", State::Review),
-    ("BLOCK", State::Block),
-];
 
 thread_local! {
     /// When the rule running on this thread must stop.
@@ -141,7 +121,7 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
         .register_fn("!=", |a: State, b: State| a != b)
         .register_fn("to_string", |s: &mut State| s.as_str().to_owned())
         .register_fn("to_debug", |s: &mut State| s.as_str().to_owned());
-    crate::signals::register(&mut e);
+    super::binding::register(&mut e);
     e
 }
 
@@ -199,11 +179,11 @@ pub(crate) fn explain_parse_error(e: &rhai::ParseErrorType) -> String {
 /// checking catches a misspelt name at load time).
 pub(crate) fn compile_scope() -> Scope<'static> {
     let mut scope = Scope::new();
-    for (name, state) in OUTCOMES {
-        scope.push_constant(name, state);
+    for state in OUTCOMES {
+        scope.push_constant(state.as_str(), state);
     }
-    for name in REQUEST_VARS {
-        scope.push(name, ());
+    for var in &VARS {
+        scope.push(var.name, ());
     }
     scope
 }
@@ -305,16 +285,16 @@ fn run<'a>(
                 "operation limit of {} exceeded",
                 limits.max_operations
             )),
-            Ok(_) if hit == Hit::Time => RuleResult::Error(format!(
-                "time limit of {}ms exceeded",
-                limits.time_limit_ms
-            )),
+            Ok(_) if hit == Hit::Time => {
+                RuleResult::Error(format!("time limit of {}ms exceeded", limits.time_limit_ms))
+            }
             Ok(v) if v.is_unit() => RuleResult::NoMatch,
             Ok(v) => match v.try_cast::<State>() {
                 Some(s) => RuleResult::Match(s),
-                None => RuleResult::Error(
-                    "rule returned a value that is not ALLOW, CHALLENGE_REQUIRED, REVIEW, BLOCK or ()".to_owned(),
-                ),
+                None => RuleResult::Error(format!(
+                    "rule returned a value that is not {} or ()",
+                    vars::outcome_names()
+                )),
             },
             Err(e) => RuleResult::Error(describe(*e, limits)),
         });
@@ -328,10 +308,10 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("unknown panic")
 }
 
-/// The request variables a rule reads, as a bit set over [`REQUEST_VARS`]: every one of them if the rule could
-/// read variables in a way a walk of its syntax tree does not show (`is_def_var`, functions).
+/// The request variables a rule reads, as a bit set over [`VARS`]: every one of them if the rule could read
+/// variables in a way a walk of its syntax tree does not show (`is_def_var`, functions).
 pub(crate) fn vars_used(ast: &AST) -> u16 {
-    let all = (1u16 << REQUEST_VARS.len()) - 1;
+    let all = vars::ALL;
     if ast.has_functions() {
         return all;
     }
@@ -339,8 +319,8 @@ pub(crate) fn vars_used(ast: &AST) -> u16 {
     ast.walk(&mut |path: &[ASTNode]| {
         match path.last() {
             Some(ASTNode::Expr(Expr::Variable(v, _, _))) => {
-                if let Some(i) = REQUEST_VARS.iter().position(|n| *n == v.1.as_str()) {
-                    used |= 1 << i;
+                if let Some(bit) = vars::bit(v.1.as_str()) {
+                    used |= bit;
                 }
             }
             Some(ASTNode::Expr(Expr::FnCall(f, _) | Expr::MethodCall(f, _)))
@@ -365,37 +345,23 @@ fn fill_scope(scope: &mut Scope<'static>, req: &TrackRequest, vars: u16) {
         scope.rewind(OUTCOMES.len());
     } else {
         scope.clear();
-        for (name, state) in OUTCOMES {
-            scope.push_constant(name, state);
+        for state in OUTCOMES {
+            scope.push_constant(state.as_str(), state);
         }
     }
-    let wants = |name: &str| {
-        REQUEST_VARS
-            .iter()
-            .position(|n| *n == name)
-            .is_some_and(|i| vars & (1 << i) != 0)
-    };
     let a = &req.attributes;
-    for (name, v) in [
-        ("user_id", Some(&req.user_id)),
-        ("action", Some(&req.action)),
-        ("ip_address", a.ip_address.as_ref()),
-        ("device_id", a.device_id.as_ref()),
-        ("user_agent", a.user_agent.as_ref()),
-        ("email", a.email.as_ref()),
-        ("phone_number", a.phone_number.as_ref()),
-        ("username", a.username.as_ref()),
-        ("redirect_url", a.redirect_url.as_ref()),
-    ] {
-        if !wants(name) {
+    for (i, var) in VARS.iter().enumerate() {
+        let Read::Text(read) = var.read else { continue };
+        let name = var.name;
+        if vars & (1 << i) == 0 {
             continue;
         }
-        match v {
-            Some(s) => scope.push_constant(name, ImmutableString::from(s.as_str())),
+        match read(req) {
+            Some(s) => scope.push_constant(name, ImmutableString::from(s)),
             None => scope.push_constant(name, ()),
         };
     }
-    if wants("custom") {
+    if vars & vars::CUSTOM_BIT != 0 {
         let mut custom = Map::new();
         for (k, v) in &a.custom {
             let v = match v {
@@ -406,7 +372,7 @@ fn fill_scope(scope: &mut Scope<'static>, req: &TrackRequest, vars: u16) {
             };
             custom.insert(k.as_str().into(), v);
         }
-        scope.push_constant("custom", custom);
+        scope.push_constant(vars::CUSTOM, custom);
     }
 }
 
@@ -448,12 +414,15 @@ mod tests {
         let engine = new_engine(&Limits::default());
         let ast = engine.compile_with_scope(&compile_scope(), src).unwrap();
         let used = vars_used(&ast);
-        REQUEST_VARS
-            .iter()
+        VARS.iter()
             .enumerate()
             .filter(|(i, _)| used & (1 << i) != 0)
-            .map(|(_, n)| *n)
+            .map(|(_, v)| v.name)
             .collect()
+    }
+
+    fn every_var() -> Vec<&'static str> {
+        VARS.iter().map(|v| v.name).collect()
     }
 
     #[test]
@@ -465,7 +434,7 @@ mod tests {
         );
         assert_eq!(vars("BLOCK"), Vec::<&str>::new());
         // Anything that could read a variable by name gets every one.
-        assert_eq!(vars(r#"if is_def_var("email") { BLOCK }"#), REQUEST_VARS);
-        assert_eq!(vars("fn f() { 1 } if f() == 1 { BLOCK }"), REQUEST_VARS);
+        assert_eq!(vars(r#"if is_def_var("email") { BLOCK }"#), every_var());
+        assert_eq!(vars("fn f() { 1 } if f() == 1 { BLOCK }"), every_var());
     }
 }

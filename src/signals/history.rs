@@ -398,6 +398,30 @@ pub(crate) enum SetKind {
     DevicesOfUser = 6,
 }
 
+/// The history a windowed signal counts, and so the history that is kept when some rule calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// A velocity series: the times of earlier actions with this action code.
+    Series(SeriesKind),
+    /// A distinct-member set: the users or devices seen with a subject.
+    Set(SetKind),
+}
+
+impl Kept {
+    /// Its tag in history (and in the per-decision memo).
+    pub fn tag(self) -> u8 {
+        match self {
+            Kept::Series(k) => k as u8,
+            Kept::Set(k) => k as u8,
+        }
+    }
+
+    /// Its bit in a set of kept series and sets (`SignalSet::windowed`, [`History::record`]).
+    pub fn bit(self) -> u8 {
+        1 << self.tag()
+    }
+}
+
 /// Which known list a lookup reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KnownKind {

@@ -3,10 +3,10 @@
 //!
 //! # How a signal is computed
 //! Each signal is a plain function over a [`DecisionCtx`], the state of one decision: the request's hashed keys,
-//! the event time, handles to the engine's [`History`] and the ruleset's [`SignalSet`], and a memo. The Rhai
-//! functions registered by [`register`] read the context of the decision running on their thread (set by
-//! [`with_decision`] around rule evaluation) and call the same functions, so compiled rule paths and Rhai
-//! scripts agree by construction.
+//! the event time, handles to the engine's [`History`] and the ruleset's [`SignalSet`], and a memo. Each signal
+//! is one row of the [`catalogue`]: the Rhai binding (`rules/binding.rs`), the load-time checks and the native
+//! compiler all read that table and call the same functions, so compiled rule paths and Rhai scripts agree by
+//! construction. This module knows nothing of Rhai.
 //!
 //! Nothing is computed until a rule asks, and each answer is memoised for the rest of the decision: a GeoIP
 //! lookup happens at most once per decision, and never when no rule calls a geography function. An action from
@@ -15,23 +15,20 @@
 //! History is what came *before* this action: [`DecisionCtx::record`] adds the action once the decision is
 //! resolved, and idempotent repeats never reach it.
 
-mod analyze;
+pub(crate) mod catalogue;
 pub(crate) mod geo;
 pub(crate) mod history;
 pub(crate) mod lists;
 mod ua;
 
 use arc_swap::ArcSwap;
-use rhai::{Dynamic, EvalAltResult, ImmutableString, FLOAT, INT};
 use std::cell::{OnceCell, RefCell};
 use std::net::IpAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 
-pub(crate) use analyze::{analyze, Needs, Uses};
 pub(crate) use history::{History, Keys, Limits};
 
-use history::{KnownKind, Located, SeriesKind, SetKind};
+use history::{Kept, KnownKind, Located};
 
 /// Speeds above this many km/h are impossible travel.
 pub const IMPOSSIBLE_KMH: f64 = 1000.0;
@@ -43,7 +40,7 @@ pub(crate) struct SignalSet {
     pub geo: geo::Geo,
     /// How much history the ruleset's windows need (0: none, nothing is recorded in series and sets).
     pub horizon_ms: i64,
-    /// Which series and sets rules read (see [`Uses::windowed`]); only those are recorded.
+    /// Which series and sets rules read ([`Kept::bit`] of each windowed signal called); only those are recorded.
     pub windowed: u8,
     pub limits: Limits,
     /// Some rule asks about the user agent (so decisions keep a copy of it).
@@ -254,14 +251,16 @@ pub(crate) fn window(function: &str, window: &str) -> Result<i64, String> {
     crate::duration::parse_millis(window).map_err(|e| format!("`{function}`: {e}"))
 }
 
-fn windowed(
+/// What the windowed signal `function` counts over `window_ms`: its series or set `kept` (see its catalogue
+/// row). An error when no rule calls it by name (its history is not kept) or the window is longer than the
+/// history kept.
+pub(crate) fn count(
     ctx: &DecisionCtx,
     function: &str,
-    tag: u8,
+    kept: Kept,
     window_ms: i64,
-    compute: impl FnOnce(&History, &Keys, i64, i64) -> i64,
 ) -> Result<i64, String> {
-    if ctx.set.windowed & (1 << tag) == 0 {
+    if ctx.set.windowed & kept.bit() == 0 {
         return Err(format!(
             "`{function}` is not called by name in any rule, so its history is not kept"
         ));
@@ -273,55 +272,10 @@ fn windowed(
             crate::duration::format_millis(ctx.set.horizon_ms)
         ));
     }
-    Ok(ctx.count(tag, window_ms, || {
-        compute(&ctx.history, &ctx.keys, ctx.now_ms, window_ms)
+    Ok(ctx.count(kept.tag(), window_ms, || match kept {
+        Kept::Series(k) => ctx.history.velocity(k, &ctx.keys, ctx.now_ms, window_ms),
+        Kept::Set(k) => ctx.history.distinct(k, &ctx.keys, ctx.now_ms, window_ms),
     }))
-}
-
-/// This user's earlier actions with this action code within `window_ms`.
-pub(crate) fn velocity(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "velocity", 1, window_ms, |h, k, now, w| {
-        h.velocity(SeriesKind::User, k, now, w)
-    })
-}
-
-/// Earlier actions with this action code from this IP, any user, within `window_ms` (0 without an IP).
-pub(crate) fn velocity_ip(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "velocity_ip", 2, window_ms, |h, k, now, w| {
-        h.velocity(SeriesKind::Ip, k, now, w)
-    })
-}
-
-/// Earlier actions with this action code from this device, any user, within `window_ms` (0 without a device).
-pub(crate) fn velocity_device(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "velocity_device", 3, window_ms, |h, k, now, w| {
-        h.velocity(SeriesKind::Device, k, now, w)
-    })
-}
-
-/// Distinct users seen from this IP within `window_ms` (0 without an IP).
-pub(crate) fn distinct_users_on_ip(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "distinct_users_on_ip", 4, window_ms, |h, k, now, w| {
-        h.distinct(SetKind::UsersOnIp, k, now, w)
-    })
-}
-
-/// Distinct users seen from this device within `window_ms` (0 without a device).
-pub(crate) fn distinct_users_on_device(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(
-        ctx,
-        "distinct_users_on_device",
-        5,
-        window_ms,
-        |h, k, now, w| h.distinct(SetKind::UsersOnDevice, k, now, w),
-    )
-}
-
-/// Distinct devices this user acted from within `window_ms`.
-pub(crate) fn distinct_devices(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "distinct_devices", 6, window_ms, |h, k, now, w| {
-        h.distinct(SetKind::DevicesOfUser, k, now, w)
-    })
 }
 
 fn is_new(ctx: &DecisionCtx, kind: KnownKind, item: Option<u64>) -> bool {
@@ -432,129 +386,4 @@ pub(crate) fn ua_device_type(ctx: &DecisionCtx) -> Option<&'static str> {
 /// A crawler, or no user agent at all.
 pub(crate) fn is_bot(ctx: &DecisionCtx) -> bool {
     ctx.agent().bot
-}
-
-thread_local! {
-    /// The decision running on this thread, for the Rhai functions.
-    static CURRENT: RefCell<Option<Rc<DecisionCtx>>> = const { RefCell::new(None) };
-}
-
-/// Puts the previous decision (normally none) back when a decision ends, however it ends.
-struct Restore(Option<Rc<DecisionCtx>>);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        let prev = self.0.take();
-        CURRENT.with(|c| {
-            if let Ok(mut slot) = c.try_borrow_mut() {
-                *slot = prev;
-            }
-        });
-    }
-}
-
-/// Runs `f` (rule evaluation) with `ctx` as this thread's current decision, so that signal functions called by
-/// rules read it. The context is released when `f` returns (it holds the ruleset's lists and databases alive).
-pub(crate) fn with_decision<R>(ctx: DecisionCtx, f: impl FnOnce(&DecisionCtx) -> R) -> R {
-    let ctx = Rc::new(ctx);
-    let prev = CURRENT.with(|c| {
-        c.try_borrow_mut()
-            .map(|mut slot| slot.replace(Rc::clone(&ctx)))
-            .ok()
-            .flatten()
-    });
-    let _restore = Restore(prev);
-    f(&ctx)
-}
-
-type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
-
-fn current<T>(f: impl FnOnce(&DecisionCtx) -> Result<T, String>) -> RhaiResult<T> {
-    let ctx = CURRENT
-        .with(|c| c.try_borrow().ok().and_then(|slot| slot.clone()))
-        .ok_or_else(|| "signals are only available while a decision runs".to_owned())?;
-    f(&ctx).map_err(Into::into)
-}
-
-fn text(v: Option<&str>) -> Dynamic {
-    v.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(s)))
-}
-
-/// Registers the signal functions on a rule engine.
-pub(crate) fn register(engine: &mut rhai::Engine) {
-    type Windowed = fn(&DecisionCtx, i64) -> Result<i64, String>;
-    let windowed: [(&'static str, Windowed); 6] = [
-        ("velocity", velocity),
-        ("velocity_ip", velocity_ip),
-        ("velocity_device", velocity_device),
-        ("distinct_users_on_ip", distinct_users_on_ip),
-        ("distinct_users_on_device", distinct_users_on_device),
-        ("distinct_devices", distinct_devices),
-    ];
-    for (name, f) in windowed {
-        engine.register_fn(name, move |w: ImmutableString| -> RhaiResult<INT> {
-            current(|ctx| f(ctx, window(name, &w)?))
-        });
-    }
-    type Flag = fn(&DecisionCtx) -> bool;
-    let flags: [(&'static str, Flag); 5] = [
-        ("is_new_device", is_new_device),
-        ("is_new_ip", is_new_ip),
-        ("is_new_country", is_new_country),
-        ("is_impossible_travel", is_impossible_travel),
-        ("is_bot", is_bot),
-    ];
-    for (name, f) in flags {
-        engine.register_fn(name, move || -> RhaiResult<bool> {
-            current(|ctx| Ok(f(ctx)))
-        });
-    }
-    type Text = fn(&DecisionCtx) -> Option<&str>;
-    let texts: [(&'static str, Text); 4] = [
-        ("country", country),
-        ("city", city),
-        ("ua_browser", ua_browser),
-        ("ua_os", ua_os),
-    ];
-    for (name, f) in texts {
-        engine.register_fn(name, move || -> RhaiResult<Dynamic> {
-            current(|ctx| Ok(text(f(ctx))))
-        });
-    }
-    engine.register_fn("ua_device_type", || -> RhaiResult<Dynamic> {
-        current(|ctx| Ok(text(ua_device_type(ctx))))
-    });
-    engine.register_fn("asn", || -> RhaiResult<Dynamic> {
-        current(|ctx| Ok(asn(ctx).map_or(Dynamic::UNIT, |n| Dynamic::from(n as INT))))
-    });
-    engine.register_fn("is_anonymous_ip", || -> RhaiResult<Dynamic> {
-        current(|ctx| Ok(is_anonymous_ip(ctx).map_or(Dynamic::UNIT, Dynamic::from)))
-    });
-    engine.register_fn("travel_speed_kmh", || -> RhaiResult<Dynamic> {
-        current(
-            |ctx| Ok(travel_speed_kmh(ctx).map_or(Dynamic::UNIT, |v| Dynamic::from(v as FLOAT))),
-        )
-    });
-    engine.register_fn(
-        "in_list",
-        |name: ImmutableString, value: Dynamic| -> RhaiResult<bool> {
-            current(|ctx| {
-                if value.is_unit() {
-                    // An absent attribute is in no list, but the list must still exist.
-                    return in_list(ctx, &name, "").map(|_| false);
-                }
-                let v = if let Some(s) = value.read_lock::<ImmutableString>() {
-                    return in_list(ctx, &name, &s);
-                } else if value.is_int() || value.is_float() || value.is_bool() || value.is_char() {
-                    value.to_string()
-                } else {
-                    return Err(format!(
-                        "`in_list`: expected a string value, not {}",
-                        value.type_name()
-                    ));
-                };
-                in_list(ctx, &name, &v)
-            })
-        },
-    );
 }
