@@ -127,29 +127,41 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
         Err(unavailable("sleep"))
     });
     let max_string = limits.max_string_size;
-    e.register_fn(
-        "replace",
-        move |s: &mut ImmutableString, find: &str, sub: &str| -> Result<(), Box<EvalAltResult>> {
-            if s.is_empty() {
-                return Ok(());
-            }
-            check_replace(s, find, sub.len(), max_string)?;
-            *s = s.replace(find, sub).into();
-            Ok(())
-        },
-    );
-    e.register_fn(
-        "replace",
-        move |s: &mut ImmutableString, find: char, sub: &str| -> Result<(), Box<EvalAltResult>> {
-            if s.is_empty() {
-                return Ok(());
-            }
-            let mut buf = [0u8; 4];
-            check_replace(s, find.encode_utf8(&mut buf), sub.len(), max_string)?;
-            *s = s.replace(find, sub).into();
-            Ok(())
-        },
-    );
+    // Rhai takes a registered function to be pure (callable on a constant) unless told otherwise: these change
+    // their string, so a rule must not be able to call them on a request variable.
+    rhai::FuncRegistration::new("replace")
+        .with_purity(false)
+        .register_into_engine(
+            &mut e,
+            move |s: &mut ImmutableString,
+                  find: &str,
+                  sub: &str|
+                  -> Result<(), Box<EvalAltResult>> {
+                if s.is_empty() {
+                    return Ok(());
+                }
+                check_replace(s, find, sub.len(), max_string)?;
+                *s = s.replace(find, sub).into();
+                Ok(())
+            },
+        );
+    rhai::FuncRegistration::new("replace")
+        .with_purity(false)
+        .register_into_engine(
+            &mut e,
+            move |s: &mut ImmutableString,
+                  find: char,
+                  sub: &str|
+                  -> Result<(), Box<EvalAltResult>> {
+                if s.is_empty() {
+                    return Ok(());
+                }
+                let mut buf = [0u8; 4];
+                check_replace(s, find.encode_utf8(&mut buf), sub.len(), max_string)?;
+                *s = s.replace(find, sub).into();
+                Ok(())
+            },
+        );
     e.register_type_with_name::<State>("Outcome")
         .register_fn("==", |a: State, b: State| a == b)
         .register_fn("!=", |a: State, b: State| a != b)
