@@ -1,14 +1,21 @@
 //! The Rhai sandbox: how the engine that runs rules is configured, and how one decision's rules are evaluated.
 //!
-//! Limits (operations, call depth, expression depth, string/array/map sizes) are Rhai's own; the wall-clock
-//! limit is checked from Rhai's progress callback against a per-thread deadline. `eval`, `print`, `debug`,
-//! `sleep` and module imports are unavailable, and Rhai has no file, network or process access to begin with.
+//! Limits on depth and on string/array/map sizes are Rhai's own. The operation and wall-clock limits are
+//! enforced from Rhai's progress callback, which counts every operation of the running rule in a per-thread
+//! counter (Rhai's own count misses callbacks run by standard functions, which get a copy of its counters) and
+//! reads the clock every [`CLOCK_EVERY`] operations. `eval`, `print`, `debug`, `sleep` and module imports are
+//! unavailable, closures cannot capture variables (feature `no_closure`: no shared values, so nothing to
+//! contend on), and Rhai has no file, network or process access to begin with.
 //!
-//! Three guards go beyond Rhai's own limits:
-//! - a limit reached inside a standard function that swallows its callback's errors (`sort` and `dedup` with
-//!   a comparer) still fails the rule, rather than letting it finish as if nothing happened;
+//! Guards beyond Rhai's own limits:
+//! - a limit once reached stays reached: every later operation fails at once, so a standard function that
+//!   swallows its callback's errors (`sort` and `dedup` with a comparer), or a `try`/`catch`, cannot carry on,
+//!   and the rule fails with that limit's message;
+//! - writes to request variables are load errors ([`request_writes`]);
 //! - `replace` checks the size of its result before building it, so one call cannot allocate far beyond the
 //!   string size limit (16 KiB × 16 KiB = 256 MiB) and run far past the time limit;
+//! - rule error messages are written and kept to at most [`MAX_RULE_ERROR_BYTES`], and a thrown value is
+//!   measured with its map keys, so a rule cannot make every stored action large;
 //! - a panic inside Rhai while a rule runs is caught and becomes that rule's error.
 
 use rhai::{
@@ -99,9 +106,8 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
         // Rhai's own operation count (the argument) misses everything a callback does inside a standard
         // function (`for_each`, `map`, `sort` comparers, `call`): those run on a copy of the counters. Every
         // operation reaches this callback, so count them here.
-        if DEADLINE.get().is_none() {
-            return None; // not inside a rule (see `run`)
-        }
+        // Outside a rule (see `run`) there is no deadline and nothing to count.
+        let deadline = DEADLINE.get()?;
         // Sticky: once a limit is reached every later operation stops again, so a standard function that
         // swallows its callback's error cannot carry on.
         if LIMIT_HIT.get() != Hit::None {
@@ -113,7 +119,7 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
             LIMIT_HIT.set(Hit::Operations);
             return Some(Dynamic::UNIT);
         }
-        if n % CLOCK_EVERY == 0 && DEADLINE.get().is_some_and(|d| Instant::now() >= d) {
+        if n % CLOCK_EVERY == 0 && Instant::now() >= deadline {
             LIMIT_HIT.set(Hit::Time);
             return Some(Dynamic::UNIT);
         }
