@@ -230,24 +230,35 @@ pub fn rule_source(data: &[u8]) {
     let decide = |rules: RuleSet| -> Vec<TrackResponse> {
         // A compiled rule can fall back to the interpreter: count every rule.
         let budgets = rules.len() as u32;
-        let engine = Engine::builder()
-            .ruleset(rules)
-            .clock(FakeClock::at(epoch()))
-            .build()
-            .unwrap();
+        // Each interpreted rule has its own budget; a few milliseconds more for the rest of `track` (a debug
+        // build replaying the corpus).
+        let bound = TIME_LIMIT * TIME_FACTOR * budgets + Duration::from_millis(20);
+        let engine = |rules: RuleSet| {
+            Engine::builder()
+                .ruleset(rules)
+                .clock(FakeClock::at(epoch()))
+                .build()
+                .unwrap()
+        };
+        let first = engine(rules.clone());
         probe_requests()
             .iter()
             .map(|req| {
                 let started = Instant::now();
-                let resp = engine.track_at(req, epoch()).unwrap();
+                let resp = first.track_at(req, epoch()).unwrap();
                 let took = started.elapsed();
-                // Each interpreted rule has its own budget; a few milliseconds more for the rest of `track`
-                // (a debug build replaying the corpus).
-                let bound = TIME_LIMIT * TIME_FACTOR * budgets + Duration::from_millis(20);
-                assert!(
-                    took < bound,
-                    "a decision took {took:?} (bound {bound:?}): {resp:?}"
-                );
+                if took >= bound {
+                    // A loaded machine can stall a thread past the bound once; an overrun repeats. Time the
+                    // same decision again on a fresh engine.
+                    let again = engine(rules.clone());
+                    let started = Instant::now();
+                    again.track_at(req, epoch()).unwrap();
+                    let retook = started.elapsed();
+                    assert!(
+                        retook < bound,
+                        "a decision took {took:?}, then {retook:?} (bound {bound:?}): {resp:?}"
+                    );
+                }
                 check_response(&resp);
                 assert!(resp.state.is_decision());
                 assert!(resp
