@@ -115,9 +115,11 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
         }
         let n = OPS.get() + 1;
         OPS.set(n);
-        if n > max_operations {
+        // Rhai stops the rule itself at its next operation when its own count is this far too (then the
+        // error may arrive wrapped, as from inside `for_each`): record the limit now, so that the rule fails
+        // with this limit's message either way; the next operation stops here if Rhai's count is behind.
+        if n >= max_operations {
             LIMIT_HIT.set(Hit::Operations);
-            return Some(Dynamic::UNIT);
         }
         if n % CLOCK_EVERY == 0 && Instant::now() >= deadline {
             LIMIT_HIT.set(Hit::Time);
