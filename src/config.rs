@@ -46,6 +46,13 @@ pub(crate) struct Limits {
     pub time_limit_ms: i64,
 }
 
+/// The largest `[limits] max_call_depth` accepted (see [`Config::parse`]).
+pub(crate) const MAX_CALL_DEPTH: usize = 32;
+/// The largest `[limits] max_expr_depth` accepted.
+pub(crate) const MAX_EXPR_DEPTH: usize = 128;
+/// The largest `[limits] max_function_expr_depth` accepted.
+pub(crate) const MAX_FUNCTION_EXPR_DEPTH: usize = 64;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -292,6 +299,26 @@ impl Config {
                     format!(
                         "`[limits] {key}` must be at least 1: the sandbox cannot be turned off"
                     ),
+                );
+            }
+        }
+        // Rhai recurses on the host's stack: deeper limits than these can overflow a 2 MiB thread (Rust's
+        // default for spawned threads) and abort the process, while parsing or running a rule. Measured on a
+        // 2 MiB thread: debug builds overflow past about 300 expression levels or 80 call levels; these caps are
+        // half of that or less, with every cap reached at once (`tests/loading.rs`).
+        for (key, v, cap) in [
+            ("max_call_depth", cfg.limits.max_call_depth, MAX_CALL_DEPTH),
+            ("max_expr_depth", cfg.limits.max_expr_depth, MAX_EXPR_DEPTH),
+            (
+                "max_function_expr_depth",
+                cfg.limits.max_function_expr_depth,
+                MAX_FUNCTION_EXPR_DEPTH,
+            ),
+        ] {
+            if v > cap {
+                fail(
+                    key,
+                    format!("`[limits] {key}` must be at most {cap}: deeper rules could overflow the stack"),
                 );
             }
         }

@@ -3,6 +3,7 @@
 //! (`eval`, modules) fail to load with a clear message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use proptest::prelude::*;
 use riskgate::{Engine, RuleSet, State, TrackRequest};
 use std::time::{Duration, Instant};
 
@@ -107,11 +108,6 @@ const HOSTILE: &[(&str, &str, &str)] = &[
         "cannot be called on constant",
     ),
     (
-        "assign-request",
-        r#"user_id = "admin"; ()"#,
-        "Cannot modify constant user_id",
-    ),
-    (
         "deep-json",
         "parse_json(\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\")",
         "maximum complexity",
@@ -129,11 +125,15 @@ const HOSTILE: &[(&str, &str, &str)] = &[
     ),
     ("throw", r#"throw "boom""#, "boom"),
     (
-        // A closure that mutates the array being iterated: Rhai's shared values are locks (feature `sync`);
-        // re-entering one is refused rather than deadlocking the host's thread.
-        "closure-reentrancy",
-        "let x = [1]; let f = |y| { x.push(y); x.len() }; x.for_each(|| f.call(1)); ()",
-        "Data race detected",
+        // A limit reached inside a callback stays reached: catching the error does not let the rule go on.
+        "caught-limit-in-callback",
+        "let a = []; a.pad(100, 1); a.for_each(|| { try { loop {} } catch {} }); BLOCK",
+        "limit of",
+    ),
+    (
+        "caught-limit",
+        "try { loop {} } catch {} BLOCK",
+        "limit of",
     ),
 ];
 
@@ -221,6 +221,227 @@ max_map_size = 10
     assert!(msg("string").contains("strings 100 bytes"), "{resp:?}");
     assert!(msg("array").contains("arrays 10 items"), "{resp:?}");
     assert!(msg("map").contains("maps 10 entries"), "{resp:?}");
+}
+
+/// Writing to a request variable is a load error (Rhai would refuse a plain assignment to a constant only at
+/// run time, and let a property or index write into the `custom` map through).
+#[test]
+fn writes_to_the_request_are_load_errors() {
+    for (source, at, expected) in [
+        (
+            r#"user_id = "admin"; ()"#,
+            "1:1:",
+            "`user_id` is part of the request and cannot be changed",
+        ),
+        (
+            "custom.trusted_tester = true; ()",
+            "1:1:",
+            "`custom` is part of the request",
+        ),
+        (
+            r#"custom["trusted_tester"] = true; ()"#,
+            "1:1:",
+            "`custom` is part of the request",
+        ),
+        (
+            "custom.amount += 1; ()",
+            "1:1:",
+            "`custom` is part of the request",
+        ),
+        (
+            "custom.dest[0] = 'x'; ()",
+            "1:1:",
+            "`custom` is part of the request",
+        ),
+        (
+            "fn f() { this.t = true } custom.f(); ()",
+            "1:33:",
+            "`f` cannot be called on `custom` in method style",
+        ),
+        (
+            "custom.call(|| this.t = true); ()",
+            "1:8:",
+            "`call` cannot be called on `custom` in method style",
+        ),
+    ] {
+        let e = RuleSet::from_sources([("w", source)]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("w:{at} {expected}")),
+            "{source}: {text}"
+        );
+    }
+}
+
+/// Closures cannot capture variables (Rhai feature `no_closure`): a capture is a load error. Captured variables
+/// were Rhai's only shared values, and a shared value re-entered from a callback made each access sleep
+/// 5 × 10 ms (feature `sync`) before failing, so one rule could run for seconds or be made to deadlock.
+#[test]
+fn closures_cannot_capture_variables() {
+    for (name, source) in [
+        (
+            "closure-reentrancy",
+            "let x = [1]; let f = |y| { x.push(y); x.len() }; x.for_each(|| f.call(1)); ()",
+        ),
+        (
+            "shared-in-for-each",
+            "let x = 1; let f = |a| this += x + a; let arr = []; arr.pad(100, 1); arr.for_each(|| { try { x.call(f, 2); } catch {} }); BLOCK",
+        ),
+        (
+            "shared-in-sort",
+            "let x = 1; let f = |a| this += x + a; let arr = []; arr.pad(1000, 1); arr.sort(|p, q| { try { x.call(f, 2); } catch {} 0 }); BLOCK",
+        ),
+    ] {
+        let e = RuleSet::from_sources([(name, source), GOOD]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("{name}:1:")), "{name}: {text}");
+        assert!(text.contains("Undefined variable: x"), "{name}: {text}");
+    }
+}
+
+/// The time limit holds inside callbacks (`for_each`, `sort` comparers, `call`), whose operations Rhai counts
+/// on a copy of its counters: each of these rules would run for seconds, and ends as a rule error within 3×
+/// the limit. The limit is 100 ms, so that a busy machine's scheduling delay (milliseconds) cannot reach the
+/// bound while an overrun (as before: 0.8 s to over 30 s) cannot stay under it.
+const CALLBACK_HEAVY: &[(&str, &str)] = &[
+    (
+        "call-in-for-each",
+        "let arr = []; arr.pad(1000, 1); arr.for_each(|| { try { this.call(|a| { let z = 0; while z < 1000 { z += 1 } this += a }, 2); } catch {} }); BLOCK",
+    ),
+    (
+        "sort-comparer",
+        "let arr = []; arr.pad(1000, 1); arr.sort(|p, q| { try { p.call(|b| { let z = 0; while z < 1000 { z += 1 } this + b }, 2); } catch {} 0 }); BLOCK",
+    ),
+    (
+        "while-in-for-each",
+        "let arr = []; arr.pad(1000, 1); arr.for_each(|| { let z = 0; while z < 1000 { z += 1 } }); BLOCK",
+    ),
+];
+
+fn timed(source: &str, config: &str) -> (riskgate::TrackResponse, Duration) {
+    let rules = RuleSet::builder()
+        .rule("hostile", source)
+        .config_toml(config)
+        .build()
+        .unwrap_or_else(|e| panic!("{source}: {e}"));
+    let engine = Engine::builder().ruleset(rules).build().unwrap();
+    let started = Instant::now();
+    let resp = engine.track(&request()).unwrap();
+    (resp, started.elapsed())
+}
+
+#[test]
+fn callbacks_end_within_three_times_the_time_limit() {
+    let limit = Duration::from_millis(100);
+    let config = "[limits]
+time_limit = \"100ms\"
+max_operations = 1000000000
+";
+    for &(name, source) in CALLBACK_HEAVY {
+        let (resp, took) = timed(source, config);
+        assert_eq!(resp.errors.len(), 1, "{name}: {resp:?}");
+        assert!(
+            resp.errors[0]
+                .message
+                .contains("time limit of 100ms exceeded"),
+            "{name}: {resp:?}"
+        );
+        assert_ne!(resp.state, State::Block, "{name}: the rule still decided");
+        assert!(took >= limit, "{name}: {took:?}");
+        assert!(took < 3 * limit, "{name}: took {took:?}");
+    }
+}
+
+#[test]
+fn callback_operations_count_against_the_operation_limit() {
+    // A time limit no rule reaches: each rule must meet the operation limit (5 M operations, mostly inside
+    // callbacks, against 50,000).
+    for &(name, source) in CALLBACK_HEAVY {
+        let (resp, _) = timed(
+            source,
+            "[limits]
+time_limit = \"60s\"
+",
+        );
+        assert_eq!(resp.errors.len(), 1, "{name}: {resp:?}");
+        assert!(
+            resp.errors[0]
+                .message
+                .contains("operation limit of 50000 exceeded"),
+            "{name}: {resp:?}"
+        );
+    }
+    // With the default limits, whichever comes first.
+    for &(name, source) in CALLBACK_HEAVY {
+        let (resp, took) = timed(source, "");
+        assert_eq!(resp.errors.len(), 1, "{name}: {resp:?}");
+        assert!(
+            resp.errors[0].message.contains("limit of"),
+            "{name}: {resp:?}"
+        );
+        assert!(took < WALL_BOUND, "{name}: took {took:?}");
+    }
+}
+
+/// One generated callback-heavy rule: a standard function that calls back (`outer`) over `n` items, each
+/// callback doing `work` (a loop, a nested call, or another callback), possibly inside `try`/`catch`.
+fn callback_rule() -> impl Strategy<Value = String> {
+    let outer = prop::sample::select(vec![
+        "a.for_each(|| { BODY });",
+        "a.map(|v| { BODY; v });",
+        "a.filter(|v| { BODY; true });",
+        "a.sort(|p, q| { BODY; 0 });",
+        "a.reduce(|s, v| { BODY; s }, 0);",
+        "a.all(|v| { BODY; true });",
+        "a.some(|v| { BODY; false });",
+        "a.retain(|v| { BODY; true });",
+        "a.dedup(|p, q| { BODY; false });",
+    ]);
+    let work = prop::sample::select(vec![
+        "let z = 0; while z < 1000 { z += 1 }",
+        "1.call(|b| { let z = 0; while z < 1000 { z += 1 } b }, 2)",
+        "let b = []; b.pad(100, 1); b.for_each(|| { let z = 0; while z < 100 { z += 1 } })",
+        "let s = \"\"; for i in 0..100 { s += i }",
+        "loop {}",
+    ]);
+    (
+        outer,
+        work,
+        prop::bool::ANY,
+        prop::sample::select(vec![100usize, 1000]),
+    )
+        .prop_map(|(outer, work, caught, n)| {
+            let body = if caught {
+                format!("try {{ {work} }} catch {{}}")
+            } else {
+                work.to_owned()
+            };
+            format!(
+                "let a = []; a.pad({n}, 1); {} BLOCK",
+                outer.replace("BODY", &body)
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever a callback-heavy rule does, it ends within 3× the time limit, and a rule that ran past the
+    /// limit is a rule error, never a decision.
+    #[test]
+    fn generated_callback_heavy_rules_end_within_three_times_the_time_limit(source in callback_rule()) {
+        let limit = Duration::from_millis(100);
+        let (resp, took) = timed(&source, "[limits]\ntime_limit = \"100ms\"\nmax_operations = 1000000000\n");
+        prop_assert!(took < 3 * limit, "took {:?}: {}", took, source);
+        if took > limit + limit / 2 {
+            prop_assert_eq!(resp.errors.len(), 1, "{}: {:?}", source, resp);
+        }
+        if resp.errors.is_empty() {
+            prop_assert_eq!(resp.state, State::Block);
+        } else {
+            prop_assert!(resp.errors[0].message.contains("limit of"), "{}: {:?}", source, resp);
+        }
+    }
 }
 
 #[test]

@@ -397,6 +397,14 @@ impl RuleSetBuilder {
             match engine.compile_with_scope(&scope, &source) {
                 Ok(ast) => {
                     known.check(&ast, &file, &mut problems);
+                    for (pos, message) in sandbox::request_writes(&ast) {
+                        problems.push(Diagnostic {
+                            file: file.clone(),
+                            line: pos.line().unwrap_or(0),
+                            column: pos.position().unwrap_or(0),
+                            message,
+                        });
+                    }
                     analyze::analyze(&ast, &file, &needs, &mut uses, &mut problems);
                     if let Some(meta) = meta {
                         let compiled = if self.compile {

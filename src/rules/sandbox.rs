@@ -1,14 +1,21 @@
 //! The Rhai sandbox: how the engine that runs rules is configured, and how one decision's rules are evaluated.
 //!
-//! Limits (operations, call depth, expression depth, string/array/map sizes) are Rhai's own; the wall-clock
-//! limit is checked from Rhai's progress callback against a per-thread deadline. `eval`, `print`, `debug`,
-//! `sleep` and module imports are unavailable, and Rhai has no file, network or process access to begin with.
+//! Limits on depth and on string/array/map sizes are Rhai's own. The operation and wall-clock limits are
+//! enforced from Rhai's progress callback, which counts every operation of the running rule in a per-thread
+//! counter (Rhai's own count misses callbacks run by standard functions, which get a copy of its counters) and
+//! reads the clock every [`CLOCK_EVERY`] operations. `eval`, `print`, `debug`, `sleep` and module imports are
+//! unavailable, closures cannot capture variables (feature `no_closure`: no shared values, so nothing to
+//! contend on), and Rhai has no file, network or process access to begin with.
 //!
-//! Three guards go beyond Rhai's own limits:
-//! - a limit reached inside a standard function that swallows its callback's errors (`sort` and `dedup` with
-//!   a comparer) still fails the rule, rather than letting it finish as if nothing happened;
+//! Guards beyond Rhai's own limits:
+//! - a limit once reached stays reached: every later operation fails at once, so a standard function that
+//!   swallows its callback's errors (`sort` and `dedup` with a comparer), or a `try`/`catch`, cannot carry on,
+//!   and the rule fails with that limit's message;
+//! - writes to request variables are load errors ([`request_writes`]);
 //! - `replace` checks the size of its result before building it, so one call cannot allocate far beyond the
 //!   string size limit (16 KiB × 16 KiB = 256 MiB) and run far past the time limit;
+//! - rule error messages are written and kept to at most [`MAX_RULE_ERROR_BYTES`], and a thrown value is
+//!   measured with its map keys, so a rule cannot make every stored action large;
 //! - a panic inside Rhai while a rule runs is caught and becomes that rule's error.
 
 use rhai::{
@@ -30,11 +37,18 @@ use crate::State;
 thread_local! {
     /// When the rule running on this thread must stop.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// How many operations the rule running on this thread has run, callbacks included.
+    static OPS: Cell<u64> = const { Cell::new(0) };
     /// Which limit the rule running on this thread reached, if any (see [`Hit`]).
     static LIMIT_HIT: Cell<Hit> = const { Cell::new(Hit::None) };
     /// One scope per thread, refilled for each decision, so no decision allocates a new one.
     static SCOPE: RefCell<Scope<'static>> = RefCell::new(Scope::new());
 }
+
+/// How often (in operations) the progress callback reads the clock. One operation takes tens of nanoseconds
+/// (a debug build: about a microsecond) and reading the clock about 20 ns, so the deadline is seen within
+/// microseconds of passing, at about 1 ns per operation.
+const CLOCK_EVERY: u64 = 32;
 
 /// A limit reached by the rule running on this thread.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -68,20 +82,28 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
     e.on_print(|_| {});
     e.on_debug(|_, _, _| {});
     let max_operations = limits.max_operations;
-    e.on_progress(move |ops| {
-        // Rhai stops the rule itself one operation later; recording it here catches the case where a
-        // standard function swallows that error (see `run`).
-        if ops >= max_operations {
+    e.on_progress(move |_| {
+        // Rhai's own operation count (the argument) misses everything a callback does inside a standard
+        // function (`for_each`, `map`, `sort` comparers, `call`): those run on a copy of the counters. Every
+        // operation reaches this callback, so count them here.
+        // Outside a rule (see `run`) there is no deadline and nothing to count.
+        let deadline = DEADLINE.get()?;
+        // Sticky: once a limit is reached every later operation stops again, so a standard function that
+        // swallows its callback's error cannot carry on.
+        if LIMIT_HIT.get() != Hit::None {
+            return Some(Dynamic::UNIT);
+        }
+        let n = OPS.get() + 1;
+        OPS.set(n);
+        // Rhai stops the rule itself at its next operation when its own count is this far too (then the
+        // error may arrive wrapped, as from inside `for_each`): record the limit now, so that the rule fails
+        // with this limit's message either way; the next operation stops here if Rhai's count is behind.
+        if n >= max_operations {
             LIMIT_HIT.set(Hit::Operations);
         }
-        // Reading the clock costs ~20 ns: do it every 256 operations.
-        if ops % 256 == 0 {
-            if let Some(deadline) = DEADLINE.get() {
-                if Instant::now() >= deadline {
-                    LIMIT_HIT.set(Hit::Time);
-                    return Some(Dynamic::UNIT);
-                }
-            }
+        if n % CLOCK_EVERY == 0 && Instant::now() >= deadline {
+            LIMIT_HIT.set(Hit::Time);
+            return Some(Dynamic::UNIT);
         }
         None
     });
@@ -93,29 +115,41 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
         Err(unavailable("sleep"))
     });
     let max_string = limits.max_string_size;
-    e.register_fn(
-        "replace",
-        move |s: &mut ImmutableString, find: &str, sub: &str| -> Result<(), Box<EvalAltResult>> {
-            if s.is_empty() {
-                return Ok(());
-            }
-            check_replace(s, find, sub.len(), max_string)?;
-            *s = s.replace(find, sub).into();
-            Ok(())
-        },
-    );
-    e.register_fn(
-        "replace",
-        move |s: &mut ImmutableString, find: char, sub: &str| -> Result<(), Box<EvalAltResult>> {
-            if s.is_empty() {
-                return Ok(());
-            }
-            let mut buf = [0u8; 4];
-            check_replace(s, find.encode_utf8(&mut buf), sub.len(), max_string)?;
-            *s = s.replace(find, sub).into();
-            Ok(())
-        },
-    );
+    // Rhai takes a registered function to be pure (callable on a constant) unless told otherwise: these change
+    // their string, so a rule must not be able to call them on a request variable.
+    rhai::FuncRegistration::new("replace")
+        .with_purity(false)
+        .register_into_engine(
+            &mut e,
+            move |s: &mut ImmutableString,
+                  find: &str,
+                  sub: &str|
+                  -> Result<(), Box<EvalAltResult>> {
+                if s.is_empty() {
+                    return Ok(());
+                }
+                check_replace(s, find, sub.len(), max_string)?;
+                *s = s.replace(find, sub).into();
+                Ok(())
+            },
+        );
+    rhai::FuncRegistration::new("replace")
+        .with_purity(false)
+        .register_into_engine(
+            &mut e,
+            move |s: &mut ImmutableString,
+                  find: char,
+                  sub: &str|
+                  -> Result<(), Box<EvalAltResult>> {
+                if s.is_empty() {
+                    return Ok(());
+                }
+                let mut buf = [0u8; 4];
+                check_replace(s, find.encode_utf8(&mut buf), sub.len(), max_string)?;
+                *s = s.replace(find, sub).into();
+                Ok(())
+            },
+        );
     e.register_type_with_name::<State>("Outcome")
         .register_fn("==", |a: State, b: State| a == b)
         .register_fn("!=", |a: State, b: State| a != b)
@@ -261,8 +295,9 @@ fn run<'a>(
             });
             continue;
         }
-        DEADLINE.set(Some(Instant::now() + budget));
+        OPS.set(0);
         LIMIT_HIT.set(Hit::None);
+        DEADLINE.set(Some(Instant::now() + budget));
         let result = catch_unwind(AssertUnwindSafe(|| {
             engine.eval_ast_with_scope::<Dynamic>(scope, &rule.ast)
         }));
@@ -272,31 +307,35 @@ fn run<'a>(
         let result = match result {
             Ok(r) => r,
             Err(panic) => {
-                out.push(RuleResult::Error(format!(
+                out.push(RuleResult::Error(truncate_message(format!(
                     "rule panicked: {}",
                     panic_message(panic.as_ref())
-                )));
+                ))));
                 continue;
             }
         };
-        out.push(match result {
-            // A limit was reached but the error was swallowed by a standard function: still a failure.
-            Ok(_) if hit == Hit::Operations => RuleResult::Error(format!(
+        // A limit reached is the rule's error whatever happened after it: a standard function or a
+        // `try`/`catch` may have swallowed the first error, or wrapped it in another.
+        let limit = match hit {
+            Hit::None => None,
+            Hit::Operations => Some(format!(
                 "operation limit of {} exceeded",
                 limits.max_operations
             )),
-            Ok(_) if hit == Hit::Time => {
-                RuleResult::Error(format!("time limit of {}ms exceeded", limits.time_limit_ms))
-            }
-            Ok(v) if v.is_unit() => RuleResult::NoMatch,
-            Ok(v) => match v.try_cast::<State>() {
+            Hit::Time => Some(format!("time limit of {}ms exceeded", limits.time_limit_ms)),
+        };
+        out.push(match (result, limit) {
+            (Ok(_), Some(msg)) => RuleResult::Error(msg),
+            (Err(e), Some(msg)) => RuleResult::Error(at(e.position(), msg)),
+            (Ok(v), None) if v.is_unit() => RuleResult::NoMatch,
+            (Ok(v), None) => match v.try_cast::<State>() {
                 Some(s) => RuleResult::Match(s),
                 None => RuleResult::Error(format!(
                     "rule returned a value that is not {} or ()",
                     vars::outcome_names()
                 )),
             },
-            Err(e) => RuleResult::Error(describe(*e, limits)),
+            (Err(e), None) => RuleResult::Error(describe(*e, limits)),
         });
     }
 }
@@ -334,6 +373,70 @@ pub(crate) fn vars_used(ast: &AST) -> u16 {
         true
     });
     used
+}
+
+/// Where `ast` would change a request variable, each as a position and a message.
+///
+/// Rhai refuses `user_id = …` and mutating standard methods (`custom.clear()`) on a constant at run time, but
+/// not a property or index write into a constant map (`custom.x = true`, `custom["x"] = 1`,
+/// `custom.dest[0] = 'z'`), and not a write through `this` in a script function called on one in method style
+/// (`custom.f()`, `custom.call(f)`). Rules cannot capture variables (feature `no_closure`) and Rhai copies
+/// values on assignment and into function parameters, so these two shapes are the only ways left to change a
+/// variable; refusing both at load keeps every rule seeing exactly the request, on either path (compiled or
+/// interpreted). A rule's own variable named like a request variable is refused too: the name is read-only.
+pub(crate) fn request_writes(ast: &AST) -> Vec<(Position, String)> {
+    fn root(mut e: &Expr) -> Option<&str> {
+        loop {
+            match e {
+                Expr::Dot(b, ..) | Expr::Index(b, ..) => e = &b.lhs,
+                Expr::Variable(v, ..) => return vars::find(v.1.as_str()).map(|var| var.name),
+                _ => return None,
+            }
+        }
+    }
+    let own: Vec<String> = ast.iter_functions().map(|f| f.name.to_owned()).collect();
+    let binds_this = |name: &str| name == "call" || own.iter().any(|f| f == name);
+    let mut found: Vec<(Position, String)> = Vec::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Stmt(Stmt::Assignment(x))) => {
+                if let Some(var) = root(&x.1.lhs) {
+                    found.push((
+                        x.1.lhs.start_position(),
+                        format!("`{var}` is part of the request and cannot be changed (copy it first: `let c = {var};`)"),
+                    ));
+                }
+            }
+            Some(ASTNode::Expr(Expr::Dot(b, _, _))) => {
+                if let Some(var) = root(&b.lhs) {
+                    let mut next = Some(&b.rhs);
+                    while let Some(e) = next {
+                        let (call, rest) = match e {
+                            Expr::Dot(c, ..) | Expr::Index(c, ..) => (&c.lhs, Some(&c.rhs)),
+                            other => (other, None),
+                        };
+                        if let Expr::MethodCall(f, pos) = call {
+                            if binds_this(f.name.as_str()) {
+                                found.push((
+                                    *pos,
+                                    format!(
+                                        "`{}` cannot be called on `{var}` in method style: it could change the request (call it as `{}({var}, …)`)",
+                                        f.name, f.name
+                                    ),
+                                ));
+                            }
+                        }
+                        next = rest;
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    found.sort_by_key(|(p, _)| (p.line(), p.position()));
+    found.dedup_by_key(|(p, _)| *p);
+    found
 }
 
 /// Fills `scope` for one decision: the outcome constants (kept from the previous decision on this thread when
@@ -393,9 +496,88 @@ fn describe(mut e: EvalAltResult, limits: &Limits) -> String {
             "{what} exceeds its limit (strings {} bytes, arrays {} items, maps {} entries)",
             limits.max_string_size, limits.max_array_size, limits.max_map_size
         ),
-        _ => e.to_string(),
+        EvalAltResult::ErrorRuntime(v, _)
+            if value_bytes(v, limits.max_string_size) > limits.max_string_size =>
+        {
+            format!(
+                "thrown value exceeds its limit (strings {} bytes, map keys included)",
+                limits.max_string_size
+            )
+        }
+        _ => bounded_display(&e),
     };
-    at(pos, msg)
+    truncate_message(at(pos, msg))
+}
+
+/// The longest rule error message kept, in bytes: rule errors are stored with each action, so a rule that
+/// throws a large value must not make every action large. A longer message is cut at a character boundary and
+/// ends with `…`.
+pub(crate) const MAX_RULE_ERROR_BYTES: usize = 1024;
+
+/// `msg` cut to at most [`MAX_RULE_ERROR_BYTES`] bytes (see there).
+pub(crate) fn truncate_message(mut msg: String) -> String {
+    if msg.len() > MAX_RULE_ERROR_BYTES {
+        let mut end = MAX_RULE_ERROR_BYTES - '…'.len_utf8();
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        msg.truncate(end);
+        msg.push('…');
+    }
+    msg
+}
+
+/// `e` as text, written no further than just past [`MAX_RULE_ERROR_BYTES`] (then cut by
+/// [`truncate_message`]), so that a thrown 16 MB map is never written out in full.
+fn bounded_display(e: &EvalAltResult) -> String {
+    struct Bounded(String);
+    impl std::fmt::Write for Bounded {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = MAX_RULE_ERROR_BYTES + 4 - self.0.len();
+            if s.len() <= room {
+                self.0.push_str(s);
+                return Ok(());
+            }
+            // Past the bound: keep whole characters up to it, plus one more byte's worth so the result is
+            // longer than the bound and gets cut with `…`.
+            for c in s.chars() {
+                if self.0.len() > MAX_RULE_ERROR_BYTES {
+                    break;
+                }
+                self.0.push(c);
+            }
+            Err(std::fmt::Error) // stops the formatting
+        }
+    }
+    let mut out = Bounded(String::new());
+    // An error here only means the text was cut.
+    let _ = std::fmt::write(&mut out, format_args!("{e}"));
+    out.0
+}
+
+/// The bytes of text in `v`: strings, and map keys (which Rhai's own size check leaves out), counting no
+/// further than just past `stop`.
+fn value_bytes(v: &Dynamic, stop: usize) -> usize {
+    fn walk(v: &Dynamic, total: &mut usize, stop: usize) {
+        if *total > stop {
+            return;
+        }
+        if let Some(s) = v.read_lock::<ImmutableString>() {
+            *total += s.len();
+        } else if let Some(a) = v.read_lock::<rhai::Array>() {
+            for x in a.iter() {
+                walk(x, total, stop);
+            }
+        } else if let Some(m) = v.read_lock::<Map>() {
+            for (k, x) in m.iter() {
+                *total += k.len();
+                walk(x, total, stop);
+            }
+        }
+    }
+    let mut total = 0;
+    walk(v, &mut total, stop);
+    total
 }
 
 fn at(pos: Position, msg: String) -> String {
