@@ -32,6 +32,9 @@ mod error;
 mod request;
 mod response;
 mod rules;
+#[cfg(feature = "server")]
+pub mod server;
+mod server_settings;
 mod signals;
 mod store;
 
@@ -51,6 +54,7 @@ pub use response::{
     ValidateChallengeResponse,
 };
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
+pub use server_settings::{LogFormat, ServerSettings};
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
 
