@@ -192,3 +192,49 @@ impl crate::RuleSet {
         &self.inner.config.server
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_parses_and_bad_values_are_named() {
+        let f: ServerFile = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\nmax_body_bytes = 10\nmax_header_bytes = 9000\nheader_timeout = \"2s\"\n\
+             request_timeout = \"250ms\"\nmax_concurrent_requests = 8\nmax_connections = 16\n\
+             shutdown_timeout = \"1m\"\nwatch = false\nlog_format = \"text\"\nlog_level = \"warn\"\n",
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        let s = f.resolve(&mut |k, m| problems.push((k.to_owned(), m)));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.listen, "0.0.0.0:9000");
+        assert_eq!((s.max_body_bytes, s.max_header_bytes), (10, 9000));
+        assert_eq!(s.request_timeout, Duration::from_millis(250));
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(60));
+        assert_eq!((s.max_concurrent_requests, s.max_connections), (8, 16));
+        assert!(!s.watch);
+        assert_eq!(
+            (s.log_format, s.log_level.as_str()),
+            (LogFormat::Text, "warn")
+        );
+        let f: ServerFile = toml::from_str(
+            "listen = \"localhost\"\nmax_body_bytes = 0\nheader_timeout = \"soon\"\nlog_format = \"xml\"\nlog_level = \"loud\"\n",
+        )
+        .unwrap();
+        let mut keys = Vec::new();
+        let s = f.resolve(&mut |k, _| keys.push(k.to_owned()));
+        assert_eq!(
+            keys,
+            [
+                "listen",
+                "max_body_bytes",
+                "header_timeout",
+                "log_format",
+                "log_level"
+            ]
+        );
+        assert_eq!(s, ServerSettings::default());
+        assert!(toml::from_str::<ServerFile>("port = 1").is_err());
+    }
+}

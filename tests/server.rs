@@ -4,6 +4,8 @@
 //!
 //! Needs `--features server`; without it this file only says so.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[cfg(not(feature = "server"))]
 #[test]
 fn server_tests_need_the_server_feature() {

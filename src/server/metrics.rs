@@ -24,7 +24,9 @@ struct Family {
     name: &'static str,
     help: &'static str,
     labels: [&'static str; 2],
-    series: DashMap<(String, String), AtomicU64>,
+    /// Keyed by the label values joined with a NUL (which no label value here holds: action codes and rule
+    /// ids have no control characters), so a lookup needs no allocation.
+    series: DashMap<String, AtomicU64>,
 }
 
 impl Family {
@@ -42,15 +44,32 @@ impl Family {
     }
 
     fn add(&self, a: &str, b: &str, n: u64) {
-        let key = (a.to_owned(), b.to_owned());
-        if let Some(c) = self.series.get(&key) {
-            c.fetch_add(n, Ordering::Relaxed);
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        let hit = KEY.with(|k| {
+            let Ok(mut k) = k.try_borrow_mut() else {
+                return false;
+            };
+            k.clear();
+            k.push_str(a);
+            k.push('\0');
+            k.push_str(b);
+            match self.series.get(k.as_str()) {
+                Some(c) => {
+                    c.fetch_add(n, Ordering::Relaxed);
+                    true
+                }
+                None => false,
+            }
+        });
+        if hit {
             return;
         }
         let key = if self.series.len() >= MAX_SERIES {
-            ("_other".to_owned(), "_other".to_owned())
+            "_other\0_other".to_owned()
         } else {
-            key
+            format!("{a}\0{b}")
         };
         self.series
             .entry(key)
@@ -67,12 +86,13 @@ impl Family {
             .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
             .collect();
         rows.sort();
-        for ((a, b), v) in rows {
+        for (key, v) in rows {
+            let (a, b) = key.split_once('\0').unwrap_or((&key, ""));
             let _ = write!(out, "{}{{{}=\"", self.name, self.labels[0]);
-            escape(out, &a);
+            escape(out, a);
             if !self.labels[1].is_empty() {
                 let _ = write!(out, "\",{}=\"", self.labels[1]);
-                escape(out, &b);
+                escape(out, b);
             }
             let _ = writeln!(out, "\"}} {v}");
         }
@@ -265,7 +285,7 @@ mod tests {
         assert_eq!(f.series.len(), MAX_SERIES + 1);
         let other = f
             .series
-            .get(&("_other".to_owned(), "_other".to_owned()))
+            .get("_other\0_other")
             .map(|c| c.load(Ordering::Relaxed));
         assert_eq!(other, Some(50));
     }

@@ -38,7 +38,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceBuilder;
@@ -58,6 +58,12 @@ struct Inner {
     engine: crate::Engine,
     secret: Secret,
     metrics: metrics::Metrics,
+    /// Whether every enabled rule of the served ruleset compiled to native code (then decisions run inline).
+    all_compiled: AtomicBool,
+}
+
+fn all_compiled(engine: &crate::Engine) -> bool {
+    engine.ruleset().rules().all(|r| r.compiled || !r.enabled)
 }
 
 impl std::fmt::Debug for App {
@@ -73,6 +79,7 @@ impl App {
     pub fn new(engine: crate::Engine, secret: Secret) -> App {
         App {
             inner: Arc::new(Inner {
+                all_compiled: AtomicBool::new(all_compiled(&engine)),
                 engine,
                 secret,
                 metrics: metrics::Metrics::new(),
@@ -80,7 +87,9 @@ impl App {
         }
     }
 
-    /// The engine being served.
+    /// The engine being served. Replace its rules through [`App::reload_rules`] or [`App::watch_rules`] (or
+    /// call [`App::rules_changed`] after swapping them on the engine), so the server knows whether they
+    /// compiled to native code.
     pub fn engine(&self) -> &crate::Engine {
         &self.inner.engine
     }
@@ -98,7 +107,16 @@ impl App {
         r
     }
 
+    /// Tells the server the engine's ruleset was replaced: decisions of a ruleset with interpreted rules, which
+    /// may run up to their time limit, are kept off the async workers.
+    pub fn rules_changed(&self) {
+        self.inner
+            .all_compiled
+            .store(all_compiled(&self.inner.engine), Ordering::Relaxed);
+    }
+
     fn note_reload(&self, r: &Result<(), crate::LoadError>) {
+        self.rules_changed();
         self.inner.metrics.reload(r.is_ok());
         match r {
             Ok(()) => tracing::info!(rules = self.inner.engine.ruleset().len(), "rules reloaded"),
