@@ -956,6 +956,29 @@ else if custom.outcome == "block" { BLOCK }
     }
 
     #[test]
+    fn slow_interpreted_rules_do_not_stall_other_requests() {
+        let s = Arc::new(start(SLOW_LIMITS, &[("slow.rhai", SLOW_RULE)]));
+        // More slow decisions at once than the runtime has workers.
+        let slow: Vec<_> = (0..8)
+            .map(|i| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || s.track(&format!("slow-{i}"), "slow", "{}"))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        assert_eq!(s.call("GET", "/health", None, b"").status, 200);
+        let took = started.elapsed();
+        for h in slow {
+            assert_eq!(h.join().unwrap().status, 200);
+        }
+        assert!(
+            took < Duration::from_millis(500),
+            "health waited {took:?} behind slow rules"
+        );
+    }
+
+    #[test]
     fn the_secret_comes_from_a_file_or_the_environment_only() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("r.rhai"), "ALLOW").unwrap();
