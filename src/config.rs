@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::duration::parse_millis;
 use crate::error::{Diagnostic, LoadError};
+use crate::server_settings::{ServerFile, ServerSettings};
 use crate::State;
 
 /// What a failing rule counts as: `on_rule_error` in `riskgate.toml`, or
@@ -82,6 +83,8 @@ pub(crate) struct Config {
     pub challenge_url: Option<String>,
     pub signals: SignalsConfig,
     pub geoip: GeoipConfig,
+    /// `[server]`: read by `riskgate serve`.
+    pub server: ServerSettings,
 }
 
 /// `[signals]`: how much history signals keep.
@@ -122,6 +125,7 @@ impl Default for Config {
             challenge_url: None,
             signals: SignalsConfig::default(),
             geoip: GeoipConfig::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -143,6 +147,8 @@ struct File {
     signals: SignalsFile,
     #[serde(default)]
     geoip: GeoipFile,
+    #[serde(default)]
+    server: ServerFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -411,6 +417,7 @@ impl Config {
                 *slot = Some((path.clone(), line, column));
             }
         }
+        cfg.server = parsed.server.resolve(&mut fail);
         if problems.is_empty() {
             Ok(cfg)
         } else {

@@ -19,6 +19,9 @@ mod files;
 mod request;
 mod response;
 mod rules;
+#[cfg(feature = "server")]
+pub mod server;
+mod server_settings;
 mod settings;
 mod signals;
 mod store;
@@ -40,6 +43,7 @@ pub use response::{
     ValidateChallengeResponse,
 };
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
+pub use server_settings::{LogFormat, ServerSettings};
 pub use settings::SandboxLimits;
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};

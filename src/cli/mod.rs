@@ -4,4 +4,6 @@ pub mod bench;
 pub mod check;
 pub mod lines;
 pub mod replay;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod stats;
