@@ -1,18 +1,10 @@
 //! Deciding: each outcome, priority resolution and ties, default outcomes, shadow rules, `actions` scoping.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use riskgate::{Engine, RuleSet, State, TrackRequest};
+mod common;
 
-fn engine(rules: &[(&str, &str)], config: &str) -> Engine {
-    let mut b = RuleSet::builder().config_toml(config);
-    for (id, src) in rules {
-        b = b.rule(*id, *src);
-    }
-    Engine::builder()
-        .ruleset(b.build().unwrap())
-        .build()
-        .unwrap()
-}
+use common::engine_with_config as engine;
+use riskgate::{Engine, RuleSet, State, TrackRequest};
 
 fn track(e: &Engine, action: &str) -> riskgate::TrackResponse {
     e.track(&TrackRequest::new("user-1", action)).unwrap()

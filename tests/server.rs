@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[cfg(feature = "server")]
+mod common;
+
 #[cfg(not(feature = "server"))]
 #[test]
 fn server_tests_need_the_server_feature() {
@@ -95,7 +98,7 @@ else if custom.outcome == "block" { BLOCK }
     }
 
     fn start_in(dir: tempfile::TempDir) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+        let mut child = crate::common::riskgate()
             .args(["serve", "--listen", "127.0.0.1:0", "--rules"])
             .arg(dir.path())
             .env("RISKGATE_SECRET", SECRET)
@@ -982,7 +985,7 @@ else if custom.outcome == "block" { BLOCK }
     fn the_secret_comes_from_a_file_or_the_environment_only() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("r.rhai"), "ALLOW").unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+        let out = crate::common::riskgate()
             .args(["serve", "--listen", "127.0.0.1:0", "--rules"])
             .arg(dir.path())
             .env_remove("RISKGATE_SECRET")
@@ -991,7 +994,7 @@ else if custom.outcome == "block" { BLOCK }
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("no API secret"), "{err}");
-        let out = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+        let out = crate::common::riskgate()
             .args(["serve", "--secret", "x"])
             .output()
             .unwrap();
@@ -1001,7 +1004,7 @@ else if custom.outcome == "block" { BLOCK }
         );
         let secret_file = dir.path().join("secret");
         std::fs::write(&secret_file, "sk_from_file\n").unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+        let mut child = crate::common::riskgate()
             .args(["serve", "--listen", "127.0.0.1:0", "--secret-file"])
             .arg(&secret_file)
             .arg("--rules")
@@ -1051,7 +1054,7 @@ else if custom.outcome == "block" { BLOCK }
             "[server]\nlisten = \"127.0.0.1:0\"\nmax_header_bytes = 10\n",
         )
         .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+        let out = crate::common::riskgate()
             .args(["check", "--rules"])
             .arg(dir.path())
             .output()

@@ -1,10 +1,13 @@
-//! Hostile rules: each one ends as a rule error within the configured limits, the decision still returns (the
-//! other rules still decide), and memory stays bounded. Rules that reach for what the sandbox leaves out
-//! (`eval`, modules) fail to load with a clear message.
+//! The sandbox against hostile rules: each limit (operations, time, string/array/map size, call depth, callbacks)
+//! ends a runaway rule as a rule error within the configured bound, the decision still returns (the other
+//! rules still decide), and memory stays bounded. Rules that reach for what the sandbox leaves out (`eval`,
+//! modules, writes to the request, captures) fail to load with a clear message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use proptest::prelude::*;
-use riskgate::{Engine, RuleSet, State, TrackRequest};
+use riskgate::{Engine, RuleSet, State, TrackRequest, TrackResponse};
 use std::time::{Duration, Instant};
 
 /// A rule that always matches, stronger than the hostile one: it must still decide.
@@ -137,6 +140,14 @@ const HOSTILE: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Tests that bound a decision's wall time take this lock around it: on a 2-core machine, runaway rules
+/// decided side by side would stretch each other's times.
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn request() -> TrackRequest {
     let mut req = TrackRequest::new("user-1", "signIn");
     req.attributes.custom.insert("amount".into(), 5i64.into());
@@ -149,6 +160,7 @@ fn each_hostile_rule_is_a_rule_error_and_the_decision_still_returns() {
         let rules = RuleSet::from_sources([(name, source), GOOD])
             .unwrap_or_else(|e| panic!("{name}: should load, got {e}"));
         let engine = Engine::builder().ruleset(rules).build().unwrap();
+        let _alone = alone();
         let started = Instant::now();
         let resp = engine
             .track(&request())
@@ -325,6 +337,7 @@ fn timed(source: &str, config: &str) -> (riskgate::TrackResponse, Duration) {
         .build()
         .unwrap_or_else(|e| panic!("{source}: {e}"));
     let engine = Engine::builder().ruleset(rules).build().unwrap();
+    let _alone = alone();
     let started = Instant::now();
     let resp = engine.track(&request()).unwrap();
     (resp, started.elapsed())
@@ -452,6 +465,7 @@ fn the_time_limit_stops_a_rule_within_its_budget() {
         .build()
         .unwrap();
     let engine = Engine::builder().ruleset(rules).build().unwrap();
+    let _alone = alone();
     let started = Instant::now();
     let resp = engine.track(&request()).unwrap();
     let took = started.elapsed();
@@ -522,6 +536,96 @@ fn deeply_nested_source_is_a_load_error_not_a_stack_overflow() {
         let e = RuleSet::from_sources([("deep", source.as_str())]).unwrap_err();
         assert!(e.to_string().contains("deep:1:"), "{e}");
     }
+}
+
+// ---- each limit on its own, with the defaults or a generous time limit ----
+
+/// Decides with a runaway rule beside a weaker one that matches; the time includes building the engine.
+fn limited(src: &str, config: &str) -> (TrackResponse, Duration) {
+    let _alone = alone();
+    let started = Instant::now();
+    let resp = common::engine_with_config(
+        &[("runaway", src), ("fine", "//! priority: 90\nREVIEW")],
+        config,
+    )
+    .track(&common::req("user-1", "signIn"))
+    .unwrap();
+    (resp, started.elapsed())
+}
+
+#[test]
+fn an_infinite_loop_ends_at_the_operation_limit() {
+    // A generous time limit, so that the operation limit is what ends it even in a debug build on a busy machine.
+    let (resp, took) = limited("loop {}", "[limits]\ntime_limit = \"30s\"\n");
+    assert_eq!(resp.state, State::ChallengeRequired);
+    assert_eq!(resp.rule_ids, ["runaway", "fine"]);
+    assert!(
+        resp.errors[0].message.contains("operation limit"),
+        "{}",
+        resp.errors[0].message
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn an_infinite_loop_ends_at_the_time_limit() {
+    let (resp, took) = limited(
+        "loop {}",
+        "[limits]\nmax_operations = 1000000000000\ntime_limit = \"20ms\"\n",
+    );
+    assert!(
+        resp.errors[0].message.contains("time limit of 20ms"),
+        "{}",
+        resp.errors[0].message
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn a_huge_string_ends_at_the_size_limit() {
+    let (resp, took) = limited(r#"let s = "x"; loop { s += s; }"#, "");
+    assert!(
+        resp.errors[0].message.contains("exceeds its limit"),
+        "{}",
+        resp.errors[0].message
+    );
+    assert!(took < Duration::from_secs(5));
+    let (resp, _) = limited(r#"let s = "0123456789".pad(100000000, "x"); ALLOW"#, "");
+    assert_eq!(resp.errors.len(), 1, "{resp:?}");
+}
+
+#[test]
+fn deep_recursion_ends_at_the_call_depth_limit() {
+    let (resp, took) = limited("fn f(n) { f(n + 1) } f(0)", "");
+    assert!(
+        resp.errors[0].message.contains("call depth"),
+        "{}",
+        resp.errors[0].message
+    );
+    assert!(took < Duration::from_secs(5));
+}
+
+#[test]
+fn huge_arrays_and_maps_end_at_their_limits() {
+    // A generous time limit, so that a data or operation limit is what ends these even in a debug build.
+    let cfg = "[limits]\ntime_limit = \"30s\"\n";
+    let (resp, _) = limited("let a = []; loop { a.push(1); }", cfg);
+    assert!(
+        resp.errors[0].message.contains("exceeds its limit"),
+        "{}",
+        resp.errors[0].message
+    );
+    // Rhai checks a map's size when the map is passed on, not on every index assignment, so a map grown in a
+    // loop is bounded by the operation limit.
+    let (resp, _) = limited(
+        "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
+        cfg,
+    );
+    let msg = &resp.errors[0].message;
+    assert!(
+        msg.contains("operation limit") || msg.contains("exceeds its limit"),
+        "{msg}"
+    );
 }
 
 /// Peak resident memory of this process, in KiB (Linux).
