@@ -733,7 +733,7 @@ fn size_limits_past_their_caps_are_refused() {
     for (key, v) in [("max_array_size", 8193), ("max_map_size", 8193)] {
         let e = RuleSet::builder()
             .rule("r", "ALLOW")
-            .config_toml(&format!("[limits]\n{key} = {v}\n"))
+            .config_toml(format!("[limits]\n{key} = {v}\n"))
             .build()
             .unwrap_err();
         assert!(

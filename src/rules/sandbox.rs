@@ -17,6 +17,9 @@
 //! - rule error messages are written and kept to at most [`MAX_RULE_ERROR_BYTES`], and a thrown value is
 //!   measured with its map keys, so a rule cannot make every stored action large;
 //! - a panic inside Rhai while a rule runs is caught and becomes that rule's error.
+//!
+//! Nested data is bounded in [`nesting`](super::nesting): interpreted rules run on a stack sized from the size
+//! limits.
 
 use rhai::{
     ASTNode, Dynamic, EvalAltResult, Expr, ImmutableString, Map, Position, Scope, Stmt, AST, FLOAT,
