@@ -53,6 +53,11 @@ pub(crate) const MAX_CALL_DEPTH: usize = 32;
 pub(crate) const MAX_EXPR_DEPTH: usize = 128;
 /// The largest `[limits] max_function_expr_depth` accepted.
 pub(crate) const MAX_FUNCTION_EXPR_DEPTH: usize = 64;
+/// The largest `[limits] max_array_size` accepted: with [`MAX_MAP_SIZE`], it bounds how deep data can nest,
+/// and so the stack interpreted rules run on (`rules/nesting.rs`).
+pub(crate) const MAX_ARRAY_SIZE: usize = 8192;
+/// The largest `[limits] max_map_size` accepted.
+pub(crate) const MAX_MAP_SIZE: usize = 8192;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -326,6 +331,16 @@ impl Config {
                     key,
                     format!("`[limits] {key}` must be at most {cap}: deeper rules could overflow the stack"),
                 );
+            }
+        }
+        // Data nests at most `max_array_size + max_map_size` levels deep, and interpreted rules get a stack in
+        // proportion (`rules/nesting.rs`): these caps keep it to 66 MiB of address space per thread.
+        for (key, v, cap) in [
+            ("max_array_size", cfg.limits.max_array_size, MAX_ARRAY_SIZE),
+            ("max_map_size", cfg.limits.max_map_size, MAX_MAP_SIZE),
+        ] {
+            if v > cap {
+                fail(key, format!("`[limits] {key}` must be at most {cap}"));
             }
         }
         if let Some(v) = &l.time_limit {

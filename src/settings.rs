@@ -41,9 +41,9 @@ pub struct SandboxLimits {
     pub max_function_expr_depth: usize,
     /// The longest string a rule may build, in bytes (`max_string_size`, default 16 KiB).
     pub max_string_size: usize,
-    /// The longest array a rule may build (`max_array_size`, default 1024).
+    /// The longest array a rule may build (`max_array_size`, default 1024, at most 8192), nested items counted.
     pub max_array_size: usize,
-    /// The largest map a rule may build (`max_map_size`, default 1024).
+    /// The largest map a rule may build (`max_map_size`, default 1024, at most 8192), nested entries counted.
     pub max_map_size: usize,
     /// Wall-clock time one rule may run (`time_limit`, default 10ms), in whole milliseconds.
     pub time_limit: Duration,
@@ -88,6 +88,22 @@ impl SandboxLimits {
                 return Err(bad(format!(
                     "`{name}` must be at least 1: the sandbox cannot be turned off"
                 )));
+            }
+        }
+        for (name, v, cap) in [
+            (
+                "max_array_size",
+                self.max_array_size,
+                crate::config::MAX_ARRAY_SIZE,
+            ),
+            (
+                "max_map_size",
+                self.max_map_size,
+                crate::config::MAX_MAP_SIZE,
+            ),
+        ] {
+            if v > cap {
+                return Err(bad(format!("`{name}` must be at most {cap}")));
             }
         }
         let ms = self.time_limit.as_millis();

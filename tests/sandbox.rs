@@ -669,3 +669,239 @@ fn memory_stays_bounded_under_rules_that_try_to_grow_it() {
     let grown_mib = peak_rss_kib().saturating_sub(before) / 1024;
     assert!(grown_mib < 128, "peak memory grew by {grown_mib} MiB");
 }
+
+/// Rust's default stack for spawned threads: every nesting test runs its decisions on one.
+const SPAWNED_STACK: usize = 2 * 1024 * 1024;
+
+/// Runs `f` on a new thread with Rust's default spawned-thread stack, so that a stack overflow shows (as an
+/// abort of the test binary) however large the test harness's own stack is.
+fn on_small_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    std::thread::Builder::new()
+        .stack_size(SPAWNED_STACK)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Limits that let a rule build the deepest data its size limits allow (debug builds are slow).
+fn deep_config(max_array: usize, max_map: usize) -> String {
+    format!(
+        "[limits]\ntime_limit = \"60s\"\nmax_operations = 1000000000\nmax_array_size = {max_array}\nmax_map_size = {max_map}\n"
+    )
+}
+
+/// Every operation of Rhai's standard library that recurses once per nesting level, as a Rhai expression over
+/// `a` (a deeply nested value), with what it must end as: `D` the depth error, `ok` a result (`E`, any other
+/// error, is never right). The ones that need room beyond the size limits are in [`NESTED_SIZE_OPS`].
+const NESTED_OPS: &[(&str, &str, &str)] = &[
+    ("eq", "a == a", "D"),
+    ("ne", "a != a", "D"),
+    ("in", "a in [a]", "D"),
+    ("contains", "[a].contains(a)", "D"),
+    ("index_of", "[a].index_of(a)", "D"),
+    ("to_string", "a.to_string()", "D"),
+    ("to_debug", "a.to_debug()", "D"),
+    ("print", "print(a)", "D"),
+    ("debug", "debug(a)", "D"),
+    // Interpolation and `+` with a string fall back to Rhai's own formatting when `to_string` fails.
+    ("interpolate", "`${a}`", "ok"),
+    ("string-plus", "\"\" + a", "ok"),
+    ("plus-string", "a + \"\"", "ok"),
+    ("to_json", "#{y: a}.to_json()", "D"),
+    ("switch", "switch a { 1 => 2, _ => 3 }", "ok"),
+    ("copy", "{ let b = a; let c = b; c.len() }", "ok"),
+];
+
+/// Operations on the deepest data that also grow it: the size limits stop them (Rhai's size errors cannot be
+/// caught, so each gets its own rule). `dedup` is here because its comparisons need two copies.
+const NESTED_SIZE_OPS: &[&str] = &[
+    "let b = [a, a]; b.dedup(); ()",
+    "let b = [a]; let c = b + b; ()",
+    // Rhai checks the size after `+=` when the array is next used.
+    "let b = [a]; b += b; b.len()",
+    "let b = [a]; b.append(b); ()",
+];
+
+/// A rule that nests `levels` containers (`[` an array, `{` a map, in a loop of `n` rounds of `shape`), applies
+/// every operation in [`NESTED_OPS`] to the result, and throws a summary (`eq:D ne:D …`).
+fn nested_rule(shape: &str, rounds: usize) -> String {
+    let wrap: String = shape
+        .chars()
+        .map(|c| {
+            if c == '[' {
+                "a = [take(a)]; "
+            } else {
+                "a = #{x: take(a)}; "
+            }
+        })
+        .collect();
+    let mut src = format!("let a = 1; for i in 0..{rounds} {{ {wrap}}}\nlet r = \"\";\n");
+    for (name, expr, _) in NESTED_OPS {
+        src.push_str(&format!(
+            "try {{ let v = {expr}; r += \"{name}:ok \"; }} catch (e) {{ r += if `${{e}}`.contains(\"nested deeper than 64 levels\") {{ \"{name}:D \" }} else {{ \"{name}:E \" }}; }}\n"
+        ));
+    }
+    src.push_str("throw r;");
+    src
+}
+
+fn expected_summary() -> String {
+    NESTED_OPS
+        .iter()
+        .map(|(name, _, want)| format!("{name}:{want} "))
+        .collect()
+}
+
+/// Decides with `rule` (and the good rule) under `config` on a 2 MiB thread; returns the rule's error message.
+fn decide_on_small_stack(rule: String, config: String) -> String {
+    on_small_stack(move || {
+        let rules = RuleSet::builder()
+            .rule("deep", rule.as_str())
+            .rule(GOOD.0, GOOD.1)
+            .config_toml(&config)
+            .build()
+            .unwrap();
+        let engine = Engine::builder().ruleset(rules).build().unwrap();
+        let resp = engine.track(&request()).unwrap();
+        assert_eq!(resp.state, State::Review, "{resp:?}");
+        assert_eq!(resp.errors.len(), 1, "{resp:?}");
+        resp.errors[0].message.clone()
+    })
+}
+
+#[test]
+fn every_recursing_operation_on_the_deepest_data_the_default_limits_allow_ends_in_time() {
+    // Default sizes: 1024 array items and 1024 map entries, nested elements counted in total, so at most 1023
+    // arrays, 1023 maps, or 2046 of them alternating (each wrapping level is one item or entry).
+    for (shape, rounds) in [("[", 1023), ("{", 1023), ("[{", 1023), ("{[", 1023)] {
+        let msg = decide_on_small_stack(nested_rule(shape, rounds), deep_config(1024, 1024));
+        assert!(
+            msg.ends_with(&expected_summary()),
+            "{shape} × {rounds}: {msg}"
+        );
+    }
+    for op in NESTED_SIZE_OPS {
+        let rule = format!("let a = 1; for i in 0..1023 {{ a = #{{x: [take(a)]}}; }} {op}");
+        let msg = decide_on_small_stack(rule, deep_config(1024, 1024));
+        assert!(msg.contains("exceeds its limit"), "{op}: {msg}");
+    }
+}
+
+#[test]
+fn the_deepest_arrays_the_largest_limits_allow_end_in_time() {
+    // `max_array_size` at its cap: 8191 nested arrays (mixed with maps at their cap too, 16382 levels, is the
+    // same code path and takes most of a minute in a debug build).
+    let msg = decide_on_small_stack(nested_rule("[", 8191), deep_config(8192, 8192));
+    assert!(msg.ends_with(&expected_summary()), "{msg}");
+}
+
+#[test]
+fn throwing_or_returning_the_deepest_data_is_a_bounded_rule_error() {
+    let build = "let a = 1; for i in 0..1023 { a = #{x: [take(a)]}; }";
+    let thrown = decide_on_small_stack(format!("{build} throw a;"), deep_config(1024, 1024));
+    assert!(thrown.starts_with("1:"), "{thrown}");
+    assert!(thrown.contains("#{\"x\": [#{\"x\": ["), "{thrown}");
+    assert!(thrown.len() <= 1024, "{} bytes", thrown.len());
+    let returned = decide_on_small_stack(format!("{build} a"), deep_config(1024, 1024));
+    assert!(returned.contains("not ALLOW"), "{returned}");
+}
+
+#[test]
+fn curried_function_pointers_are_load_errors() {
+    // A curried value is invisible to Rhai's size check: it could nest data past any depth the size limits
+    // bound, and grow past them.
+    for source in [
+        r#"fn f(x) { x } let g = Fn("f").curry([1]); ()"#,
+        r#"fn f(x) { x } let a = [1]; let g = curry(Fn("f"), a); ()"#,
+        r#"fn f(x) { x } let g = curry(Fn("f"), 1); ()"#,
+    ] {
+        let e = RuleSet::from_sources([("c", source)]).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "`curry` is not available in rules: curried values would escape the size limits"
+            ),
+            "{source}: {e}"
+        );
+    }
+    // `Fn("curry")` is refused by Rhai itself.
+    let msg = decide_on_small_stack(
+        r#"fn f(x) { x } let g = Fn("curry"); g.call(Fn("f"), 1)"#.to_owned(),
+        String::new(),
+    );
+    assert!(msg.contains("'curry' is a reserved keyword"), "{msg}");
+}
+
+#[test]
+fn size_limits_past_their_caps_are_refused() {
+    for (key, v) in [("max_array_size", 8193), ("max_map_size", 8193)] {
+        let e = RuleSet::builder()
+            .rule("r", "ALLOW")
+            .config_toml(format!("[limits]\n{key} = {v}\n"))
+            .build()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("`[limits] {key}` must be at most 8192")),
+            "{e}"
+        );
+    }
+    let mut limits = riskgate::SandboxLimits::default();
+    limits.max_map_size = 8193;
+    let e = RuleSet::builder()
+        .rule("r", "ALLOW")
+        .sandbox_limits(limits)
+        .build()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`max_map_size` must be at most 8192"),
+        "{e}"
+    );
+}
+
+/// The expected `to_string` of `1` wrapped in `shape` (outermost first): Rhai's standard formatting.
+fn printed(shape: &[bool]) -> String {
+    shape.iter().rev().fold("1".to_owned(), |inner, &array| {
+        if array {
+            format!("[{inner}]")
+        } else {
+            format!("#{{\"x\": {inner}}}")
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Any nesting of arrays and maps, any recursing operation: the decision comes back, with the right answer
+    /// up to 64 levels and the depth error past them.
+    #[test]
+    fn nesting_shapes_times_operations(
+        shape in proptest::collection::vec(any::<bool>(), 0..140),
+        op in 0usize..6,
+    ) {
+        let literal: Vec<&str> = shape.iter().map(|&a| if a { "true" } else { "false" }).collect();
+        let build = format!(
+            "let a = 1; let shape = [{}]; shape.reverse(); for s in shape {{ if s {{ a = [take(a)]; }} else {{ a = #{{x: take(a)}}; }} }}",
+            literal.join(", ")
+        );
+        let expected = printed(&shape);
+        let (expr, want) = match op {
+            0 => ("a == a", "true".to_owned()),
+            1 => ("a != a", "false".to_owned()),
+            2 => ("a in [a]", "true".to_owned()),
+            3 => ("a.to_string()", expected.clone()),
+            // `dedup` drops a copy if its comparison succeeds, and keeps both if it fails (Rhai's rule).
+            4 if shape.len() > 64 => ("{ let b = [a, a]; b.dedup(); b.len() }", "2".to_owned()),
+            4 => ("{ let b = [a, a]; b.dedup(); b.len() }", "1".to_owned()),
+            _ => ("#{y: a}.to_json()", format!("{{\"y\":{}}}", expected.replace("#{", "{").replace(": ", ":"))),
+        };
+        let msg = decide_on_small_stack(format!("{build} throw `${{{expr}}}`;"), deep_config(1024, 1024));
+        if shape.len() <= 64 || op == 4 {
+            prop_assert_eq!(msg, format!("1:{}: Runtime error: {want}", build.len() + 2));
+        } else {
+            prop_assert!(msg.contains("arrays and maps nested deeper than 64 levels cannot be"), "{}", msg);
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub(crate) mod binding;
 pub(crate) mod compile;
 mod functions;
 mod meta;
+mod nesting;
 pub(crate) mod sandbox;
 pub(crate) mod vars;
 
@@ -397,7 +398,10 @@ impl RuleSetBuilder {
             match engine.compile_with_scope(&scope, &source) {
                 Ok(ast) => {
                     known.check(&ast, &file, &mut problems);
-                    for (pos, message) in sandbox::request_writes(&ast) {
+                    for (pos, message) in sandbox::request_writes(&ast)
+                        .into_iter()
+                        .chain(nesting::curry_calls(&ast))
+                    {
                         problems.push(Diagnostic {
                             file: file.clone(),
                             line: pos.line().unwrap_or(0),

@@ -17,6 +17,9 @@
 //! - rule error messages are written and kept to at most [`MAX_RULE_ERROR_BYTES`], and a thrown value is
 //!   measured with its map keys, so a rule cannot make every stored action large;
 //! - a panic inside Rhai while a rule runs is caught and becomes that rule's error.
+//!
+//! Nested data is bounded in [`nesting`](super::nesting): interpreted rules run on a stack sized from the size
+//! limits.
 
 use rhai::{
     ASTNode, Dynamic, EvalAltResult, Expr, ImmutableString, Map, Position, Scope, Stmt, AST, FLOAT,
@@ -156,6 +159,7 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
         .register_fn("to_string", |s: &mut State| s.as_str().to_owned())
         .register_fn("to_debug", |s: &mut State| s.as_str().to_owned());
     super::binding::register(&mut e);
+    super::nesting::register(&mut e);
     e
 }
 
@@ -262,15 +266,21 @@ pub(crate) fn evaluate<'a>(
     if rules.peek().is_none() {
         return;
     }
-    SCOPE.with(|cell| {
-        let Ok(mut scope) = cell.try_borrow_mut() else {
-            // Re-entered from inside a rule (impossible through the public API): use a fresh scope.
-            let mut scope = Scope::new();
+    let pending = rules.clone();
+    let ran = super::nesting::with_stack(limits, || {
+        SCOPE.with(|cell| {
+            let Ok(mut scope) = cell.try_borrow_mut() else {
+                // Re-entered from inside a rule (impossible through the public API): use a fresh scope.
+                let mut scope = Scope::new();
+                run(engine, limits, &ctx, rules, out, &mut scope);
+                return;
+            };
             run(engine, limits, &ctx, rules, out, &mut scope);
-            return;
-        };
-        run(engine, limits, &ctx, rules, out, &mut scope);
+        });
     });
+    if let Err(msg) = ran {
+        out.extend(pending.map(|_| RuleResult::Error(msg.clone())));
+    }
 }
 
 fn run<'a>(
