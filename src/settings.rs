@@ -33,11 +33,11 @@ const MAX_TIME_LIMIT: Duration = Duration::from_secs(60);
 pub struct SandboxLimits {
     /// Rhai operations one rule may run (`max_operations`, default 50 000).
     pub max_operations: u64,
-    /// Function call depth (`max_call_depth`, default 16).
+    /// Function call depth (`max_call_depth`, default 16, at most 32).
     pub max_call_depth: usize,
-    /// Expression nesting at the top level (`max_expr_depth`, default 64).
+    /// Expression nesting at the top level (`max_expr_depth`, default 64, at most 128).
     pub max_expr_depth: usize,
-    /// Expression nesting inside functions (`max_function_expr_depth`, default 32).
+    /// Expression nesting inside functions (`max_function_expr_depth`, default 32, at most 64).
     pub max_function_expr_depth: usize,
     /// The longest string a rule may build, in bytes (`max_string_size`, default 16 KiB).
     pub max_string_size: usize,
@@ -91,6 +91,21 @@ impl SandboxLimits {
             }
         }
         for (name, v, cap) in [
+            (
+                "max_call_depth",
+                self.max_call_depth,
+                crate::config::MAX_CALL_DEPTH,
+            ),
+            (
+                "max_expr_depth",
+                self.max_expr_depth,
+                crate::config::MAX_EXPR_DEPTH,
+            ),
+            (
+                "max_function_expr_depth",
+                self.max_function_expr_depth,
+                crate::config::MAX_FUNCTION_EXPR_DEPTH,
+            ),
             (
                 "max_array_size",
                 self.max_array_size,
