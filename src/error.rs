@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use crate::request::shorten;
 use std::path::PathBuf;
 
 /// Why a [`track`](crate::Engine::track), [`update_action`](crate::Engine::update_action) or request parse
@@ -220,6 +219,11 @@ pub enum LoadError {
         /// What is wrong with the value.
         reason: String,
     },
+    /// [`EngineBuilder::build`](crate::EngineBuilder::build) could not draw the engine's secret keys (for
+    /// request fingerprints, history keys and hash-table buckets) from the operating system's random source.
+    /// An engine never runs with fixed or guessable keys in their place.
+    #[error("the operating system's random source failed: cannot draw the engine's secret keys")]
+    RandomSource,
 }
 
 impl LoadError {
@@ -258,4 +262,13 @@ impl fmt::Display for DisplayList<'_> {
         }
         Ok(())
     }
+}
+
+/// Cuts user input for an error message to a readable length, escaping control characters.
+pub(crate) fn shorten(v: &str) -> String {
+    let mut out: String = v.chars().take(64).flat_map(char::escape_default).collect();
+    if v.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
 }

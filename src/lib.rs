@@ -16,6 +16,7 @@ mod duration;
 mod engine;
 mod error;
 mod files;
+mod hash;
 mod request;
 mod response;
 mod rules;
@@ -25,6 +26,8 @@ mod server_settings;
 mod settings;
 mod signals;
 mod store;
+mod time;
+mod token;
 
 pub mod replay;
 #[cfg(feature = "watch")]

@@ -145,7 +145,7 @@ impl std::str::FromStr for State {
 #[error(
     "unknown state `{}`: expected ALLOW, CHALLENGE_REQUIRED, REVIEW, BLOCK, CHALLENGE_SUCCEEDED, \
      CHALLENGE_FAILED, REVIEW_SUCCEEDED or REVIEW_FAILED",
-    crate::request::shorten(input)
+    crate::error::shorten(input)
 )]
 pub struct ParseStateError {
     input: String,

@@ -524,7 +524,7 @@ fn check_rule_id(id: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "invalid rule id `{}`: expected 1-255 bytes of `/`-separated names",
-            crate::request::shorten(id)
+            crate::error::shorten(id)
         ))
     }
 }

@@ -26,7 +26,9 @@ use std::cell::{OnceCell, RefCell};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub(crate) use history::{History, Keys, Limits};
+use crate::config::HistoryLimits as Limits;
+use crate::time::{DurationMs, EpochMs};
+pub(crate) use history::{History, Keys};
 
 use history::{Kept, KnownKind, Located};
 
@@ -69,8 +71,8 @@ impl Default for SignalSet {
 /// Build one with [`DecisionCtx::new`] per decision; signal functions take `&DecisionCtx` and memoise into it,
 /// so each signal is computed at most once per decision, and only when asked.
 pub(crate) struct DecisionCtx {
-    /// The event time (the `track_at` time), in epoch milliseconds.
-    pub now_ms: i64,
+    /// The event time (the `track_at` time).
+    pub now: EpochMs,
     /// The request's hashed user, action, IP and device.
     pub keys: Keys,
     /// The request's IP address, canonical (an IPv4-mapped IPv6 address as its IPv4), when present and valid and
@@ -106,16 +108,16 @@ pub(crate) struct Footprint {
 }
 
 impl DecisionCtx {
-    /// The context of a decision on `req` at `now_ms`.
+    /// The context of a decision on `req` at `now`.
     pub fn new(
         history: &Arc<History>,
         set: &Arc<SignalSet>,
         req: &crate::TrackRequest,
-        now_ms: i64,
+        now: EpochMs,
     ) -> Self {
         let a = &req.attributes;
         DecisionCtx {
-            now_ms,
+            now,
             // Every IP signal keys on the address, not on how it was spelt (see `History::ip_key`).
             keys: history.keys(
                 &req.user_id,
@@ -193,14 +195,14 @@ impl DecisionCtx {
     pub fn record(&self, state: crate::State) -> Footprint {
         self.history.record(
             &self.keys,
-            self.now_ms,
-            self.set.horizon_ms,
+            self.now,
+            DurationMs::from_ms(self.set.horizon_ms),
             self.set.windowed,
         );
         let footprint = Footprint {
             keys: self.keys,
             ip: self.ip,
-            at_ms: self.now_ms,
+            at_ms: self.now.ms(),
         };
         if state == crate::State::Allow {
             let place = if self.set.uses_places {
@@ -247,19 +249,22 @@ fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
 }
 
 /// Parses a window argument of `function`; the error names the window.
-pub(crate) fn window(function: &str, window: &str) -> Result<i64, String> {
-    crate::duration::parse_millis(window).map_err(|e| format!("`{function}`: {e}"))
+pub(crate) fn window(function: &str, window: &str) -> Result<DurationMs, String> {
+    crate::duration::parse_millis(window)
+        .map(DurationMs::from_ms)
+        .map_err(|e| format!("`{function}`: {e}"))
 }
 
-/// What the windowed signal `function` counts over `window_ms`: its series or set `kept` (see its catalogue
+/// What the windowed signal `function` counts over `window`: its series or set `kept` (see its catalogue
 /// row). An error when no rule calls it by name (its history is not kept) or the window is longer than the
 /// history kept.
 pub(crate) fn count(
     ctx: &DecisionCtx,
     function: &str,
     kept: Kept,
-    window_ms: i64,
+    window: DurationMs,
 ) -> Result<i64, String> {
+    let window_ms = window.ms();
     if ctx.set.windowed & kept.bit() == 0 {
         return Err(format!(
             "`{function}` is not called by name in any rule, so its history is not kept"
@@ -273,8 +278,8 @@ pub(crate) fn count(
         ));
     }
     Ok(ctx.count(kept.tag(), window_ms, || match kept {
-        Kept::Series(k) => ctx.history.velocity(k, &ctx.keys, ctx.now_ms, window_ms),
-        Kept::Set(k) => ctx.history.distinct(k, &ctx.keys, ctx.now_ms, window_ms),
+        Kept::Series(k) => ctx.history.velocity(k, &ctx.keys, ctx.now, window),
+        Kept::Set(k) => ctx.history.distinct(k, &ctx.keys, ctx.now, window),
     }))
 }
 
@@ -284,7 +289,7 @@ fn is_new(ctx: &DecisionCtx, kind: KnownKind, item: Option<u64>) -> bool {
         KnownKind::Ip => 1,
         KnownKind::Country => 2,
     };
-    let compute = || item.is_none_or(|i| !ctx.history.is_known(ctx.keys.user, kind, i, ctx.now_ms));
+    let compute = || item.is_none_or(|i| !ctx.history.is_known(ctx.keys.user, kind, i, ctx.now));
     match ctx.memo.known.get(slot) {
         Some(cell) => *cell.get_or_init(compute),
         None => compute(),
@@ -314,8 +319,8 @@ pub(crate) fn in_list(ctx: &DecisionCtx, name: &str, value: &str) -> Result<bool
         Some(list) => Ok(list.contains(value)),
         None => Err(format!(
             "`in_list`: no list named `{}` (expected `lists/{}.txt` in the rules folder)",
-            crate::request::shorten(name),
-            crate::request::shorten(name)
+            crate::error::shorten(name),
+            crate::error::shorten(name)
         )),
     }
 }
@@ -358,7 +363,7 @@ pub(crate) fn travel_speed_kmh(ctx: &DecisionCtx) -> Option<f64> {
         let here = ctx.place()?.location?;
         let last = ctx.history.last_location(ctx.keys.user)?;
         let km = geo::distance_km((last.lat, last.lon), here);
-        let hours = (ctx.now_ms.abs_diff(last.at_ms).max(1_000) as f64) / 3_600_000.0;
+        let hours = (ctx.now.ms().abs_diff(last.at_ms).max(1_000) as f64) / 3_600_000.0;
         Some(km / hours)
     })
 }
