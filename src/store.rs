@@ -589,6 +589,7 @@ mod tests {
         let mut dec = decision(State::ChallengeRequired, &[], &["s"]);
         dec.errors.push(RuleError {
             rule_id: RuleId::new("e"),
+            kind: crate::RuleErrorKind::Runtime,
             message: "m".into(),
         });
         let fp = Footprint {
