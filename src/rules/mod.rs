@@ -335,29 +335,17 @@ impl RuleSetBuilder {
             .config
             .as_ref()
             .map_or("riskgate.toml", |c| c.1.as_str());
-        let geo = load_geo(&config, config_file, self.dir.as_deref(), &mut problems);
-        let mut lists = crate::signals::lists::Lists::new();
-        for (name, text, file) in &self.lists {
-            match crate::signals::lists::load(name, text, file) {
-                Ok(_) if lists.contains_key(name.as_str()) => problems.push(Diagnostic {
-                    file: file.clone(),
-                    line: 0,
-                    column: 0,
-                    message: format!("list `{name}` is given twice"),
-                }),
-                Ok(list) => {
-                    lists.insert(name.as_str().into(), Arc::new(list));
-                }
-                Err(mut d) => problems.append(&mut d),
-            }
-        }
+        let mut signals = crate::signals::SignalSet::load(
+            &self.lists,
+            &config.geoip,
+            config_file,
+            self.dir.as_deref(),
+            config.signals.limits,
+            &mut problems,
+        );
         let mut uses = analyze::Uses::default();
-        let has_list = |name: &str| lists.contains_key(name);
-        let has_geo = |kind: crate::signals::geo::Kind| match kind {
-            crate::signals::geo::Kind::City => geo.city.is_some(),
-            crate::signals::geo::Kind::Asn => geo.asn.is_some(),
-            crate::signals::geo::Kind::AnonymousIp => geo.anonymous.is_some(),
-        };
+        let has_list = |name: &str| signals.has_list(name);
+        let has_geo = |kind| signals.has_geo(kind);
         let needs = analyze::Needs {
             lists: &has_list,
             geo: &has_geo,
@@ -439,15 +427,10 @@ impl RuleSetBuilder {
         } else {
             0
         };
-        let signals = crate::signals::SignalSet {
-            lists: arc_swap::ArcSwap::from_pointee(lists),
-            geo,
-            horizon_ms: uses.longest_window_ms.max(computed),
-            limits: config.signals.limits,
-            uses_agent: uses.agent,
-            uses_places: uses.places,
-            windowed: uses.windowed,
-        };
+        signals.horizon_ms = uses.longest_window_ms.max(computed);
+        signals.windowed = uses.windowed;
+        signals.uses_agent = uses.agent;
+        signals.uses_places = uses.places;
         Ok(RuleSet {
             inner: Arc::new(Inner {
                 engine,
@@ -475,40 +458,6 @@ fn load_error(path: &Path, kind: files::Kind, e: files::ReadError) -> LoadError 
             source,
         },
         other => LoadError::one(path.display().to_string(), 0, 0, other.message(path, kind)),
-    }
-}
-
-/// Opens the `[geoip]` databases, with paths relative to the rules folder (or the current directory for a
-/// ruleset built in code).
-fn load_geo(
-    config: &Config,
-    file: &str,
-    dir: Option<&Path>,
-    problems: &mut Vec<Diagnostic>,
-) -> crate::signals::geo::Geo {
-    use crate::signals::geo::{open, Kind};
-    let mut one = |entry: &Option<(String, usize, usize)>, kind: Kind| {
-        let (path, line, column) = entry.as_ref()?;
-        let full = match dir {
-            Some(d) => d.join(path),
-            None => PathBuf::from(path),
-        };
-        open(&full, kind)
-            .map_err(|message| {
-                problems.push(Diagnostic {
-                    file: file.to_owned(),
-                    line: *line,
-                    column: *column,
-                    message,
-                })
-            })
-            .ok()
-    };
-    let g = &config.geoip;
-    crate::signals::geo::Geo {
-        city: one(&g.city, Kind::City),
-        asn: one(&g.asn, Kind::Asn),
-        anonymous: one(&g.anonymous_ip, Kind::AnonymousIp),
     }
 }
 

@@ -26,9 +26,11 @@ use std::cell::{OnceCell, RefCell};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::config::HistoryLimits as Limits;
+use crate::config::{GeoipConfig, HistoryLimits as Limits};
+use crate::error::Diagnostic;
 use crate::time::{DurationMs, EpochMs};
 pub(crate) use history::{History, Keys};
+use std::path::Path;
 
 use history::{Kept, KnownKind, Located};
 
@@ -61,6 +63,60 @@ impl Default for SignalSet {
             limits: Limits::default(),
             uses_agent: false,
             uses_places: false,
+        }
+    }
+}
+
+impl SignalSet {
+    /// Loads a ruleset's lists (`(name, text, file)` each) and opens its `[geoip]` databases (paths relative to
+    /// the rules folder `dir`, or the current directory for a ruleset built in code; `config_file` names the
+    /// file `[geoip]` came from). Every problem is added to `problems`, and what failed is left out.
+    ///
+    /// What the rules need of signals (how much history, which series, the user agent, places) is not known
+    /// yet: it is filled in once the rules are analysed.
+    pub fn load(
+        lists: &[(String, String, String)],
+        geoip: &GeoipConfig,
+        config_file: &str,
+        dir: Option<&Path>,
+        limits: Limits,
+        problems: &mut Vec<Diagnostic>,
+    ) -> SignalSet {
+        let geo = geo::Geo::open_all(geoip, config_file, dir, problems);
+        let mut loaded = lists::Lists::new();
+        for (name, text, file) in lists {
+            match lists::load(name, text, file) {
+                Ok(_) if loaded.contains_key(name.as_str()) => problems.push(Diagnostic {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!("list `{name}` is given twice"),
+                }),
+                Ok(list) => {
+                    loaded.insert(name.as_str().into(), Arc::new(list));
+                }
+                Err(mut d) => problems.append(&mut d),
+            }
+        }
+        SignalSet {
+            lists: ArcSwap::from_pointee(loaded),
+            geo,
+            limits,
+            ..SignalSet::default()
+        }
+    }
+
+    /// Whether the list `name` was loaded.
+    pub fn has_list(&self, name: &str) -> bool {
+        self.lists.load().contains_key(name)
+    }
+
+    /// Whether the GeoIP database of `kind` was opened.
+    pub fn has_geo(&self, kind: geo::Kind) -> bool {
+        match kind {
+            geo::Kind::City => self.geo.city.is_some(),
+            geo::Kind::Asn => self.geo.asn.is_some(),
+            geo::Kind::AnonymousIp => self.geo.anonymous.is_some(),
         }
     }
 }
