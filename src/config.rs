@@ -104,6 +104,11 @@ pub(crate) struct HistoryLimits {
     pub known_for_ms: i64,
 }
 
+/// The most entries one insert evicts (expired or over capacity), in the action store and in each history
+/// table. Each insert adds one, so a store over its capacity shrinks by `EVICT_PER_INSERT - 1` per new action
+/// until it is back at the capacity, and no single caller pays for a large backlog.
+pub(crate) const EVICT_PER_INSERT: usize = 16;
+
 /// `[signals] max_bytes` by default: 128 MiB per table, so at most 384 MiB for all of history.
 pub(crate) const DEFAULT_HISTORY_MAX_BYTES: usize = 128 << 20;
 

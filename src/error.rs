@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+mod shorten;
+pub(crate) use shorten::shorten;
+
 use std::path::PathBuf;
 
 /// Why a [`track`](crate::Engine::track), [`update_action`](crate::Engine::update_action) or request parse
@@ -262,13 +265,4 @@ impl fmt::Display for DisplayList<'_> {
         }
         Ok(())
     }
-}
-
-/// Cuts user input for an error message to a readable length, escaping control characters.
-pub(crate) fn shorten(v: &str) -> String {
-    let mut out: String = v.chars().take(64).flat_map(char::escape_default).collect();
-    if v.chars().nth(64).is_some() {
-        out.push('…');
-    }
-    out
 }

@@ -186,13 +186,6 @@ impl ServerFile {
     }
 }
 
-impl crate::RuleSet {
-    /// `[server]` from this set's `riskgate.toml` (the defaults when it has none).
-    pub fn server_settings(&self) -> &ServerSettings {
-        &self.inner.config.server
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

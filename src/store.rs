@@ -32,9 +32,7 @@ use crate::token;
 
 type Map<V> = PreHashedMap<H128, V>;
 
-/// The most actions one insert evicts (expired or over capacity). Each insert adds one, so a store over its
-/// capacity shrinks by `EVICT_PER_INSERT - 1` per new action until it is back at the capacity.
-pub(crate) const EVICT_PER_INSERT: usize = 16;
+pub(crate) use crate::config::EVICT_PER_INSERT;
 
 /// One stored action.
 pub(crate) struct Slot {

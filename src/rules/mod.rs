@@ -6,6 +6,7 @@ pub(crate) mod binding;
 pub(crate) mod compile;
 mod functions;
 mod meta;
+mod rule;
 pub(crate) mod sandbox;
 pub(crate) mod vars;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use meta::Mode;
+pub(crate) use rule::Rule;
 
 use crate::config::Config;
 use crate::error::{Diagnostic, LoadError};
@@ -55,14 +57,11 @@ pub(crate) struct Inner {
     pub signals: Arc<crate::signals::SignalSet>,
 }
 
-pub(crate) struct Rule {
-    pub id: RuleId,
-    pub meta: meta::Meta,
-    pub ast: rhai::AST,
-    /// The rule as native code, when it is in the compiled subset (see [`compile`]).
-    pub compiled: Option<compile::Compiled>,
-    /// The request variables the rule reads (see [`sandbox::vars_used`]).
-    pub vars: u16,
+impl RuleSet {
+    /// `[server]` from this set's `riskgate.toml` (the defaults when it has none).
+    pub fn server_settings(&self) -> &crate::ServerSettings {
+        &self.inner.config.server
+    }
 }
 
 /// What a ruleset says about one of its rules (for listings such as `riskgate check`).

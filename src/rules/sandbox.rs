@@ -27,8 +27,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use super::compile::Ctx;
+use super::rule::Rule;
 use super::vars::{self, Read, OUTCOMES, VARS};
-use super::Rule;
 use crate::config::Limits;
 use crate::request::{CustomValue, TrackRequest};
 use crate::response::{RuleErrorKind, State};
@@ -638,9 +638,10 @@ mod tests {
 
     /// The default limits with all the time a loaded test machine needs: only the time limit case runs out of it.
     fn roomy() -> crate::SandboxLimits {
-        let mut l = crate::SandboxLimits::default();
-        l.time_limit = std::time::Duration::from_secs(60);
-        l
+        crate::SandboxLimits {
+            time_limit: std::time::Duration::from_secs(60),
+            ..Default::default()
+        }
     }
 
     fn kind_of(source: &str) -> RuleErrorKind {

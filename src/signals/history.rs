@@ -39,7 +39,7 @@ pub const MAX_KNOWN: usize = 256;
 const SWEEP_PER_INSERT: usize = 32;
 
 /// How many keys over `max_keys` one insertion may evict (the same bound as the action store's).
-const EVICT_PER_INSERT: usize = crate::store::EVICT_PER_INSERT;
+const EVICT_PER_INSERT: usize = crate::config::EVICT_PER_INSERT;
 /// How many keys one write may evict to bring its table back under `[signals] max_bytes`. One write grows a
 /// table by at most one key's largest step (a set growing from 500 to 1,000 members, 8 KB), and every key
 /// frees at least [`Table::KEY_OVERHEAD`] (over 100 bytes), so this always suffices in steady state; after
