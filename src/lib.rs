@@ -8,6 +8,7 @@
 //! [`TrackError::code`]: crate::TrackError::code
 //! [`TrackError::http_status`]: crate::TrackError::http_status
 //! [`ParseStateError`]: crate::ParseStateError
+//! [`RuleErrorKind`]: crate::RuleErrorKind
 
 mod clock;
 mod config;
@@ -16,6 +17,7 @@ mod duration;
 mod engine;
 mod error;
 mod files;
+mod hash;
 mod request;
 mod response;
 mod rules;
@@ -25,6 +27,8 @@ mod server_settings;
 mod settings;
 mod signals;
 mod store;
+mod time;
+mod token;
 
 pub mod replay;
 #[cfg(feature = "watch")]
@@ -39,8 +43,8 @@ pub use request::{
     MAX_CUSTOM_STRING_BYTES, MAX_ID_BYTES, MAX_LONG_FIELD_BYTES, MAX_PHONE_BYTES,
 };
 pub use response::{
-    ActionRecord, InvalidTokenReason, ParseStateError, RuleError, RuleId, State, TrackResponse,
-    ValidateChallengeResponse,
+    ActionRecord, InvalidTokenReason, ParseStateError, RuleError, RuleErrorKind, RuleId, State,
+    TrackResponse, ValidateChallengeResponse,
 };
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use server_settings::{LogFormat, ServerSettings};

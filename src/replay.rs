@@ -188,7 +188,7 @@ impl Replayer {
                     "op",
                     &format!(
                     "unknown operation `{}`: expected updateAction, getAction or validateChallenge",
-                    crate::request::shorten(other)
+                    crate::error::shorten(other)
                 ),
                 ))
             }
@@ -338,7 +338,7 @@ fn parse_timestamp(v: &Value) -> Result<SystemTime, TrackError> {
                         "timestamp",
                         &format!(
                             "`{}` is not an RFC 3339 timestamp",
-                            crate::request::shorten(s)
+                            crate::error::shorten(s)
                         ),
                     )
                 })?;

@@ -94,7 +94,7 @@ impl ServerFile {
                     "listen",
                     format!(
                         "`[server] listen`: `{}` is not an address and port such as 127.0.0.1:8080",
-                        crate::request::shorten(v)
+                        crate::error::shorten(v)
                     ),
                 );
             }
@@ -165,7 +165,7 @@ impl ServerFile {
                 "log_format",
                 format!(
                     "`[server] log_format`: expected \"json\" or \"text\", not `{}`",
-                    crate::request::shorten(other)
+                    crate::error::shorten(other)
                 ),
             ),
         }
@@ -177,19 +177,12 @@ impl ServerFile {
                     "log_level",
                     format!(
                         "`[server] log_level`: expected \"error\", \"warn\", \"info\", \"debug\" or \"trace\", not `{}`",
-                        crate::request::shorten(l)
+                        crate::error::shorten(l)
                     ),
                 );
             }
         }
         s
-    }
-}
-
-impl crate::RuleSet {
-    /// `[server]` from this set's `riskgate.toml` (the defaults when it has none).
-    pub fn server_settings(&self) -> &ServerSettings {
-        &self.inner.config.server
     }
 }
 

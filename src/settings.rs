@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Limits, OnConflict, OnRuleError};
 use crate::error::LoadError;
+use crate::time::DurationMs;
 use crate::State;
 
 /// The longest a TTL set in code may be, as in `riskgate.toml`: 10 years.
@@ -192,7 +193,7 @@ impl Overrides {
                     "action_default_outcome",
                     format!(
                         "`{}` is not an action code: expected 1-64 of [a-zA-Z0-9_-]",
-                        crate::request::shorten(code)
+                        crate::error::shorten(code)
                     ),
                 );
             }
@@ -210,10 +211,10 @@ impl Overrides {
             c.capacity = v;
         }
         if let Some(d) = self.idempotency_ttl {
-            c.idempotency_ttl_ms = millis(d);
+            c.idempotency_ttl = DurationMs::from_ms(millis(d));
         }
         if let Some(d) = self.token_ttl {
-            c.token_ttl_ms = millis(d);
+            c.token_ttl = DurationMs::from_ms(millis(d));
         }
         if let Some(v) = self.on_conflict {
             c.on_conflict = v;
@@ -299,8 +300,8 @@ mod tests {
             ..Overrides::default()
         };
         let c = o.apply(&file);
-        assert_eq!(c.token_ttl_ms, 30_000);
-        assert_eq!(c.idempotency_ttl_ms, 3_600_000, "the file's value stays");
+        assert_eq!(c.token_ttl.ms(), 30_000);
+        assert_eq!(c.idempotency_ttl.ms(), 3_600_000, "the file's value stays");
         assert_eq!(c.default_for("pay"), State::Block);
         assert_eq!(c.default_for("signIn"), State::ChallengeRequired);
         assert_eq!(c.default_for("other"), State::Review);

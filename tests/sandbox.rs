@@ -905,3 +905,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn data_nested_past_the_depth_the_sandbox_handles_is_a_depth_limit_error() {
+    let rules = RuleSet::from_sources([(
+        "deep",
+        "let a = []; for i in 0..100 { a = [a]; } if a == a { BLOCK }",
+    )])
+    .unwrap();
+    let engine = Engine::builder().ruleset(rules).build().unwrap();
+    let resp = engine.track(&request()).unwrap();
+    assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+    assert_eq!(resp.errors[0].kind, riskgate::RuleErrorKind::DepthLimit);
+    assert!(
+        resp.errors[0]
+            .message
+            .contains("arrays and maps nested deeper than 64 levels cannot be compared"),
+        "{}",
+        resp.errors[0].message
+    );
+}

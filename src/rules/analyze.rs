@@ -67,7 +67,7 @@ pub(crate) fn analyze(
                 match args.first() {
                     Some(Expr::StringConstant(w, at)) if args.len() == 1 && !method => {
                         match crate::signals::window(name, w) {
-                            Ok(ms) => uses.longest_window_ms = uses.longest_window_ms.max(ms),
+                            Ok(w) => uses.longest_window_ms = uses.longest_window_ms.max(w.ms()),
                             Err(m) => report(*at, m),
                         }
                     }
@@ -95,8 +95,8 @@ pub(crate) fn analyze(
                             *at,
                             format!(
                                 "no list named `{}`: expected `lists/{}.txt` in the rules folder",
-                                crate::request::shorten(list),
-                                crate::request::shorten(list)
+                                crate::error::shorten(list),
+                                crate::error::shorten(list)
                             ),
                         );
                     }

@@ -793,9 +793,12 @@ mod tests {
     }
 
     fn run(src: &str, req: &TrackRequest) -> Option<Option<State>> {
-        let history = std::sync::Arc::new(signals::History::new(signals::Limits::default()));
+        let history = std::sync::Arc::new(signals::History::new(
+            crate::config::HistoryLimits::default(),
+            crate::hash::EngineKeys::draw().unwrap(),
+        ));
         let set = std::sync::Arc::new(signals::SignalSet::default());
-        let signals = DecisionCtx::new(&history, &set, req, 0);
+        let signals = DecisionCtx::new(&history, &set, req, crate::time::EpochMs::from_ms(0));
         compiled(src).unwrap().eval(&Ctx::new(req, &signals))
     }
 

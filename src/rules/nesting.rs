@@ -148,13 +148,22 @@ pub(crate) fn curry_calls(ast: &AST) -> Vec<(Position, String)> {
     found
 }
 
+/// How every depth error of this module begins (see [`is_too_deep`]).
+const TOO_DEEP: &str = "arrays and maps nested deeper than";
+
 fn too_deep(what: &str) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(
-        format!("arrays and maps nested deeper than {MAX_DATA_DEPTH} levels cannot be {what}")
-            .into(),
+        format!("{TOO_DEEP} {MAX_DATA_DEPTH} levels cannot be {what}").into(),
         Position::NONE,
     )
     .into()
+}
+
+/// Whether `e` is this module's refusal of data nested past [`MAX_DATA_DEPTH`] (a depth limit, not a
+/// rule's own error).
+pub(super) fn is_too_deep(e: &EvalAltResult) -> bool {
+    matches!(e, EvalAltResult::ErrorRuntime(v, _)
+        if v.read_lock::<rhai::ImmutableString>().is_some_and(|s| s.starts_with(TOO_DEEP)))
 }
 
 /// Fails if any of `values` (at nesting level `level`) holds arrays or maps past [`MAX_DATA_DEPTH`].

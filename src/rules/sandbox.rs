@@ -30,12 +30,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use super::compile::Ctx;
+use super::rule::Rule;
 use super::vars::{self, Read, OUTCOMES, VARS};
-use super::Rule;
 use crate::config::Limits;
 use crate::request::{CustomValue, TrackRequest};
+use crate::response::{RuleErrorKind, State};
 use crate::signals::DecisionCtx;
-use crate::State;
 
 thread_local! {
     /// When the rule running on this thread must stop.
@@ -232,8 +232,8 @@ pub(crate) enum RuleResult {
     NoMatch,
     /// It returned an outcome.
     Match(State),
-    /// It failed; the message says why.
-    Error(String),
+    /// It failed: what kind of failure, and the message saying why.
+    Error(RuleErrorKind, String),
 }
 
 /// Evaluates `rules` (in order) against `req`, writing one result per rule into `out`.
@@ -279,7 +279,7 @@ pub(crate) fn evaluate<'a>(
         });
     });
     if let Err(msg) = ran {
-        out.extend(pending.map(|_| RuleResult::Error(msg.clone())));
+        out.extend(pending.map(|_| RuleResult::Error(RuleErrorKind::Runtime, msg.clone())));
     }
 }
 
@@ -309,6 +309,10 @@ fn run<'a>(
         LIMIT_HIT.set(Hit::None);
         DEADLINE.set(Some(Instant::now() + budget));
         let result = catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(test)]
+            if PANIC_IN_RULES.get() {
+                std::panic::resume_unwind(Box::new("a panic for the test"));
+            }
             engine.eval_ast_with_scope::<Dynamic>(scope, &rule.ast)
         }));
         DEADLINE.set(None);
@@ -317,10 +321,10 @@ fn run<'a>(
         let result = match result {
             Ok(r) => r,
             Err(panic) => {
-                out.push(RuleResult::Error(truncate_message(format!(
-                    "rule panicked: {}",
-                    panic_message(panic.as_ref())
-                ))));
+                out.push(RuleResult::Error(
+                    RuleErrorKind::Panic,
+                    truncate_message(format!("rule panicked: {}", panic_message(panic.as_ref()))),
+                ));
                 continue;
             }
         };
@@ -328,26 +332,41 @@ fn run<'a>(
         // `try`/`catch` may have swallowed the first error, or wrapped it in another.
         let limit = match hit {
             Hit::None => None,
-            Hit::Operations => Some(format!(
-                "operation limit of {} exceeded",
-                limits.max_operations
+            Hit::Operations => Some((
+                RuleErrorKind::OperationLimit,
+                format!("operation limit of {} exceeded", limits.max_operations),
             )),
-            Hit::Time => Some(format!("time limit of {}ms exceeded", limits.time_limit_ms)),
+            Hit::Time => Some((
+                RuleErrorKind::TimeLimit,
+                format!("time limit of {}ms exceeded", limits.time_limit_ms),
+            )),
         };
         out.push(match (result, limit) {
-            (Ok(_), Some(msg)) => RuleResult::Error(msg),
-            (Err(e), Some(msg)) => RuleResult::Error(at(e.position(), msg)),
+            (Ok(_), Some((kind, msg))) => RuleResult::Error(kind, msg),
+            (Err(e), Some((kind, msg))) => RuleResult::Error(kind, at(e.position(), msg)),
             (Ok(v), None) if v.is_unit() => RuleResult::NoMatch,
             (Ok(v), None) => match v.try_cast::<State>() {
                 Some(s) => RuleResult::Match(s),
-                None => RuleResult::Error(format!(
-                    "rule returned a value that is not {} or ()",
-                    vars::outcome_names()
-                )),
+                None => RuleResult::Error(
+                    RuleErrorKind::WrongReturnType,
+                    format!(
+                        "rule returned a value that is not {} or ()",
+                        vars::outcome_names()
+                    ),
+                ),
             },
-            (Err(e), None) => RuleResult::Error(describe(*e, limits)),
+            (Err(e), None) => {
+                let (kind, msg) = describe(*e, limits);
+                RuleResult::Error(kind, msg)
+            }
         });
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes every interpreted rule on this thread panic, as a fault in riskgate or Rhai would.
+    static PANIC_IN_RULES: Cell<bool> = const { Cell::new(false) };
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
@@ -489,34 +508,44 @@ fn fill_scope(scope: &mut Scope<'static>, req: &TrackRequest, vars: u16) {
     }
 }
 
-/// A rule error's message, with the rule line and column where Rhai reports one.
-fn describe(mut e: EvalAltResult, limits: &Limits) -> String {
+/// A rule error's kind and message, with the rule line and column where Rhai reports one.
+fn describe(mut e: EvalAltResult, limits: &Limits) -> (RuleErrorKind, String) {
     let pos = e.take_position();
-    let msg = match &e {
-        EvalAltResult::ErrorTooManyOperations(_) => {
-            format!("operation limit of {} exceeded", limits.max_operations)
-        }
-        EvalAltResult::ErrorTerminated(..) => {
-            format!("time limit of {}ms exceeded", limits.time_limit_ms)
-        }
-        EvalAltResult::ErrorStackOverflow(_) => {
-            format!("call depth limit of {} exceeded", limits.max_call_depth)
-        }
-        EvalAltResult::ErrorDataTooLarge(what, _) => format!(
-            "{what} exceeds its limit (strings {} bytes, arrays {} items, maps {} entries)",
-            limits.max_string_size, limits.max_array_size, limits.max_map_size
+    let (kind, msg) = match &e {
+        EvalAltResult::ErrorTooManyOperations(_) => (
+            RuleErrorKind::OperationLimit,
+            format!("operation limit of {} exceeded", limits.max_operations),
         ),
+        EvalAltResult::ErrorTerminated(..) => (
+            RuleErrorKind::TimeLimit,
+            format!("time limit of {}ms exceeded", limits.time_limit_ms),
+        ),
+        EvalAltResult::ErrorStackOverflow(_) => (
+            RuleErrorKind::DepthLimit,
+            format!("call depth limit of {} exceeded", limits.max_call_depth),
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, _) => (
+            RuleErrorKind::SizeLimit,
+            format!(
+                "{what} exceeds its limit (strings {} bytes, arrays {} items, maps {} entries)",
+                limits.max_string_size, limits.max_array_size, limits.max_map_size
+            ),
+        ),
+        e if super::nesting::is_too_deep(e) => (RuleErrorKind::DepthLimit, bounded_display(e)),
         EvalAltResult::ErrorRuntime(v, _)
             if value_bytes(v, limits.max_string_size) > limits.max_string_size =>
         {
-            format!(
-                "thrown value exceeds its limit (strings {} bytes, map keys included)",
-                limits.max_string_size
+            (
+                RuleErrorKind::SizeLimit,
+                format!(
+                    "thrown value exceeds its limit (strings {} bytes, map keys included)",
+                    limits.max_string_size
+                ),
             )
         }
-        _ => bounded_display(&e),
+        _ => (RuleErrorKind::Runtime, bounded_display(&e)),
     };
-    truncate_message(at(pos, msg))
+    (kind, truncate_message(at(pos, msg)))
 }
 
 /// The longest rule error message kept, in bytes: rule errors are stored with each action, so a rule that
@@ -601,6 +630,120 @@ fn at(pos: Position, msg: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one error of `source` run (interpreted) as the only rule, under `limits`.
+    fn error_of(source: &str, limits: crate::SandboxLimits) -> crate::RuleError {
+        let rules = crate::RuleSet::builder()
+            .compile_rules(false)
+            .sandbox_limits(limits)
+            .rule("r", source)
+            .build()
+            .unwrap();
+        let engine = crate::Engine::builder().ruleset(rules).build().unwrap();
+        let resp = engine
+            .track(&TrackRequest::new("u", "signIn").custom("n", 3))
+            .unwrap();
+        assert_eq!(resp.errors.len(), 1, "{source}: {:?}", resp.errors);
+        resp.errors[0].clone()
+    }
+
+    /// The default limits with all the time a loaded test machine needs: only the time limit case runs out of it.
+    fn roomy() -> crate::SandboxLimits {
+        crate::SandboxLimits {
+            time_limit: std::time::Duration::from_secs(60),
+            ..Default::default()
+        }
+    }
+
+    fn kind_of(source: &str) -> RuleErrorKind {
+        error_of(source, roomy()).kind
+    }
+
+    #[test]
+    fn every_rule_error_has_its_kind() {
+        let mut tight = roomy();
+        tight.time_limit = std::time::Duration::from_millis(20);
+        tight.max_operations = 1_000_000_000;
+        let e = error_of("loop { }", tight);
+        assert_eq!(e.kind, RuleErrorKind::TimeLimit, "{}", e.message);
+        assert!(
+            e.message.contains("time limit of 20ms exceeded"),
+            "{}",
+            e.message
+        );
+
+        let mut few = roomy();
+        few.max_operations = 1_000;
+        let e = error_of("let i = 0; loop { i += 1; }", few);
+        assert_eq!(e.kind, RuleErrorKind::OperationLimit, "{}", e.message);
+        assert!(e.message.contains("operation limit of"), "{}", e.message);
+
+        let e = error_of(r#"let s = "x"; loop { s += s; }"#, roomy());
+        assert_eq!(e.kind, RuleErrorKind::SizeLimit, "{}", e.message);
+        assert!(e.message.contains("exceeds its limit"), "{}", e.message);
+
+        let e = error_of("fn f(n) { f(n + 1) } f(0)", roomy());
+        assert_eq!(e.kind, RuleErrorKind::DepthLimit, "{}", e.message);
+        assert!(
+            e.message.contains("call depth limit of 16 exceeded"),
+            "{}",
+            e.message
+        );
+
+        assert_eq!(kind_of("42"), RuleErrorKind::WrongReturnType);
+        assert_eq!(kind_of(r#"throw "no""#), RuleErrorKind::Runtime);
+        assert_eq!(kind_of("custom.n.len()"), RuleErrorKind::Runtime);
+
+        PANIC_IN_RULES.set(true);
+        let e = error_of("ALLOW", roomy());
+        PANIC_IN_RULES.set(false);
+        assert_eq!(e.kind, RuleErrorKind::Panic);
+        assert_eq!(e.message, "rule panicked: a panic for the test");
+    }
+
+    #[test]
+    fn a_thrown_value_over_the_size_limit_is_a_size_error() {
+        let mut small = roomy();
+        small.max_string_size = 64;
+        let e = error_of(
+            r#"let m = #{}; for i in 0..10 { m["key-number-" + i] = i; } throw m;"#,
+            small,
+        );
+        assert_eq!(e.kind, RuleErrorKind::SizeLimit, "{}", e.message);
+        assert!(
+            e.message.contains("thrown value exceeds its limit"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn kinds_are_serialised_in_snake_case_beside_the_message() {
+        let e = crate::RuleError {
+            rule_id: crate::RuleId::new("r"),
+            kind: RuleErrorKind::WrongReturnType,
+            message: "m".into(),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ruleId": "r", "kind": "wrong_return_type", "message": "m"})
+        );
+        for (kind, text) in [
+            (RuleErrorKind::TimeLimit, "time_limit"),
+            (RuleErrorKind::OperationLimit, "operation_limit"),
+            (RuleErrorKind::SizeLimit, "size_limit"),
+            (RuleErrorKind::DepthLimit, "depth_limit"),
+            (RuleErrorKind::Runtime, "runtime"),
+            (RuleErrorKind::Panic, "panic"),
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), text);
+        }
+        // An entry written before kinds existed reads as a runtime error.
+        let old: crate::RuleError =
+            serde_json::from_str(r#"{"ruleId":"r","message":"m"}"#).unwrap();
+        assert_eq!(old.kind, RuleErrorKind::Runtime);
+    }
 
     fn vars(src: &str) -> Vec<&'static str> {
         let engine = new_engine(&Limits::default());

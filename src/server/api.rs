@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use super::metrics::wire_state;
 use super::App;
 use crate::{
     CustomValue, RuleError, RuleId, State as RiskState, TrackAttributes, TrackError, TrackRequest,
@@ -158,14 +159,6 @@ pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
             );
             r
         }
-    }
-}
-
-/// A state's name on this surface: the SDKs' `REVIEW_REQUIRED` for [`RiskState::Review`].
-pub(crate) fn wire_state(s: RiskState) -> &'static str {
-    match s {
-        RiskState::Review => "REVIEW_REQUIRED",
-        s => s.as_str(),
     }
 }
 

@@ -1,16 +1,9 @@
 //! The API secret and HTTP Basic authentication, as Authsignal does it: the secret is the username, the
 //! password is empty (and ignored).
 
-use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::Response;
 use base64::Engine as _;
 use std::path::Path;
 use subtle::ConstantTimeEq;
-
-use super::api::ApiError;
-use super::App;
 
 /// The environment variable `riskgate serve` reads the API secret from when no `--secret-file` is given.
 pub const SECRET_ENV: &str = "RISKGATE_SECRET";
@@ -101,20 +94,6 @@ pub(crate) fn basic_username(value: &[u8]) -> Option<Vec<u8>> {
     let mut user = decoded;
     user.truncate(end);
     Some(user)
-}
-
-/// Refuses a request without the right secret with 401, before anything reads its body.
-pub(crate) async fn require_secret(State(app): State<App>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| basic_username(v.as_bytes()))
-        .is_some_and(|user| app.inner.secret.matches(&user));
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response_with_challenge()
-    }
 }
 
 #[cfg(test)]

@@ -212,8 +212,7 @@ impl Metrics {
 
     pub(crate) fn track(&self, resp: &crate::TrackResponse, action: &str, took: Duration) {
         self.track_seconds.observe(took);
-        self.decisions
-            .inc(action, super::api::wire_state(resp.state));
+        self.decisions.inc(action, wire_state(resp.state));
         for r in &resp.rule_ids {
             self.rule_hits.inc(r, "enforce");
         }
@@ -269,6 +268,14 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// A state's name on this surface: the SDKs' `REVIEW_REQUIRED` for `State::Review`.
+pub(crate) fn wire_state(s: crate::State) -> &'static str {
+    match s {
+        crate::State::Review => "REVIEW_REQUIRED",
+        s => s.as_str(),
     }
 }
 

@@ -25,6 +25,7 @@
 //! `GET /metrics` without authentication.
 
 mod api;
+mod app;
 mod auth;
 mod metrics;
 
@@ -38,101 +39,18 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceBuilder;
 
 pub use crate::server_settings::{LogFormat, ServerSettings};
+pub use app::App;
 pub use auth::{Secret, SECRET_ENV};
 
 use api::{ApiError, Decided, ErrorCode};
 
-/// The served engine, the API secret and the server's counters. Cheap to clone.
-#[derive(Clone)]
-pub struct App {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    engine: crate::Engine,
-    secret: Secret,
-    metrics: metrics::Metrics,
-    /// Whether every enabled rule of the served ruleset compiled to native code (then decisions run inline).
-    all_compiled: AtomicBool,
-}
-
-fn all_compiled(engine: &crate::Engine) -> bool {
-    engine.ruleset().rules().all(|r| r.compiled || !r.enabled)
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("engine", &self.inner.engine)
-            .finish_non_exhaustive()
-    }
-}
-
 impl App {
-    /// Serves `engine` to callers that present `secret`.
-    pub fn new(engine: crate::Engine, secret: Secret) -> App {
-        App {
-            inner: Arc::new(Inner {
-                all_compiled: AtomicBool::new(all_compiled(&engine)),
-                engine,
-                secret,
-                metrics: metrics::Metrics::new(),
-            }),
-        }
-    }
-
-    /// The engine being served. Replace its rules through [`App::reload_rules`] or [`App::watch_rules`] (or
-    /// call [`App::rules_changed`] after swapping them on the engine), so the server knows whether they
-    /// compiled to native code.
-    pub fn engine(&self) -> &crate::Engine {
-        &self.inner.engine
-    }
-
-    /// What `GET /metrics` would answer now.
-    pub fn metrics_text(&self) -> String {
-        self.inner.metrics.render(Some(&self.inner.engine))
-    }
-
-    /// Reloads the rules folder (as SIGHUP does), logs the result and counts it in `/metrics`. A ruleset that
-    /// does not load never replaces the one being served.
-    pub fn reload_rules(&self) -> Result<(), crate::LoadError> {
-        let r = self.inner.engine.reload_rules();
-        self.note_reload(&r);
-        r
-    }
-
-    /// Tells the server the engine's ruleset was replaced: decisions of a ruleset with interpreted rules, which
-    /// may run up to their time limit, are kept off the async workers.
-    pub fn rules_changed(&self) {
-        self.inner
-            .all_compiled
-            .store(all_compiled(&self.inner.engine), Ordering::Relaxed);
-    }
-
-    fn note_reload(&self, r: &Result<(), crate::LoadError>) {
-        self.rules_changed();
-        self.inner.metrics.reload(r.is_ok());
-        match r {
-            Ok(()) => tracing::info!(rules = self.inner.engine.ruleset().len(), "rules reloaded"),
-            Err(e) => tracing::error!(error = %e, "rules not reloaded, serving the previous ones"),
-        }
-    }
-
-    /// Reloads the rules whenever their folder changes (see [`Engine::watch_rules`](crate::Engine::watch_rules)),
-    /// logging and counting each reload. Watching stops when the returned watcher is dropped.
-    pub fn watch_rules(&self) -> Result<crate::RulesWatcher, crate::WatchError> {
-        let app = self.clone();
-        self.inner
-            .engine
-            .watch_rules(Duration::from_millis(200), move |r| app.note_reload(&r))
-    }
-
     /// The HTTP API as an axum router, with every limit of `settings` but the connection-level ones (header
     /// size and time, connection count), which [`run`] applies.
     pub fn router(&self, settings: &ServerSettings) -> Router {
@@ -143,10 +61,7 @@ impl App {
                 get(api::get_action).patch(api::update_action),
             )
             .route("/v1/validate", post(api::validate))
-            .route_layer(middleware::from_fn_with_state(
-                self.clone(),
-                auth::require_secret,
-            ));
+            .route_layer(middleware::from_fn_with_state(self.clone(), require_secret));
         let app = self.clone();
         Router::new()
             .merge(api)
@@ -176,6 +91,20 @@ impl App {
                     )),
             )
             .layer(middleware::from_fn_with_state(app, observe))
+    }
+}
+
+/// Refuses a request without the right secret with 401, before anything reads its body.
+async fn require_secret(State(app): State<App>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| auth::basic_username(v.as_bytes()))
+        .is_some_and(|user| app.inner.secret.matches(&user));
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response_with_challenge()
     }
 }
 

@@ -26,7 +26,11 @@ use std::cell::{OnceCell, RefCell};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub(crate) use history::{History, Keys, Limits};
+use crate::config::{GeoipConfig, HistoryLimits as Limits};
+use crate::error::Diagnostic;
+use crate::time::{DurationMs, EpochMs};
+pub(crate) use history::{History, Keys};
+use std::path::Path;
 
 use history::{Kept, KnownKind, Located};
 
@@ -63,14 +67,68 @@ impl Default for SignalSet {
     }
 }
 
+impl SignalSet {
+    /// Loads a ruleset's lists (`(name, text, file)` each) and opens its `[geoip]` databases (paths relative to
+    /// the rules folder `dir`, or the current directory for a ruleset built in code; `config_file` names the
+    /// file `[geoip]` came from). Every problem is added to `problems`, and what failed is left out.
+    ///
+    /// What the rules need of signals (how much history, which series, the user agent, places) is not known
+    /// yet: it is filled in once the rules are analysed.
+    pub fn load(
+        lists: &[(String, String, String)],
+        geoip: &GeoipConfig,
+        config_file: &str,
+        dir: Option<&Path>,
+        limits: Limits,
+        problems: &mut Vec<Diagnostic>,
+    ) -> SignalSet {
+        let geo = geo::Geo::open_all(geoip, config_file, dir, problems);
+        let mut loaded = lists::Lists::new();
+        for (name, text, file) in lists {
+            match lists::load(name, text, file) {
+                Ok(_) if loaded.contains_key(name.as_str()) => problems.push(Diagnostic {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!("list `{name}` is given twice"),
+                }),
+                Ok(list) => {
+                    loaded.insert(name.as_str().into(), Arc::new(list));
+                }
+                Err(mut d) => problems.append(&mut d),
+            }
+        }
+        SignalSet {
+            lists: ArcSwap::from_pointee(loaded),
+            geo,
+            limits,
+            ..SignalSet::default()
+        }
+    }
+
+    /// Whether the list `name` was loaded.
+    pub fn has_list(&self, name: &str) -> bool {
+        self.lists.load().contains_key(name)
+    }
+
+    /// Whether the GeoIP database of `kind` was opened.
+    pub fn has_geo(&self, kind: geo::Kind) -> bool {
+        match kind {
+            geo::Kind::City => self.geo.city.is_some(),
+            geo::Kind::Asn => self.geo.asn.is_some(),
+            geo::Kind::AnonymousIp => self.geo.anonymous.is_some(),
+        }
+    }
+}
+
 /// The state of one decision that signals read: what the request is, when it happens, where history and the
 /// ruleset's lists and databases are, and what has been computed so far.
 ///
 /// Build one with [`DecisionCtx::new`] per decision; signal functions take `&DecisionCtx` and memoise into it,
 /// so each signal is computed at most once per decision, and only when asked.
 pub(crate) struct DecisionCtx {
-    /// The event time (the `track_at` time), in epoch milliseconds.
-    pub now_ms: i64,
+    /// The event time (the `track_at` time).
+    pub now: EpochMs,
     /// The request's hashed user, action, IP and device.
     pub keys: Keys,
     /// The request's IP address, canonical (an IPv4-mapped IPv6 address as its IPv4), when present and valid and
@@ -106,16 +164,16 @@ pub(crate) struct Footprint {
 }
 
 impl DecisionCtx {
-    /// The context of a decision on `req` at `now_ms`.
+    /// The context of a decision on `req` at `now`.
     pub fn new(
         history: &Arc<History>,
         set: &Arc<SignalSet>,
         req: &crate::TrackRequest,
-        now_ms: i64,
+        now: EpochMs,
     ) -> Self {
         let a = &req.attributes;
         DecisionCtx {
-            now_ms,
+            now,
             // Every IP signal keys on the address, not on how it was spelt (see `History::ip_key`).
             keys: history.keys(
                 &req.user_id,
@@ -193,14 +251,14 @@ impl DecisionCtx {
     pub fn record(&self, state: crate::State) -> Footprint {
         self.history.record(
             &self.keys,
-            self.now_ms,
-            self.set.horizon_ms,
+            self.now,
+            DurationMs::from_ms(self.set.horizon_ms),
             self.set.windowed,
         );
         let footprint = Footprint {
             keys: self.keys,
             ip: self.ip,
-            at_ms: self.now_ms,
+            at_ms: self.now.ms(),
         };
         if state == crate::State::Allow {
             let place = if self.set.uses_places {
@@ -247,19 +305,22 @@ fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
 }
 
 /// Parses a window argument of `function`; the error names the window.
-pub(crate) fn window(function: &str, window: &str) -> Result<i64, String> {
-    crate::duration::parse_millis(window).map_err(|e| format!("`{function}`: {e}"))
+pub(crate) fn window(function: &str, window: &str) -> Result<DurationMs, String> {
+    crate::duration::parse_millis(window)
+        .map(DurationMs::from_ms)
+        .map_err(|e| format!("`{function}`: {e}"))
 }
 
-/// What the windowed signal `function` counts over `window_ms`: its series or set `kept` (see its catalogue
+/// What the windowed signal `function` counts over `window`: its series or set `kept` (see its catalogue
 /// row). An error when no rule calls it by name (its history is not kept) or the window is longer than the
 /// history kept.
 pub(crate) fn count(
     ctx: &DecisionCtx,
     function: &str,
     kept: Kept,
-    window_ms: i64,
+    window: DurationMs,
 ) -> Result<i64, String> {
+    let window_ms = window.ms();
     if ctx.set.windowed & kept.bit() == 0 {
         return Err(format!(
             "`{function}` is not called by name in any rule, so its history is not kept"
@@ -273,8 +334,8 @@ pub(crate) fn count(
         ));
     }
     Ok(ctx.count(kept.tag(), window_ms, || match kept {
-        Kept::Series(k) => ctx.history.velocity(k, &ctx.keys, ctx.now_ms, window_ms),
-        Kept::Set(k) => ctx.history.distinct(k, &ctx.keys, ctx.now_ms, window_ms),
+        Kept::Series(k) => ctx.history.velocity(k, &ctx.keys, ctx.now, window),
+        Kept::Set(k) => ctx.history.distinct(k, &ctx.keys, ctx.now, window),
     }))
 }
 
@@ -284,7 +345,7 @@ fn is_new(ctx: &DecisionCtx, kind: KnownKind, item: Option<u64>) -> bool {
         KnownKind::Ip => 1,
         KnownKind::Country => 2,
     };
-    let compute = || item.is_none_or(|i| !ctx.history.is_known(ctx.keys.user, kind, i, ctx.now_ms));
+    let compute = || item.is_none_or(|i| !ctx.history.is_known(ctx.keys.user, kind, i, ctx.now));
     match ctx.memo.known.get(slot) {
         Some(cell) => *cell.get_or_init(compute),
         None => compute(),
@@ -314,8 +375,8 @@ pub(crate) fn in_list(ctx: &DecisionCtx, name: &str, value: &str) -> Result<bool
         Some(list) => Ok(list.contains(value)),
         None => Err(format!(
             "`in_list`: no list named `{}` (expected `lists/{}.txt` in the rules folder)",
-            crate::request::shorten(name),
-            crate::request::shorten(name)
+            crate::error::shorten(name),
+            crate::error::shorten(name)
         )),
     }
 }
@@ -358,7 +419,7 @@ pub(crate) fn travel_speed_kmh(ctx: &DecisionCtx) -> Option<f64> {
         let here = ctx.place()?.location?;
         let last = ctx.history.last_location(ctx.keys.user)?;
         let km = geo::distance_km((last.lat, last.lon), here);
-        let hours = (ctx.now_ms.abs_diff(last.at_ms).max(1_000) as f64) / 3_600_000.0;
+        let hours = (ctx.now.ms().abs_diff(last.at_ms).max(1_000) as f64) / 3_600_000.0;
         Some(km / hours)
     })
 }
