@@ -13,7 +13,7 @@
 use riskgate::replay::{Outcome, Replayer};
 use riskgate::{Engine, FakeClock, RuleSet, State, TrackRequest, TrackResponse};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Inputs beyond this are skipped: the targets look for logic bugs, not for how long a 1 MiB rule compiles.
 const MAX_INPUT: usize = 64 * 1024;
@@ -172,53 +172,106 @@ fn probe_requests() -> Vec<TrackRequest> {
     vec![a, b]
 }
 
-/// Loads `data` as rule `fuzz` (next to a rule that always matches) with the default limits, and decides the
-/// probe requests, once with rules compiled to native code and once interpreted.
+/// Where an input splits into several rules: a line holding only `---`.
+const RULE_SEPARATOR: &str = "\n---\n";
+
+/// The most rules one input becomes (the rest of the input stays in the last one).
+const MAX_RULES: usize = 4;
+
+/// The default time limit of one rule, and the factor within which a decision must return per interpreted
+/// rule (see README, "Failure semantics").
+const TIME_LIMIT: Duration = Duration::from_millis(10);
+const TIME_FACTOR: u32 = 3;
+
+/// Loads `data` as up to four rules (`fuzz-0` … `fuzz-3`, split at lines holding `---`; the odd ones in shadow
+/// mode) next to a rule that always matches, with the default limits, and decides the probe requests: with
+/// rules compiled to native code, interpreted, and without the shadow rules.
 ///
-/// Checks: loading either succeeds or reports diagnostics that name the rule; `track` never fails for a valid
-/// request whatever the rule does; no rule panics; both paths give the same decision unless a time limit
-/// (wall clock, so not repeatable) was involved.
+/// Checks: loading either succeeds or reports diagnostics that name a fuzz rule, alike on both paths; `track`
+/// never fails for a valid request whatever the rules do; no rule panics; each decision returns within 3× the
+/// time limit per rule; compiled and interpreted rules decide alike, and shadow rules never change a
+/// decision (the state and the enforce rules that matched), unless a time limit (wall clock, so not
+/// repeatable) was involved.
 pub fn rule_source(data: &[u8]) {
     let Some(source) = text(data) else { return };
-    let build = |compile: bool| {
-        RuleSet::builder()
+    let parts: Vec<&str> = source.splitn(MAX_RULES, RULE_SEPARATOR).collect();
+    let build = |compile: bool, shadows: bool| {
+        let mut b = RuleSet::builder()
             .compile_rules(compile)
-            .rule("fuzz", source.as_str())
-            .rule("zz-always", "//! priority: 90\nALLOW")
-            .build()
+            .rule("zz-always", "//! priority: 90\nALLOW");
+        for (i, part) in parts.iter().enumerate() {
+            if i % 2 == 1 {
+                if shadows {
+                    b = b.rule(format!("fuzz-{i}"), format!("//! mode: shadow\n{part}"));
+                }
+            } else {
+                b = b.rule(format!("fuzz-{i}"), *part);
+            }
+        }
+        b.build()
     };
-    let compiled = match build(true) {
+    let compiled = match build(true, true) {
         Ok(r) => r,
         Err(e) => {
             assert!(!e.diagnostics().is_empty(), "{e}");
             for d in e.diagnostics() {
-                assert_eq!(d.file, "fuzz", "{d}");
+                assert!(d.file.starts_with("fuzz-"), "{d}");
                 assert!(!d.message.is_empty());
             }
-            assert!(build(false).is_err(), "loads interpreted but not compiled");
+            assert!(
+                build(false, true).is_err(),
+                "loads interpreted but not compiled"
+            );
             return;
         }
     };
-    let interpreted = build(false).unwrap();
+    let interpreted = build(false, true).unwrap();
+    let unshadowed = build(false, false).unwrap();
     let decide = |rules: RuleSet| -> Vec<TrackResponse> {
-        let engine = Engine::builder()
-            .ruleset(rules)
-            .clock(FakeClock::at(epoch()))
-            .build()
-            .unwrap();
+        // A compiled rule can fall back to the interpreter: count every rule.
+        let budgets = rules.len() as u32;
+        // Each interpreted rule has its own budget; a few milliseconds more for the rest of `track` (a debug
+        // build replaying the corpus).
+        let bound = TIME_LIMIT * TIME_FACTOR * budgets + Duration::from_millis(20);
+        let engine = |rules: RuleSet| {
+            Engine::builder()
+                .ruleset(rules)
+                .clock(FakeClock::at(epoch()))
+                .build()
+                .unwrap()
+        };
+        let first = engine(rules.clone());
         probe_requests()
             .iter()
             .map(|req| {
-                let resp = engine.track_at(req, epoch()).unwrap();
+                let started = Instant::now();
+                let resp = first.track_at(req, epoch()).unwrap();
+                let took = started.elapsed();
+                if took >= bound {
+                    // A loaded machine can stall a thread past the bound once; an overrun repeats. Time the
+                    // same decision again on a fresh engine.
+                    let again = engine(rules.clone());
+                    let started = Instant::now();
+                    again.track_at(req, epoch()).unwrap();
+                    let retook = started.elapsed();
+                    assert!(
+                        retook < bound,
+                        "a decision took {took:?}, then {retook:?} (bound {bound:?}): {resp:?}"
+                    );
+                }
                 check_response(&resp);
                 assert!(resp.state.is_decision());
-                assert!(resp.errors.iter().all(|e| e.rule_id == "fuzz"));
+                assert!(resp
+                    .errors
+                    .iter()
+                    .all(|e| e.rule_id.as_str().starts_with("fuzz-")));
                 resp
             })
             .collect()
     };
     let a = decide(compiled);
     let b = decide(interpreted);
+    let c = decide(unshadowed);
     let timed = |r: &[TrackResponse]| {
         r.iter()
             .flat_map(|x| &x.errors)
@@ -230,6 +283,15 @@ pub fn rule_source(data: &[u8]) {
             assert_eq!(x.rule_ids, y.rule_ids, "compiled vs interpreted");
             assert_eq!(x.shadow_rule_ids, y.shadow_rule_ids);
             assert_eq!(x.errors, y.errors, "compiled vs interpreted");
+        }
+    }
+    if !timed(&b) && !timed(&c) {
+        for (x, y) in b.iter().zip(&c) {
+            assert_eq!(
+                x.state, y.state,
+                "a shadow rule changed the decision: {x:?} {y:?}"
+            );
+            assert_eq!(x.rule_ids, y.rule_ids, "a shadow rule changed the decision");
         }
     }
 }

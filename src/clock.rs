@@ -99,7 +99,7 @@ pub(crate) fn check_event_ms(ms: i128, shown: impl FnOnce() -> String) -> Result
             "timestamp",
             format!(
                 "`{}` is outside the range of event times, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z",
-                crate::request::shorten(&shown())
+                crate::error::shorten(&shown())
             ),
         )),
     }

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use crate::duration::parse_millis;
 use crate::error::{Diagnostic, LoadError};
+use crate::server_settings::{ServerFile, ServerSettings};
+use crate::time::DurationMs;
 use crate::State;
 
 /// What a failing rule counts as: `on_rule_error` in `riskgate.toml`, or
@@ -46,6 +48,18 @@ pub(crate) struct Limits {
     pub time_limit_ms: i64,
 }
 
+/// The largest `[limits] max_call_depth` accepted (see [`Config::parse`]).
+pub(crate) const MAX_CALL_DEPTH: usize = 32;
+/// The largest `[limits] max_expr_depth` accepted.
+pub(crate) const MAX_EXPR_DEPTH: usize = 128;
+/// The largest `[limits] max_function_expr_depth` accepted.
+pub(crate) const MAX_FUNCTION_EXPR_DEPTH: usize = 64;
+/// The largest `[limits] max_array_size` accepted: with [`MAX_MAP_SIZE`], it bounds how deep data can nest,
+/// and so the stack interpreted rules run on (`rules/nesting.rs`).
+pub(crate) const MAX_ARRAY_SIZE: usize = 8192;
+/// The largest `[limits] max_map_size` accepted.
+pub(crate) const MAX_MAP_SIZE: usize = 8192;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -68,26 +82,56 @@ pub(crate) struct Config {
     pub action_defaults: BTreeMap<String, State>,
     pub on_rule_error: OnRuleError,
     pub limits: Limits,
-    pub idempotency_ttl_ms: i64,
+    pub idempotency_ttl: DurationMs,
     pub capacity: usize,
     pub on_conflict: OnConflict,
-    pub token_ttl_ms: i64,
+    pub token_ttl: DurationMs,
     pub challenge_url: Option<String>,
     pub signals: SignalsConfig,
     pub geoip: GeoipConfig,
+    /// `[server]`: read by `riskgate serve`.
+    pub server: ServerSettings,
 }
 
 /// `[signals]`: how much history signals keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SignalsConfig {
-    pub limits: crate::signals::Limits,
+    pub limits: HistoryLimits,
     pub max_window_ms: i64,
+}
+
+/// The history limits in force (from the current ruleset's `[signals]`): what `signals::History` may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HistoryLimits {
+    pub max_keys: usize,
+    pub max_bytes: usize,
+    pub max_per_key: usize,
+    pub known_for_ms: i64,
+}
+
+/// The most entries one insert evicts (expired or over capacity), in the action store and in each history
+/// table. Each insert adds one, so a store over its capacity shrinks by `EVICT_PER_INSERT - 1` per new action
+/// until it is back at the capacity, and no single caller pays for a large backlog.
+pub(crate) const EVICT_PER_INSERT: usize = 16;
+
+/// `[signals] max_bytes` by default: 128 MiB per table, so at most 384 MiB for all of history.
+pub(crate) const DEFAULT_HISTORY_MAX_BYTES: usize = 128 << 20;
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_keys: 1_000_000,
+            max_bytes: DEFAULT_HISTORY_MAX_BYTES,
+            max_per_key: 1_000,
+            known_for_ms: 90 * 86_400_000,
+        }
+    }
 }
 
 impl Default for SignalsConfig {
     fn default() -> Self {
         SignalsConfig {
-            limits: crate::signals::Limits::default(),
+            limits: HistoryLimits::default(),
             max_window_ms: 7 * 86_400_000,
         }
     }
@@ -108,13 +152,14 @@ impl Default for Config {
             action_defaults: BTreeMap::new(),
             on_rule_error: OnRuleError::Outcome(State::ChallengeRequired),
             limits: Limits::default(),
-            idempotency_ttl_ms: 24 * 3_600_000,
+            idempotency_ttl: DurationMs::from_ms(24 * 3_600_000),
             capacity: 1_000_000,
             on_conflict: OnConflict::Error,
-            token_ttl_ms: 10 * 60_000,
+            token_ttl: DurationMs::from_ms(10 * 60_000),
             challenge_url: None,
             signals: SignalsConfig::default(),
             geoip: GeoipConfig::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -136,6 +181,8 @@ struct File {
     signals: SignalsFile,
     #[serde(default)]
     geoip: GeoipFile,
+    #[serde(default)]
+    server: ServerFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -295,6 +342,36 @@ impl Config {
                 );
             }
         }
+        // Rhai recurses on the host's stack: deeper limits than these can overflow a 2 MiB thread (Rust's
+        // default for spawned threads) and abort the process, while parsing or running a rule. Measured on a
+        // 2 MiB thread: debug builds overflow past about 300 expression levels or 80 call levels; these caps are
+        // half of that or less, with every cap reached at once (`tests/loading.rs`).
+        for (key, v, cap) in [
+            ("max_call_depth", cfg.limits.max_call_depth, MAX_CALL_DEPTH),
+            ("max_expr_depth", cfg.limits.max_expr_depth, MAX_EXPR_DEPTH),
+            (
+                "max_function_expr_depth",
+                cfg.limits.max_function_expr_depth,
+                MAX_FUNCTION_EXPR_DEPTH,
+            ),
+        ] {
+            if v > cap {
+                fail(
+                    key,
+                    format!("`[limits] {key}` must be at most {cap}: deeper rules could overflow the stack"),
+                );
+            }
+        }
+        // Data nests at most `max_array_size + max_map_size` levels deep, and interpreted rules get a stack in
+        // proportion (`rules/nesting.rs`): these caps keep it to 66 MiB of address space per thread.
+        for (key, v, cap) in [
+            ("max_array_size", cfg.limits.max_array_size, MAX_ARRAY_SIZE),
+            ("max_map_size", cfg.limits.max_map_size, MAX_MAP_SIZE),
+        ] {
+            if v > cap {
+                fail(key, format!("`[limits] {key}` must be at most {cap}"));
+            }
+        }
         if let Some(v) = &l.time_limit {
             match parse_millis(v) {
                 Ok(ms) if ms <= 60_000 => cfg.limits.time_limit_ms = ms,
@@ -308,7 +385,7 @@ impl Config {
         let i = &parsed.idempotency;
         if let Some(v) = &i.ttl {
             match parse_millis(v) {
-                Ok(ms) => cfg.idempotency_ttl_ms = ms,
+                Ok(ms) => cfg.idempotency_ttl = DurationMs::from_ms(ms),
                 Err(m) => fail("ttl", format!("`[idempotency] ttl`: {m}")),
             }
         }
@@ -335,7 +412,7 @@ impl Config {
         let c = &parsed.challenge;
         if let Some(v) = &c.token_ttl {
             match parse_millis(v) {
-                Ok(ms) => cfg.token_ttl_ms = ms,
+                Ok(ms) => cfg.token_ttl = DurationMs::from_ms(ms),
                 Err(m) => fail("token_ttl", format!("`[challenge] token_ttl`: {m}")),
             }
         }
@@ -384,6 +461,7 @@ impl Config {
                 *slot = Some((path.clone(), line, column));
             }
         }
+        cfg.server = parsed.server.resolve(&mut fail);
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -406,7 +484,7 @@ pub(crate) fn decision(v: &str) -> Result<State, String> {
         Some(s) if s.is_decision() => Ok(s),
         _ => Err(format!(
             "expected \"ALLOW\", \"CHALLENGE_REQUIRED\", \"REVIEW\" or \"BLOCK\", not `{}`",
-            crate::request::shorten(v)
+            crate::error::shorten(v)
         )),
     }
 }
@@ -443,7 +521,7 @@ fn find_key(text: &str, key: &str) -> (usize, usize) {
 /// and would otherwise land in the fragment, which never reaches the server), and nothing that could split a
 /// header or a log line (control characters, spaces).
 fn check_challenge_url(u: &str) -> Result<(), String> {
-    use crate::request::shorten;
+    use crate::error::shorten;
     let bad = |what: String| Err(format!("`[challenge] url` `{}` {what}", shorten(u)));
     let Some(rest) = u
         .strip_prefix("https://")
@@ -530,10 +608,10 @@ url = "https://example.com/challenge"
         assert_eq!(cfg.default_for("signIn"), State::Allow);
         assert_eq!(cfg.limits.max_operations, 1000);
         assert_eq!(cfg.limits.time_limit_ms, 50);
-        assert_eq!(cfg.idempotency_ttl_ms, 3_600_000);
+        assert_eq!(cfg.idempotency_ttl.ms(), 3_600_000);
         assert_eq!(cfg.capacity, 10);
         assert_eq!(cfg.on_conflict, OnConflict::Replay);
-        assert_eq!(cfg.token_ttl_ms, 300_000);
+        assert_eq!(cfg.token_ttl.ms(), 300_000);
     }
 
     #[test]

@@ -33,9 +33,10 @@ pub(crate) fn resolve<'a>(
         let outcome = match result {
             RuleResult::NoMatch => None,
             RuleResult::Match(s) => Some(s),
-            RuleResult::Error(message) => {
+            RuleResult::Error(kind, message) => {
                 errors.push(RuleError {
                     rule_id: rule.id.clone(),
+                    kind,
                     message,
                 });
                 match config.on_rule_error {

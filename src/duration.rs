@@ -19,11 +19,11 @@ pub(crate) fn parse_millis(s: &str) -> Result<i64, String> {
         Some(ms) if ms > 0 && ms <= MAX_MS => Ok(ms),
         Some(0) => Err(format!(
             "invalid duration `{}`: must be more than zero",
-            crate::request::shorten(s)
+            crate::error::shorten(s)
         )),
         _ => Err(format!(
             "invalid duration `{}`: at most 10 years",
-            crate::request::shorten(s)
+            crate::error::shorten(s)
         )),
     }
 }
@@ -46,7 +46,7 @@ pub(crate) fn format_millis(ms: i64) -> String {
 fn bad(s: &str) -> String {
     format!(
         "invalid duration `{}`: expected a whole number and a unit, like \"30s\", \"10m\", \"1h\" or \"7d\"",
-        crate::request::shorten(s)
+        crate::error::shorten(s)
     )
 }
 

@@ -13,11 +13,14 @@ use crate::clock::{to_millis, Clock, SystemClock};
 use crate::config::{Config, OnConflict, OnRuleError};
 use crate::decide;
 use crate::error::{LoadError, TrackError};
-use crate::request::{FingerprintKey, TrackRequest};
+use crate::hash::{EngineKeys, FingerprintKey};
+use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
-use crate::store::{self, Decided, Found, Slot, Store};
+use crate::store::{Decided, Found, Slot, Store};
+use crate::time::EpochMs;
+use crate::token;
 use crate::{ActionRecord, InvalidTokenReason, State, TrackResponse, ValidateChallengeResponse};
 
 /// The risk-decision engine. Cheap to clone: clones share rules, stored actions and history.
@@ -266,13 +269,15 @@ impl EngineBuilder {
             }
         }
         let loaded = Loaded::new(ruleset.inner, &self.overrides);
-        let store = Store::new(loaded.config.capacity);
-        let history = Arc::new(History::new(loaded.signals.limits));
+        // Every key is drawn once, here: a broken random source fails the build, never weakens the keys.
+        let keys = EngineKeys::draw().map_err(|_| LoadError::RandomSource)?;
+        let store = Store::new(loaded.config.capacity, keys.buckets);
+        let history = Arc::new(History::new(loaded.signals.limits, keys));
         Ok(Engine {
             shared: Arc::new(Shared {
                 ruleset: ArcSwap::from_pointee(loaded),
                 store,
-                fingerprint_key: FingerprintKey::random(),
+                fingerprint_key: keys.fingerprint,
                 history,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
@@ -316,9 +321,9 @@ impl Engine {
         at: SystemTime,
     ) -> Result<TrackResponse, TrackError> {
         let now_ms = to_millis(at);
-        let now_ms = crate::clock::check_event_ms(i128::from(now_ms), || {
+        let now = EpochMs::from_ms(crate::clock::check_event_ms(i128::from(now_ms), || {
             format!("{now_ms} ms since the epoch")
-        })?;
+        })?);
         let rs = self.shared.ruleset.load();
         let cfg = &rs.config;
         let store = &self.shared.store;
@@ -326,13 +331,8 @@ impl Engine {
         // attributes, which passed validation then: validating them again (most of what a repeat would cost)
         // cannot fail, so a decided repeat is answered before it. Anything else takes the full path below.
         if let Some(key) = req.attributes.idempotency_key.as_deref() {
-            if let Some(slot) = store.get(
-                &req.user_id,
-                &req.action,
-                key,
-                now_ms,
-                cfg.idempotency_ttl_ms,
-            ) {
+            if let Some(slot) = store.get(&req.user_id, &req.action, key, now, cfg.idempotency_ttl)
+            {
                 if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
                         return answer(store, &slot, decided);
@@ -355,8 +355,8 @@ impl Engine {
             &req.action,
             key,
             fingerprint,
-            now_ms,
-            cfg.idempotency_ttl_ms,
+            now,
+            cfg.idempotency_ttl,
         );
         let slot = match found {
             Ok(Found::New(slot)) => slot,
@@ -375,16 +375,16 @@ impl Engine {
         };
         let decided = slot
             .decided
-            .get_or_init(|| self.decide(&rs, req, now_ms, &slot));
+            .get_or_init(|| self.decide(&rs, req, now, &slot));
         answer(store, &slot, decided)
     }
 
     /// Runs the rules for a new action and fixes its first decision.
-    fn decide(&self, rs: &Loaded, req: &TrackRequest, now_ms: i64, slot: &Arc<Slot>) -> Decided {
+    fn decide(&self, rs: &Loaded, req: &TrackRequest, now: EpochMs, slot: &Arc<Slot>) -> Decided {
         self.shared.decisions.fetch_add(1, Ordering::Relaxed);
         let idx = rs.rules_for(&req.action);
-        let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now_ms);
-        let (decision, footprint) = signals::with_decision(ctx, |ctx| {
+        let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
+        let (decision, footprint) = rules::binding::with_decision(ctx, |ctx| {
             let mut results = Vec::with_capacity(idx.len());
             sandbox::evaluate(
                 &rs.engine,
@@ -404,9 +404,10 @@ impl Engine {
             (decision, footprint)
         });
         slot.init_state(decision.state);
+        // A failed random source leaves a challenge without a token, which `answer` turns into an error.
         let token = (decision.state == State::ChallengeRequired)
-            .then(store::new_token)
-            .flatten();
+            .then(token::new_token)
+            .and_then(Result::ok);
         let url = match (&token, &rs.config.challenge_url) {
             (Some(t), Some(base)) => Some(challenge_url(
                 base,
@@ -421,7 +422,7 @@ impl Engine {
         Decided::new(
             decision,
             token,
-            now_ms.saturating_add(rs.config.token_ttl_ms),
+            token::expires_at(now, rs.config.token_ttl),
             url,
             footprint,
         )
@@ -434,12 +435,12 @@ impl Engine {
         action: &str,
         idempotency_key: &str,
     ) -> Option<ActionRecord> {
-        let now_ms = to_millis(self.shared.clock.now());
-        let ttl = self.shared.ruleset.load().config.idempotency_ttl_ms;
+        let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
+        let ttl = self.shared.ruleset.load().config.idempotency_ttl;
         let slot = self
             .shared
             .store
-            .get(user_id, action, idempotency_key, now_ms, ttl)?;
+            .get(user_id, action, idempotency_key, now, ttl)?;
         let decided = slot.decided.get().filter(|d| complete(d))?;
         Some(record(&slot, decided))
     }
@@ -456,8 +457,8 @@ impl Engine {
         idempotency_key: &str,
         new_state: State,
     ) -> Result<ActionRecord, TrackError> {
-        let now_ms = to_millis(self.shared.clock.now());
-        let ttl = self.shared.ruleset.load().config.idempotency_ttl_ms;
+        let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
+        let ttl = self.shared.ruleset.load().config.idempotency_ttl;
         let not_found = || TrackError::ActionNotFound {
             user_id: user_id.to_owned(),
             action: action.to_owned(),
@@ -466,7 +467,7 @@ impl Engine {
         let slot = self
             .shared
             .store
-            .get(user_id, action, idempotency_key, now_ms, ttl)
+            .get(user_id, action, idempotency_key, now, ttl)
             .ok_or_else(not_found)?;
         let decided = slot
             .decided
@@ -474,7 +475,7 @@ impl Engine {
             .filter(|d| complete(d))
             .ok_or_else(not_found)?;
         let from = slot.state();
-        if !from.allowed_moves().contains(&new_state) || !slot.transition(from, new_state, now_ms) {
+        if !from.allowed_moves().contains(&new_state) || !slot.transition(from, new_state, now) {
             // Report the state the refusal was decided on: after a lost race it is the winner's.
             let current = slot.state();
             return Err(TrackError::InvalidTransition {
@@ -498,8 +499,8 @@ impl Engine {
     /// Checks a challenge token: valid only when it is unexpired, its action reached `CHALLENGE_SUCCEEDED`,
     /// and it was not validated before. The action's identity and state are returned either way.
     pub fn validate_challenge(&self, token: &str) -> ValidateChallengeResponse {
-        let now_ms = to_millis(self.shared.clock.now());
-        let ttl = self.shared.ruleset.load().config.idempotency_ttl_ms;
+        let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
+        let ttl = self.shared.ruleset.load().config.idempotency_ttl;
         let invalid = |reason| ValidateChallengeResponse {
             is_valid: false,
             state: None,
@@ -508,10 +509,10 @@ impl Engine {
             idempotency_key: None,
             reason: Some(reason),
         };
-        if token.is_empty() || token.len() > 128 {
+        if token.is_empty() || token.len() > token::MAX_TOKEN_BYTES {
             return invalid(InvalidTokenReason::UnknownToken);
         }
-        let Some(slot) = self.shared.store.by_token(token, now_ms, ttl) else {
+        let Some(slot) = self.shared.store.by_token(token, now, ttl) else {
             return invalid(InvalidTokenReason::UnknownToken);
         };
         let Some(decided) = slot.decided.get() else {
@@ -520,7 +521,7 @@ impl Engine {
         let state = slot.state();
         // Expiry first, then the state, and only then is the token used up: checking a pending, failed or
         // expired token never spends it.
-        let reason = if now_ms >= decided.token_expires_ms() {
+        let reason = if token::is_expired(decided.token_expires(), now) {
             Some(InvalidTokenReason::Expired)
         } else if state != State::ChallengeSucceeded {
             Some(InvalidTokenReason::NotSucceeded)
@@ -719,8 +720,8 @@ fn record(slot: &Slot, d: &Decided) -> ActionRecord {
         outcome: d.outcome(),
         rule_ids: d.rule_ids().to_vec(),
         priority_rule_id: d.priority_rule_id().cloned(),
-        created_at: crate::clock::from_millis(slot.created_ms),
-        state_updated_at: crate::clock::from_millis(slot.state_updated_ms()),
+        created_at: crate::clock::from_millis(slot.created.ms()),
+        state_updated_at: crate::clock::from_millis(slot.state_updated().ms()),
     }
 }
 
@@ -756,11 +757,11 @@ mod tests {
             .build()
             .unwrap();
         let req = TrackRequest::new("u1", "signIn").idempotency_key("k1");
-        crate::store::FAIL_RANDOM.with(|f| f.set(true));
+        crate::hash::FAIL_RANDOM.with(|f| f.set(true));
         let err = e.track(&req).unwrap_err();
         // A repeat while the source is still broken decides again and fails again: never a tokenless challenge.
         let again = e.track(&req).unwrap_err();
-        crate::store::FAIL_RANDOM.with(|f| f.set(false));
+        crate::hash::FAIL_RANDOM.with(|f| f.set(false));
         assert_eq!(err, TrackError::RandomSource);
         assert_eq!(again, TrackError::RandomSource);
         assert_eq!((err.code(), err.http_status()), ("random_source", 503));
@@ -780,10 +781,26 @@ mod tests {
             .ruleset(RuleSet::from_sources([("a", "ALLOW")]).unwrap())
             .build()
             .unwrap();
-        crate::store::FAIL_RANDOM.with(|f| f.set(true));
+        crate::hash::FAIL_RANDOM.with(|f| f.set(true));
         let r = allow.track(&req);
-        crate::store::FAIL_RANDOM.with(|f| f.set(false));
+        crate::hash::FAIL_RANDOM.with(|f| f.set(false));
         assert_eq!(r.unwrap().state, State::Allow);
+    }
+
+    #[test]
+    fn a_failed_random_source_fails_the_build_and_never_weakens_the_keys() {
+        let builder =
+            || Engine::builder().ruleset(RuleSet::from_sources([("a", "ALLOW")]).unwrap());
+        crate::hash::FAIL_RANDOM.with(|f| f.set(true));
+        let r = builder().build();
+        crate::hash::FAIL_RANDOM.with(|f| f.set(false));
+        let err = r.err().unwrap();
+        assert!(matches!(err, LoadError::RandomSource), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "the operating system's random source failed: cannot draw the engine's secret keys"
+        );
+        assert!(builder().build().is_ok());
     }
 
     #[test]

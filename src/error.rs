@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use crate::request::shorten;
+mod shorten;
+pub(crate) use shorten::shorten;
+
 use std::path::PathBuf;
 
 /// Why a [`track`](crate::Engine::track), [`update_action`](crate::Engine::update_action) or request parse
@@ -220,6 +222,11 @@ pub enum LoadError {
         /// What is wrong with the value.
         reason: String,
     },
+    /// [`EngineBuilder::build`](crate::EngineBuilder::build) could not draw the engine's secret keys (for
+    /// request fingerprints, history keys and hash-table buckets) from the operating system's random source.
+    /// An engine never runs with fixed or guessable keys in their place.
+    #[error("the operating system's random source failed: cannot draw the engine's secret keys")]
+    RandomSource,
 }
 
 impl LoadError {

@@ -8,6 +8,7 @@
 //! [`TrackError::code`]: crate::TrackError::code
 //! [`TrackError::http_status`]: crate::TrackError::http_status
 //! [`ParseStateError`]: crate::ParseStateError
+//! [`RuleErrorKind`]: crate::RuleErrorKind
 
 mod clock;
 mod config;
@@ -16,12 +17,18 @@ mod duration;
 mod engine;
 mod error;
 mod files;
+mod hash;
 mod request;
 mod response;
 mod rules;
+#[cfg(feature = "server")]
+pub mod server;
+mod server_settings;
 mod settings;
 mod signals;
 mod store;
+mod time;
+mod token;
 
 pub mod replay;
 #[cfg(feature = "simulate")]
@@ -38,10 +45,14 @@ pub use request::{
     MAX_CUSTOM_STRING_BYTES, MAX_ID_BYTES, MAX_LONG_FIELD_BYTES, MAX_PHONE_BYTES,
 };
 pub use response::{
-    ActionRecord, InvalidTokenReason, ParseStateError, RuleError, RuleId, State, TrackResponse,
-    ValidateChallengeResponse,
+    ActionRecord, InvalidTokenReason, ParseStateError, RuleError, RuleErrorKind, RuleId, State,
+    TrackResponse, ValidateChallengeResponse,
 };
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
+pub use server_settings::{LogFormat, ServerSettings};
 pub use settings::SandboxLimits;
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
+
+#[doc(hidden)]
+pub use rules::vars::names;

@@ -6,11 +6,19 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "server")]
+const SERVE_HELP: &str = "";
+#[cfg(not(feature = "server"))]
+const SERVE_HELP: &str =
+    "`riskgate serve` (the Authsignal-compatible HTTP server) is not in this build: \
+install it with `cargo install --path . --features server`";
+
 #[derive(Parser)]
 #[command(
     name = "riskgate",
     version,
-    about = "Check, replay and benchmark riskgate rules"
+    about = "Check, replay and benchmark riskgate rules",
+    after_help = SERVE_HELP
 )]
 struct Args {
     #[command(subcommand)]
@@ -69,6 +77,20 @@ enum Command {
         /// Run every rule in Rhai's interpreter (no native compilation), for comparison.
         #[arg(long)]
         interpret: bool,
+    },
+    /// Serve the rules over HTTP as the Authsignal server API (track, get/update action, validate challenge),
+    /// for Authsignal's official SDKs. The API secret comes from `--secret-file` or `RISKGATE_SECRET`.
+    #[cfg(feature = "server")]
+    Serve {
+        /// The rules folder.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// The address to listen on, such as 127.0.0.1:8080 (default: `[server] listen`).
+        #[arg(long)]
+        listen: Option<String>,
+        /// A file holding the API secret (otherwise `RISKGATE_SECRET` is read).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
     },
 }
 
@@ -209,5 +231,15 @@ fn main() -> ExitCode {
             };
             cli::bench::run(&rules, &events, &opts)
         }
+        #[cfg(feature = "server")]
+        Command::Serve {
+            rules,
+            listen,
+            secret_file,
+        } => cli::serve::run(&cli::serve::Options {
+            rules,
+            listen,
+            secret_file,
+        }),
     }
 }

@@ -249,7 +249,7 @@ impl Replayer {
                     "op",
                     &format!(
                     "unknown operation `{}`: expected updateAction, getAction or validateChallenge",
-                    crate::request::shorten(other)
+                    crate::error::shorten(other)
                 ),
                 ))
             }
@@ -626,7 +626,7 @@ fn parse_timestamp(v: &Value) -> Result<SystemTime, TrackError> {
                         "timestamp",
                         &format!(
                             "`{}` is not an RFC 3339 timestamp",
-                            crate::request::shorten(s)
+                            crate::error::shorten(s)
                         ),
                     )
                 })?;

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::error::TrackError;
+use crate::error::{shorten, TrackError};
+use crate::hash::{keyed_hash, FingerprintKey};
 
 /// The longest `userId`, `idempotencyKey`, `deviceId`, `username` and `email` accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
@@ -341,7 +342,7 @@ impl TrackRequest {
     /// - every field has a fixed place and a presence tag, every string its length before it, every custom
     ///   entry its key (length first) and a type tag before its value (so `1`, `1.0` and `"1"` differ, and no
     ///   choice of strings can shift one field into another's bytes);
-    /// - the bytes go through SipHash-1-3 with a 128-bit secret drawn per engine ([`FingerprintKey`]): a
+    /// - the bytes go through SipHash-1-3 with a 128-bit secret drawn per engine (`hash::FingerprintKey`): a
     ///   caller who does not know the secret cannot aim a collision, however the values are chosen (an
     ///   unkeyed or public-secret hash such as xxh3 can be made to collide by construction).
     pub(crate) fn fingerprint(&self, key: &FingerprintKey) -> u128 {
@@ -477,77 +478,6 @@ impl TrackAttributes {
         value: impl Into<CustomValue>,
     ) -> Option<CustomValue> {
         self.custom.insert(key.into(), value.into())
-    }
-}
-
-thread_local! {
-    static HASH_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The 128-bit xxh3 of the bytes `write` lays out, hashed in one pass over a per-thread buffer: the same value
-/// as feeding them to a streaming hasher piece by piece, at a fraction of the cost for short pieces.
-pub(crate) fn hash_bytes(write: impl FnOnce(&mut Vec<u8>)) -> u128 {
-    with_buffer(write, xxhash_rust::xxh3::xxh3_128)
-}
-
-/// The keyed 128-bit SipHash-1-3 of the bytes `write` lays out, over the same per-thread buffer.
-fn keyed_hash(key: &FingerprintKey, write: impl FnOnce(&mut Vec<u8>)) -> u128 {
-    with_buffer(write, |bytes| {
-        siphasher::sip128::SipHasher13::new_with_key(&key.0)
-            .hash(bytes)
-            .as_u128()
-    })
-}
-
-fn with_buffer(write: impl FnOnce(&mut Vec<u8>), hash: impl FnOnce(&[u8]) -> u128) -> u128 {
-    HASH_BUF.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            write(&mut buf);
-            let h = hash(&buf);
-            // Keep the buffer from pinning a rare huge request's memory.
-            if buf.capacity() > 64 * 1024 {
-                *buf = Vec::new();
-            }
-            h
-        }
-        Err(_) => {
-            let mut buf = Vec::new();
-            write(&mut buf);
-            hash(&buf)
-        }
-    })
-}
-
-/// The secret key of [`TrackRequest::fingerprint`]: 128 bits, drawn once per engine.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FingerprintKey([u8; 16]);
-
-impl FingerprintKey {
-    /// A key from the operating system's random source.
-    ///
-    /// Should that source fail (it does not on supported systems once booted), the key is derived from what
-    /// differs between processes and engines (the time, the process id, addresses), which no caller can read
-    /// from outside, though it is weaker than a random key.
-    pub(crate) fn random() -> Self {
-        let mut key = [0u8; 16];
-        if getrandom::fill(&mut key).is_ok() {
-            return FingerprintKey(key);
-        }
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        h.write_u128(now);
-        h.write_u32(std::process::id());
-        h.write_usize(std::ptr::addr_of!(key) as usize);
-        let a = h.finish();
-        h.write_u64(a);
-        let b = h.finish();
-        key[..8].copy_from_slice(&a.to_le_bytes());
-        key[8..].copy_from_slice(&b.to_le_bytes());
-        FingerprintKey(key)
     }
 }
 
@@ -688,15 +618,6 @@ pub(crate) fn parse_ip(v: &str) -> Result<IpAddr, TrackError> {
     })
 }
 
-/// Cuts user input for an error message to a readable length, escaping control characters.
-pub(crate) fn shorten(v: &str) -> String {
-    let mut out: String = v.chars().take(64).flat_map(char::escape_default).collect();
-    if v.chars().nth(64).is_some() {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -776,7 +697,7 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_only_the_key() {
-        let k = FingerprintKey::random();
+        let k = crate::hash::EngineKeys::draw().unwrap().fingerprint;
         let mut a = TrackRequest::new("u", "signIn");
         a.attributes.device_id = Some("d".into());
         let mut b = a.clone();

@@ -78,7 +78,7 @@ impl State {
     }
 
     /// Whether this is one of the four decisions a rule can return (not a lifecycle state).
-    pub fn is_decision(self) -> bool {
+    pub const fn is_decision(self) -> bool {
         matches!(
             self,
             State::Allow | State::ChallengeRequired | State::Review | State::Block
@@ -145,7 +145,7 @@ impl std::str::FromStr for State {
 #[error(
     "unknown state `{}`: expected ALLOW, CHALLENGE_REQUIRED, REVIEW, BLOCK, CHALLENGE_SUCCEEDED, \
      CHALLENGE_FAILED, REVIEW_SUCCEEDED or REVIEW_FAILED",
-    crate::request::shorten(input)
+    crate::error::shorten(input)
 )]
 pub struct ParseStateError {
     input: String,
@@ -274,8 +274,38 @@ impl<'de> Deserialize<'de> for RuleId {
 pub struct RuleError {
     /// The failing rule.
     pub rule_id: RuleId,
+    /// What kind of failure it was, for code that acts on it (serialised as `"kind"`, in snake case).
+    #[serde(default)]
+    pub kind: RuleErrorKind,
     /// What went wrong, with the line and column in the rule where Rhai reports one.
     pub message: String,
+}
+
+/// What kind of failure a [`RuleError`] is. Its message says the details; the kind is for code that counts,
+/// alerts or retries by kind. Serialised in snake case (`"time_limit"`, `"wrong_return_type"`, …).
+///
+/// New kinds may be added: match with a `_` arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RuleErrorKind {
+    /// The rule ran longer than `[limits] time_limit_ms`.
+    TimeLimit,
+    /// The rule ran more than `[limits] max_operations` operations.
+    OperationLimit,
+    /// A string, array or map (or a thrown value) grew past its size limit.
+    SizeLimit,
+    /// Function calls nested deeper than `[limits] max_call_depth`, or arrays and maps nested deeper than the
+    /// sandbox compares, prints or serialises (64 levels).
+    DepthLimit,
+    /// The rule returned a value that is neither an outcome nor `()`.
+    WrongReturnType,
+    /// Any other error the rule raised while running: a `throw`, a function called on the wrong type, a
+    /// signal it cannot use. Also what an error entry without a `kind` (written before kinds existed) reads as.
+    #[default]
+    Runtime,
+    /// The rule's evaluation panicked (a fault in riskgate or Rhai, caught and reported).
+    Panic,
 }
 
 /// What [`Engine::track`](crate::Engine::track) decided for an action.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Limits, OnConflict, OnRuleError};
 use crate::error::LoadError;
+use crate::time::DurationMs;
 use crate::State;
 
 /// The longest a TTL set in code may be, as in `riskgate.toml`: 10 years.
@@ -33,17 +34,17 @@ const MAX_TIME_LIMIT: Duration = Duration::from_secs(60);
 pub struct SandboxLimits {
     /// Rhai operations one rule may run (`max_operations`, default 50 000).
     pub max_operations: u64,
-    /// Function call depth (`max_call_depth`, default 16).
+    /// Function call depth (`max_call_depth`, default 16, at most 32).
     pub max_call_depth: usize,
-    /// Expression nesting at the top level (`max_expr_depth`, default 64).
+    /// Expression nesting at the top level (`max_expr_depth`, default 64, at most 128).
     pub max_expr_depth: usize,
-    /// Expression nesting inside functions (`max_function_expr_depth`, default 32).
+    /// Expression nesting inside functions (`max_function_expr_depth`, default 32, at most 64).
     pub max_function_expr_depth: usize,
     /// The longest string a rule may build, in bytes (`max_string_size`, default 16 KiB).
     pub max_string_size: usize,
-    /// The longest array a rule may build (`max_array_size`, default 1024).
+    /// The longest array a rule may build (`max_array_size`, default 1024, at most 8192), nested items counted.
     pub max_array_size: usize,
-    /// The largest map a rule may build (`max_map_size`, default 1024).
+    /// The largest map a rule may build (`max_map_size`, default 1024, at most 8192), nested entries counted.
     pub max_map_size: usize,
     /// Wall-clock time one rule may run (`time_limit`, default 10ms), in whole milliseconds.
     pub time_limit: Duration,
@@ -88,6 +89,37 @@ impl SandboxLimits {
                 return Err(bad(format!(
                     "`{name}` must be at least 1: the sandbox cannot be turned off"
                 )));
+            }
+        }
+        for (name, v, cap) in [
+            (
+                "max_call_depth",
+                self.max_call_depth,
+                crate::config::MAX_CALL_DEPTH,
+            ),
+            (
+                "max_expr_depth",
+                self.max_expr_depth,
+                crate::config::MAX_EXPR_DEPTH,
+            ),
+            (
+                "max_function_expr_depth",
+                self.max_function_expr_depth,
+                crate::config::MAX_FUNCTION_EXPR_DEPTH,
+            ),
+            (
+                "max_array_size",
+                self.max_array_size,
+                crate::config::MAX_ARRAY_SIZE,
+            ),
+            (
+                "max_map_size",
+                self.max_map_size,
+                crate::config::MAX_MAP_SIZE,
+            ),
+        ] {
+            if v > cap {
+                return Err(bad(format!("`{name}` must be at most {cap}")));
             }
         }
         let ms = self.time_limit.as_millis();
@@ -161,7 +193,7 @@ impl Overrides {
                     "action_default_outcome",
                     format!(
                         "`{}` is not an action code: expected 1-64 of [a-zA-Z0-9_-]",
-                        crate::request::shorten(code)
+                        crate::error::shorten(code)
                     ),
                 );
             }
@@ -179,10 +211,10 @@ impl Overrides {
             c.capacity = v;
         }
         if let Some(d) = self.idempotency_ttl {
-            c.idempotency_ttl_ms = millis(d);
+            c.idempotency_ttl = DurationMs::from_ms(millis(d));
         }
         if let Some(d) = self.token_ttl {
-            c.token_ttl_ms = millis(d);
+            c.token_ttl = DurationMs::from_ms(millis(d));
         }
         if let Some(v) = self.on_conflict {
             c.on_conflict = v;
@@ -268,8 +300,8 @@ mod tests {
             ..Overrides::default()
         };
         let c = o.apply(&file);
-        assert_eq!(c.token_ttl_ms, 30_000);
-        assert_eq!(c.idempotency_ttl_ms, 3_600_000, "the file's value stays");
+        assert_eq!(c.token_ttl.ms(), 30_000);
+        assert_eq!(c.idempotency_ttl.ms(), 3_600_000, "the file's value stays");
         assert_eq!(c.default_for("pay"), State::Block);
         assert_eq!(c.default_for("signIn"), State::ChallengeRequired);
         assert_eq!(c.default_for("other"), State::Review);

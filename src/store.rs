@@ -2,7 +2,7 @@
 //! with single-flight first decisions.
 //!
 //! # Design
-//! - The map is a [`DashMap`] keyed by the 128-bit xxh3 hash of the identity, hashed from the borrowed strings,
+//! - The map is a `DashMap` keyed by the 128-bit xxh3 hash of the identity, hashed from the borrowed strings,
 //!   so a lookup allocates nothing. The stored slot keeps the identity itself, and a hit is compared to it, so
 //!   a hash collision can never return another user's action.
 //! - A new identity inserts an empty slot under the shard lock, releases the lock, and then decides inside the
@@ -16,96 +16,23 @@
 //!   number): a key inserted again after expiry has its own.
 //! - Tokens: a second map from the token's hash to its slot. A token lives exactly as long as its slot is in
 //!   the store; see [`Store::register_token`] for how eviction and registration, which race, never leave an
-//!   orphan behind.
+//!   orphan behind. How a token is made, hashed and compared is `token.rs`'s.
+//! - Both maps bucket their keys with the engine's secret keys (`hash::BucketKeys`).
 
-use dashmap::DashMap;
 use std::collections::VecDeque;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::decide::Decision;
+use crate::hash::{identity_hash, BucketKeys, PreHashedMap, H128};
+use crate::response::{RuleError, RuleId, State};
 use crate::signals::Footprint;
-use crate::{RuleError, RuleId, State};
+use crate::time::{DurationMs, EpochMs};
+use crate::token;
 
-/// Hashes an action identity. Lengths are mixed in so that `("ab", "c")` and `("a", "bc")` differ.
-pub(crate) fn identity_hash(user_id: &str, action: &str, key: &str) -> H128 {
-    crate::request::hash_bytes(|h| {
-        for part in [user_id, action, key] {
-            h.extend_from_slice(&(part.len() as u32).to_le_bytes());
-            h.extend_from_slice(part.as_bytes());
-        }
-    })
-    .into()
-}
+type Map<V> = PreHashedMap<H128, V>;
 
-/// A 128-bit hash stored as two `u64`s: a `u128` aligns to 16 bytes, which pads every slot and map entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct H128([u64; 2]);
-
-impl From<u128> for H128 {
-    fn from(v: u128) -> Self {
-        H128([v as u64, (v >> 64) as u64])
-    }
-}
-
-impl std::hash::Hash for H128 {
-    fn hash<S: Hasher>(&self, state: &mut S) {
-        state.write_u64(self.0[0] ^ self.0[1]);
-    }
-}
-
-/// A hasher for keys that are already hashes (xxh3 of the identity, a token, a signal key).
-///
-/// Those hashes are unkeyed, and callers choose the strings hashed (user ids, idempotency keys, IPs), so the
-/// bucket a key lands in must not be predictable from outside: otherwise a caller could search offline for
-/// keys that share the low bits hash tables index by and flood one probe sequence (hash flooding). `finish`
-/// therefore passes the value through a folded multiply with two keys drawn once per process from the
-/// operating system's random source, as foldhash and ahash do. It costs about a nanosecond.
-#[derive(Default)]
-pub(crate) struct PreHashed(u64);
-
-/// The per-process keys of [`PreHashed`].
-fn process_keys() -> [u64; 2] {
-    static KEYS: OnceLock<[u64; 2]> = OnceLock::new();
-    *KEYS.get_or_init(|| {
-        let mut b = [0u8; 16];
-        if getrandom::fill(&mut b).is_err() {
-            // No random source: fixed keys still spread well, without the protection.
-            return [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7345];
-        }
-        let (lo, hi) = b.split_at(8);
-        let k = |s: &[u8]| s.iter().rev().fold(0u64, |acc, &x| acc << 8 | u64::from(x));
-        [k(lo), k(hi) | 1]
-    })
-}
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        let [k0, k1] = process_keys();
-        let p = u128::from(self.0 ^ k0) * u128::from(k1);
-        (p as u64) ^ ((p >> 64) as u64)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 ^= v;
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
-    }
-}
-
-type Map<V> = DashMap<H128, V, BuildHasherDefault<PreHashed>>;
-
-/// The most actions one insert evicts (expired or over capacity). Each insert adds one, so a store over its
-/// capacity shrinks by `EVICT_PER_INSERT - 1` per new action until it is back at the capacity.
-pub(crate) const EVICT_PER_INSERT: usize = 16;
+pub(crate) use crate::config::EVICT_PER_INSERT;
 
 /// One stored action.
 pub(crate) struct Slot {
@@ -116,7 +43,7 @@ pub(crate) struct Slot {
     /// Unique per slot in this store: tells a retention entry whether it still stands for the stored slot.
     seq: u64,
     pub fingerprint: H128,
-    pub created_ms: i64,
+    pub created: EpochMs,
     pub decided: OnceLock<Decided>,
     state: AtomicU8,
     state_updated_ms: AtomicI64,
@@ -141,7 +68,7 @@ struct Rest {
     shadow_rule_ids: Vec<RuleId>,
     errors: Vec<RuleError>,
     token: Option<Box<str>>,
-    token_expires_ms: i64,
+    token_expires: EpochMs,
     url: Option<Box<str>>,
     /// Kept only for actions that can still move to `CHALLENGE_SUCCEEDED` or `REVIEW_SUCCEEDED`.
     footprint: Option<Footprint>,
@@ -151,7 +78,7 @@ impl Decided {
     pub fn new(
         decision: Decision,
         token: Option<String>,
-        token_expires_ms: i64,
+        token_expires: EpochMs,
         url: Option<String>,
         footprint: Footprint,
     ) -> Decided {
@@ -169,7 +96,7 @@ impl Decided {
             shadow_rule_ids,
             errors,
             token: token.map(String::into_boxed_str),
-            token_expires_ms,
+            token_expires,
             url: url.map(String::into_boxed_str),
             footprint: pending.then_some(footprint),
         };
@@ -209,8 +136,8 @@ impl Decided {
         self.rest.as_ref()?.token.as_deref()
     }
     /// When the token expires; meaningless without a token.
-    pub fn token_expires_ms(&self) -> i64 {
-        self.rest.as_ref().map_or(i64::MIN, |r| r.token_expires_ms)
+    pub fn token_expires(&self) -> EpochMs {
+        self.rest.as_ref().map_or(EpochMs::MIN, |r| r.token_expires)
     }
     pub fn url(&self) -> Option<&str> {
         self.rest.as_ref()?.url.as_deref()
@@ -228,7 +155,7 @@ impl Slot {
         key: &str,
         seq: u64,
         fingerprint: H128,
-        now_ms: i64,
+        now: EpochMs,
     ) -> Self {
         let mut ident = String::with_capacity(user_id.len() + action.len() + key.len());
         ident.push_str(user_id);
@@ -240,10 +167,10 @@ impl Slot {
             action_len: action.len() as u32,
             seq,
             fingerprint,
-            created_ms: now_ms,
+            created: now,
             decided: OnceLock::new(),
             state: AtomicU8::new(State::Allow.to_u8()),
-            state_updated_ms: AtomicI64::new(now_ms),
+            state_updated_ms: AtomicI64::new(now.ms()),
             token_used: AtomicBool::new(false),
             token_hash: OnceLock::new(),
         }
@@ -272,15 +199,15 @@ impl Slot {
     pub fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Acquire))
     }
-    pub fn state_updated_ms(&self) -> i64 {
-        self.state_updated_ms.load(Ordering::Acquire)
+    pub fn state_updated(&self) -> EpochMs {
+        EpochMs::from_ms(self.state_updated_ms.load(Ordering::Acquire))
     }
     pub fn init_state(&self, s: State) {
         self.state.store(s.to_u8(), Ordering::Release);
     }
 
     /// Moves the state from `from` to `to` if it is still `from`.
-    pub fn transition(&self, from: State, to: State, now_ms: i64) -> bool {
+    pub fn transition(&self, from: State, to: State, now: EpochMs) -> bool {
         let ok = self
             .state
             .compare_exchange(
@@ -291,7 +218,7 @@ impl Slot {
             )
             .is_ok();
         if ok {
-            self.state_updated_ms.store(now_ms, Ordering::Release);
+            self.state_updated_ms.store(now.ms(), Ordering::Release);
         }
         ok
     }
@@ -319,18 +246,19 @@ pub(crate) struct Store {
     next_seq: AtomicU64,
 }
 
-/// A retention entry: the slot stored under `key` with sequence number `seq`, created at `created_ms`.
+/// A retention entry: the slot stored under `key` with sequence number `seq`, created at `created`.
 struct Entry {
     key: H128,
     seq: u64,
-    created_ms: i64,
+    created: EpochMs,
 }
 
 impl Store {
-    pub fn new(capacity: usize) -> Self {
+    /// An empty store bucketing its keys with `keys`.
+    pub fn new(capacity: usize, keys: BucketKeys) -> Self {
         Store {
-            map: Map::default(),
-            tokens: Map::default(),
+            map: Map::with_hasher(keys),
+            tokens: Map::with_hasher(keys),
             order: Mutex::new(VecDeque::new()),
             capacity: AtomicUsize::new(capacity.max(1)),
             next_seq: AtomicU64::new(0),
@@ -352,12 +280,12 @@ impl Store {
         user_id: &str,
         action: &str,
         key: &str,
-        now_ms: i64,
-        ttl_ms: i64,
+        now: EpochMs,
+        ttl: DurationMs,
     ) -> Option<Arc<Slot>> {
         let h = identity_hash(user_id, action, key);
         let slot = self.map.get(&h).map(|s| Arc::clone(&s))?;
-        (slot.is(user_id, action, key) && !expired(&slot, now_ms, ttl_ms)).then_some(slot)
+        (slot.is(user_id, action, key) && !slot.created.expired(ttl, now)).then_some(slot)
     }
 
     /// Finds the action for `track`, inserting a fresh slot when the identity is new or its action expired.
@@ -368,14 +296,14 @@ impl Store {
         action: &str,
         key: &str,
         fingerprint: H128,
-        now_ms: i64,
-        ttl_ms: i64,
+        now: EpochMs,
+        ttl: DurationMs,
     ) -> Result<Found, Arc<Slot>> {
         let h = identity_hash(user_id, action, key);
         // Fast path: a live hit takes only a shard read lock.
         if let Some(s) = self.map.get(&h) {
             let s = Arc::clone(&s);
-            if !expired(&s, now_ms, ttl_ms) {
+            if !s.created.expired(ttl, now) {
                 return if s.is(user_id, action, key) {
                     Ok(Found::Existing(s))
                 } else {
@@ -384,11 +312,11 @@ impl Store {
             }
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let fresh = Arc::new(Slot::new(user_id, action, key, seq, fingerprint, now_ms));
+        let fresh = Arc::new(Slot::new(user_id, action, key, seq, fingerprint, now));
         let replaced = match self.map.entry(h) {
             dashmap::Entry::Occupied(mut e) => {
                 let s = Arc::clone(e.get());
-                if !expired(&s, now_ms, ttl_ms) {
+                if !s.created.expired(ttl, now) {
                     return if s.is(user_id, action, key) {
                         Ok(Found::Existing(s))
                     } else {
@@ -407,13 +335,13 @@ impl Store {
         if let Some(old) = replaced {
             self.forget_token(&old);
         }
-        self.admit(h, seq, now_ms, ttl_ms);
+        self.admit(h, seq, now, ttl);
         Ok(Found::New(fresh))
     }
 
     /// Records a new slot in the retention order, and evicts what is expired or over capacity, at most
     /// [`EVICT_PER_INSERT`] entries.
-    fn admit(&self, key: H128, seq: u64, now_ms: i64, ttl_ms: i64) {
+    fn admit(&self, key: H128, seq: u64, now: EpochMs, ttl: DurationMs) {
         let capacity = self.capacity.load(Ordering::Relaxed);
         let mut evict: Vec<Entry> = Vec::new();
         {
@@ -422,11 +350,11 @@ impl Store {
             order.push_back(Entry {
                 key,
                 seq,
-                created_ms: now_ms,
+                created: now,
             });
             while let Some(front) = order.front() {
                 if evict.len() < EVICT_PER_INSERT
-                    && (order.len() > capacity || front.created_ms.saturating_add(ttl_ms) <= now_ms)
+                    && (order.len() > capacity || front.created.expired(ttl, now))
                 {
                     if let Some(e) = order.pop_front() {
                         evict.push(e);
@@ -462,7 +390,7 @@ impl Store {
     /// eviction removes the slot, then reads `token_hash` and removes the token. Whichever runs second sees
     /// the other's write, so no token outlives its slot.
     pub fn register_token(&self, token: &str, slot: &Arc<Slot>) {
-        let th = token_hash(token);
+        let th = token::token_hash(token);
         if slot.token_hash.set(th).is_err() {
             return;
         }
@@ -479,16 +407,16 @@ impl Store {
     }
 
     /// The live action a token belongs to, with the token compared in full (in constant time).
-    pub fn by_token(&self, token: &str, now_ms: i64, ttl_ms: i64) -> Option<Arc<Slot>> {
+    pub fn by_token(&self, token: &str, now: EpochMs, ttl: DurationMs) -> Option<Arc<Slot>> {
         let slot = self
             .tokens
-            .get(&token_hash(token))
+            .get(&token::token_hash(token))
             .map(|s| Arc::clone(&s))?;
-        if expired(&slot, now_ms, ttl_ms) {
+        if slot.created.expired(ttl, now) {
             return None;
         }
         let stored = slot.decided.get()?.token()?;
-        constant_time_eq(stored.as_bytes(), token.as_bytes()).then_some(slot)
+        token::same_token(stored, token).then_some(slot)
     }
 
     /// How many challenge tokens are registered (one per stored action that has one).
@@ -506,58 +434,21 @@ impl Store {
     }
 }
 
-fn expired(s: &Slot, now_ms: i64, ttl_ms: i64) -> bool {
-    s.created_ms.saturating_add(ttl_ms) <= now_ms
-}
-
-fn token_hash(token: &str) -> H128 {
-    xxhash_rust::xxh3::xxh3_128(token.as_bytes()).into()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Makes [`new_token`] fail on this thread, as a broken random source would.
-    pub(crate) static FAIL_RANDOM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// A fresh challenge token: 192 bits from the operating system's random source, base64url without padding.
-pub(crate) fn new_token() -> Option<String> {
-    use base64::Engine as _;
-    #[cfg(test)]
-    if FAIL_RANDOM.with(std::cell::Cell::get) {
-        return None;
-    }
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).ok()?;
-    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn bucket_hashes_are_keyed_and_spread_low_bits() {
-        use std::hash::BuildHasher;
-        let b = BuildHasherDefault::<PreHashed>::default();
-        // Keys that agree in their low 20 bits (what a flooder would search for) must not share buckets.
-        let buckets: std::collections::HashSet<u64> = (0u64..1000)
-            .map(|i| b.hash_one(identity_hash_raw(i << 20)) & 0xfffff)
-            .collect();
-        assert!(buckets.len() > 990, "{} distinct buckets", buckets.len());
-        // And the mapping is not the identity: it depends on the process keys.
-        assert_ne!(b.hash_one(identity_hash_raw(0)), 0);
+    const TTL_MS: i64 = 60_000;
+    const TTL: DurationMs = DurationMs::from_ms(TTL_MS);
+    const TTL_END: EpochMs = EpochMs::from_ms(TTL_MS);
+
+    fn at(ms: i64) -> EpochMs {
+        EpochMs::from_ms(ms)
     }
 
-    fn identity_hash_raw(v: u64) -> H128 {
-        H128::from(u128::from(v))
+    fn store(capacity: usize) -> Store {
+        Store::new(capacity, crate::hash::EngineKeys::draw().unwrap().buckets)
     }
-
-    const TTL: i64 = 60_000;
 
     fn decide_with_token(store: &Store, slot: &Arc<Slot>, token: &str) {
         store.register_token(token, slot);
@@ -570,14 +461,14 @@ mod tests {
                 errors: Vec::new(),
             },
             Some(token.into()),
-            i64::MAX,
+            EpochMs::MAX,
             None,
             Default::default(),
         ));
     }
 
     fn insert(store: &Store, key: &str, now_ms: i64) -> Arc<Slot> {
-        match store.get_or_insert("u", "a", key, 0u128.into(), now_ms, TTL) {
+        match store.get_or_insert("u", "a", key, 0u128.into(), at(now_ms), TTL) {
             Ok(Found::New(s)) => s,
             _ => panic!("`{key}` should be new"),
         }
@@ -585,49 +476,49 @@ mod tests {
 
     #[test]
     fn tokens_never_outlive_their_actions() {
-        let store = Store::new(4);
+        let store = store(4);
         for i in 0..100 {
             let slot = insert(&store, &format!("k{i}"), i);
             decide_with_token(&store, &slot, &format!("t{i}"));
             assert!(store.len() <= 4);
             assert_eq!(store.tokens_len(), store.len());
         }
-        assert!(store.by_token("t99", 100, TTL).is_some());
-        assert!(store.by_token("t0", 100, TTL).is_none());
+        assert!(store.by_token("t99", at(100), TTL).is_some());
+        assert!(store.by_token("t0", at(100), TTL).is_none());
     }
 
     #[test]
     fn a_token_registered_after_its_action_was_evicted_is_withdrawn() {
-        let store = Store::new(1);
+        let store = store(1);
         let first = insert(&store, "k1", 0);
         // A second action evicts the first while its caller is still deciding.
         let second = insert(&store, "k2", 1);
         decide_with_token(&store, &first, "t1");
         decide_with_token(&store, &second, "t2");
         assert_eq!(store.tokens_len(), 1);
-        assert!(store.by_token("t1", 2, TTL).is_none());
-        assert!(store.by_token("t2", 2, TTL).is_some());
+        assert!(store.by_token("t1", at(2), TTL).is_none());
+        assert!(store.by_token("t2", at(2), TTL).is_some());
     }
 
     #[test]
     fn an_expired_action_is_replaced_and_its_token_forgotten() {
-        let store = Store::new(10);
+        let store = store(10);
         let old = insert(&store, "k", 0);
         decide_with_token(&store, &old, "t-old");
-        assert!(store.by_token("t-old", TTL - 1, TTL).is_some());
-        assert!(store.by_token("t-old", TTL, TTL).is_none());
-        let fresh = insert(&store, "k", TTL);
+        assert!(store.by_token("t-old", at(TTL_MS - 1), TTL).is_some());
+        assert!(store.by_token("t-old", TTL_END, TTL).is_none());
+        let fresh = insert(&store, "k", TTL_MS);
         assert!(!Arc::ptr_eq(&old, &fresh));
         assert_eq!(store.tokens_len(), 0);
         assert_eq!(store.len(), 1);
         // The retention entry of the expired slot must not remove its successor.
-        insert(&store, "other", TTL + 1);
-        assert!(store.get("u", "a", "k", TTL + 1, TTL).is_some());
+        insert(&store, "other", TTL_MS + 1);
+        assert!(store.get("u", "a", "k", at(TTL_MS + 1), TTL).is_some());
     }
 
     #[test]
     fn a_backlog_is_evicted_a_few_entries_per_insert() {
-        let store = Store::new(1000);
+        let store = store(1000);
         for i in 0..100 {
             insert(&store, &format!("k{i}"), 0);
         }
@@ -635,23 +526,23 @@ mod tests {
         insert(&store, "new", 1);
         assert_eq!(store.len(), 101 - EVICT_PER_INSERT);
         // The same bound holds for expiry: everything is expired at TTL + 1.
-        insert(&store, "later", TTL + 1);
+        insert(&store, "later", TTL_MS + 1);
         assert_eq!(store.len(), 102 - 2 * EVICT_PER_INSERT);
         for i in 0..10 {
-            insert(&store, &format!("late{i}"), TTL + 2);
+            insert(&store, &format!("late{i}"), TTL_MS + 2);
         }
         assert_eq!(store.len(), 1);
-        assert!(store.get("u", "a", "late9", TTL + 2, TTL).is_some());
+        assert!(store.get("u", "a", "late9", at(TTL_MS + 2), TTL).is_some());
     }
 
     #[test]
     fn expired_actions_are_evicted_on_the_next_insert() {
-        let store = Store::new(100);
+        let store = store(100);
         for i in 0..10 {
             insert(&store, &format!("k{i}"), i);
         }
         assert_eq!(store.len(), 10);
-        insert(&store, "late", TTL + 5);
+        insert(&store, "late", TTL_MS + 5);
         // k0..=k5 expired (created at 0..=5, TTL 60 s); k6..=k9 and `late` remain.
         assert_eq!(store.len(), 5);
     }
@@ -672,7 +563,7 @@ mod tests {
         let d = Decided::new(
             decision(State::Block, &["a", "b"], &[]),
             None,
-            5,
+            at(5),
             None,
             Footprint::default(),
         );
@@ -696,25 +587,26 @@ mod tests {
         let mut dec = decision(State::ChallengeRequired, &[], &["s"]);
         dec.errors.push(RuleError {
             rule_id: RuleId::new("e"),
+            kind: crate::RuleErrorKind::Runtime,
             message: "m".into(),
         });
         let fp = Footprint {
             at_ms: 7,
             ..Footprint::default()
         };
-        let d = Decided::new(dec, Some("t".into()), 9, Some("u".into()), fp);
+        let d = Decided::new(dec, Some("t".into()), at(9), Some("u".into()), fp);
         assert_eq!(d.priority_rule_id(), None);
         assert_eq!(d.shadow_rule_ids(), [RuleId::new("s")]);
         assert_eq!(d.errors()[0].message, "m");
         assert_eq!(
-            (d.token(), d.url(), d.token_expires_ms()),
-            (Some("t"), Some("u"), 9)
+            (d.token(), d.url(), d.token_expires()),
+            (Some("t"), Some("u"), at(9))
         );
         assert_eq!(d.footprint(), Some(&fp));
         // A deciding rule that is not the first listed is kept as given.
         let mut odd = decision(State::Allow, &["a"], &[]);
         odd.priority_rule_id = None;
-        let d = Decided::new(odd, None, 0, None, fp);
+        let d = Decided::new(odd, None, at(0), None, fp);
         assert_eq!(d.priority_rule_id(), None);
         assert_eq!(d.footprint(), None);
     }

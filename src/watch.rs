@@ -203,7 +203,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Seen)> {
                     Ok((
                         meta.len(),
                         meta.modified().ok(),
-                        xxhash_rust::xxh3::xxh3_64(&bytes),
+                        crate::hash::xxh3_64(&bytes),
                     ))
                 });
             (path, seen)

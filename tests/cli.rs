@@ -1,13 +1,16 @@
-//! The `riskgate` command line end to end: `check` and `replay`.
+//! The `riskgate` command line end to end: `check` and `replay`, including what only the binary does (reading
+//! lines from a pipe with a length bound, answering each line before the next arrives, the summary).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 fn riskgate(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+    let mut child = common::riskgate()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -85,7 +88,7 @@ fn check_reports_file_line_column_and_exits_1() {
 
 #[test]
 fn check_defaults_to_the_rules_folder() {
-    let out = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+    let out = common::riskgate()
         .arg("check")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -221,7 +224,7 @@ fn replay_with_broken_rules_fails_before_reading() {
 
 #[test]
 fn replay_of_the_bundled_example_runs() {
-    let out = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+    let out = common::riskgate()
         .args(["replay", "examples/events.jsonl"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -240,6 +243,125 @@ fn replay_of_the_bundled_example_runs() {
     .filter(|l| !l.trim().is_empty())
     .count();
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), n_in);
+}
+
+fn error_line(json: &str) -> (u64, String, String) {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    (
+        v["line"].as_u64().unwrap(),
+        v["error"]["code"].as_str().unwrap().to_owned(),
+        v["error"]["message"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn the_replay_command_skips_10_mib_lines_and_goes_on() {
+    let mut input = Vec::new();
+    input.extend_from_slice(
+        b"{\"timestamp\":0,\"userId\":\"u\",\"action\":\"signIn\",\"attributes\":{\"idempotencyKey\":\"k1\"}}\n",
+    );
+    input.extend(std::iter::repeat_n(b'[', 10 * 1024 * 1024));
+    input.push(b'\n');
+    input.extend_from_slice(b"\xff\xfe\n");
+    input.extend_from_slice(
+        b"{\"timestamp\":1,\"userId\":\"u\",\"action\":\"signIn\",\"attributes\":{\"idempotencyKey\":\"k2\"}}",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.rhai"),
+        "if velocity(\"1h\") > 0 { REVIEW }",
+    )
+    .unwrap();
+    let mut child = common::riskgate()
+        .args(["replay", "--rules"])
+        .arg(dir.path())
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].contains(r#""state":"ALLOW""#), "{}", lines[0]);
+    let (n, code, msg) = error_line(lines[1]);
+    assert_eq!((n, code.as_str()), (2, "invalid_request"));
+    assert!(
+        msg.contains("is 10485760 bytes, at most 1048576 are allowed"),
+        "{msg}"
+    );
+    assert_eq!(error_line(lines[2]).1, "invalid_json");
+    // The refused lines left no trace: the last line sees exactly one earlier action.
+    assert!(lines[3].contains(r#""state":"REVIEW""#), "{}", lines[3]);
+}
+
+#[test]
+fn validate_challenge_through_replay_in_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("challenge.rhai"),
+        r#"if custom.challenge == true { CHALLENGE_REQUIRED } else { ALLOW }"#,
+    )
+    .unwrap();
+    let mut child = common::riskgate()
+        .args(["replay", "--rules"])
+        .arg(dir.path())
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ask = |line: &str| -> serde_json::Value {
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut out = String::new();
+        stdout.read_line(&mut out).unwrap();
+        serde_json::from_str(&out).unwrap()
+    };
+    let tracked = ask(
+        r#"{"userId":"u1","action":"withdraw-funds","attributes":{"idempotencyKey":"k1","custom":{"challenge":true}}}"#,
+    );
+    assert_eq!(tracked["state"], "CHALLENGE_REQUIRED");
+    let token = tracked["token"].as_str().unwrap().to_owned();
+    let validate = format!(r#"{{"op":"validateChallenge","token":"{token}"}}"#);
+    let pending = ask(&validate);
+    assert_eq!(pending["isValid"], false);
+    assert_eq!(pending["reason"], "not_succeeded");
+    assert_eq!(pending["state"], "CHALLENGE_REQUIRED");
+    let updated = ask(
+        r#"{"op":"updateAction","userId":"u1","action":"withdraw-funds","idempotencyKey":"k1","state":"CHALLENGE_SUCCEEDED"}"#,
+    );
+    assert_eq!(updated["state"], "CHALLENGE_SUCCEEDED");
+    let valid = ask(&validate);
+    assert_eq!(
+        valid,
+        serde_json::json!({"isValid": true, "state": "CHALLENGE_SUCCEEDED", "userId": "u1",
+            "action": "withdraw-funds", "idempotencyKey": "k1"})
+    );
+    assert_eq!(ask(&validate)["reason"], "already_used");
+    assert_eq!(
+        ask(r#"{"op":"validateChallenge","token":"forged"}"#)["reason"],
+        "unknown_token"
+    );
+    assert_eq!(
+        ask(r#"{"op":"validateChallenge"}"#)["error"]["code"],
+        "invalid_request"
+    );
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]

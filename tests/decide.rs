@@ -1,18 +1,10 @@
 //! Deciding: each outcome, priority resolution and ties, default outcomes, shadow rules, `actions` scoping.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use riskgate::{Engine, RuleSet, State, TrackRequest};
+mod common;
 
-fn engine(rules: &[(&str, &str)], config: &str) -> Engine {
-    let mut b = RuleSet::builder().config_toml(config);
-    for (id, src) in rules {
-        b = b.rule(*id, *src);
-    }
-    Engine::builder()
-        .ruleset(b.build().unwrap())
-        .build()
-        .unwrap()
-}
+use common::engine_with_config as engine;
+use riskgate::{Engine, RuleSet, State, TrackRequest};
 
 fn track(e: &Engine, action: &str) -> riskgate::TrackResponse {
     e.track(&TrackRequest::new("user-1", action)).unwrap()
@@ -197,12 +189,11 @@ fn no_rule_can_change_what_a_later_rule_sees() {
         "",
     );
     assert_eq!(track(&e, "signIn").state, State::Review);
-    let e = engine(&[("assign", "user_id = \"x\"; ALLOW")], "");
-    let resp = track(&e, "signIn");
+    // Assigning to a request variable is refused at load (it was a rule error at run time).
+    let e = RuleSet::from_sources([("assign", "user_id = \"x\"; ALLOW")]).unwrap_err();
     assert_eq!(
-        resp.errors.len(),
-        1,
-        "assigning to a request variable is an error: {resp:?}"
+        e.to_string(),
+        "assign:1:1: `user_id` is part of the request and cannot be changed (copy it first: `let c = user_id;`)"
     );
 }
 

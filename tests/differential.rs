@@ -10,20 +10,20 @@
 use proptest::prelude::*;
 use riskgate::{CustomValue, Engine, FakeClock, RuleSet, TrackAttributes, TrackRequest};
 
-const STRING_VARS: [&str; 9] = [
-    "user_id",
-    "action",
-    "ip_address",
-    "device_id",
-    "user_agent",
-    "email",
-    "phone_number",
-    "username",
-    "redirect_url",
-];
+/// The request variables that hold a string or `()`, as rules see them.
+fn string_vars() -> Vec<&'static str> {
+    riskgate::names::string_variables()
+}
+
+/// The outcome constants, and `()`.
+fn outcomes_and_unit() -> Vec<&'static str> {
+    let mut all = riskgate::names::outcomes();
+    all.push("()");
+    all
+}
+
 const CUSTOM_KEYS: [&str; 5] = ["a", "b", "amount", "s", "flag"];
 const STRINGS: [&str; 7] = ["", "a", "10.", "x@y.io", "crypto", "Safari", "ü"];
-const OUTCOMES: [&str; 5] = ["ALLOW", "CHALLENGE_REQUIRED", "REVIEW", "BLOCK", "()"];
 
 fn string_lit() -> BoxedStrategy<String> {
     prop::sample::select(&STRINGS[..])
@@ -38,7 +38,7 @@ fn literal() -> BoxedStrategy<String> {
         prop::sample::select(vec!["2.5", "0.0", "10000.0", "-1.5"]).prop_map(str::to_owned),
         string_lit(),
         prop::sample::select(vec!["true", "false", "()"]).prop_map(str::to_owned),
-        prop::sample::select(&OUTCOMES[..4]).prop_map(str::to_owned),
+        prop::sample::select(riskgate::names::outcomes()).prop_map(str::to_owned),
     ]
     .boxed()
 }
@@ -46,10 +46,10 @@ fn literal() -> BoxedStrategy<String> {
 /// A value: a request variable, a `custom` field, a literal, or a string's length.
 fn value() -> BoxedStrategy<String> {
     prop_oneof![
-        prop::sample::select(&STRING_VARS[..]).prop_map(str::to_owned),
+        prop::sample::select(string_vars()).prop_map(str::to_owned),
         prop::sample::select(&CUSTOM_KEYS[..]).prop_map(|k| format!("custom.{k}")),
         literal(),
-        prop::sample::select(&STRING_VARS[..]).prop_map(|v| format!("{v}.len()")),
+        prop::sample::select(string_vars()).prop_map(|v| format!("{v}.len()")),
         prop::sample::select(&CUSTOM_KEYS[..]).prop_map(|k| format!("custom.{k}.len()")),
         prop::sample::select(vec![
             "velocity(\"1h\")",
@@ -76,7 +76,7 @@ fn value() -> BoxedStrategy<String> {
 
 fn string_value() -> BoxedStrategy<String> {
     prop_oneof![
-        prop::sample::select(&STRING_VARS[..]).prop_map(str::to_owned),
+        prop::sample::select(string_vars()).prop_map(str::to_owned),
         prop::sample::select(&CUSTOM_KEYS[..]).prop_map(|k| format!("custom.{k}")),
     ]
     .boxed()
@@ -122,7 +122,7 @@ fn cond() -> BoxedStrategy<String> {
 }
 
 fn outcome() -> BoxedStrategy<String> {
-    prop::sample::select(&OUTCOMES[..])
+    prop::sample::select(outcomes_and_unit())
         .prop_map(str::to_owned)
         .boxed()
 }

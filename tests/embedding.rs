@@ -3,18 +3,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use riskgate::{
-    ActionRecord, Diagnostic, Engine, InvalidTokenReason, RuleId, RuleSet, State, TrackError,
-    TrackRequest, TrackResponse, ValidateChallengeResponse,
+    ActionRecord, Diagnostic, InvalidTokenReason, RuleId, State, TrackError, TrackRequest,
+    TrackResponse, ValidateChallengeResponse,
 };
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-fn engine(rules: &[(&str, &str)]) -> Engine {
-    Engine::builder()
-        .ruleset(RuleSet::from_sources(rules.iter().copied()).unwrap())
-        .build()
-        .unwrap()
-}
+mod common;
+
+use common::engine;
 
 #[test]
 fn a_request_built_in_code_reaches_the_rules() {

@@ -1,9 +1,12 @@
-//! Replays `examples/events.jsonl` through the bundled `rules/` with the `riskgate` binary, and checks every
-//! line's outcome: each example rule, signals included, triggers where the log says it should.
+//! The bundled example: `examples/events.jsonl` replayed (in process, as `riskgate replay` does) through the
+//! bundled `rules/`, checking every line's outcome: each example rule, signals included, triggers where the log
+//! says it should.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use serde_json::Value;
-use std::process::Command;
+use std::path::Path;
 
 /// Per input line: the expected state (or error code), and the deciding rule.
 const EXPECTED: [(&str, Option<&str>); 29] = [
@@ -40,23 +43,10 @@ const EXPECTED: [(&str, Option<&str>); 29] = [
 
 #[test]
 fn the_example_log_replays_to_its_expected_states() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(env!("CARGO_BIN_EXE_riskgate"))
-        .current_dir(root)
-        .args(["replay", "--rules", "rules", "examples/events.jsonl"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), EXPECTED.len(), "{stdout}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let events = std::fs::read_to_string(root.join("examples/events.jsonl")).unwrap();
+    let lines: Vec<Value> = common::replay(&root.join("rules"), &events);
+    assert_eq!(lines.len(), EXPECTED.len(), "{lines:?}");
     for (n, (line, (want, rule))) in lines.iter().zip(EXPECTED).enumerate() {
         let got = line["state"]
             .as_str()

@@ -1,30 +1,25 @@
 //! What each failure leads to, one test per row of the README's "Failure semantics" table: a rule error, a
 //! rule that runs out of time, a full action store, a full signal history, a GeoIP database that is missing
 //! or lacks the address, and a ruleset that stops loading.
+//!
+//! Each row's details are tested beside their concern: `tests/rule_errors.rs` (rule errors),
+//! `tests/sandbox.rs` (limits), `tests/idempotency.rs` (the store), `tests/signals_velocity.rs` (history),
+//! `tests/signals_geo.rs` (GeoIP) and `tests/reload.rs` (loading).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use riskgate::{Engine, FakeClock, RuleSet, State, TrackRequest};
+mod common;
+
+use common::{at, engine_at_t0 as engine};
+use riskgate::{Engine, RuleSet, State, TrackRequest};
 use std::fs;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-fn at() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_200)
-}
-
-fn engine(rules: RuleSet) -> Engine {
-    Engine::builder()
-        .ruleset(rules)
-        .clock(FakeClock::at(at()))
-        .build()
-        .unwrap()
-}
-
+/// `user` signing in from London (81.2.69.142) on `device-1` with idempotency key `key`.
 fn req(user: &str, key: &str) -> TrackRequest {
-    let mut r = TrackRequest::new(user, "signIn");
-    r.attributes.idempotency_key = Some(key.into());
-    r.attributes.ip_address = Some("81.2.69.142".into());
-    r.attributes.device_id = Some("device-1".into());
-    r
+    common::req(user, "signIn")
+        .idempotency_key(key)
+        .ip("81.2.69.142")
+        .device("device-1")
 }
 
 #[test]
@@ -36,7 +31,7 @@ fn a_rule_error_counts_as_on_rule_error_and_is_reported() {
             .build()
             .unwrap()
     };
-    let resp = engine(failing("")).track_at(&req("u", "k"), at()).unwrap();
+    let resp = engine(failing("")).track_at(&req("u", "k"), at(0)).unwrap();
     assert_eq!(
         resp.state,
         State::ChallengeRequired,
@@ -51,11 +46,11 @@ fn a_rule_error_counts_as_on_rule_error_and_is_reported() {
         resp.errors
     );
     let resp = engine(failing("on_rule_error = \"BLOCK\""))
-        .track_at(&req("u", "k"), at())
+        .track_at(&req("u", "k"), at(0))
         .unwrap();
     assert_eq!(resp.state, State::Block);
     let resp = engine(failing("on_rule_error = \"skip\""))
-        .track_at(&req("u", "k"), at())
+        .track_at(&req("u", "k"), at(0))
         .unwrap();
     assert_eq!(resp.state, State::Allow);
     assert!(resp.rule_ids.is_empty());
@@ -70,7 +65,7 @@ fn a_rule_out_of_time_is_a_rule_error() {
         .build()
         .unwrap();
     let started = std::time::Instant::now();
-    let resp = engine(rules).track_at(&req("u", "k"), at()).unwrap();
+    let resp = engine(rules).track_at(&req("u", "k"), at(0)).unwrap();
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(resp.state, State::Review);
     assert!(resp.errors[0]
@@ -87,7 +82,7 @@ fn a_full_action_store_forgets_the_oldest_actions() {
         .unwrap();
     let e = engine(rules);
     for i in 0..5 {
-        e.track_at(&req("u", &format!("k{i}")), at()).unwrap();
+        e.track_at(&req("u", &format!("k{i}")), at(0)).unwrap();
     }
     assert_eq!(e.stored_actions(), 3);
     assert!(e.get_action("u", "signIn", "k0").is_none());
@@ -99,7 +94,7 @@ fn a_full_action_store_forgets_the_oldest_actions() {
         .unwrap_err();
     assert_eq!(err.code(), "action_not_found");
     let decisions = e.decisions();
-    e.track_at(&req("u", "k0"), at()).unwrap();
+    e.track_at(&req("u", "k0"), at(0)).unwrap();
     assert_eq!(e.decisions(), decisions + 1);
     assert_eq!(e.stored_actions(), 3);
 }
@@ -113,15 +108,18 @@ fn a_full_history_forgets_the_oldest_keys() {
         .unwrap();
     let e = engine(rules);
     for u in ["a", "b", "c"] {
-        assert_eq!(e.track_at(&req(u, "k1"), at()).unwrap().state, State::Allow);
+        assert_eq!(
+            e.track_at(&req(u, "k1"), at(0)).unwrap().state,
+            State::Allow
+        );
     }
     // "c" is still remembered; "a" was pushed out, so its next action looks like its first.
     assert_eq!(
-        e.track_at(&req("c", "k2"), at()).unwrap().state,
+        e.track_at(&req("c", "k2"), at(0)).unwrap().state,
         State::Block
     );
     assert_eq!(
-        e.track_at(&req("a", "k2"), at()).unwrap().state,
+        e.track_at(&req("a", "k2"), at(0)).unwrap().state,
         State::Allow
     );
 }
@@ -145,11 +143,11 @@ fn geo_signals_need_a_database_and_read_as_unknown_for_addresses_it_lacks() {
     let e = engine(rules);
     let mut unknown = req("u", "k1");
     unknown.attributes.ip_address = Some("10.0.0.1".into());
-    let resp = e.track_at(&unknown, at()).unwrap();
+    let resp = e.track_at(&unknown, at(0)).unwrap();
     assert_eq!(resp.state, State::Review);
     assert!(resp.errors.is_empty());
     // An address the database knows (MaxMind's test data) is located.
-    let resp = e.track_at(&req("u", "k2"), at()).unwrap();
+    let resp = e.track_at(&req("u", "k2"), at(0)).unwrap();
     assert_eq!(resp.state, State::Allow, "{resp:?}");
 }
 

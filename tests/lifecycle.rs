@@ -2,9 +2,9 @@
 //! `riskgate replay`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use riskgate::{ActionRecord, Clock, Engine, FakeClock, RuleSet, State, TrackError, TrackRequest};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -297,37 +297,12 @@ fn an_action_being_decided_is_not_visible_until_it_is_decided() {
     );
 }
 
-// ---- through the `riskgate` binary ----
+// ---- through `riskgate replay`, in process ----
 
 fn rules_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("decide.rhai"), DECIDE).unwrap();
     dir
-}
-
-fn replay(dir: &tempfile::TempDir, input: &str) -> Vec<serde_json::Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_riskgate"))
-        .args(["replay", "--rules"])
-        .arg(dir.path())
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
@@ -344,7 +319,7 @@ fn replay_runs_the_lifecycle_operations() {
 {"timestamp":"2024-01-01T00:07:00Z","userId":"u1","action":"withdraw","attributes":{"idempotencyKey":"k1","custom":{"decide":"BLOCK"}}}
 {"timestamp":"2024-01-02T00:06:00Z","op":"getAction","userId":"u1","action":"withdraw","idempotencyKey":"k1"}
 "#;
-    let out = replay(&dir, input);
+    let out = common::replay(dir.path(), input);
     assert_eq!(out.len(), 10);
     assert_eq!(out[0]["state"], "REVIEW");
     assert_eq!(
@@ -385,7 +360,7 @@ fn replay_operations_without_a_timestamp_happen_at_the_previous_lines_time() {
 {"timestamp":"2024-01-03T00:00:00Z","op":"getAction","userId":"u1","action":"withdraw","idempotencyKey":"k1"}
 {"op":"getAction","userId":"u1","action":"withdraw","idempotencyKey":"k1"}
 "#;
-    let out = replay(&dir, input);
+    let out = common::replay(dir.path(), input);
     assert_eq!(out[0]["state"], "CHALLENGE_REQUIRED");
     assert_eq!(out[1]["state"], "CHALLENGE_SUCCEEDED");
     assert_eq!(out[1]["stateUpdatedAt"], "2024-01-01T00:00:00.000Z");

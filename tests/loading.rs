@@ -434,3 +434,94 @@ fn an_oversized_rule_or_config_file_is_refused() {
     let m = RuleSet::from_dir(dir.path()).unwrap_err().to_string();
     assert!(m.contains("the most `riskgate.toml` may hold"), "{m}");
 }
+
+/// Depth limits above the caps are load errors naming the cap: Rhai recurses on the host's stack, and deeper
+/// limits let a rule overflow it and abort the process.
+#[test]
+fn depth_limits_above_their_caps_are_load_errors() {
+    for (key, value, cap) in [
+        ("max_call_depth", 1_000_000, 32),
+        ("max_call_depth", 33, 32),
+        ("max_expr_depth", 10_010, 128),
+        ("max_function_expr_depth", 65, 64),
+    ] {
+        let e = RuleSet::builder()
+            .rule("r", "ALLOW")
+            .config_toml(format!("[limits]\n{key} = {value}\n"))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            messages(&e),
+            [format!(
+                "riskgate.toml:2:1: `[limits] {key}` must be at most {cap}: deeper rules could overflow the stack"
+            )]
+        );
+    }
+}
+
+/// On a 2 MiB thread (Rust's default for spawned threads), with every depth limit at its cap: recursion to the
+/// call depth limit through a function body nested as deep as allowed is a rule error, the deepest nesting
+/// that loads evaluates, and 10,000 nested parentheses are a load error. None of it overflows the stack.
+#[test]
+fn depth_limits_at_their_caps_are_safe_on_a_2_mib_thread() {
+    let config = "on_rule_error = \"BLOCK\"\n[limits]\nmax_call_depth = 32\nmax_expr_depth = 128\nmax_function_expr_depth = 64\nmax_operations = 100000000\ntime_limit = \"60s\"\n";
+    let nested = |n: usize, inner: &str| format!("{}{inner}{}", "(".repeat(n), ")".repeat(n));
+    let run = move || {
+        let loads = |src: &str| {
+            RuleSet::builder()
+                .rule("r", src)
+                .config_toml(config)
+                .build()
+                .is_ok()
+        };
+        // The deepest nesting each limit lets through.
+        let top = (1..200)
+            .take_while(|&n| loads(&format!("if {} == 1 {{ BLOCK }}", nested(n, "1"))))
+            .last()
+            .unwrap();
+        let body = (1..200)
+            .take_while(|&n| loads(&format!("fn f(x) {{ {} }} f(0)", nested(n, "f(x + 1)"))))
+            .last()
+            .unwrap();
+        assert!(top > 20 && body > 10, "{top} {body}");
+        let rules = RuleSet::builder()
+            .compile_rules(false)
+            .rule(
+                "nested",
+                format!("if {} == 1 {{ BLOCK }}", nested(top, "1")),
+            )
+            .rule(
+                "recurse",
+                format!("fn f(x) {{ {} }} f(0)", nested(body, "f(x + 1)")),
+            )
+            .config_toml(config)
+            .build()
+            .unwrap();
+        let engine = riskgate::Engine::builder().ruleset(rules).build().unwrap();
+        let resp = engine
+            .track(&riskgate::TrackRequest::new("u", "signIn"))
+            .unwrap();
+        assert_eq!(resp.errors.len(), 1, "{resp:?}");
+        assert_eq!(resp.errors[0].rule_id, "recurse");
+        assert!(
+            resp.errors[0]
+                .message
+                .contains("call depth limit of 32 exceeded"),
+            "{resp:?}"
+        );
+        assert_eq!(resp.rule_ids, ["nested", "recurse"]);
+        // Far past the expression depth: a load error, from the parser's own depth check.
+        let e = RuleSet::builder()
+            .rule("deep", nested(10_000, "1"))
+            .config_toml(config)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().starts_with("deep:1:"), "{e}");
+    };
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(run)
+        .unwrap()
+        .join()
+        .unwrap();
+}

@@ -1,7 +1,7 @@
 //! Properties of decisions, checked on generated rulesets, histories and requests:
 //! - decisions are deterministic for the same ruleset, history and time;
 //! - the state is the outcome of the strongest matching enforce rule, or the default;
-//! - adding a shadow rule never changes a state;
+//! - adding a shadow rule never changes a state, even one that tries to write into the request;
 //! - a repeat returns what `get_action` returns;
 //! - any JSON either parses and decides, or is refused with an error: never a panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -125,6 +125,94 @@ fn expected(rules: &[GenRule], n: i64) -> (State, Vec<String>) {
     let state = matching.first().map_or(State::Allow, |m| m.1);
     (state, matching.into_iter().map(|m| m.2).collect())
 }
+
+/// Every write in [`WRITES`], each way: refused at load (naming the writer), or without effect on a later rule.
+#[test]
+fn every_write_to_the_request_is_refused_or_changes_nothing() {
+    let mut refused = 0;
+    for write in WRITES {
+        for compile in [true, false] {
+            let built = RuleSet::builder()
+                .compile_rules(compile)
+                .config_toml("[limits]\ntime_limit = \"10s\"\n")
+                .rule("a-writer", format!("//! mode: shadow\n{write}"))
+                .rule("zz-reader", READER)
+                .build();
+            let rules = match built {
+                Ok(r) => r,
+                Err(e) => {
+                    assert!(e.diagnostics().iter().all(|d| d.file == "a-writer"), "{e}");
+                    refused += 1;
+                    continue;
+                }
+            };
+            let mut req = request(0, 5, "k");
+            req.attributes.custom.insert("s".into(), "abc".into());
+            req.attributes.email = Some("a@example.com".into());
+            let resp = engine(rules).track_at(&req, at(0)).unwrap();
+            assert_eq!(resp.state, State::Allow, "{write}: {resp:?}");
+            assert!(resp.rule_ids.is_empty(), "{write}: {resp:?}");
+        }
+    }
+    // Assignments, and script functions or `call` bound to a request variable, are load errors (18 of the
+    // writes, each way); the rest fail at run time or change a copy.
+    assert_eq!(refused, 2 * 18);
+}
+
+/// Matches (ALLOW, the strongest outcome) only if a rule before it changed what it sees of the request.
+const READER: &str = r#"//! priority: 0
+if "t" in custom || custom["t"] == true || custom.len() != 2 || custom.s != "abc" || type_of(custom.n) != "i64"
+    || user_id != "user-0" || email != "a@example.com" || action != "withdraw-funds" { ALLOW }"#;
+
+/// Ways a rule might try to change the request for the rules after it.
+const WRITES: &[&str] = &[
+    "custom.t = true; ()",
+    r#"custom["t"] = true; ()"#,
+    "custom.n = 0; ()",
+    "custom.n += 100; ()",
+    r#"custom.s += "x"; ()"#,
+    "custom.s[0] = 'x'; ()",
+    "custom += #{t: true}; ()",
+    r#"custom.remove("n"); ()"#,
+    r#"custom.remove("s"); ()"#,
+    "custom.clear(); ()",
+    "custom.mixin(#{t: true}); ()",
+    "custom.fill_with(#{t: true}); ()",
+    r#"custom.s.make_upper(); ()"#,
+    r#"custom.s.clear(); ()"#,
+    r#"custom.s.truncate(1); ()"#,
+    r#"custom.s.pad(10, "x"); ()"#,
+    r#"custom.s.replace("a", "b"); ()"#,
+    r#"custom.s.trim(); ()"#,
+    r#"user_id = "admin"; ()"#,
+    r#"user_id += "x"; ()"#,
+    "user_id.clear(); ()",
+    "user_id.make_upper(); ()",
+    "user_id.truncate(1); ()",
+    r#"user_id.replace("user", "root"); ()"#,
+    r#"user_id.pad(20, "x"); ()"#,
+    "user_id.crop(1); ()",
+    "email.remove('a'); ()",
+    "email[0] = 'b'; ()",
+    r#"action = "signIn"; ()"#,
+    "clear(custom); ()",
+    "mixin(custom, #{t: true}); ()",
+    r#"remove(custom, "n"); ()"#,
+    "make_upper(user_id); ()",
+    "fn f() { this.t = true } custom.f(); ()",
+    "fn f() { this.clear() } user_id.f(); ()",
+    r#"fn f() { this += "x" } custom.s.f(); ()"#,
+    r#"fn f() { custom.t = true } f!(); ()"#,
+    "fn f(m) { m.t = true; m } f(custom); ()",
+    r#"fn f() { this.t = true } custom.call(Fn("f")); ()"#,
+    r#"fn f(m) { m.t = true } Fn("f").call(custom); ()"#,
+    "custom.call(|| this.t = true); ()",
+    "let c = custom; c.t = true; c.n = 0; ()",
+    "let custom = #{t: true}; ()",
+    "let u = user_id; u.clear(); u += \"x\"; ()",
+    "for k in custom.keys() { custom[k] = 0; } ()",
+    "custom.values().clear(); ()",
+];
 
 fn same_decision(a: &TrackResponse, b: &TrackResponse) -> bool {
     a.state == b.state
@@ -271,6 +359,52 @@ proptest! {
                 b.shadow_rule_ids.iter().any(|r| r == "zz-shadow"),
                 shadow.result(*n).is_some()
             );
+        }
+    }
+
+    /// A shadow rule that tries to write into the request (run before every other rule) either fails to load,
+    /// naming itself, or changes nothing: the same decision with it as without it, compiled or interpreted.
+    #[test]
+    fn a_shadow_rule_that_writes_to_the_request_never_changes_a_decision(
+        rules in prop::collection::vec(gen_rule(), 0..5),
+        write in prop::sample::select(WRITES.to_vec()),
+        values in prop::collection::vec(0i64..12, 1..4),
+        compile in prop::bool::ANY,
+    ) {
+        let build = |writer: Option<&str>| {
+            // A time limit no rule here reaches even on a loaded machine: a timed-out rule would differ.
+            let mut b = RuleSet::builder()
+                .compile_rules(compile)
+                .config_toml("[limits]\ntime_limit = \"10s\"\n");
+            for (i, r) in rules.iter().enumerate() {
+                b = b.rule(format!("r{i:02}"), r.source());
+            }
+            b = b.rule("zz-reader", READER);
+            if let Some(w) = writer {
+                b = b.rule("a-writer", format!("//! mode: shadow\n{w}"));
+            }
+            b.build()
+        };
+        let with = match build(Some(write)) {
+            Ok(r) => engine(r),
+            Err(e) => {
+                for d in e.diagnostics() {
+                    prop_assert_eq!(&d.file, "a-writer", "{}", e);
+                }
+                return Ok(());
+            }
+        };
+        let without = engine(build(None).unwrap());
+        for (i, n) in values.iter().enumerate() {
+            let key = format!("k{i}");
+            let mut req = request(0, *n, &key);
+            req.attributes.custom.insert("s".into(), "abc".into());
+            req.attributes.email = Some("a@example.com".into());
+            let a = without.track_at(&req, at(0)).unwrap();
+            let b = with.track_at(&req, at(0)).unwrap();
+            prop_assert_eq!(a.state, b.state, "{}: {:?} vs {:?}", write, a, b);
+            prop_assert_eq!(&a.rule_ids, &b.rule_ids, "{}", write);
+            prop_assert!(!a.rule_ids.iter().any(|r| r == "zz-reader"), "{}: {:?}", write, a);
         }
     }
 

@@ -1,24 +1,22 @@
-//! Reloading rules from disk: while decisions run, with every kind of broken folder (which never replaces the
-//! working ruleset), and (feature `watch`) when the folder changes.
+//! Replacing the rules: `swap_ruleset` and `reload_rules` are atomic (a decision runs on one ruleset from start
+//! to end), a folder is read again while decisions run, every kind of broken folder never replaces the working
+//! ruleset, and (feature `watch`) the folder is reloaded when it changes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use riskgate::{Engine, FakeClock, State, TrackRequest};
+mod common;
+
+use common::{at, clock, keyed};
+use riskgate::{Engine, LoadError, RuleSet, State, TrackRequest};
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-fn at() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_200)
-}
-
+/// `user-1` signing in from 203.0.113.7 with idempotency key `key`.
 fn req(key: &str) -> TrackRequest {
-    let mut r = TrackRequest::new("user-1", "signIn");
-    r.attributes.idempotency_key = Some(key.into());
-    r.attributes.ip_address = Some("203.0.113.7".into());
-    r
+    keyed(key).ip("203.0.113.7")
 }
 
 /// Writes generation `g` of a ruleset into `dir`: two rules whose file names carry the generation.
@@ -56,7 +54,7 @@ fn reloads_while_decisions_run_never_mix_generations() {
     let engine = Engine::builder()
         .rules_dir(&link)
         .unwrap()
-        .clock(FakeClock::at(at()))
+        .clock(clock())
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -68,7 +66,7 @@ fn reloads_while_decisions_run_never_mix_generations() {
                 let mut generations = std::collections::BTreeSet::new();
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) || i < 50 {
-                    let resp = engine.track_at(&req(&format!("t{t}-{i}")), at()).unwrap();
+                    let resp = engine.track_at(&req(&format!("t{t}-{i}")), at(0)).unwrap();
                     assert_eq!(resp.rule_ids.len(), 2, "{resp:?}");
                     let g = resp.rule_ids[0].split('-').next().unwrap().to_owned();
                     assert!(
@@ -105,7 +103,7 @@ fn reloads_while_decisions_run_never_mix_generations() {
     assert!(loaded > 0);
     assert!(seen.len() > 1, "decisions saw only {seen:?}");
     // After the last reload, decisions use the last generation.
-    let resp = engine.track_at(&req("after"), at()).unwrap();
+    let resp = engine.track_at(&req("after"), at(0)).unwrap();
     assert!(resp.rule_ids[0].starts_with("g20-"), "{resp:?}");
 }
 
@@ -124,10 +122,10 @@ fn a_broken_folder_never_replaces_the_working_rules() {
     let engine = Engine::builder()
         .rules_dir(d)
         .unwrap()
-        .clock(FakeClock::at(at()))
+        .clock(clock())
         .build()
         .unwrap();
-    let baseline = engine.track_at(&req("k0"), at()).unwrap();
+    let baseline = engine.track_at(&req("k0"), at(0)).unwrap();
     assert_eq!(baseline.rule_ids, ["challenge"]);
     type Break = (&'static str, Box<dyn Fn(&Path)>, Box<dyn Fn(&Path)>);
     let breakages: Vec<Break> = vec![
@@ -194,7 +192,9 @@ fn a_broken_folder_never_replaces_the_working_rules() {
             let err = err.expect_err(name);
             assert!(!err.to_string().is_empty(), "{name}");
         }
-        let resp = engine.track_at(&req(&format!("k{}", i + 1)), at()).unwrap();
+        let resp = engine
+            .track_at(&req(&format!("k{}", i + 1)), at(0))
+            .unwrap();
         assert_eq!(
             resp.rule_ids, baseline.rule_ids,
             "{name}: the working rules changed"
@@ -223,6 +223,129 @@ fn a_deleted_folder_keeps_the_working_rules() {
     assert!(err.to_string().contains("cannot read"), "{err}");
     assert_eq!(engine.track(&req("k")).unwrap().state, State::Review);
 }
+
+// ---- swapping rulesets, and reloading a folder ----
+
+#[test]
+fn swap_ruleset_changes_later_decisions_and_keeps_stored_actions() {
+    let e = Engine::builder()
+        .ruleset(RuleSet::from_sources([("v1", "REVIEW")]).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(e.track(&keyed("a")).unwrap().state, State::Review);
+    e.swap_ruleset(RuleSet::from_sources([("v2", "BLOCK")]).unwrap());
+    let resp = e.track(&keyed("b")).unwrap();
+    assert_eq!(resp.state, State::Block);
+    assert_eq!(resp.rule_ids, ["v2"]);
+    // The action decided before the swap is still the same action.
+    let again = e.track(&keyed("a")).unwrap();
+    assert_eq!(again.state, State::Review);
+    assert_eq!(again.rule_ids, ["v1"]);
+}
+
+#[test]
+fn reload_reads_the_folder_again_and_a_broken_folder_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("r.rhai"), "REVIEW").unwrap();
+    let e = Engine::builder()
+        .rules_dir(dir.path())
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(e.track(&keyed("1")).unwrap().state, State::Review);
+
+    fs::write(dir.path().join("r.rhai"), "BLOCK").unwrap();
+    e.reload_rules().unwrap();
+    assert_eq!(e.track(&keyed("2")).unwrap().state, State::Block);
+
+    // A syntax error in one file and a bad config: the whole reload is refused.
+    fs::write(dir.path().join("r.rhai"), "ALLOW").unwrap();
+    fs::write(dir.path().join("broken.rhai"), "if {").unwrap();
+    let err = e.reload_rules().unwrap_err();
+    assert!(err.to_string().contains("broken.rhai:1:"), "{err}");
+    assert_eq!(
+        e.track(&keyed("3")).unwrap().state,
+        State::Block,
+        "the old ruleset stays whole"
+    );
+    assert_eq!(e.ruleset().len(), 1);
+
+    fs::remove_file(dir.path().join("broken.rhai")).unwrap();
+    fs::write(
+        dir.path().join("riskgate.toml"),
+        "on_rule_error = \"sometimes\"\n",
+    )
+    .unwrap();
+    assert!(e.reload_rules().is_err());
+    assert_eq!(e.track(&keyed("4")).unwrap().state, State::Block);
+
+    fs::remove_file(dir.path().join("riskgate.toml")).unwrap();
+    e.reload_rules().unwrap();
+    assert_eq!(e.track(&keyed("5")).unwrap().state, State::Allow);
+}
+
+#[test]
+fn reload_needs_a_folder() {
+    let e = Engine::builder()
+        .ruleset(RuleSet::from_sources([("r", "ALLOW")]).unwrap())
+        .build()
+        .unwrap();
+    assert!(matches!(e.reload_rules(), Err(LoadError::NoRulesDir)));
+    assert!(matches!(
+        Engine::builder().build(),
+        Err(LoadError::NoRuleset)
+    ));
+}
+
+#[test]
+fn engine_is_send_sync_and_clones_share_state() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Engine>();
+    let e = Engine::builder()
+        .ruleset(RuleSet::from_sources([("r", "REVIEW")]).unwrap())
+        .build()
+        .unwrap();
+    let e2 = e.clone();
+    e2.swap_ruleset(RuleSet::from_sources([("r", "BLOCK")]).unwrap());
+    assert_eq!(e.track(&keyed("x")).unwrap().state, State::Block);
+    assert_eq!(e2.stored_actions(), 1);
+}
+
+#[test]
+fn in_flight_decisions_finish_on_the_ruleset_they_started_with() {
+    // Rules that take a while, swapped many times while threads decide: every response's rule ids come from
+    // one ruleset generation, never a mix.
+    let make = |g: u32| {
+        RuleSet::from_sources([
+            (format!("g{g}/a"), common::slow("REVIEW")),
+            (format!("g{g}/b"), common::slow("BLOCK")),
+        ])
+        .unwrap()
+    };
+    let e = Engine::builder().ruleset(make(0)).build().unwrap();
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let e = e.clone();
+            s.spawn(move || {
+                for i in 0..300 {
+                    let resp = e.track(&keyed(&format!("{t}-{i}"))).unwrap();
+                    let gens: Vec<&str> = resp
+                        .rule_ids
+                        .iter()
+                        .map(|id| id.split('/').next().unwrap())
+                        .collect();
+                    assert_eq!(gens.len(), 2);
+                    assert_eq!(gens[0], gens[1], "mixed rulesets: {:?}", resp.rule_ids);
+                }
+            });
+        }
+        for g in 1..50 {
+            e.swap_ruleset(make(g));
+        }
+    });
+}
+
+// ---- watching the folder (feature `watch`) ----
 
 #[cfg(feature = "watch")]
 mod watch {

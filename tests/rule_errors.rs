@@ -1,22 +1,26 @@
-//! Rule failures: reported in `errors`, counted as `on_rule_error`, and the sandbox limits that end runaway rules.
+//! What a failing rule leads to: it is reported in `errors` with a bounded message, counts as `on_rule_error`
+//! (or is skipped), never stops the other rules, and keeps a stored action small. Which limits end a runaway
+//! rule is `tests/sandbox.rs`; the README's "Failure semantics" rows are `tests/failure_semantics.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+#[global_allocator]
+static ALLOC: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+use common::FAILING;
 use riskgate::{Engine, RuleSet, State, TrackRequest, TrackResponse};
-use std::time::{Duration, Instant};
+
+/// Every decision in this binary runs under a read lock; measuring the bytes an action holds takes the write
+/// lock, so no other test allocates meanwhile.
+static MEASURING: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn decide(rules: &[(&str, &str)], config: &str) -> TrackResponse {
-    let mut b = RuleSet::builder().config_toml(config);
-    for (id, src) in rules {
-        b = b.rule(*id, *src);
-    }
-    let e = Engine::builder()
-        .ruleset(b.build().unwrap())
-        .build()
-        .unwrap();
-    e.track(&TrackRequest::new("user-1", "signIn")).unwrap()
+    let _shared = MEASURING.read().unwrap_or_else(|p| p.into_inner());
+    common::engine_with_config(rules, config)
+        .track(&common::req("user-1", "signIn"))
+        .unwrap()
 }
-
-const FAILING: &str = "//! priority: 10\nlet x = 1; x.no_such_method()";
 
 #[test]
 fn a_failing_rule_counts_as_challenge_by_default() {
@@ -113,86 +117,110 @@ fn a_failing_shadow_rule_never_changes_the_state() {
     assert_eq!(resp.errors.len(), 1);
 }
 
-fn limited(src: &str, config: &str) -> (TrackResponse, Duration) {
-    let started = Instant::now();
+/// The longest rule error message stored (README, "Failure semantics").
+const MAX_MESSAGE: usize = 1024;
+
+#[test]
+fn a_long_error_message_is_cut_at_a_character_boundary() {
+    for (src, starts) in [
+        (
+            r#"let s = ""; s.pad(16000, "x"); throw s"#,
+            "1:32: Runtime error: xxxx",
+        ),
+        // Two-byte characters: the cut must not split one.
+        (
+            r#"let s = ""; s.pad(8000, "é"); throw s"#,
+            "1:31: Runtime error: éééé",
+        ),
+        (
+            r#"let s = ""; s.pad(5000, "€"); throw "a" + s"#,
+            "1:31: Runtime error: a€€€",
+        ),
+        (
+            r#"let a = []; for i in 0..1000 { a.push(`item ${i}`) } throw a"#,
+            "1:54: Runtime error: [\"item 0\"",
+        ),
+    ] {
+        // A time limit a debug build stays under while building the value.
+        let resp = decide(&[("big", src)], "[limits]\ntime_limit = \"5s\"\n");
+        let msg = &resp.errors[0].message;
+        assert!(msg.len() <= MAX_MESSAGE, "{}: {} bytes", src, msg.len());
+        assert!(msg.len() > MAX_MESSAGE - 8, "{}: {} bytes", src, msg.len());
+        assert!(msg.ends_with('…'), "{src}");
+        assert!(
+            msg.starts_with(starts),
+            "{src}: {}",
+            msg.chars().take(30).collect::<String>()
+        );
+    }
+    // A short one is kept whole.
+    let resp = decide(&[("small", r#"throw "boom""#)], "");
+    assert_eq!(resp.errors[0].message, "1:1: Runtime error: boom");
+}
+
+#[test]
+fn a_thrown_map_counts_its_keys_against_the_string_size_limit() {
+    // 1,000 keys of 16 KB: 16 MB of text that Rhai's own size check (values only) lets through.
+    let src = r#"let k = ""; k.pad(16000, "k"); let m = #{}; for i in 0..1000 { m[`${i}${k}`] = i; } throw m"#;
     let resp = decide(
         &[("runaway", src), ("fine", "//! priority: 90\nREVIEW")],
-        config,
-    );
-    (resp, started.elapsed())
-}
-
-#[test]
-fn an_infinite_loop_ends_at_the_operation_limit() {
-    // A generous time limit, so that the operation limit is what ends it even in a debug build on a busy machine.
-    let (resp, took) = limited("loop {}", "[limits]\ntime_limit = \"30s\"\n");
-    assert_eq!(resp.state, State::ChallengeRequired);
-    assert_eq!(resp.rule_ids, ["runaway", "fine"]);
-    assert!(
-        resp.errors[0].message.contains("operation limit"),
-        "{}",
-        resp.errors[0].message
-    );
-    assert!(took < Duration::from_secs(5), "{took:?}");
-}
-
-#[test]
-fn an_infinite_loop_ends_at_the_time_limit() {
-    let (resp, took) = limited(
-        "loop {}",
-        "[limits]\nmax_operations = 1000000000000\ntime_limit = \"20ms\"\n",
-    );
-    assert!(
-        resp.errors[0].message.contains("time limit of 20ms"),
-        "{}",
-        resp.errors[0].message
-    );
-    assert!(took < Duration::from_secs(5), "{took:?}");
-}
-
-#[test]
-fn a_huge_string_ends_at_the_size_limit() {
-    let (resp, took) = limited(r#"let s = "x"; loop { s += s; }"#, "");
-    assert!(
-        resp.errors[0].message.contains("exceeds its limit"),
-        "{}",
-        resp.errors[0].message
-    );
-    assert!(took < Duration::from_secs(5));
-    let (resp, _) = limited(r#"let s = "0123456789".pad(100000000, "x"); ALLOW"#, "");
-    assert_eq!(resp.errors.len(), 1, "{resp:?}");
-}
-
-#[test]
-fn deep_recursion_ends_at_the_call_depth_limit() {
-    let (resp, took) = limited("fn f(n) { f(n + 1) } f(0)", "");
-    assert!(
-        resp.errors[0].message.contains("call depth"),
-        "{}",
-        resp.errors[0].message
-    );
-    assert!(took < Duration::from_secs(5));
-}
-
-#[test]
-fn huge_arrays_and_maps_end_at_their_limits() {
-    // A generous time limit, so that a data or operation limit is what ends these even in a debug build.
-    let cfg = "[limits]\ntime_limit = \"30s\"\n";
-    let (resp, _) = limited("let a = []; loop { a.push(1); }", cfg);
-    assert!(
-        resp.errors[0].message.contains("exceeds its limit"),
-        "{}",
-        resp.errors[0].message
-    );
-    // Rhai checks a map's size when the map is passed on, not on every index assignment, so a map grown in a
-    // loop is bounded by the operation limit.
-    let (resp, _) = limited(
-        "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
-        cfg,
+        "[limits]\ntime_limit = \"30s\"\nmax_operations = 1000000\n",
     );
     let msg = &resp.errors[0].message;
-    assert!(
-        msg.contains("operation limit") || msg.contains("exceeds its limit"),
-        "{msg}"
+    assert_eq!(
+        msg,
+        "1:85: thrown value exceeds its limit (strings 16384 bytes, map keys included)"
     );
+    // Under the limit, the map is shown (cut to the bound).
+    let resp = decide(&[("m", r#"throw #{a: 1, b: "x"}"#)], "");
+    assert!(
+        resp.errors[0].message.contains("Runtime error: #{"),
+        "{resp:?}"
+    );
+}
+
+fn live_bytes() -> i64 {
+    let s = ALLOC.stats();
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64
+}
+
+/// The bytes one stored action holds, with `rule` failing on every decision (300 actions kept).
+fn bytes_per_action(rule: &str) -> i64 {
+    const N: usize = 300;
+    let _alone = MEASURING.write().unwrap_or_else(|p| p.into_inner());
+    let rules = RuleSet::builder()
+        .rule("r", rule)
+        .config_toml(format!(
+            "[idempotency]\ncapacity = {N}\n[limits]\ntime_limit = \"5s\"\nmax_operations = 1000000\n"
+        ))
+        .build()
+        .unwrap();
+    let e = Engine::builder().ruleset(rules).build().unwrap();
+    e.track(&TrackRequest::new("warm-up", "signIn")).unwrap();
+    let before = live_bytes();
+    for i in 0..N {
+        let resp = e
+            .track(&TrackRequest::new(format!("user-{i}"), "signIn"))
+            .unwrap();
+        assert_eq!(resp.errors.len(), 1);
+    }
+    (live_bytes() - before) / N as i64
+}
+
+#[test]
+fn a_stored_action_stays_small_whatever_its_rules_throw() {
+    let small = bytes_per_action(r#"throw "boom""#);
+    for hostile in [
+        r#"let s = ""; s.pad(16000, "x"); throw s"#,
+        // 16 KB keys: 3.2 MB (16 MB with 1,000 keys, which the test above throws).
+        r#"let k = ""; k.pad(16000, "k"); let m = #{}; for i in 0..200 { m[`${i}${k}`] = i; } throw m"#,
+        r#"let a = []; for i in 0..1000 { a.push(`item ${i}`) } throw a"#,
+    ] {
+        let big = bytes_per_action(hostile);
+        // The message is at most 1,024 bytes (before: 16 KB and 3.2 MB).
+        assert!(
+            big - small < MAX_MESSAGE as i64 + 512,
+            "{hostile}: {big} bytes per action, {small} with a short message"
+        );
+    }
 }

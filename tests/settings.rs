@@ -299,3 +299,54 @@ fn out_of_range_settings_fail_build_by_name() {
         "invalid `idempotency_capacity`: must be at least 1"
     );
 }
+
+#[test]
+fn depth_limits_set_in_code_are_capped_like_the_file() {
+    // A depth above its cap would let a recursive rule overflow the stack: refused in code as in the file.
+    for (name, cap, set) in [
+        (
+            "max_call_depth",
+            32,
+            (|l: &mut SandboxLimits, v| l.max_call_depth = v) as fn(&mut SandboxLimits, usize),
+        ),
+        ("max_expr_depth", 128, |l, v| l.max_expr_depth = v),
+        ("max_function_expr_depth", 64, |l, v| {
+            l.max_function_expr_depth = v
+        }),
+    ] {
+        let mut limits = SandboxLimits::default();
+        set(&mut limits, 1_000_000);
+        let e = RuleSet::builder()
+            .rule("a", "ALLOW")
+            .sandbox_limits(limits)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("invalid `sandbox_limits`: `{name}` must be at most {cap}")
+        );
+        let mut at_cap = SandboxLimits::default();
+        set(&mut at_cap, cap);
+        RuleSet::builder()
+            .rule("a", "ALLOW")
+            .sandbox_limits(at_cap)
+            .build()
+            .unwrap_or_else(|e| panic!("{name} = {cap}: {e}"));
+    }
+    // At the cap, a rule recursing without end is a rule error on a 2 MiB thread, not an overflow.
+    let mut limits = SandboxLimits::default();
+    limits.max_call_depth = 32;
+    let rules = RuleSet::builder()
+        .rule("deep", "fn f(n) { f(n + 1) } f(0)")
+        .sandbox_limits(limits)
+        .build()
+        .unwrap();
+    let engine = Engine::builder().ruleset(rules).build().unwrap();
+    let resp = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || engine.track(&req("deep")).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+}

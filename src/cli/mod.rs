@@ -4,5 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod lines;
 pub mod replay;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod simulate;
 pub mod stats;

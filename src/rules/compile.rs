@@ -22,8 +22,10 @@
 use rhai::{Dynamic, Expr, ImmutableString, Stmt, StmtBlock, AST, INT};
 use std::cell::Cell;
 
+use super::vars::{self, Read};
 use crate::config::Limits;
 use crate::request::{CustomValue, TrackRequest, MAX_CUSTOM_STRING_BYTES, MAX_LONG_FIELD_BYTES};
+use crate::signals::catalogue::{self, Call};
 use crate::signals::{self, DecisionCtx};
 use crate::State;
 
@@ -277,34 +279,6 @@ fn array_contains(items: &[Konst], v: Val<'_>) -> Option<bool> {
     Some(false)
 }
 
-/// Reads one request variable.
-type VarFn = for<'a> fn(&'a TrackRequest) -> Option<&'a str>;
-
-fn request_var(name: &str) -> Option<VarFn> {
-    Some(match name {
-        "user_id" => |r| Some(r.user_id.as_str()),
-        "action" => |r| Some(r.action.as_str()),
-        "ip_address" => |r| r.attributes.ip_address.as_deref(),
-        "device_id" => |r| r.attributes.device_id.as_deref(),
-        "user_agent" => |r| r.attributes.user_agent.as_deref(),
-        "email" => |r| r.attributes.email.as_deref(),
-        "phone_number" => |r| r.attributes.phone_number.as_deref(),
-        "username" => |r| r.attributes.username.as_deref(),
-        "redirect_url" => |r| r.attributes.redirect_url.as_deref(),
-        _ => return None,
-    })
-}
-
-fn outcome(name: &str) -> Option<State> {
-    Some(match name {
-        "ALLOW" => State::Allow,
-        "CHALLENGE_REQUIRED" => State::ChallengeRequired,
-        "REVIEW" => State::Review,
-        "BLOCK" => State::Block,
-        _ => return None,
-    })
-}
-
 fn custom_val<'a>(req: &'a TrackRequest, key: &str) -> Val<'a> {
     match req.attributes.custom.get(key) {
         None => Val::Unit,
@@ -457,10 +431,12 @@ impl Compiler<'_> {
                             Some(ctx.locals.get(slot)?.get())
                         })),
                     }
-                } else if let Some(s) = outcome(name) {
+                } else if let Some(s) = vars::outcome(name) {
                     Code::Const(Konst::Outcome(s))
                 } else {
-                    let get = request_var(name)?;
+                    let Read::Text(get) = vars::find(name)?.read else {
+                        return None;
+                    };
                     Code::Run(Box::new(move |ctx: &Ctx<'_>| {
                         Some(get(ctx.req).map_or(Val::Unit, Val::Str))
                     }))
@@ -500,8 +476,8 @@ impl Compiler<'_> {
     /// `lhs.rhs`: a `custom` field, or a string method on a value.
     fn dot(&mut self, lhs: &Expr, rhs: &Expr) -> Option<Code> {
         self.nodes += 1;
-        let is_custom = matches!(lhs, Expr::Variable(v, _, _) if v.1.as_str() == "custom")
-            && !self.scope.iter().any(|(n, _)| n.as_str() == "custom");
+        let is_custom = matches!(lhs, Expr::Variable(v, _, _) if v.1.as_str() == vars::CUSTOM)
+            && !self.scope.iter().any(|(n, _)| n.as_str() == vars::CUSTOM);
         match (is_custom, rhs) {
             (true, Expr::Property(p, _)) => {
                 let key: Box<str> = p.2.as_str().into();
@@ -716,94 +692,64 @@ impl Compiler<'_> {
         }
     }
 
-    /// A call to a signal function (see `signals::register` for the Rhai side of each).
+    /// A call to a signal function: its catalogue row says how to call it and what it returns (the Rhai side of
+    /// each is in `binding.rs`).
     fn signal(&mut self, name: &str, args: &[Expr]) -> Option<Code> {
-        type Windowed = fn(&DecisionCtx, i64) -> Result<i64, String>;
-        type Flag = fn(&DecisionCtx) -> bool;
-        type Text = for<'c> fn(&'c DecisionCtx) -> Option<&'c str>;
-        let windowed: Option<Windowed> = match name {
-            "velocity" => Some(signals::velocity),
-            "velocity_ip" => Some(signals::velocity_ip),
-            "velocity_device" => Some(signals::velocity_device),
-            "distinct_users_on_ip" => Some(signals::distinct_users_on_ip),
-            "distinct_users_on_device" => Some(signals::distinct_users_on_device),
-            "distinct_devices" => Some(signals::distinct_devices),
-            _ => None,
-        };
-        if let (Some(f), [w]) = (windowed, args) {
-            // A window that does not parse is an error only Rhai reports.
-            let Code::Const(Konst::Str(w)) = self.expr(w)? else {
-                return None;
-            };
-            let ms = signals::window(name, &w).ok()?;
-            return Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
-                f(ctx.signals, ms).ok().map(Val::Int)
-            })));
-        }
-        let flag: Option<Flag> = match name {
-            "is_new_device" => Some(signals::is_new_device),
-            "is_new_ip" => Some(signals::is_new_ip),
-            "is_new_country" => Some(signals::is_new_country),
-            "is_impossible_travel" => Some(signals::is_impossible_travel),
-            "is_bot" => Some(signals::is_bot),
-            _ => None,
-        };
-        if let (Some(f), []) = (flag, args) {
-            return Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+        let signal = catalogue::find(name)?;
+        Some(match (signal.call, args) {
+            (Call::Window(kept), [w]) => {
+                // A window that does not parse is an error only Rhai reports.
+                let Code::Const(Konst::Str(w)) = self.expr(w)? else {
+                    return None;
+                };
+                let ms = signals::window(name, &w).ok()?;
+                let name = signal.name;
+                Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                    signals::count(ctx.signals, name, kept, ms)
+                        .ok()
+                        .map(Val::Int)
+                }))
+            }
+            (Call::Flag(f), []) => Code::Run(Box::new(move |ctx: &Ctx<'_>| {
                 Some(Val::Bool(f(ctx.signals)))
-            })));
-        }
-        let text: Option<Text> = match name {
-            "country" => Some(signals::country),
-            "city" => Some(signals::city),
-            "ua_browser" => Some(signals::ua_browser),
-            "ua_os" => Some(signals::ua_os),
-            "ua_device_type" => Some(signals::ua_device_type),
-            _ => None,
-        };
-        if let (Some(f), []) = (text, args) {
-            return Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+            })),
+            (Call::Text(f), []) => Code::Run(Box::new(move |ctx: &Ctx<'_>| {
                 Some(f(ctx.signals).map_or(Val::Unit, Val::Str))
-            })));
-        }
-        match (name, args) {
-            ("asn", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
-                Some(signals::asn(ctx.signals).map_or(Val::Unit, Val::Int))
-            }))),
-            ("is_anonymous_ip", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
-                Some(signals::is_anonymous_ip(ctx.signals).map_or(Val::Unit, Val::Bool))
-            }))),
-            ("rba_score", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
-                Some(Val::Float(signals::rba_score(ctx.signals)))
-            }))),
-            ("travel_speed_kmh", []) => Some(Code::Run(Box::new(|ctx: &Ctx<'_>| {
-                Some(signals::travel_speed_kmh(ctx.signals).map_or(Val::Unit, Val::Float))
-            }))),
-            ("in_list", [list, value]) => {
+            })),
+            (Call::MaybeInt(f), []) => Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                Some(f(ctx.signals).map_or(Val::Unit, Val::Int))
+            })),
+            (Call::MaybeBool(f), []) => Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                Some(f(ctx.signals).map_or(Val::Unit, Val::Bool))
+            })),
+            (Call::MaybeFloat(f), []) => Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                Some(f(ctx.signals).map_or(Val::Unit, Val::Float))
+            })),
+            (Call::List(f), [list, value]) => {
                 let Code::Const(Konst::Str(list)) = self.expr(list)? else {
                     return None;
                 };
                 let value = match self.expr(value)? {
                     Code::Const(Konst::Str(v)) => {
                         return Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
-                            signals::in_list(ctx.signals, &list, &v).ok().map(Val::Bool)
+                            f(ctx.signals, &list, &v).ok().map(Val::Bool)
                         })))
                     }
                     code => code.into_fn()?,
                 };
-                Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
+                Code::Run(Box::new(move |ctx: &Ctx<'_>| {
                     let found = match value(ctx)? {
-                        Val::Str(v) => signals::in_list(ctx.signals, &list, v),
+                        Val::Str(v) => f(ctx.signals, &list, v),
                         // An absent attribute is in no list, but the list must still exist.
-                        Val::Unit => signals::in_list(ctx.signals, &list, "").map(|_| false),
+                        Val::Unit => f(ctx.signals, &list, "").map(|_| false),
                         // Numbers are looked up by Rhai's own formatting of them.
                         _ => return None,
                     };
                     found.ok().map(Val::Bool)
-                })))
+                }))
             }
-            _ => None,
-        }
+            _ => return None,
+        })
     }
 
     fn compare(&mut self, op: Cmp, a: &Expr, b: &Expr) -> Option<Code> {
@@ -847,9 +793,12 @@ mod tests {
     }
 
     fn run(src: &str, req: &TrackRequest) -> Option<Option<State>> {
-        let history = std::sync::Arc::new(signals::History::new(signals::Limits::default()));
+        let history = std::sync::Arc::new(signals::History::new(
+            crate::config::HistoryLimits::default(),
+            crate::hash::EngineKeys::draw().unwrap(),
+        ));
         let set = std::sync::Arc::new(signals::SignalSet::default());
-        let signals = DecisionCtx::new(&history, &set, req, 0);
+        let signals = DecisionCtx::new(&history, &set, req, crate::time::EpochMs::from_ms(0));
         compiled(src).unwrap().eval(&Ctx::new(req, &signals))
     }
 

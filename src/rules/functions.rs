@@ -6,6 +6,7 @@ use rhai::{ASTNode, Expr, Stmt, AST};
 use std::collections::{HashMap, HashSet};
 
 use crate::error::Diagnostic;
+use crate::signals::catalogue;
 
 /// Rhai keywords that are called like functions but are not registered ones.
 const KEYWORD_FUNCTIONS: [&str; 9] = [
@@ -24,7 +25,8 @@ const KEYWORD_FUNCTIONS: [&str; 9] = [
 pub(crate) struct Known(HashMap<String, HashSet<usize>>);
 
 impl Known {
-    /// Every function registered on `engine`, standard library included.
+    /// Every function registered on `engine`, standard library included, and every signal of the catalogue
+    /// with the arity its row gives.
     pub(crate) fn of(engine: &rhai::Engine) -> Known {
         let mut map: HashMap<String, HashSet<usize>> = HashMap::new();
         for (name, arity) in engine.collect_fn_metadata(
@@ -33,6 +35,11 @@ impl Known {
             true,
         ) {
             map.entry(name).or_default().insert(arity);
+        }
+        for signal in &catalogue::SIGNALS {
+            map.entry(signal.name.to_owned())
+                .or_default()
+                .insert(signal.call.arity());
         }
         Known(map)
     }

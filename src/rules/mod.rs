@@ -1,16 +1,22 @@
 //! Rulesets: loading `*.rhai` files and `riskgate.toml` from a folder (or from sources), reading their
 //! metadata, and compiling each rule once.
 
+mod analyze;
+pub(crate) mod binding;
 pub(crate) mod compile;
 mod functions;
 mod meta;
+mod nesting;
+mod rule;
 pub(crate) mod sandbox;
+pub(crate) mod vars;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use meta::Mode;
+pub(crate) use rule::Rule;
 
 use crate::config::Config;
 use crate::error::{Diagnostic, LoadError};
@@ -52,14 +58,11 @@ pub(crate) struct Inner {
     pub signals: Arc<crate::signals::SignalSet>,
 }
 
-pub(crate) struct Rule {
-    pub id: RuleId,
-    pub meta: meta::Meta,
-    pub ast: rhai::AST,
-    /// The rule as native code, when it is in the compiled subset (see [`compile`]).
-    pub compiled: Option<compile::Compiled>,
-    /// The request variables the rule reads (see [`sandbox::vars_used`]).
-    pub vars: u16,
+impl RuleSet {
+    /// `[server]` from this set's `riskgate.toml` (the defaults when it has none).
+    pub fn server_settings(&self) -> &crate::ServerSettings {
+        &self.inner.config.server
+    }
 }
 
 /// What a ruleset says about one of its rules (for listings such as `riskgate check`).
@@ -332,30 +335,18 @@ impl RuleSetBuilder {
             .config
             .as_ref()
             .map_or("riskgate.toml", |c| c.1.as_str());
-        let geo = load_geo(&config, config_file, self.dir.as_deref(), &mut problems);
-        let mut lists = crate::signals::lists::Lists::new();
-        for (name, text, file) in &self.lists {
-            match crate::signals::lists::load(name, text, file) {
-                Ok(_) if lists.contains_key(name.as_str()) => problems.push(Diagnostic {
-                    file: file.clone(),
-                    line: 0,
-                    column: 0,
-                    message: format!("list `{name}` is given twice"),
-                }),
-                Ok(list) => {
-                    lists.insert(name.as_str().into(), Arc::new(list));
-                }
-                Err(mut d) => problems.append(&mut d),
-            }
-        }
-        let mut uses = crate::signals::Uses::default();
-        let has_list = |name: &str| lists.contains_key(name);
-        let has_geo = |kind: crate::signals::geo::Kind| match kind {
-            crate::signals::geo::Kind::City => geo.city.is_some(),
-            crate::signals::geo::Kind::Asn => geo.asn.is_some(),
-            crate::signals::geo::Kind::AnonymousIp => geo.anonymous.is_some(),
-        };
-        let needs = crate::signals::Needs {
+        let mut signals = crate::signals::SignalSet::load(
+            &self.lists,
+            &config.geoip,
+            config_file,
+            self.dir.as_deref(),
+            config.signals.limits,
+            &mut problems,
+        );
+        let mut uses = analyze::Uses::default();
+        let has_list = |name: &str| signals.has_list(name);
+        let has_geo = |kind| signals.has_geo(kind);
+        let needs = analyze::Needs {
             lists: &has_list,
             geo: &has_geo,
         };
@@ -394,7 +385,18 @@ impl RuleSetBuilder {
             match engine.compile_with_scope(&scope, &source) {
                 Ok(ast) => {
                     known.check(&ast, &file, &mut problems);
-                    crate::signals::analyze(&ast, &file, &needs, &mut uses, &mut problems);
+                    for (pos, message) in sandbox::request_writes(&ast)
+                        .into_iter()
+                        .chain(nesting::curry_calls(&ast))
+                    {
+                        problems.push(Diagnostic {
+                            file: file.clone(),
+                            line: pos.line().unwrap_or(0),
+                            column: pos.position().unwrap_or(0),
+                            message,
+                        });
+                    }
+                    analyze::analyze(&ast, &file, &needs, &mut uses, &mut problems);
                     if let Some(meta) = meta {
                         let compiled = if self.compile {
                             compile::compile(&ast, &config.limits)
@@ -428,16 +430,11 @@ impl RuleSetBuilder {
         } else {
             0
         };
-        let signals = crate::signals::SignalSet {
-            lists: arc_swap::ArcSwap::from_pointee(lists),
-            geo,
-            horizon_ms: uses.longest_window_ms.max(computed),
-            limits: config.signals.limits,
-            uses_agent: uses.agent,
-            uses_places: uses.places,
-            uses_rba: uses.rba,
-            windowed: uses.windowed,
-        };
+        signals.horizon_ms = uses.longest_window_ms.max(computed);
+        signals.windowed = uses.windowed;
+        signals.uses_agent = uses.agent;
+        signals.uses_places = uses.places;
+        signals.uses_rba = uses.rba;
         Ok(RuleSet {
             inner: Arc::new(Inner {
                 engine,
@@ -468,40 +465,6 @@ fn load_error(path: &Path, kind: files::Kind, e: files::ReadError) -> LoadError 
     }
 }
 
-/// Opens the `[geoip]` databases, with paths relative to the rules folder (or the current directory for a
-/// ruleset built in code).
-fn load_geo(
-    config: &Config,
-    file: &str,
-    dir: Option<&Path>,
-    problems: &mut Vec<Diagnostic>,
-) -> crate::signals::geo::Geo {
-    use crate::signals::geo::{open, Kind};
-    let mut one = |entry: &Option<(String, usize, usize)>, kind: Kind| {
-        let (path, line, column) = entry.as_ref()?;
-        let full = match dir {
-            Some(d) => d.join(path),
-            None => PathBuf::from(path),
-        };
-        open(&full, kind)
-            .map_err(|message| {
-                problems.push(Diagnostic {
-                    file: file.to_owned(),
-                    line: *line,
-                    column: *column,
-                    message,
-                })
-            })
-            .ok()
-    };
-    let g = &config.geoip;
-    crate::signals::geo::Geo {
-        city: one(&g.city, Kind::City),
-        asn: one(&g.asn, Kind::Asn),
-        anonymous: one(&g.anonymous_ip, Kind::AnonymousIp),
-    }
-}
-
 fn check_rule_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 255
@@ -514,7 +477,7 @@ fn check_rule_id(id: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "invalid rule id `{}`: expected 1-255 bytes of `/`-separated names",
-            crate::request::shorten(id)
+            crate::error::shorten(id)
         ))
     }
 }

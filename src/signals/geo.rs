@@ -5,7 +5,10 @@
 
 use maxminddb::{geoip2, path, Reader};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::config::GeoipConfig;
+use crate::error::Diagnostic;
 
 /// The MaxMind databases a ruleset uses.
 #[derive(Default)]
@@ -55,6 +58,40 @@ impl Kind {
                 .any(|t| database_type.contains(t)),
             Kind::Asn => database_type.contains("ASN") || database_type.contains("ISP"),
             Kind::AnonymousIp => database_type.contains("Anonymous-IP"),
+        }
+    }
+}
+
+impl Geo {
+    /// Opens the `[geoip]` databases, with paths relative to the rules folder (or the current directory for a
+    /// ruleset built in code). A database that cannot be opened is a problem on its `[geoip]` line in `file`.
+    pub fn open_all(
+        geoip: &GeoipConfig,
+        file: &str,
+        dir: Option<&Path>,
+        problems: &mut Vec<Diagnostic>,
+    ) -> Geo {
+        let mut one = |entry: &Option<(String, usize, usize)>, kind: Kind| {
+            let (path, line, column) = entry.as_ref()?;
+            let full = match dir {
+                Some(d) => d.join(path),
+                None => PathBuf::from(path),
+            };
+            open(&full, kind)
+                .map_err(|message| {
+                    problems.push(Diagnostic {
+                        file: file.to_owned(),
+                        line: *line,
+                        column: *column,
+                        message,
+                    })
+                })
+                .ok()
+        };
+        Geo {
+            city: one(&geoip.city, Kind::City),
+            asn: one(&geoip.asn, Kind::Asn),
+            anonymous: one(&geoip.anonymous_ip, Kind::AnonymousIp),
         }
     }
 }

@@ -18,20 +18,20 @@
 //! Keys alone do not bound memory: a dense key (a full series or set) holds up to 16 KB, a sparse one about
 //! 180 bytes. So each table also keeps an account of its bytes (each key's slots, counted as if the table had
 //! just doubled, plus its buffers' capacity and the allocator's header) and evicts the keys created longest
-//! ago while it is over `[signals] max_bytes` (default [`DEFAULT_MAX_BYTES`] per table). Buffers grow by
+//! ago while it is over `[signals] max_bytes` (default `config::DEFAULT_HISTORY_MAX_BYTES` per table). Buffers grow by
 //! doubling but never past their cap, so a full series holds exactly `max_per_key` times.
 //!
 //! Keys are 64-bit xxh3 hashes of the user id, IP address (one key per address, however it is spelt: see
 //! [`History::ip_key`]) or device id, seeded per engine from the operating system's random source, so callers
 //! cannot aim collisions at a key they do not control.
 
-use dashmap::DashMap;
 use std::collections::VecDeque;
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::store::PreHashed;
+use crate::config::HistoryLimits as Limits;
+use crate::hash::{BucketKeys, EngineKeys, PreHashedMap, Seeded};
+use crate::time::{DurationMs, EpochMs};
 
 /// At most this many devices, IPs and countries are remembered as known per user (each; the least recently
 /// seen goes first).
@@ -41,7 +41,7 @@ pub const MAX_KNOWN: usize = 256;
 const SWEEP_PER_INSERT: usize = 32;
 
 /// How many keys over `max_keys` one insertion may evict (the same bound as the action store's).
-const EVICT_PER_INSERT: usize = crate::store::EVICT_PER_INSERT;
+const EVICT_PER_INSERT: usize = crate::config::EVICT_PER_INSERT;
 /// How many keys one write may evict to bring its table back under `[signals] max_bytes`. One write grows a
 /// table by at most one key's largest step (a set growing from 500 to 1,000 members, 8 KB), and every key
 /// frees at least [`Table::KEY_OVERHEAD`] (over 100 bytes), so this always suffices in steady state; after
@@ -69,7 +69,7 @@ fn make_room<T>(v: &mut Vec<T>, cap: usize) {
     }
 }
 
-type Map<V> = DashMap<u64, V, BuildHasherDefault<PreHashed>>;
+type Map<V> = PreHashedMap<u64, V>;
 
 /// What a table's values tell it about themselves.
 trait Entry: Default {
@@ -97,9 +97,9 @@ impl<V: Entry> Table<V> {
     const KEY_OVERHEAD: usize =
         2 * (std::mem::size_of::<(u64, V)>() + 1) * 8 / 7 + 2 * std::mem::size_of::<(u64, i64)>();
 
-    fn new() -> Self {
+    fn new(keys: BucketKeys) -> Self {
         Table {
-            map: Map::default(),
+            map: Map::with_hasher(keys),
             order: Mutex::new(VecDeque::new()),
             bytes: AtomicUsize::new(0),
         }
@@ -473,6 +473,30 @@ pub(crate) enum SetKind {
     DevicesOfUser = 6,
 }
 
+/// The history a windowed signal counts, and so the history that is kept when some rule calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// A velocity series: the times of earlier actions with this action code.
+    Series(SeriesKind),
+    /// A distinct-member set: the users or devices seen with a subject.
+    Set(SetKind),
+}
+
+impl Kept {
+    /// Its tag in history (and in the per-decision memo).
+    pub fn tag(self) -> u8 {
+        match self {
+            Kept::Series(k) => k as u8,
+            Kept::Set(k) => k as u8,
+        }
+    }
+
+    /// Its bit in a set of kept series and sets (`SignalSet::windowed`, [`History::record`]).
+    pub fn bit(self) -> u8 {
+        1 << self.tag()
+    }
+}
+
 /// Which known list a lookup reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KnownKind {
@@ -502,32 +526,9 @@ pub(crate) struct Keys {
     pub device: Option<u64>,
 }
 
-/// The history limits in force (from the current ruleset's `[signals]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Limits {
-    pub max_keys: usize,
-    pub max_bytes: usize,
-    pub max_per_key: usize,
-    pub known_for_ms: i64,
-}
-
-/// `[signals] max_bytes` by default: 128 MiB per table, so at most 384 MiB for all of history.
-pub(crate) const DEFAULT_MAX_BYTES: usize = 128 << 20;
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_keys: 1_000_000,
-            max_bytes: DEFAULT_MAX_BYTES,
-            max_per_key: 1_000,
-            known_for_ms: 90 * 86_400_000,
-        }
-    }
-}
-
 /// Everything the engine remembers for signals. Shared by all rulesets an engine runs.
 pub(crate) struct History {
-    seed: u64,
+    seed: Seeded,
     series: Table<Series>,
     distinct: Table<Distinct>,
     known: Table<Known>,
@@ -541,16 +542,14 @@ pub(crate) struct History {
 }
 
 impl History {
-    pub fn new(limits: Limits) -> Self {
-        let mut seed = [0u8; 8];
-        // A fixed seed only weakens collision resistance against chosen keys; it never breaks correctness.
-        let _ = getrandom::fill(&mut seed);
+    /// An empty history: keys hashed with the engine's seed, tables bucketed with its bucket keys.
+    pub fn new(limits: Limits, keys: EngineKeys) -> Self {
         History {
-            seed: u64::from_le_bytes(seed),
-            series: Table::new(),
-            distinct: Table::new(),
-            known: Table::new(),
-            rba: Table::new(),
+            seed: keys.history,
+            series: Table::new(keys.buckets),
+            distinct: Table::new(keys.buckets),
+            known: Table::new(keys.buckets),
+            rba: Table::new(keys.buckets),
             rba_actions: std::sync::atomic::AtomicU64::new(0),
             max_keys: AtomicUsize::new(limits.max_keys),
             max_bytes: AtomicUsize::new(limits.max_bytes),
@@ -595,10 +594,7 @@ impl History {
     }
 
     fn hash_bytes(&self, tag: u8, value: &[u8]) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed);
-        h.update(&[tag]);
-        h.update(value);
-        h.digest()
+        self.seed.tagged(tag, value)
     }
 
     /// The seeded key of an IP address, the same for every spelling of one address.
@@ -652,8 +648,7 @@ impl History {
     /// A one-shot seeded hash of `value` for `tag` (cheaper than [`History::hash`]'s streaming state on the short
     /// strings `rba_score()` hashes; the two never need to agree).
     pub fn quick_hash(&self, tag: u8, value: &str) -> u64 {
-        let seed = self.seed ^ u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        xxhash_rust::xxh3::xxh3_64_with_seed(value.as_bytes(), seed)
+        self.seed.quick(tag, value.as_bytes())
     }
 
     /// [`History::quick_hash`] of two strings together.
@@ -667,7 +662,7 @@ impl History {
         b[0] = kind;
         b[1..9].copy_from_slice(&subject.to_le_bytes());
         b[9..].copy_from_slice(&other.to_le_bytes());
-        xxhash_rust::xxh3::xxh3_64_with_seed(&b, self.seed)
+        self.seed.bytes(&b)
     }
 
     fn series_key(&self, kind: SeriesKind, keys: &Keys) -> Option<u64> {
@@ -688,15 +683,17 @@ impl History {
         Some(self.combine(kind as u8, subject, 0))
     }
 
-    /// Earlier actions in the series within `window_ms` of `now_ms` (0 when the attribute is absent).
-    pub fn velocity(&self, kind: SeriesKind, keys: &Keys, now_ms: i64, window_ms: i64) -> i64 {
+    /// Earlier actions in the series within `window` of `now` (0 when the attribute is absent).
+    pub fn velocity(&self, kind: SeriesKind, keys: &Keys, now: EpochMs, window: DurationMs) -> i64 {
+        let (now_ms, window_ms) = (now.ms(), window.ms());
         self.series_key(kind, keys)
             .and_then(|k| self.series.map.get(&k).map(|s| s.count(now_ms, window_ms)))
             .unwrap_or(0)
     }
 
-    /// Distinct members of the set seen within `window_ms` of `now_ms` (0 when the attribute is absent).
-    pub fn distinct(&self, kind: SetKind, keys: &Keys, now_ms: i64, window_ms: i64) -> i64 {
+    /// Distinct members of the set seen within `window` of `now` (0 when the attribute is absent).
+    pub fn distinct(&self, kind: SetKind, keys: &Keys, now: EpochMs, window: DurationMs) -> i64 {
+        let (now_ms, window_ms) = (now.ms(), window.ms());
         self.set_key(kind, keys)
             .and_then(|k| {
                 self.distinct
@@ -707,9 +704,10 @@ impl History {
             .unwrap_or(0)
     }
 
-    /// Whether `item` (a device, IP or country hash) is known for `user` at `now_ms`: made known, and seen
+    /// Whether `item` (a device, IP or country hash) is known for `user` at `now`: made known, and seen
     /// again since, within `known_for`.
-    pub fn is_known(&self, user: u64, kind: KnownKind, item: u64, now_ms: i64) -> bool {
+    pub fn is_known(&self, user: u64, kind: KnownKind, item: u64, now: EpochMs) -> bool {
+        let now_ms = now.ms();
         let known_for = self.known_for_ms.load(Ordering::Relaxed);
         self.known.map.get(&user).is_some_and(|k| {
             let list = match kind {
@@ -723,8 +721,9 @@ impl History {
     }
 
     /// What `rba_score()` needs about `values` (at most [`super::rba::LEVELS`]): the user's and the population's
-    /// counts of each among verified actions still within `known_for` of `now_ms`.
-    pub fn rba_counts(&self, user: u64, values: &[u64], now_ms: i64) -> RbaCounts {
+    /// counts of each among verified actions still within `known_for` of `now`.
+    pub fn rba_counts(&self, user: u64, values: &[u64], now: EpochMs) -> RbaCounts {
+        let now_ms = now.ms();
         let known_for = self.known_for_ms.load(Ordering::Relaxed);
         let fresh = |last: i64| last.saturating_add(known_for) > now_ms;
         let mut out = RbaCounts {
@@ -752,9 +751,10 @@ impl History {
         self.known.map.get(&user).and_then(|k| k.location)
     }
 
-    /// Counts an action in the series and sets rules read (bit `1 << kind` of `kept`), keeping `horizon_ms` of
+    /// Counts an action in the series and sets rules read (bit `1 << kind` of `kept`), keeping `horizon` of
     /// history (nothing when it is 0).
-    pub fn record(&self, keys: &Keys, now_ms: i64, horizon_ms: i64, kept: u8) {
+    pub fn record(&self, keys: &Keys, now: EpochMs, horizon: DurationMs, kept: u8) {
+        let (now_ms, horizon_ms) = (now.ms(), horizon.ms());
         if horizon_ms <= 0 {
             return;
         }
@@ -838,6 +838,10 @@ impl History {
 mod tests {
     use super::*;
 
+    fn keys() -> EngineKeys {
+        EngineKeys::draw().unwrap()
+    }
+
     #[test]
     fn series_counts_the_open_closed_window() {
         let mut s = Series::default();
@@ -868,7 +872,7 @@ mod tests {
 
     #[test]
     fn an_ip_has_one_key_however_it_is_spelt() {
-        let h = History::new(Limits::default());
+        let h = History::new(Limits::default(), keys());
         let v4 = h.ip_key("1.2.3.4");
         for s in [
             "::ffff:1.2.3.4",
@@ -916,7 +920,7 @@ mod tests {
 
     #[test]
     fn a_table_stays_within_its_bytes_and_its_account_is_exact() {
-        let t: Table<Series> = Table::new();
+        let t: Table<Series> = Table::new(keys().buckets);
         let budget = 64 * 1024;
         // Many small keys, then a few that grow to a full series: the budget holds after every write.
         for k in 0..2_000u64 {
@@ -959,7 +963,7 @@ mod tests {
 
     #[test]
     fn table_evicts_oldest_and_idle_keys() {
-        let t: Table<Series> = Table::new();
+        let t: Table<Series> = Table::new(keys().buckets);
         for k in 0..100u64 {
             t.upsert(k, 0, 1_000, caps(10, usize::MAX), |s| s.push(0, 1_000, 10));
         }

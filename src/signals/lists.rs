@@ -191,7 +191,7 @@ fn parse_entry(entry: &str) -> Result<Entry, String> {
 }
 
 fn short(s: &str) -> String {
-    crate::request::shorten(s)
+    crate::error::shorten(s)
 }
 
 /// Every list of a ruleset, by name.

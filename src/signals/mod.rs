@@ -3,10 +3,10 @@
 //!
 //! # How a signal is computed
 //! Each signal is a plain function over a [`DecisionCtx`], the state of one decision: the request's hashed keys,
-//! the event time, handles to the engine's [`History`] and the ruleset's [`SignalSet`], and a memo. The Rhai
-//! functions registered by [`register`] read the context of the decision running on their thread (set by
-//! [`with_decision`] around rule evaluation) and call the same functions, so compiled rule paths and Rhai
-//! scripts agree by construction.
+//! the event time, handles to the engine's [`History`] and the ruleset's [`SignalSet`], and a memo. Each signal
+//! is one row of the [`catalogue`]: the Rhai binding (`rules/binding.rs`), the load-time checks and the native
+//! compiler all read that table and call the same functions, so compiled rule paths and Rhai scripts agree by
+//! construction. This module knows nothing of Rhai.
 //!
 //! Nothing is computed until a rule asks, and each answer is memoised for the rest of the decision: a GeoIP
 //! lookup happens at most once per decision, and never when no rule calls a geography function. An action from
@@ -15,7 +15,7 @@
 //! History is what came *before* this action: [`DecisionCtx::record`] adds the action once the decision is
 //! resolved, and idempotent repeats never reach it.
 
-mod analyze;
+pub(crate) mod catalogue;
 pub(crate) mod geo;
 pub(crate) mod history;
 pub(crate) mod lists;
@@ -23,16 +23,17 @@ pub(crate) mod rba;
 mod ua;
 
 use arc_swap::ArcSwap;
-use rhai::{Dynamic, EvalAltResult, ImmutableString, FLOAT, INT};
 use std::cell::{OnceCell, RefCell};
 use std::net::IpAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 
-pub(crate) use analyze::{analyze, Needs, Uses};
-pub(crate) use history::{History, Keys, Limits};
+use crate::config::{GeoipConfig, HistoryLimits as Limits};
+use crate::error::Diagnostic;
+use crate::time::{DurationMs, EpochMs};
+pub(crate) use history::{History, Keys};
+use std::path::Path;
 
-use history::{KnownKind, Located, SeriesKind, SetKind};
+use history::{Kept, KnownKind, Located};
 
 /// Speeds above this many km/h are impossible travel.
 pub const IMPOSSIBLE_KMH: f64 = 1000.0;
@@ -44,7 +45,7 @@ pub(crate) struct SignalSet {
     pub geo: geo::Geo,
     /// How much history the ruleset's windows need (0: none, nothing is recorded in series and sets).
     pub horizon_ms: i64,
-    /// Which series and sets rules read (see [`Uses::windowed`]); only those are recorded.
+    /// Which series and sets rules read ([`Kept::bit`] of each windowed signal called); only those are recorded.
     pub windowed: u8,
     pub limits: Limits,
     /// Some rule asks about the user agent (so decisions keep a copy of it).
@@ -70,14 +71,68 @@ impl Default for SignalSet {
     }
 }
 
+impl SignalSet {
+    /// Loads a ruleset's lists (`(name, text, file)` each) and opens its `[geoip]` databases (paths relative to
+    /// the rules folder `dir`, or the current directory for a ruleset built in code; `config_file` names the
+    /// file `[geoip]` came from). Every problem is added to `problems`, and what failed is left out.
+    ///
+    /// What the rules need of signals (how much history, which series, the user agent, places) is not known
+    /// yet: it is filled in once the rules are analysed.
+    pub fn load(
+        lists: &[(String, String, String)],
+        geoip: &GeoipConfig,
+        config_file: &str,
+        dir: Option<&Path>,
+        limits: Limits,
+        problems: &mut Vec<Diagnostic>,
+    ) -> SignalSet {
+        let geo = geo::Geo::open_all(geoip, config_file, dir, problems);
+        let mut loaded = lists::Lists::new();
+        for (name, text, file) in lists {
+            match lists::load(name, text, file) {
+                Ok(_) if loaded.contains_key(name.as_str()) => problems.push(Diagnostic {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!("list `{name}` is given twice"),
+                }),
+                Ok(list) => {
+                    loaded.insert(name.as_str().into(), Arc::new(list));
+                }
+                Err(mut d) => problems.append(&mut d),
+            }
+        }
+        SignalSet {
+            lists: ArcSwap::from_pointee(loaded),
+            geo,
+            limits,
+            ..SignalSet::default()
+        }
+    }
+
+    /// Whether the list `name` was loaded.
+    pub fn has_list(&self, name: &str) -> bool {
+        self.lists.load().contains_key(name)
+    }
+
+    /// Whether the GeoIP database of `kind` was opened.
+    pub fn has_geo(&self, kind: geo::Kind) -> bool {
+        match kind {
+            geo::Kind::City => self.geo.city.is_some(),
+            geo::Kind::Asn => self.geo.asn.is_some(),
+            geo::Kind::AnonymousIp => self.geo.anonymous.is_some(),
+        }
+    }
+}
+
 /// The state of one decision that signals read: what the request is, when it happens, where history and the
 /// ruleset's lists and databases are, and what has been computed so far.
 ///
 /// Build one with [`DecisionCtx::new`] per decision; signal functions take `&DecisionCtx` and memoise into it,
 /// so each signal is computed at most once per decision, and only when asked.
 pub(crate) struct DecisionCtx {
-    /// The event time (the `track_at` time), in epoch milliseconds.
-    pub now_ms: i64,
+    /// The event time (the `track_at` time).
+    pub now: EpochMs,
     /// The request's hashed user, action, IP and device.
     pub keys: Keys,
     /// The request's IP address, canonical (an IPv4-mapped IPv6 address as its IPv4), when present and valid and
@@ -117,16 +172,16 @@ pub(crate) struct Footprint {
 }
 
 impl DecisionCtx {
-    /// The context of a decision on `req` at `now_ms`.
+    /// The context of a decision on `req` at `now`.
     pub fn new(
         history: &Arc<History>,
         set: &Arc<SignalSet>,
         req: &crate::TrackRequest,
-        now_ms: i64,
+        now: EpochMs,
     ) -> Self {
         let a = &req.attributes;
         DecisionCtx {
-            now_ms,
+            now,
             // Every IP signal keys on the address, not on how it was spelt (see `History::ip_key`).
             keys: history.keys(
                 &req.user_id,
@@ -204,8 +259,8 @@ impl DecisionCtx {
     pub fn record(&self, state: crate::State) -> Footprint {
         self.history.record(
             &self.keys,
-            self.now_ms,
-            self.set.horizon_ms,
+            self.now,
+            DurationMs::from_ms(self.set.horizon_ms),
             self.set.windowed,
         );
         let verifiable = matches!(
@@ -215,7 +270,7 @@ impl DecisionCtx {
         let footprint = Footprint {
             keys: self.keys,
             ip: self.ip,
-            at_ms: self.now_ms,
+            at_ms: self.now.ms(),
             rba: (self.set.uses_rba && verifiable).then(|| rba::features(self)),
         };
         if state == crate::State::Allow {
@@ -272,18 +327,23 @@ fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
 }
 
 /// Parses a window argument of `function`; the error names the window.
-pub(crate) fn window(function: &str, window: &str) -> Result<i64, String> {
-    crate::duration::parse_millis(window).map_err(|e| format!("`{function}`: {e}"))
+pub(crate) fn window(function: &str, window: &str) -> Result<DurationMs, String> {
+    crate::duration::parse_millis(window)
+        .map(DurationMs::from_ms)
+        .map_err(|e| format!("`{function}`: {e}"))
 }
 
-fn windowed(
+/// What the windowed signal `function` counts over `window`: its series or set `kept` (see its catalogue
+/// row). An error when no rule calls it by name (its history is not kept) or the window is longer than the
+/// history kept.
+pub(crate) fn count(
     ctx: &DecisionCtx,
     function: &str,
-    tag: u8,
-    window_ms: i64,
-    compute: impl FnOnce(&History, &Keys, i64, i64) -> i64,
+    kept: Kept,
+    window: DurationMs,
 ) -> Result<i64, String> {
-    if ctx.set.windowed & (1 << tag) == 0 {
+    let window_ms = window.ms();
+    if ctx.set.windowed & kept.bit() == 0 {
         return Err(format!(
             "`{function}` is not called by name in any rule, so its history is not kept"
         ));
@@ -295,55 +355,10 @@ fn windowed(
             crate::duration::format_millis(ctx.set.horizon_ms)
         ));
     }
-    Ok(ctx.count(tag, window_ms, || {
-        compute(&ctx.history, &ctx.keys, ctx.now_ms, window_ms)
+    Ok(ctx.count(kept.tag(), window_ms, || match kept {
+        Kept::Series(k) => ctx.history.velocity(k, &ctx.keys, ctx.now, window),
+        Kept::Set(k) => ctx.history.distinct(k, &ctx.keys, ctx.now, window),
     }))
-}
-
-/// This user's earlier actions with this action code within `window_ms`.
-pub(crate) fn velocity(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "velocity", 1, window_ms, |h, k, now, w| {
-        h.velocity(SeriesKind::User, k, now, w)
-    })
-}
-
-/// Earlier actions with this action code from this IP, any user, within `window_ms` (0 without an IP).
-pub(crate) fn velocity_ip(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "velocity_ip", 2, window_ms, |h, k, now, w| {
-        h.velocity(SeriesKind::Ip, k, now, w)
-    })
-}
-
-/// Earlier actions with this action code from this device, any user, within `window_ms` (0 without a device).
-pub(crate) fn velocity_device(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "velocity_device", 3, window_ms, |h, k, now, w| {
-        h.velocity(SeriesKind::Device, k, now, w)
-    })
-}
-
-/// Distinct users seen from this IP within `window_ms` (0 without an IP).
-pub(crate) fn distinct_users_on_ip(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "distinct_users_on_ip", 4, window_ms, |h, k, now, w| {
-        h.distinct(SetKind::UsersOnIp, k, now, w)
-    })
-}
-
-/// Distinct users seen from this device within `window_ms` (0 without a device).
-pub(crate) fn distinct_users_on_device(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(
-        ctx,
-        "distinct_users_on_device",
-        5,
-        window_ms,
-        |h, k, now, w| h.distinct(SetKind::UsersOnDevice, k, now, w),
-    )
-}
-
-/// Distinct devices this user acted from within `window_ms`.
-pub(crate) fn distinct_devices(ctx: &DecisionCtx, window_ms: i64) -> Result<i64, String> {
-    windowed(ctx, "distinct_devices", 6, window_ms, |h, k, now, w| {
-        h.distinct(SetKind::DevicesOfUser, k, now, w)
-    })
 }
 
 fn is_new(ctx: &DecisionCtx, kind: KnownKind, item: Option<u64>) -> bool {
@@ -352,7 +367,7 @@ fn is_new(ctx: &DecisionCtx, kind: KnownKind, item: Option<u64>) -> bool {
         KnownKind::Ip => 1,
         KnownKind::Country => 2,
     };
-    let compute = || item.is_none_or(|i| !ctx.history.is_known(ctx.keys.user, kind, i, ctx.now_ms));
+    let compute = || item.is_none_or(|i| !ctx.history.is_known(ctx.keys.user, kind, i, ctx.now));
     match ctx.memo.known.get(slot) {
         Some(cell) => *cell.get_or_init(compute),
         None => compute(),
@@ -382,8 +397,8 @@ pub(crate) fn in_list(ctx: &DecisionCtx, name: &str, value: &str) -> Result<bool
         Some(list) => Ok(list.contains(value)),
         None => Err(format!(
             "`in_list`: no list named `{}` (expected `lists/{}.txt` in the rules folder)",
-            crate::request::shorten(name),
-            crate::request::shorten(name)
+            crate::error::shorten(name),
+            crate::error::shorten(name)
         )),
     }
 }
@@ -426,7 +441,7 @@ pub(crate) fn travel_speed_kmh(ctx: &DecisionCtx) -> Option<f64> {
         let here = ctx.place()?.location?;
         let last = ctx.history.last_location(ctx.keys.user)?;
         let km = geo::distance_km((last.lat, last.lon), here);
-        let hours = (ctx.now_ms.abs_diff(last.at_ms).max(1_000) as f64) / 3_600_000.0;
+        let hours = (ctx.now.ms().abs_diff(last.at_ms).max(1_000) as f64) / 3_600_000.0;
         Some(km / hours)
     })
 }
@@ -457,131 +472,3 @@ pub(crate) fn is_bot(ctx: &DecisionCtx) -> bool {
 }
 
 pub(crate) use rba::rba_score;
-
-thread_local! {
-    /// The decision running on this thread, for the Rhai functions.
-    static CURRENT: RefCell<Option<Rc<DecisionCtx>>> = const { RefCell::new(None) };
-}
-
-/// Puts the previous decision (normally none) back when a decision ends, however it ends.
-struct Restore(Option<Rc<DecisionCtx>>);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        let prev = self.0.take();
-        CURRENT.with(|c| {
-            if let Ok(mut slot) = c.try_borrow_mut() {
-                *slot = prev;
-            }
-        });
-    }
-}
-
-/// Runs `f` (rule evaluation) with `ctx` as this thread's current decision, so that signal functions called by
-/// rules read it. The context is released when `f` returns (it holds the ruleset's lists and databases alive).
-pub(crate) fn with_decision<R>(ctx: DecisionCtx, f: impl FnOnce(&DecisionCtx) -> R) -> R {
-    let ctx = Rc::new(ctx);
-    let prev = CURRENT.with(|c| {
-        c.try_borrow_mut()
-            .map(|mut slot| slot.replace(Rc::clone(&ctx)))
-            .ok()
-            .flatten()
-    });
-    let _restore = Restore(prev);
-    f(&ctx)
-}
-
-type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
-
-fn current<T>(f: impl FnOnce(&DecisionCtx) -> Result<T, String>) -> RhaiResult<T> {
-    let ctx = CURRENT
-        .with(|c| c.try_borrow().ok().and_then(|slot| slot.clone()))
-        .ok_or_else(|| "signals are only available while a decision runs".to_owned())?;
-    f(&ctx).map_err(Into::into)
-}
-
-fn text(v: Option<&str>) -> Dynamic {
-    v.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(s)))
-}
-
-/// Registers the signal functions on a rule engine.
-pub(crate) fn register(engine: &mut rhai::Engine) {
-    type Windowed = fn(&DecisionCtx, i64) -> Result<i64, String>;
-    let windowed: [(&'static str, Windowed); 6] = [
-        ("velocity", velocity),
-        ("velocity_ip", velocity_ip),
-        ("velocity_device", velocity_device),
-        ("distinct_users_on_ip", distinct_users_on_ip),
-        ("distinct_users_on_device", distinct_users_on_device),
-        ("distinct_devices", distinct_devices),
-    ];
-    for (name, f) in windowed {
-        engine.register_fn(name, move |w: ImmutableString| -> RhaiResult<INT> {
-            current(|ctx| f(ctx, window(name, &w)?))
-        });
-    }
-    type Flag = fn(&DecisionCtx) -> bool;
-    let flags: [(&'static str, Flag); 5] = [
-        ("is_new_device", is_new_device),
-        ("is_new_ip", is_new_ip),
-        ("is_new_country", is_new_country),
-        ("is_impossible_travel", is_impossible_travel),
-        ("is_bot", is_bot),
-    ];
-    for (name, f) in flags {
-        engine.register_fn(name, move || -> RhaiResult<bool> {
-            current(|ctx| Ok(f(ctx)))
-        });
-    }
-    type Text = fn(&DecisionCtx) -> Option<&str>;
-    let texts: [(&'static str, Text); 4] = [
-        ("country", country),
-        ("city", city),
-        ("ua_browser", ua_browser),
-        ("ua_os", ua_os),
-    ];
-    for (name, f) in texts {
-        engine.register_fn(name, move || -> RhaiResult<Dynamic> {
-            current(|ctx| Ok(text(f(ctx))))
-        });
-    }
-    engine.register_fn("ua_device_type", || -> RhaiResult<Dynamic> {
-        current(|ctx| Ok(text(ua_device_type(ctx))))
-    });
-    engine.register_fn("asn", || -> RhaiResult<Dynamic> {
-        current(|ctx| Ok(asn(ctx).map_or(Dynamic::UNIT, |n| Dynamic::from(n as INT))))
-    });
-    engine.register_fn("is_anonymous_ip", || -> RhaiResult<Dynamic> {
-        current(|ctx| Ok(is_anonymous_ip(ctx).map_or(Dynamic::UNIT, Dynamic::from)))
-    });
-    engine.register_fn("rba_score", || -> RhaiResult<FLOAT> {
-        current(|ctx| Ok(rba_score(ctx) as FLOAT))
-    });
-    engine.register_fn("travel_speed_kmh", || -> RhaiResult<Dynamic> {
-        current(
-            |ctx| Ok(travel_speed_kmh(ctx).map_or(Dynamic::UNIT, |v| Dynamic::from(v as FLOAT))),
-        )
-    });
-    engine.register_fn(
-        "in_list",
-        |name: ImmutableString, value: Dynamic| -> RhaiResult<bool> {
-            current(|ctx| {
-                if value.is_unit() {
-                    // An absent attribute is in no list, but the list must still exist.
-                    return in_list(ctx, &name, "").map(|_| false);
-                }
-                let v = if let Some(s) = value.read_lock::<ImmutableString>() {
-                    return in_list(ctx, &name, &s);
-                } else if value.is_int() || value.is_float() || value.is_bool() || value.is_char() {
-                    value.to_string()
-                } else {
-                    return Err(format!(
-                        "`in_list`: expected a string value, not {}",
-                        value.type_name()
-                    ));
-                };
-                in_list(ctx, &name, &v)
-            })
-        },
-    );
-}

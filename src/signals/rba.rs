@@ -118,7 +118,7 @@ pub(crate) fn features(ctx: &DecisionCtx) -> Features {
 pub(crate) fn rba_score(ctx: &DecisionCtx) -> f64 {
     *ctx.memo.rba_score.get_or_init(|| {
         let f = features(ctx);
-        let c = ctx.history.rba_counts(ctx.keys.user, &f.values, ctx.now_ms);
+        let c = ctx.history.rba_counts(ctx.keys.user, &f.values, ctx.now);
         score(&f, &c)
     })
 }
@@ -162,6 +162,7 @@ pub(crate) fn score(f: &Features, c: &super::history::RbaCounts) -> f64 {
 mod tests {
     use super::super::{geo, DecisionCtx, History, Limits, SignalSet};
     use super::rba_score;
+    use crate::time::EpochMs;
     use crate::{State, TrackRequest};
     use std::sync::Arc;
 
@@ -185,7 +186,10 @@ mod tests {
             };
             assert!(geo.city.is_some() && geo.asn.is_some());
             World {
-                history: Arc::new(History::new(Limits::default())),
+                history: Arc::new(History::new(
+                    Limits::default(),
+                    crate::hash::EngineKeys::draw().unwrap(),
+                )),
                 set: Arc::new(SignalSet {
                     geo,
                     uses_agent: true,
@@ -204,7 +208,7 @@ mod tests {
                 .ip(ip)
                 .device(device)
                 .user_agent(ua);
-            let ctx = DecisionCtx::new(&self.history, &self.set, &req, self.now);
+            let ctx = DecisionCtx::new(&self.history, &self.set, &req, EpochMs::from_ms(self.now));
             let score = rba_score(&ctx);
             ctx.record(state);
             score

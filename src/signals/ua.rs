@@ -31,7 +31,7 @@ pub(crate) fn parse_cached(ua: Option<&str>) -> Agent {
     let Some(text) = ua else {
         return parse(None);
     };
-    let slot = (xxhash_rust::xxh3::xxh3_64(text.as_bytes()) % CACHE_SLOTS as u64) as usize;
+    let slot = (crate::hash::xxh3_64(text.as_bytes()) % CACHE_SLOTS as u64) as usize;
     let hit = CACHE.with(|c| {
         let c = c.try_borrow().ok()?;
         match c.get(slot)? {

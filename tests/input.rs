@@ -1,14 +1,14 @@
-//! Hostile input: every bad request gets a clear error, and a refused request changes nothing in the engine: no
-//! stored action, no history, no decision counted, so a later good request behaves as if the bad ones never
-//! came. Covers the library, the JSON parser, the replay line handler and the `riskgate replay` binary
-//! (10 MiB lines).
+//! Bad and hostile input: every bad request, JSON text or replay line gets a clear error naming the field, and
+//! a refused request changes nothing in the engine: no stored action, no history, no decision counted, so a
+//! later good request behaves as if the bad ones never came. Covers the library, the JSON parser and the replay
+//! line handler (the `riskgate replay` binary's own line reading is in `tests/cli.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::{at, footprint};
 use riskgate::replay::{Outcome, Replayer, MAX_LINE_BYTES};
-use riskgate::{CustomValue, Engine, FakeClock, RuleSet, State, TrackError, TrackRequest};
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use riskgate::{CustomValue, Engine, RuleSet, State, TrackError, TrackRequest};
 
 /// Rules whose outcome depends on history, so that any trace a refused request left would show.
 fn rules() -> RuleSet {
@@ -25,30 +25,32 @@ fn rules() -> RuleSet {
     .unwrap()
 }
 
-fn at() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_200)
-}
-
 fn engine() -> Engine {
-    Engine::builder()
-        .ruleset(rules())
-        .clock(FakeClock::at(at()))
-        .build()
-        .unwrap()
+    common::engine_at_t0(rules())
 }
 
 fn good() -> TrackRequest {
-    let mut r = TrackRequest::new("user-1", "signIn");
-    r.attributes.idempotency_key = Some("k1".into());
-    r.attributes.device_id = Some("device-1".into());
-    r.attributes.ip_address = Some("203.0.113.7".into());
-    r.attributes.custom.insert("amount".into(), 10i64.into());
-    r
+    common::keyed("k1")
+        .device("device-1")
+        .ip("203.0.113.7")
+        .custom("amount", 10)
 }
 
-/// Everything observable about an engine's state.
-fn footprint(e: &Engine) -> (usize, usize, u64) {
-    (e.stored_actions(), e.history_keys(), e.decisions())
+/// A one-rule engine on the wall clock whose first decision is a challenge.
+fn challenge_engine() -> Engine {
+    common::engine(&[("new-key", "//! priority: 5\nCHALLENGE_REQUIRED")])
+}
+
+/// A good request with nothing but an idempotency key.
+fn plain_good() -> TrackRequest {
+    common::keyed("k1")
+}
+
+fn field_of(e: &TrackError) -> &str {
+    match e {
+        TrackError::InvalidRequest { field, .. } => field,
+        other => panic!("expected invalid_request, got {other:?}"),
+    }
 }
 
 type Mutation = Box<dyn Fn(&mut TrackRequest)>;
@@ -234,7 +236,7 @@ fn each_bad_request_is_refused_by_field_and_changes_nothing() {
     for (name, field, mutate) in bad_requests() {
         let mut req = good();
         mutate(&mut req);
-        let err = e.track_at(&req, at()).unwrap_err();
+        let err = e.track_at(&req, at(0)).unwrap_err();
         match &err {
             TrackError::InvalidRequest { field: f, reason } => {
                 assert_eq!(f, field, "{name}: {err}");
@@ -258,8 +260,8 @@ fn each_bad_request_is_refused_by_field_and_changes_nothing() {
         assert!(e.get_action("user-1", "signIn", "k1").is_none(), "{name}");
     }
     // The good request now behaves exactly as on a fresh engine: no velocity, a new device.
-    let first = e.track_at(&good(), at()).unwrap();
-    let fresh = engine().track_at(&good(), at()).unwrap();
+    let first = e.track_at(&good(), at(0)).unwrap();
+    let fresh = engine().track_at(&good(), at(0)).unwrap();
     assert_eq!(first.state, State::ChallengeRequired);
     assert_eq!(
         (&first.state, &first.rule_ids),
@@ -271,11 +273,11 @@ fn each_bad_request_is_refused_by_field_and_changes_nothing() {
 #[test]
 fn an_idempotency_conflict_changes_nothing() {
     let e = engine();
-    let first = e.track_at(&good(), at()).unwrap();
+    let first = e.track_at(&good(), at(0)).unwrap();
     let after_first = footprint(&e);
     let mut other = good();
     other.attributes.ip_address = Some("198.51.100.1".into());
-    let err = e.track_at(&other, at()).unwrap_err();
+    let err = e.track_at(&other, at(0)).unwrap_err();
     assert_eq!(err.code(), "idempotency_conflict");
     assert_eq!(footprint(&e), after_first);
     let stored = e.get_action("user-1", "signIn", "k1").unwrap();
@@ -285,7 +287,7 @@ fn an_idempotency_conflict_changes_nothing() {
     probe.attributes.idempotency_key = Some("k2".into());
     probe.user_id = "user-2".into();
     probe.attributes.ip_address = Some("198.51.100.1".into());
-    assert_ne!(e.track_at(&probe, at()).unwrap().state, State::Block);
+    assert_ne!(e.track_at(&probe, at(0)).unwrap().state, State::Block);
 }
 
 #[test]
@@ -370,12 +372,12 @@ fn hostile_json_is_refused_without_overflowing_the_stack() {
     // Parsed but refused by validation, with nothing stored.
     let e = engine();
     let req = TrackRequest::from_json(&huge_custom).unwrap();
-    let err = e.track_at(&req, at()).unwrap_err();
+    let err = e.track_at(&req, at(0)).unwrap_err();
     assert!(err.to_string().contains("100000 entries"), "{err}");
     assert_eq!(footprint(&e), (0, 0, 0));
     let req = TrackRequest::from_json(r#"{"userId":"u\u0000","action":"a"}"#).unwrap();
     assert_eq!(
-        e.track_at(&req, at()).unwrap_err().code(),
+        e.track_at(&req, at(0)).unwrap_err().code(),
         "invalid_request"
     );
 }
@@ -465,57 +467,6 @@ fn replay_refuses_bad_lines_and_goes_on() {
     assert!(out.json.contains("CHALLENGE_REQUIRED"), "{}", out.json);
     assert!(r.line(100, b"  \t ").is_none());
     const { assert!(MAX_LINE_BYTES < 10 * 1024 * 1024) };
-}
-
-#[test]
-fn the_replay_command_skips_10_mib_lines_and_goes_on() {
-    let mut input = Vec::new();
-    input.extend_from_slice(
-        b"{\"timestamp\":0,\"userId\":\"u\",\"action\":\"signIn\",\"attributes\":{\"idempotencyKey\":\"k1\"}}\n",
-    );
-    input.extend(std::iter::repeat_n(b'[', 10 * 1024 * 1024));
-    input.push(b'\n');
-    input.extend_from_slice(b"\xff\xfe\n");
-    input.extend_from_slice(
-        b"{\"timestamp\":1,\"userId\":\"u\",\"action\":\"signIn\",\"attributes\":{\"idempotencyKey\":\"k2\"}}",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("r.rhai"),
-        "if velocity(\"1h\") > 0 { REVIEW }",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_riskgate"))
-        .args(["replay", "--rules"])
-        .arg(dir.path())
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "{stdout}");
-    assert!(lines[0].contains(r#""state":"ALLOW""#), "{}", lines[0]);
-    let (n, code, msg) = error_line(lines[1]);
-    assert_eq!((n, code.as_str()), (2, "invalid_request"));
-    assert!(
-        msg.contains("is 10485760 bytes, at most 1048576 are allowed"),
-        "{msg}"
-    );
-    assert_eq!(error_line(lines[2]).1, "invalid_json");
-    // The refused lines left no trace: the last line sees exactly one earlier action.
-    assert!(lines[3].contains(r#""state":"REVIEW""#), "{}", lines[3]);
 }
 
 #[test]
@@ -686,4 +637,179 @@ fn replay_timestamps_share_one_range_in_both_forms() {
             out.json
         );
     }
+}
+
+#[test]
+fn each_bad_field_is_refused_by_name() {
+    let long = "x".repeat(256);
+    let cases: Vec<(&str, Mutation)> = vec![
+        ("userId", Box::new(|r| r.user_id = String::new())),
+        ("userId", Box::new(move |r| r.user_id = "x".repeat(256))),
+        ("userId", Box::new(|r| r.user_id = "bad\u{0}id".into())),
+        ("action", Box::new(|r| r.action = String::new())),
+        ("action", Box::new(|r| r.action = "sign in!".into())),
+        ("action", Box::new(|r| r.action = "a".repeat(65))),
+        ("action", Box::new(|r| r.action = "sign/in".into())),
+        (
+            "attributes.ipAddress",
+            Box::new(|r| r.attributes.ip_address = Some("999.1.1.1".into())),
+        ),
+        (
+            "attributes.ipAddress",
+            Box::new(|r| r.attributes.ip_address = Some("".into())),
+        ),
+        (
+            "attributes.ipAddress",
+            Box::new(|r| r.attributes.ip_address = Some("10.0.0.1/8".into())),
+        ),
+        (
+            "attributes.ipAddress",
+            Box::new(|r| r.attributes.ip_address = Some("example.com".into())),
+        ),
+        (
+            "attributes.idempotencyKey",
+            Box::new(|r| r.attributes.idempotency_key = Some(String::new())),
+        ),
+        (
+            "attributes.idempotencyKey",
+            Box::new(move |r| r.attributes.idempotency_key = Some("k".repeat(256))),
+        ),
+        (
+            "attributes.deviceId",
+            Box::new(|r| r.attributes.device_id = Some("d\nx".into())),
+        ),
+        (
+            "attributes.userAgent",
+            Box::new(|r| r.attributes.user_agent = Some("u".repeat(2049))),
+        ),
+        (
+            "attributes.email",
+            Box::new(move |r| r.attributes.email = Some(format!("{long}@x.test"))),
+        ),
+        (
+            "attributes.phoneNumber",
+            Box::new(|r| r.attributes.phone_number = Some("1".repeat(33))),
+        ),
+        (
+            "attributes.redirectUrl",
+            Box::new(|r| r.attributes.redirect_url = Some(String::new())),
+        ),
+        (
+            "attributes.custom",
+            Box::new(|r| {
+                for i in 0..65 {
+                    r.attributes
+                        .custom
+                        .insert(format!("k{i}"), CustomValue::Int(i));
+                }
+            }),
+        ),
+        (
+            "attributes.custom",
+            Box::new(|r| {
+                r.attributes
+                    .custom
+                    .insert("k".repeat(65), CustomValue::Bool(true));
+            }),
+        ),
+        (
+            "attributes.custom.big",
+            Box::new(|r| {
+                r.attributes
+                    .custom
+                    .insert("big".into(), CustomValue::String("v".repeat(1025)));
+            }),
+        ),
+        (
+            "attributes.custom.nan",
+            Box::new(|r| {
+                r.attributes
+                    .custom
+                    .insert("nan".into(), CustomValue::Float(f64::NAN));
+            }),
+        ),
+    ];
+    let e = challenge_engine();
+    for (i, (field, mutate)) in cases.iter().enumerate() {
+        let mut r = plain_good();
+        mutate(&mut r);
+        let err = e
+            .track(&r)
+            .expect_err(&format!("case {i} ({field}) was accepted"));
+        assert_eq!(err.code(), "invalid_request");
+        assert_eq!(field_of(&err), *field, "case {i}: {err}");
+        assert!(
+            err.to_string().contains(field),
+            "the message names the field: {err}"
+        );
+    }
+    // Nothing was stored, and the good request is still a first decision.
+    assert_eq!(e.stored_actions(), 0);
+    let resp = e.track(&plain_good()).unwrap();
+    assert_eq!(resp.state, State::ChallengeRequired);
+    assert!(resp.token.is_some());
+    assert_eq!(e.stored_actions(), 1);
+}
+
+#[test]
+fn ipv6_and_limits_at_the_edge_are_accepted() {
+    let e = challenge_engine();
+    let mut r = plain_good();
+    r.user_id = "u".repeat(255);
+    r.action = "a".repeat(64);
+    r.attributes.ip_address = Some("2001:db8::42".into());
+    r.attributes.user_agent = Some(String::new());
+    r.attributes
+        .custom
+        .insert("s".into(), CustomValue::String("v".repeat(1024)));
+    e.track(&r).unwrap();
+}
+
+#[test]
+fn bad_json_is_classified_and_names_the_field() {
+    let cases = [
+        ("{\"userId\":", "invalid_json", None),
+        ("not json", "invalid_json", None),
+        (
+            r#"{"userId":5,"action":"signIn"}"#,
+            "invalid_request",
+            Some("userId"),
+        ),
+        (r#"{"action":"signIn"}"#, "invalid_request", Some("request")),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"ipAdress":"1.2.3.4"}}"#,
+            "invalid_request",
+            Some("attributes.ipAdress"),
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"custom":{"a":{"b":1}}}}"#,
+            "invalid_request",
+            Some("attributes.custom.a"),
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"custom":{"a":null}}}"#,
+            "invalid_request",
+            Some("attributes.custom.a"),
+        ),
+        (
+            r#"{"userId":"u","action":"signIn","attributes":{"custom":{"a":[1,2]}}}"#,
+            "invalid_request",
+            Some("attributes.custom.a"),
+        ),
+    ];
+    for (json, code, field) in cases {
+        let err = TrackRequest::from_json(json).expect_err(json);
+        assert_eq!(err.code(), code, "{json}: {err}");
+        if let Some(f) = field {
+            assert_eq!(field_of(&err), f, "{json}: {err}");
+        }
+    }
+    let err = TrackRequest::from_json(
+        r#"{"userId":"u","action":"signIn","attributes":{"ipAdress":"1.2.3.4"}}"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("ipAdress"),
+        "a misspelt attribute is named: {err}"
+    );
 }

@@ -1,0 +1,272 @@
+//! Hashing, written once: the identity hash, unkeyed byte hashing (xxh3), the seeded history keys, the keyed
+//! request fingerprint hash (SipHash), the bucket hasher for keys that are already hashes, and the engine's
+//! secret keys.
+//!
+//! # Keys and the random source
+//! An engine draws all of its keys ([`EngineKeys`]) once, in `EngineBuilder::build`, from the operating
+//! system's random source. Should that source fail, the build fails with `LoadError::RandomSource`: an engine
+//! never runs with fixed or guessable keys. The keys guard against callers who choose the strings hashed (user
+//! ids, idempotency keys, IPs, devices, custom values): the fingerprint key keeps a caller from aiming two
+//! different requests at one fingerprint, the history seed and the bucket keys keep one from flooding a single
+//! history key or hash-table bucket.
+//!
+//! This module imports nothing from the rest of the crate.
+
+use std::hash::{BuildHasher, Hasher};
+
+/// A 128-bit hash stored as two `u64`s: a `u128` aligns to 16 bytes, which pads every slot and map entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct H128([u64; 2]);
+
+impl From<u128> for H128 {
+    fn from(v: u128) -> Self {
+        H128([v as u64, (v >> 64) as u64])
+    }
+}
+
+impl std::hash::Hash for H128 {
+    fn hash<S: Hasher>(&self, state: &mut S) {
+        state.write_u64(self.0[0] ^ self.0[1]);
+    }
+}
+
+/// Hashes an action identity. Lengths are mixed in so that `("ab", "c")` and `("a", "bc")` differ.
+pub(crate) fn identity_hash(user_id: &str, action: &str, key: &str) -> H128 {
+    hash_bytes(|h| {
+        for part in [user_id, action, key] {
+            h.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            h.extend_from_slice(part.as_bytes());
+        }
+    })
+    .into()
+}
+
+/// The 128-bit xxh3 of `bytes` (unkeyed).
+pub(crate) fn xxh3_128(bytes: &[u8]) -> H128 {
+    xxhash_rust::xxh3::xxh3_128(bytes).into()
+}
+
+/// The 64-bit xxh3 of `bytes` (unkeyed): cache slots and change detection, never a key callers can aim at.
+pub(crate) fn xxh3_64(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+thread_local! {
+    static HASH_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The 128-bit xxh3 of the bytes `write` lays out, hashed in one pass over a per-thread buffer: the same value
+/// as feeding them to a streaming hasher piece by piece, at a fraction of the cost for short pieces.
+pub(crate) fn hash_bytes(write: impl FnOnce(&mut Vec<u8>)) -> u128 {
+    with_buffer(write, xxhash_rust::xxh3::xxh3_128)
+}
+
+/// The keyed 128-bit SipHash-1-3 of the bytes `write` lays out, over the same per-thread buffer.
+pub(crate) fn keyed_hash(key: &FingerprintKey, write: impl FnOnce(&mut Vec<u8>)) -> u128 {
+    with_buffer(write, |bytes| {
+        siphasher::sip128::SipHasher13::new_with_key(&key.0)
+            .hash(bytes)
+            .as_u128()
+    })
+}
+
+fn with_buffer(write: impl FnOnce(&mut Vec<u8>), hash: impl FnOnce(&[u8]) -> u128) -> u128 {
+    HASH_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            write(&mut buf);
+            let h = hash(&buf);
+            // Keep the buffer from pinning a rare huge request's memory.
+            if buf.capacity() > 64 * 1024 {
+                *buf = Vec::new();
+            }
+            h
+        }
+        Err(_) => {
+            let mut buf = Vec::new();
+            write(&mut buf);
+            hash(&buf)
+        }
+    })
+}
+
+/// The secret key of the request fingerprint (`TrackRequest::fingerprint`): 128 bits, one per engine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FingerprintKey([u8; 16]);
+
+/// A seeded 64-bit xxh3, one seed per engine: the keys history stores its series and sets under.
+#[derive(Clone, Copy)]
+pub(crate) struct Seeded(u64);
+
+impl Seeded {
+    /// The hash of `value` under a one-byte `tag` (which keeps kinds of value apart).
+    pub fn tagged(&self, tag: u8, value: &[u8]) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.0);
+        h.update(&[tag]);
+        h.update(value);
+        h.digest()
+    }
+
+    /// The hash of `bytes` as they are.
+    pub fn bytes(&self, bytes: &[u8]) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0)
+    }
+
+    /// A one-shot hash of `bytes` under `tag`, the tag folded into the seed (cheaper than [`Seeded::tagged`]'s
+    /// streaming state on short strings; the two never need to agree).
+    pub fn quick(&self, tag: u8, bytes: &[u8]) -> u64 {
+        let seed = self.0 ^ u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        xxhash_rust::xxh3::xxh3_64_with_seed(bytes, seed)
+    }
+}
+
+/// The bucket hasher of maps whose keys are already hashes (xxh3 of an identity, a token, a history key).
+///
+/// Those hashes are unkeyed or their seed is shared by every map, and callers choose the strings hashed, so
+/// the bucket a key lands in must not be predictable from outside: otherwise a caller could search offline
+/// for keys that share the low bits hash tables index by and flood one probe sequence (hash flooding).
+/// [`PreHashed::finish`] therefore passes the value through a folded multiply with two secret keys, as
+/// foldhash and ahash do. It costs about a nanosecond.
+#[derive(Clone, Copy)]
+pub(crate) struct BucketKeys([u64; 2]);
+
+impl BuildHasher for BucketKeys {
+    type Hasher = PreHashed;
+    fn build_hasher(&self) -> PreHashed {
+        PreHashed {
+            value: 0,
+            keys: self.0,
+        }
+    }
+}
+
+/// The hasher [`BucketKeys`] builds: xors what it is fed into one word, then mixes it with the keys.
+pub(crate) struct PreHashed {
+    value: u64,
+    keys: [u64; 2],
+}
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        let [k0, k1] = self.keys;
+        let p = u128::from(self.value ^ k0) * u128::from(k1);
+        (p as u64) ^ ((p >> 64) as u64)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.value ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.value ^= v;
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.value ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+/// A map keyed by hashes, bucketed with secret keys.
+pub(crate) type PreHashedMap<K, V> = dashmap::DashMap<K, V, BucketKeys>;
+
+/// Every secret an engine hashes with, drawn together from the operating system's random source.
+#[derive(Clone, Copy)]
+pub(crate) struct EngineKeys {
+    pub fingerprint: FingerprintKey,
+    pub history: Seeded,
+    pub buckets: BucketKeys,
+}
+
+/// The operating system's random source failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RandomSourceFailed;
+
+impl EngineKeys {
+    /// Fresh keys, or the random source's failure (never fixed or derived keys in its place).
+    pub fn draw() -> Result<Self, RandomSourceFailed> {
+        let mut fingerprint = [0u8; 16];
+        fill_random(&mut fingerprint)?;
+        let word = || -> Result<u64, RandomSourceFailed> {
+            let mut w = [0u8; 8];
+            fill_random(&mut w)?;
+            Ok(u64::from_le_bytes(w))
+        };
+        Ok(EngineKeys {
+            fingerprint: FingerprintKey(fingerprint),
+            history: Seeded(word()?),
+            // An odd multiplier keeps the folded multiply a bijection of the low word.
+            buckets: BucketKeys([word()?, word()? | 1]),
+        })
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes [`fill_random`] fail on this thread, as a broken random source would.
+    pub(crate) static FAIL_RANDOM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Fills `bytes` from the operating system's random source.
+pub(crate) fn fill_random(bytes: &mut [u8]) -> Result<(), RandomSourceFailed> {
+    #[cfg(test)]
+    if FAIL_RANDOM.with(std::cell::Cell::get) {
+        return Err(RandomSourceFailed);
+    }
+    getrandom::fill(bytes).map_err(|_| RandomSourceFailed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> EngineKeys {
+        EngineKeys::draw().unwrap()
+    }
+
+    #[test]
+    fn bucket_hashes_are_keyed_and_spread_low_bits() {
+        let b = keys().buckets;
+        // Keys that agree in their low 20 bits (what a flooder would search for) must not share buckets.
+        let buckets: std::collections::HashSet<u64> = (0u64..1000)
+            .map(|i| b.hash_one(H128::from(u128::from(i << 20))) & 0xfffff)
+            .collect();
+        assert!(buckets.len() > 990, "{} distinct buckets", buckets.len());
+        // And the mapping is not the identity, and depends on the keys: another engine buckets differently.
+        assert_ne!(b.hash_one(H128::from(0u128)), 0);
+        let other = keys().buckets;
+        assert_ne!(
+            b.hash_one(H128::from(7u128)),
+            other.hash_one(H128::from(7u128))
+        );
+    }
+
+    #[test]
+    fn every_draw_gives_different_keys() {
+        let (a, b) = (keys(), keys());
+        assert!(a.fingerprint != b.fingerprint);
+        assert_ne!(a.history.bytes(b"x"), b.history.bytes(b"x"));
+        assert_ne!(a.buckets.0, b.buckets.0);
+        assert_eq!(a.buckets.0[1] & 1, 1);
+    }
+
+    #[test]
+    fn a_failed_random_source_gives_no_keys() {
+        FAIL_RANDOM.with(|f| f.set(true));
+        let r = EngineKeys::draw();
+        FAIL_RANDOM.with(|f| f.set(false));
+        assert!(matches!(r, Err(RandomSourceFailed)));
+        assert!(EngineKeys::draw().is_ok());
+    }
+
+    #[test]
+    fn byte_hashing_matches_the_streaming_hasher() {
+        let h = hash_bytes(|b| b.extend_from_slice(b"abc"));
+        assert_eq!(h, xxhash_rust::xxh3::xxh3_128(b"abc"));
+        let s = keys().history;
+        let mut st = xxhash_rust::xxh3::Xxh3::with_seed(s.0);
+        st.update(b"tvalue");
+        assert_eq!(s.tagged(b't', b"value"), st.digest());
+        assert_ne!(identity_hash("ab", "c", ""), identity_hash("a", "bc", ""));
+    }
+}
