@@ -1,7 +1,7 @@
 //! riskgate's benchmark suite: one criterion binary, six groups.
 //!
 //! - `repeat`: `Engine::track` of an action already stored (an idempotency hit), 1 and 2 threads.
-//! - `decide`: a first decision with the bundled ruleset and with 1/10/50 simple rules, through the compiled
+//! - `decide`: a first decision with the bundled ruleset, the starter ruleset and with 1/10/50 simple rules, through the compiled
 //!   path, through Rhai's interpreter only, and as the same rules written as native Rust closures.
 //! - `signals`: the signal look-ups rules call.
 //! - `throughput`: a mixed workload (90% first decisions, 10% repeats) on 1 and 2 threads.
@@ -26,7 +26,12 @@ use std::time::{Duration, Instant};
 
 /// The bundled example ruleset (`rules/`), with the store capacity capped so long runs stay in memory.
 fn bundled(compile: bool, capacity: i64) -> RuleSet {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    folder("rules", compile, capacity)
+}
+
+/// A rules folder of the project (`rules`, `starter`) with the action store's capacity set.
+fn folder(name: &str, compile: bool, capacity: i64) -> RuleSet {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
     let mut config: toml::Table = std::fs::read_to_string(dir.join("riskgate.toml"))
         .unwrap()
         .parse()
@@ -272,8 +277,12 @@ fn decide(c: &mut Criterion) {
     let req = request("user-1", "signIn");
     g.bench_function("engine-no-rules", |b| b.iter(|| empty.track(&req).unwrap()));
 
-    for (name, compile) in [("bundled-compiled", true), ("bundled-rhai", false)] {
-        let e = engine(bundled(compile, 200_000));
+    for (name, dir, compile) in [
+        ("bundled-compiled", "rules", true),
+        ("bundled-rhai", "rules", false),
+        ("starter-compiled", "starter", true),
+    ] {
+        let e = engine(folder(dir, compile, 200_000));
         let signin = request("user-1", "signIn");
         let withdraw = request("user-1", "withdraw-funds");
         g.bench_function(format!("{name}/signIn"), |b| {
@@ -664,7 +673,7 @@ fn cost_request(i: u64, fresh_ip: bool) -> TrackRequest {
 }
 
 /// Rules that never match (so every case does the same work after its rules), each asking one signal.
-const COST_CASES: [(&str, &str); 21] = [
+const COST_CASES: [(&str, &str); 23] = [
     ("baseline", r#"if user_id == "nobody" { BLOCK }"#),
     ("velocity", r#"if velocity("1h") > 100000 { BLOCK }"#),
     ("velocity_ip", r#"if velocity_ip("1h") > 100000 { BLOCK }"#),
@@ -716,6 +725,8 @@ const COST_CASES: [(&str, &str); 21] = [
     ),
     ("ua_browser", r#"if ua_browser() == "Lynx" { BLOCK }"#),
     ("is_bot", r#"if is_bot() && user_id == "nobody" { BLOCK }"#),
+    ("rba_score", r#"if rba_score() > 1.0e12 { BLOCK }"#),
+    ("rba_score/fresh-ip", r#"if rba_score() > 1.0e12 { BLOCK }"#),
 ];
 
 fn signal_cost(c: &mut Criterion) {

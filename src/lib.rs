@@ -31,6 +31,8 @@ mod time;
 mod token;
 
 pub mod replay;
+#[cfg(feature = "simulate")]
+pub mod simulate;
 #[cfg(feature = "watch")]
 mod watch;
 

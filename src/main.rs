@@ -42,7 +42,23 @@ enum Command {
         /// The event file, or `-` for standard input.
         #[arg(default_value = "-")]
         events: String,
+        /// Measure on a labelled log (lines with `"label"` and `"model"`, as `simulate` writes): print the share
+        /// of attacks caught and of genuine events not allowed (friction), per label and model, on stderr.
+        #[arg(long)]
+        labels: bool,
+        /// Also write the per-label tally as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        labels_json: Option<String>,
+        /// Instead of the folder's rules, replay the log once per threshold through one rule,
+        /// `if rba_score() >= T { CHALLENGE_REQUIRED }` (with the folder's riskgate.toml), and print catch rate
+        /// and friction per threshold. Thresholds are comma-separated (default 0.01,0.03,…,100).
+        #[arg(long, value_name = "T,T,…", num_args = 0..=1, default_missing_value = "", value_delimiter = ',')]
+        rba_sweep: Option<Vec<String>>,
     },
+    /// Write a labelled, simulated sign-in log (JSON lines for `replay --labels`): users, their devices and
+    /// travels, and attackers (naive, VPN, targeted, credential stuffing, bots). The same flags give the same
+    /// bytes.
+    Simulate(SimulateArgs),
     /// Measure decision latency for a rules folder and an event log: replays the log round after round into a
     /// fresh engine, timing each `track` call; prints p50/p99/p99.9 latency and decisions per second.
     Bench {
@@ -78,11 +94,125 @@ enum Command {
     },
 }
 
+/// `riskgate simulate` flags; the defaults are [`riskgate::simulate::Params::default`]'s.
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// The random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Users at the start.
+    #[arg(long, default_value_t = 1000)]
+    users: u32,
+    /// Days simulated, warm-up included.
+    #[arg(long, default_value_t = 42)]
+    days: u32,
+    /// Days of genuine-only traffic at the start (labelled `warmup`).
+    #[arg(long, default_value_t = 14)]
+    warmup_days: u32,
+    /// Mean sign-ins per user per week.
+    #[arg(long, default_value_t = 5.0)]
+    logins_per_week: f64,
+    /// Mean new devices (or cleared cookies) per user per month.
+    #[arg(long, default_value_t = 0.25)]
+    new_device_per_month: f64,
+    /// Mean trips per user per year.
+    #[arg(long, default_value_t = 3.0)]
+    trips_per_year: f64,
+    /// Share of sign-ins followed by one to three withdrawals.
+    #[arg(long, default_value_t = 0.2)]
+    sensitive_share: f64,
+    /// New users joining per week, as a share of the starting population.
+    #[arg(long, default_value_t = 0.01)]
+    new_users_per_week: f64,
+    /// Naive attacker sign-ins (anywhere, new device, common browser).
+    #[arg(long, default_value_t = 300)]
+    naive: u32,
+    /// VPN attacker sign-ins (the victim's country).
+    #[arg(long, default_value_t = 300)]
+    vpn: u32,
+    /// Targeted attacker sign-ins (the victim's network and exact browser).
+    #[arg(long, default_value_t = 300)]
+    targeted: u32,
+    /// Credential-stuffing campaigns (one address and device, many accounts, seconds apart).
+    #[arg(long, default_value_t = 6)]
+    stuffing_campaigns: u32,
+    /// Accounts tried per stuffing campaign.
+    #[arg(long, default_value_t = 50)]
+    stuffing_size: u32,
+    /// Bot sign-ins (hosting and anonymising networks, mostly scripted user agents).
+    #[arg(long, default_value_t = 300)]
+    bots: u32,
+    /// Start of the simulated period, epoch milliseconds (default 2026-01-05T00:00:00Z).
+    #[arg(long, default_value_t = 1_767_571_200_000)]
+    start_ms: i64,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    out: Option<String>,
+}
+
+impl SimulateArgs {
+    fn params(&self) -> riskgate::simulate::Params {
+        let mut p = riskgate::simulate::Params::default();
+        p.seed = self.seed;
+        p.users = self.users;
+        p.days = self.days;
+        p.warmup_days = self.warmup_days;
+        p.logins_per_week = self.logins_per_week;
+        p.new_device_per_month = self.new_device_per_month;
+        p.trips_per_year = self.trips_per_year;
+        p.sensitive_share = self.sensitive_share;
+        p.new_users_per_week = self.new_users_per_week;
+        p.naive = self.naive;
+        p.vpn = self.vpn;
+        p.targeted = self.targeted;
+        p.stuffing_campaigns = self.stuffing_campaigns;
+        p.stuffing_size = self.stuffing_size;
+        p.bots = self.bots;
+        p.start_ms = self.start_ms;
+        p
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Command::Check { rules } => cli::check::run(&rules),
-        Command::Replay { rules, events } => cli::replay::run(&rules, &events),
+        Command::Replay {
+            rules,
+            events,
+            rba_sweep: Some(list),
+            ..
+        } => {
+            let mut thresholds = Vec::new();
+            for t in list.iter().filter(|t| !t.trim().is_empty()) {
+                match t.trim().parse::<f64>() {
+                    Ok(v) if v.is_finite() => thresholds.push(v),
+                    _ => {
+                        eprintln!("error: `--rba-sweep`: `{t}` is not a number");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if thresholds.is_empty() {
+                thresholds = cli::replay::DEFAULT_SWEEP.to_vec();
+            }
+            cli::replay::sweep(&rules, &events, &thresholds)
+        }
+        Command::Replay {
+            rules,
+            events,
+            labels,
+            labels_json,
+            rba_sweep: None,
+        } => cli::replay::run(
+            &rules,
+            &events,
+            &cli::replay::Options {
+                labels,
+                labels_json,
+            },
+        ),
+        Command::Simulate(a) => cli::simulate::run(&a.params(), a.out.as_deref()),
         Command::Bench {
             rules,
             events,

@@ -7,6 +7,15 @@
 //! `"timestamp"` too (the time of the line before when absent). The output line is the response JSON, or
 //! `{"line":N,"error":{"code":"…","message":"…"}}` for a line that is refused.
 //!
+//! Two additions make labelled logs (such as `riskgate simulate` writes) replayable:
+//! - any line may carry `"label"` and `"model"` (strings of at most [`MAX_LABEL_BYTES`] bytes, such as
+//!   `"label":"attack","model":"vpn"`): they are not part of the request, the output line does not change, and
+//!   [`Output::label`] carries them so that a [`Labels`] tally can measure catch rate and friction per label
+//!   and model;
+//! - `updateAction` takes an optional `"ifState"`: the update applies only when the action is in that state
+//!   (`"ifState":"CHALLENGE_REQUIRED"` completes a challenge only if one was asked); otherwise the output line is
+//!   the unchanged action, as `getAction` returns it.
+//!
 //! A [`Replayer`] owns an engine whose clock it sets to each line's timestamp, so replaying a log is
 //! deterministic (challenge tokens and generated idempotency keys aside, which are random).
 //!
@@ -42,6 +51,9 @@ pub struct Replayer {
     clock: FakeClock,
 }
 
+/// The longest `"label"` or `"model"` a line may carry, in bytes.
+pub const MAX_LABEL_BYTES: usize = 64;
+
 /// What one replayed line produced.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -52,6 +64,20 @@ pub struct Output {
     pub outcome: Outcome,
     /// How long `track` took, when the line reached it (whether it decided or was refused).
     pub track_latency: Option<Duration>,
+    /// The line's `"label"` and `"model"`, when it carried a label (and was valid JSON).
+    pub label: Option<Label>,
+}
+
+/// A line's `"label"` (`genuine`, `attack`, …) and optional `"model"` (which behaviour or attacker).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub struct Label {
+    /// The label.
+    pub label: String,
+    /// The model, if given.
+    pub model: Option<String>,
+    /// The action code, for a track line.
+    pub action: Option<String>,
 }
 
 /// What a replayed line did.
@@ -98,13 +124,18 @@ impl Replayer {
             ));
         };
         let mut latency = None;
-        Some(match self.handle(text, &mut latency) {
+        let mut label = None;
+        Some(match self.handle(text, &mut latency, &mut label) {
             Ok((json, outcome)) => Output {
                 json,
                 outcome,
                 track_latency: latency,
+                label,
             },
-            Err(e) => refused(number, e, latency),
+            Err(e) => Output {
+                label,
+                ..refused(number, e, latency)
+            },
         })
     }
 
@@ -125,11 +156,21 @@ impl Replayer {
         &self,
         text: &str,
         latency: &mut Option<Duration>,
+        label: &mut Option<Label>,
     ) -> Result<(String, Outcome), TrackError> {
         let mut obj: Map<String, Value> = match parse_line(text)? {
             Value::Object(m) => m,
             _ => return Err(invalid("line", "expected a JSON object")),
         };
+        let model = take_label(&mut obj, "model")?;
+        *label = take_label(&mut obj, "label")?.map(|label| Label {
+            label,
+            model,
+            action: match (obj.get("op"), obj.get("action")) {
+                (None, Some(Value::String(a))) => Some(a.clone()),
+                _ => None,
+            },
+        });
         let at = match obj.remove("timestamp") {
             Some(v) => parse_timestamp(&v)?,
             // An operation without a timestamp happens when the line before it did, so that a log of past events
@@ -161,6 +202,26 @@ impl Replayer {
                         .map_err(|m| invalid("state", &m.to_string()))?,
                     _ => return Err(invalid("state", "expected a state name")),
                 };
+                let if_state = match obj.get("ifState") {
+                    None => None,
+                    Some(Value::String(v)) => Some(
+                        v.parse::<State>()
+                            .map_err(|m| invalid("ifState", &m.to_string()))?,
+                    ),
+                    Some(_) => return Err(invalid("ifState", "expected a state name")),
+                };
+                if let Some(want) = if_state {
+                    let current = engine
+                        .get_action(&a.user_id, &a.action, &a.idempotency_key)
+                        .ok_or_else(|| TrackError::ActionNotFound {
+                            user_id: a.user_id.clone(),
+                            action: a.action.clone(),
+                            idempotency_key: a.idempotency_key.clone(),
+                        })?;
+                    if current.state != want {
+                        return Ok((to_json(&current)?, Outcome::Operation));
+                    }
+                }
                 to_json(&engine.update_action(&a.user_id, &a.action, &a.idempotency_key, state)?)?
             }
             "getAction" => {
@@ -285,6 +346,231 @@ fn refused(number: u64, e: TrackError, latency: Option<Duration>) -> Output {
         ),
         outcome: Outcome::Refused(e),
         track_latency: latency,
+        label: None,
+    }
+}
+
+/// Removes `key` (`"label"` or `"model"`) from a line: a string of 1 to [`MAX_LABEL_BYTES`] bytes without control
+/// characters.
+fn take_label(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, TrackError> {
+    match obj.remove(key) {
+        None => Ok(None),
+        Some(Value::String(s))
+            if !s.is_empty() && s.len() <= MAX_LABEL_BYTES && !s.chars().any(char::is_control) =>
+        {
+            Ok(Some(s))
+        }
+        Some(_) => Err(invalid(
+            key,
+            &format!(
+                "expected a string of 1 to {MAX_LABEL_BYTES} bytes without control characters"
+            ),
+        )),
+    }
+}
+
+/// The most distinct (label, model) rows a [`Labels`] tally keeps; further ones are counted under `(other)`.
+pub const MAX_LABEL_ROWS: usize = 256;
+
+/// Decisions per label and model, for measuring a ruleset on a labelled log.
+///
+/// A tracked line counts under its label and model by its first decision (a repeat that comes back
+/// `CHALLENGE_SUCCEEDED` counts as a challenge). For the label `attack`, *caught* is the share of decisions
+/// that are not `ALLOW` (`BLOCK`, `CHALLENGE_REQUIRED` or `REVIEW`); for any other label, *friction* is the
+/// same share (genuine users who were not simply allowed).
+///
+/// ```
+/// use riskgate::{replay::{Labels, Replayer}, Engine, RuleSet};
+///
+/// let rules = RuleSet::from_sources([("far", r#"if ip_address == "203.0.113.9" { BLOCK }"#)])?;
+/// let mut replayer = Replayer::new(Engine::builder().ruleset(rules))?;
+/// let mut labels = Labels::default();
+/// for (n, line) in [
+///     r#"{"timestamp":0,"userId":"u1","action":"signIn","attributes":{"ipAddress":"198.51.100.1"},"label":"genuine"}"#,
+///     r#"{"timestamp":1,"userId":"u1","action":"signIn","attributes":{"ipAddress":"203.0.113.9"},"label":"attack","model":"naive"}"#,
+/// ].iter().enumerate() {
+///     let out = replayer.line(n as u64 + 1, line.as_bytes()).ok_or("a blank line")?;
+///     labels.record(&out);
+/// }
+/// let attack = labels.total("attack");
+/// assert_eq!((attack.events, attack.caught()), (1, 1));
+/// assert_eq!(labels.total("genuine").caught(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    rows: std::collections::BTreeMap<(String, String), Tally>,
+    /// The same decisions per (label, action code).
+    actions: std::collections::BTreeMap<(String, String), Tally>,
+}
+
+/// Decisions of one row of a [`Labels`] tally.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Tally {
+    /// Tracked lines.
+    pub events: u64,
+    /// First decisions `ALLOW`.
+    pub allow: u64,
+    /// First decisions `CHALLENGE_REQUIRED`.
+    pub challenge: u64,
+    /// First decisions `REVIEW`.
+    pub review: u64,
+    /// First decisions `BLOCK`.
+    pub block: u64,
+    /// Lines refused (not decided).
+    pub refused: u64,
+}
+
+impl Tally {
+    /// Decisions other than `ALLOW`.
+    pub fn caught(&self) -> u64 {
+        self.challenge + self.review + self.block
+    }
+
+    /// [`caught`](Self::caught) as a share of decisions (0 when there are none).
+    pub fn rate(&self) -> f64 {
+        let decided = self.allow + self.caught();
+        if decided == 0 {
+            0.0
+        } else {
+            self.caught() as f64 / decided as f64
+        }
+    }
+
+    fn add(&mut self, o: &Tally) {
+        self.events += o.events;
+        self.allow += o.allow;
+        self.challenge += o.challenge;
+        self.review += o.review;
+        self.block += o.block;
+        self.refused += o.refused;
+    }
+}
+
+impl Labels {
+    /// Counts one replayed line (lines without a label and operations are not counted).
+    pub fn record(&mut self, out: &Output) {
+        let Some(label) = &out.label else { return };
+        let mut one = Tally::default();
+        match &out.outcome {
+            Outcome::Tracked(resp) => {
+                one.events = 1;
+                match resp.state {
+                    State::Allow => one.allow = 1,
+                    State::ChallengeRequired
+                    | State::ChallengeSucceeded
+                    | State::ChallengeFailed => one.challenge = 1,
+                    State::Review | State::ReviewSucceeded | State::ReviewFailed => one.review = 1,
+                    State::Block => one.block = 1,
+                }
+            }
+            Outcome::Refused(_) => one.refused = 1,
+            Outcome::Operation => return,
+        }
+        for (map, second) in [
+            (&mut self.rows, label.model.clone()),
+            (&mut self.actions, label.action.clone()),
+        ] {
+            let mut key = (label.label.clone(), second.unwrap_or_default());
+            if !map.contains_key(&key) && map.len() >= MAX_LABEL_ROWS {
+                key = ("(other)".to_owned(), String::new());
+            }
+            map.entry(key).or_default().add(&one);
+        }
+    }
+
+    /// All decisions of one label on one action code.
+    pub fn action_total(&self, label: &str, action: &str) -> Tally {
+        self.actions
+            .get(&(label.to_owned(), action.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Every (label, model) row, sorted; the model is empty for lines without one.
+    pub fn rows(&self) -> impl Iterator<Item = (&str, &str, &Tally)> {
+        self.rows
+            .iter()
+            .map(|((l, m), t)| (l.as_str(), m.as_str(), t))
+    }
+
+    /// All rows of one label together.
+    pub fn total(&self, label: &str) -> Tally {
+        let mut t = Tally::default();
+        for (_, _, row) in self.rows().filter(|r| r.0 == label) {
+            t.add(row);
+        }
+        t
+    }
+
+    /// Whether any labelled line was counted.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table: one row per label and model, one per label and action code (`[signIn]`), then one total per
+    /// label, with the share caught (label `attack`) or the friction (every other label).
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<10} {:<16} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}  share not allowed",
+            "label", "model", "events", "ALLOW", "CHALLENGE", "REVIEW", "BLOCK", "refused"
+        );
+        let mut line = |label: &str, model: &str, t: &Tally| {
+            let what = if label == "attack" {
+                "caught"
+            } else {
+                "friction"
+            };
+            let _ = writeln!(
+                s,
+                "{label:<10} {model:<16} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}  {:>6.2}% {what}",
+                t.events,
+                t.allow,
+                t.challenge,
+                t.review,
+                t.block,
+                t.refused,
+                100.0 * t.rate()
+            );
+        };
+        for (l, m, t) in self.rows() {
+            line(l, m, t);
+        }
+        for ((l, a), t) in &self.actions {
+            line(l, &format!("[{a}]"), t);
+        }
+        let mut labels: Vec<&str> = self.rows().map(|r| r.0).collect();
+        labels.dedup();
+        for l in labels {
+            line(l, "(all)", &self.total(l));
+        }
+        s
+    }
+
+    /// The tally as JSON: `{"rows":[{"label","model","events","allow","challenge","review","block","refused",
+    /// "rate"}…]}` (`model` is `null` for lines without one; `rate` is caught or friction, 0 to 1).
+    pub fn to_json(&self) -> String {
+        let rows: Vec<Value> = self
+            .rows()
+            .map(|(l, m, t)| {
+                serde_json::json!({
+                    "label": l,
+                    "model": if m.is_empty() { Value::Null } else { Value::from(m) },
+                    "events": t.events,
+                    "allow": t.allow,
+                    "challenge": t.challenge,
+                    "review": t.review,
+                    "block": t.block,
+                    "refused": t.refused,
+                    "rate": t.rate(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "rows": rows }).to_string()
     }
 }
 
@@ -296,6 +582,8 @@ struct ActionArgs {
     idempotency_key: String,
     #[serde(default, rename = "state")]
     _state: Option<Value>,
+    #[serde(default, rename = "ifState")]
+    _if_state: Option<Value>,
 }
 
 fn invalid(field: &str, reason: &str) -> TrackError {

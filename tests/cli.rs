@@ -363,3 +363,55 @@ fn validate_challenge_through_replay_in_a_pipe() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn simulate_writes_what_the_library_writes_and_replay_measures_it() {
+    let args = [
+        "simulate",
+        "--seed",
+        "5",
+        "--users",
+        "30",
+        "--days",
+        "10",
+        "--warmup-days",
+        "3",
+    ];
+    let out = riskgate(&args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut p = riskgate::simulate::Params::default();
+    p.seed = 5;
+    p.users = 30;
+    p.days = 10;
+    p.warmup_days = 3;
+    let mut expected = Vec::new();
+    riskgate::simulate::simulate(&p, &mut expected).unwrap();
+    assert_eq!(
+        out.stdout, expected,
+        "the flags' defaults are the library's"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("simulated seed 5"));
+
+    // From a file: the output is larger than a pipe holds while this test writes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signin.jsonl");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let starter = concat!(env!("CARGO_MANIFEST_DIR"), "/starter");
+    let path = path.to_string_lossy().into_owned();
+    let out = riskgate(&["replay", "--rules", starter, "--labels", &path], None);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("decisions per label"), "{err}");
+    for row in [
+        "attack     naive",
+        "attack     (all)",
+        "genuine    [signIn]",
+    ] {
+        assert!(err.contains(row), "{row} in {err}");
+    }
+    assert!(!err.contains("refused lines"), "{err}");
+}

@@ -67,6 +67,7 @@ fn value() -> BoxedStrategy<String> {
             "ua_browser()",
             "ua_os()",
             "ua_device_type()",
+            "rba_score()",
         ])
         .prop_map(str::to_owned),
     ]
@@ -103,6 +104,8 @@ fn cond() -> BoxedStrategy<String> {
             "is_new_country()",
             "is_impossible_travel()",
             "is_bot()",
+            "rba_score() > 1.0",
+            "rba_score() < 0.5",
         ])
         .prop_map(str::to_owned),
         1 => (Just("blocked"), value())

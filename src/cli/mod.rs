@@ -6,4 +6,5 @@ pub mod lines;
 pub mod replay;
 #[cfg(feature = "server")]
 pub mod serve;
+pub mod simulate;
 pub mod stats;

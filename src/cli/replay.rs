@@ -9,7 +9,7 @@
 //! The line handling itself is the library's [`riskgate::replay::Replayer`]; this file reads lines, writes
 //! the output and keeps the summary.
 
-use riskgate::replay::{Outcome, Output, Replayer};
+use riskgate::replay::{Labels, Outcome, Output, Replayer};
 use riskgate::Engine;
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
@@ -32,9 +32,20 @@ pub struct Summary {
     pub rules: BTreeMap<String, [u64; 4]>,
     pub latency: Histogram,
     pub elapsed: Duration,
+    /// Decisions per `label` and `model` (lines that carry one).
+    pub labels: Labels,
 }
 
-pub fn run(rules: &Path, events: &str) -> ExitCode {
+/// What `riskgate replay` reports besides its summary.
+#[derive(Default)]
+pub struct Options {
+    /// Print the per-label table (catch rate and friction) on stderr.
+    pub labels: bool,
+    /// Also write the per-label tally as JSON to this file.
+    pub labels_json: Option<String>,
+}
+
+pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
     let mut replayer = match Engine::builder().rules_dir(rules).and_then(Replayer::new) {
         Ok(r) => r,
         Err(e) => {
@@ -63,6 +74,15 @@ pub fn run(rules: &Path, events: &str) -> ExitCode {
     match result.and_then(|s| flushed.map(|()| s)) {
         Ok(summary) => {
             print_summary(&summary);
+            if opts.labels || opts.labels_json.is_some() {
+                print_labels(&summary.labels);
+            }
+            if let Some(path) = &opts.labels_json {
+                if let Err(e) = std::fs::write(path, summary.labels.to_json() + "\n") {
+                    eprintln!("error: cannot write `{path}`: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -114,6 +134,7 @@ pub fn replay<R: io::Read>(
 
 impl Summary {
     fn count(&mut self, o: &Output) {
+        self.labels.record(o);
         if let Some(t) = o.track_latency {
             self.latency.record(t);
         }
@@ -140,6 +161,15 @@ impl Summary {
             _ => {}
         }
     }
+}
+
+fn print_labels(labels: &Labels) {
+    if labels.is_empty() {
+        eprintln!("labels: no line carried a `label`");
+        return;
+    }
+    eprintln!("decisions per label (caught: attacks not allowed; friction: others not allowed):");
+    eprint!("{}", labels.table());
 }
 
 fn print_summary(s: &Summary) {
@@ -181,4 +211,121 @@ fn print_summary(s: &Summary) {
             per_sec
         );
     }
+}
+
+/// The thresholds `--rba-sweep` tries when given none.
+pub const DEFAULT_SWEEP: [f64; 12] = [
+    0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0,
+];
+
+/// `riskgate replay --rba-sweep`: replays a labelled log once per threshold `t` through a ruleset of one rule,
+/// `if rba_score() >= t { CHALLENGE_REQUIRED }`, with the configuration (GeoIP databases, `[signals]`) of the
+/// rules folder, and prints the share of attacks caught and the friction at each threshold.
+pub fn sweep(rules: &Path, events: &str, thresholds: &[f64]) -> ExitCode {
+    if events == "-" {
+        eprintln!("error: `--rba-sweep` replays the log once per threshold: give a file, not `-`");
+        return ExitCode::FAILURE;
+    }
+    let config = match config_with_absolute_paths(rules) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut rows: Vec<(f64, Labels)> = Vec::new();
+    for &t in thresholds {
+        let built = riskgate::RuleSet::builder()
+            .config_toml(config.clone())
+            .rule(
+                "rba-sweep",
+                format!("if rba_score() >= {t:?} {{ CHALLENGE_REQUIRED }}"),
+            )
+            .build();
+        let mut replayer = match built.and_then(|r| Replayer::new(Engine::builder().ruleset(r))) {
+            Ok(r) => r,
+            Err(e) => {
+                super::check::report_load_error(&e);
+                return ExitCode::FAILURE;
+            }
+        };
+        let file = match std::fs::File::open(events) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: cannot read `{events}`: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut sink = io::sink();
+        match replay(&mut replayer, &mut io::BufReader::new(file), &mut sink) {
+            Ok(s) => rows.push((t, s.labels)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    print!("{}", sweep_table(&rows));
+    ExitCode::SUCCESS
+}
+
+/// One line per threshold: caught per attacker model and overall, friction on genuine events (all of them, and
+/// sign-ins alone).
+pub fn sweep_table(rows: &[(f64, Labels)]) -> String {
+    use std::fmt::Write as _;
+    let mut models: Vec<String> = Vec::new();
+    for (_, l) in rows {
+        for (label, model, _) in l.rows() {
+            if label == "attack" && !models.iter().any(|m| m == model) {
+                models.push(model.to_owned());
+            }
+        }
+    }
+    let mut s = String::new();
+    let _ = write!(s, "{:>9}", "threshold");
+    for m in &models {
+        let _ = write!(s, " {:>9}", m);
+    }
+    let _ = writeln!(s, " {:>9} {:>9} {:>9}", "caught", "friction", "(signIn)");
+    for (t, l) in rows {
+        let _ = write!(s, "{t:>9}");
+        for m in &models {
+            let row = l
+                .rows()
+                .find(|r| r.0 == "attack" && r.1 == m)
+                .map(|r| r.2.rate())
+                .unwrap_or(0.0);
+            let _ = write!(s, " {:>8.2}%", 100.0 * row);
+        }
+        let _ = writeln!(
+            s,
+            " {:>8.2}% {:>8.2}% {:>8.2}%",
+            100.0 * l.total("attack").rate(),
+            100.0 * l.total("genuine").rate(),
+            100.0 * l.action_total("genuine", "signIn").rate()
+        );
+    }
+    s
+}
+
+/// The folder's `riskgate.toml` with its `[geoip]` paths made absolute, so that a ruleset built from it alone
+/// finds the same databases.
+fn config_with_absolute_paths(rules: &Path) -> Result<String, String> {
+    let path = rules.join("riskgate.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(format!("cannot read `{}`: {e}", path.display())),
+    };
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e| format!("`{}`: {e}", path.display()))?;
+    if let Some(toml::Value::Table(geo)) = doc.get_mut("geoip") {
+        for (_, v) in geo.iter_mut() {
+            if let toml::Value::String(p) = v {
+                *p = rules.join(&*p).display().to_string();
+            }
+        }
+    }
+    toml::to_string(&doc).map_err(|e| format!("`{}`: {e}", path.display()))
 }

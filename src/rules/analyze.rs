@@ -28,6 +28,8 @@ pub(crate) struct Uses {
     /// Some rule asks the city database (`country()`, `city()`, `is_new_country()`, travel): known countries
     /// and locations are recorded only then, so a ruleset that never asks never looks an IP up.
     pub places: bool,
+    /// Some rule calls `rba_score()` (so verified actions count their feature values).
+    pub rba: bool,
     /// Which windowed signals rules call: the [`Kept::bit`](catalogue::Kept::bit) of each one's catalogue row,
     /// so history keeps only the series and sets that are read.
     pub windowed: u8,
@@ -116,6 +118,7 @@ pub(crate) fn analyze(
         }
         uses.agent |= signal.agent;
         uses.places |= signal.places;
+        uses.rba |= signal.rba;
         true
     });
 }

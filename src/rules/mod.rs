@@ -434,6 +434,7 @@ impl RuleSetBuilder {
         signals.windowed = uses.windowed;
         signals.uses_agent = uses.agent;
         signals.uses_places = uses.places;
+        signals.uses_rba = uses.rba;
         Ok(RuleSet {
             inner: Arc::new(Inner {
                 engine,

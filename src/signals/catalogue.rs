@@ -91,6 +91,8 @@ pub(crate) struct Signal {
     pub agent: bool,
     /// It reads places from the city database (so allowed actions record their country and location).
     pub places: bool,
+    /// It reads the feature counts of verified actions (so those actions count their feature values).
+    pub rba: bool,
 }
 
 const fn row(name: &'static str, call: Call) -> Signal {
@@ -100,6 +102,7 @@ const fn row(name: &'static str, call: Call) -> Signal {
         geo: None,
         agent: false,
         places: false,
+        rba: false,
     }
 }
 
@@ -119,7 +122,7 @@ const fn agent(name: &'static str, call: Call) -> Signal {
 }
 
 /// Every signal rules can call (DESIGN §6).
-pub(crate) const SIGNALS: [Signal; 20] = {
+pub(crate) const SIGNALS: [Signal; 21] = {
     use super::*;
     use Call::*;
     use Kept::{Series, Set};
@@ -158,6 +161,16 @@ pub(crate) const SIGNALS: [Signal; 20] = {
         agent("ua_os", Text(ua_os)),
         agent("ua_device_type", Text(ua_device_type)),
         agent("is_bot", Flag(is_bot)),
+        // How unusual this action's network, browser and device are among the user's verified actions
+        // compared with everyone's (`signals/rba.rs`). It reads the user agent, and the country when `[geoip]
+        // city` is set: with known locations recorded, an action from the address that placed the user last
+        // time is placed without a lookup. It requires no database.
+        Signal {
+            agent: true,
+            places: true,
+            rba: true,
+            ..row("rba_score", MaybeFloat(|c| Some(rba_score(c))))
+        },
         row("in_list", List(in_list)),
     ]
 };
@@ -198,8 +211,13 @@ mod tests {
     fn places_are_read_from_the_city_database() {
         for s in &SIGNALS {
             if s.places {
-                assert_eq!(s.geo, Some(Geo::City), "`{}`", s.name);
+                // `rba_score()` is the one signal that records places without requiring the City database: it
+                // reads the country when one is configured and scores without it otherwise.
+                let needs = if s.rba { None } else { Some(Geo::City) };
+                assert_eq!(s.geo, needs, "`{}`", s.name);
             }
         }
+        let rba: Vec<_> = SIGNALS.iter().filter(|s| s.rba).map(|s| s.name).collect();
+        assert_eq!(rba, ["rba_score"]);
     }
 }

@@ -4,7 +4,9 @@
 //! History lives in three tables: `series` (one key per user+action, IP+action and device+action: the times of
 //! those actions), `distinct` (one key per IP, device and user: the users or devices seen with it and when) and
 //! `known` (one key per user: the devices, IPs and countries the user has made known, and the last known
-//! location). Each table holds at most `[signals] max_keys` keys and `[signals] max_bytes` bytes, each series
+//! location, and `rba_score()`'s counts of the user's feature values), plus, when a rule calls `rba_score()`,
+//! `rba` (one key per feature value: how many verified actions of all users had it). Each table holds at most
+//! `[signals] max_keys` keys and `[signals] max_bytes` bytes, each series
 //! or set at most `[signals] max_per_key` entries, each user at most [`MAX_KNOWN`] devices, IPs and countries.
 //!
 //! Only the series and sets some rule calls are recorded. They drop what is older than the ruleset's longest
@@ -312,6 +314,18 @@ struct Known {
     countries: Vec<(u64, i64)>,
     location: Option<Located>,
     last_ms: i64,
+    /// `rba_score()`: how many verified actions the user has, and how often each feature value was among them.
+    rba_actions: u32,
+    rba: Vec<RbaCount>,
+}
+
+/// How many verified actions of one user had one feature value (an IP, an ASN, a browser, …), and when the last
+/// was.
+#[derive(Debug, Clone, Copy)]
+struct RbaCount {
+    value: u64,
+    count: u32,
+    last_ms: i64,
 }
 
 impl Entry for Known {
@@ -323,8 +337,43 @@ impl Entry for Known {
         [&self.devices, &self.ips, &self.countries]
             .iter()
             .map(|l| heap::<(u64, i64)>(l.capacity()))
-            .sum()
+            .sum::<usize>()
+            + heap::<RbaCount>(self.rba.capacity())
     }
+}
+
+/// How many verified actions, over all users, had one feature value (the population side of `rba_score()`).
+#[derive(Default)]
+struct Freq {
+    count: u32,
+    last_ms: i64,
+}
+
+impl Entry for Freq {
+    fn last_ms(&self) -> i64 {
+        self.last_ms
+    }
+
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// At most this many feature values are counted per user for `rba_score()` (the least recently seen goes
+/// first); values not seen within `[signals] known_for` no longer count.
+pub const MAX_RBA_VALUES: usize = 128;
+
+/// What `rba_score()` reads for one action: per feature value, the user's count and the population's.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct RbaCounts {
+    /// The user's verified actions.
+    pub user_actions: u64,
+    /// All users' verified actions.
+    pub all_actions: u64,
+    /// Per value asked for: how many of the user's verified actions had it.
+    pub user: [u64; super::rba::LEVELS],
+    /// Per value asked for: how many of all users' verified actions had it.
+    pub all: [u64; super::rba::LEVELS],
 }
 
 /// A point on the globe and when the user was there, with the IP (and its country) that placed them, so that
@@ -369,6 +418,32 @@ fn remember(list: &mut Vec<(u64, i64)>, item: u64, at: i64, known_for_ms: i64) {
     }
     make_room(list, MAX_KNOWN);
     list.push((item, at));
+}
+
+/// Counts one more action with `value` in a user's `rba_score()` counts (at most [`MAX_RBA_VALUES`]).
+fn count_value(list: &mut Vec<RbaCount>, value: u64, at: i64, known_for_ms: i64) {
+    if let Some(c) = list.iter_mut().find(|c| c.value == value) {
+        c.count = c.count.saturating_add(1);
+        c.last_ms = c.last_ms.max(at);
+        return;
+    }
+    list.retain(|c| c.last_ms.saturating_add(known_for_ms) > at);
+    if list.len() >= MAX_RBA_VALUES {
+        if let Some(i) = list
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| c.last_ms)
+            .map(|(i, _)| i)
+        {
+            list.swap_remove(i);
+        }
+    }
+    make_room(list, MAX_RBA_VALUES);
+    list.push(RbaCount {
+        value,
+        count: 1,
+        last_ms: at,
+    });
 }
 
 fn remove_oldest(list: &mut Vec<(u64, i64)>) {
@@ -430,6 +505,18 @@ pub(crate) enum KnownKind {
     Country,
 }
 
+/// What one verified action of a user makes known ([`History::make_known`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Verified<'a> {
+    pub device: Option<u64>,
+    pub ip: Option<u64>,
+    pub country: Option<u64>,
+    pub location: Option<Located>,
+    /// Its `rba_score()` feature values (empty when no rule calls it).
+    pub rba: &'a [u64],
+    pub at_ms: i64,
+}
+
 /// The hashed keys of one action.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Keys {
@@ -445,6 +532,9 @@ pub(crate) struct History {
     series: Table<Series>,
     distinct: Table<Distinct>,
     known: Table<Known>,
+    /// Population counts of feature values for `rba_score()`, and how many verified actions they count.
+    rba: Table<Freq>,
+    rba_actions: std::sync::atomic::AtomicU64,
     max_keys: AtomicUsize,
     max_bytes: AtomicUsize,
     max_per_key: AtomicUsize,
@@ -459,6 +549,8 @@ impl History {
             series: Table::new(keys.buckets),
             distinct: Table::new(keys.buckets),
             known: Table::new(keys.buckets),
+            rba: Table::new(keys.buckets),
+            rba_actions: std::sync::atomic::AtomicU64::new(0),
             max_keys: AtomicUsize::new(limits.max_keys),
             max_bytes: AtomicUsize::new(limits.max_bytes),
             max_per_key: AtomicUsize::new(limits.max_per_key),
@@ -486,14 +578,14 @@ impl History {
         self.max_per_key.load(Ordering::Relaxed)
     }
 
-    /// How many keys the three tables hold together.
+    /// How many keys the tables hold together.
     pub fn len(&self) -> usize {
-        self.series.len() + self.distinct.len() + self.known.len()
+        self.series.len() + self.distinct.len() + self.known.len() + self.rba.len()
     }
 
-    /// The bytes the three tables account for together (each at most `[signals] max_bytes`).
+    /// The bytes the tables account for together (each at most `[signals] max_bytes`).
     pub fn bytes(&self) -> usize {
-        self.series.bytes() + self.distinct.bytes() + self.known.bytes()
+        self.series.bytes() + self.distinct.bytes() + self.known.bytes() + self.rba.bytes()
     }
 
     /// The seeded hash of one attribute value (`tag` keeps user ids, IPs and devices apart).
@@ -546,6 +638,23 @@ impl History {
             ip: ip.map(|v| self.ip_key(v)),
             device: device.map(|v| self.hash(b'd', v)),
         }
+    }
+
+    /// A hash `tag` keeps apart from others, of a value already hashed (an IP key, a device key, a number).
+    pub fn mix(&self, tag: u8, value: u64) -> u64 {
+        self.combine(tag, value, 0)
+    }
+
+    /// A one-shot seeded hash of `value` for `tag` (cheaper than [`History::hash`]'s streaming state on the short
+    /// strings `rba_score()` hashes; the two never need to agree).
+    pub fn quick_hash(&self, tag: u8, value: &str) -> u64 {
+        self.seed.quick(tag, value.as_bytes())
+    }
+
+    /// [`History::quick_hash`] of two strings together.
+    pub fn quick_hash2(&self, tag: u8, a: &str, b: &str) -> u64 {
+        let first = self.quick_hash(tag, a);
+        xxhash_rust::xxh3::xxh3_64_with_seed(b.as_bytes(), first)
     }
 
     fn combine(&self, kind: u8, subject: u64, other: u64) -> u64 {
@@ -611,6 +720,32 @@ impl History {
         })
     }
 
+    /// What `rba_score()` needs about `values` (at most [`super::rba::LEVELS`]): the user's and the population's
+    /// counts of each among verified actions still within `known_for` of `now`.
+    pub fn rba_counts(&self, user: u64, values: &[u64], now: EpochMs) -> RbaCounts {
+        let now_ms = now.ms();
+        let known_for = self.known_for_ms.load(Ordering::Relaxed);
+        let fresh = |last: i64| last.saturating_add(known_for) > now_ms;
+        let mut out = RbaCounts {
+            all_actions: self.rba_actions.load(Ordering::Relaxed),
+            ..RbaCounts::default()
+        };
+        if let Some(k) = self.known.map.get(&user) {
+            out.user_actions = u64::from(k.rba_actions);
+            for (slot, v) in out.user.iter_mut().zip(values) {
+                if let Some(c) = k.rba.iter().find(|c| c.value == *v && fresh(c.last_ms)) {
+                    *slot = u64::from(c.count);
+                }
+            }
+        }
+        for (slot, v) in out.all.iter_mut().zip(values) {
+            if let Some(f) = self.rba.map.get(v).filter(|f| fresh(f.last_ms)) {
+                *slot = u64::from(f.count);
+            }
+        }
+        out
+    }
+
     /// The user's last known location.
     pub fn last_location(&self, user: u64) -> Option<Located> {
         self.known.map.get(&user).and_then(|k| k.location)
@@ -653,18 +788,34 @@ impl History {
 
     /// Makes the device, IP and country of an action known for its user, and its location the user's last
     /// known one (unless a later one is already recorded).
-    pub fn make_known(
-        &self,
-        user: u64,
-        device: Option<u64>,
-        ip: Option<u64>,
-        country: Option<u64>,
-        location: Option<Located>,
-        at_ms: i64,
-    ) {
+    pub fn make_known(&self, user: u64, v: &Verified<'_>) {
+        let Verified {
+            device,
+            ip,
+            country,
+            location,
+            rba,
+            at_ms,
+        } = *v;
         let horizon = self.known_for_ms.load(Ordering::Relaxed);
-        self.known.upsert(user, at_ms, horizon, self.caps(), |k| {
+        let caps = self.caps();
+        if !rba.is_empty() {
+            self.rba_actions.fetch_add(1, Ordering::Relaxed);
+            for &v in rba {
+                self.rba.upsert(v, at_ms, horizon, caps, |f| {
+                    f.count = f.count.saturating_add(1);
+                    f.last_ms = f.last_ms.max(at_ms);
+                });
+            }
+        }
+        self.known.upsert(user, at_ms, horizon, caps, |k| {
             k.last_ms = k.last_ms.max(at_ms);
+            if !rba.is_empty() {
+                k.rba_actions = k.rba_actions.saturating_add(1);
+                for &v in rba {
+                    count_value(&mut k.rba, v, at_ms, horizon);
+                }
+            }
             if let Some(d) = device {
                 remember(&mut k.devices, d, at_ms, horizon);
             }

@@ -19,6 +19,7 @@ pub(crate) mod catalogue;
 pub(crate) mod geo;
 pub(crate) mod history;
 pub(crate) mod lists;
+pub(crate) mod rba;
 mod ua;
 
 use arc_swap::ArcSwap;
@@ -51,6 +52,8 @@ pub(crate) struct SignalSet {
     pub uses_agent: bool,
     /// Some rule asks the city database (so allowed actions record their country and location).
     pub uses_places: bool,
+    /// Some rule calls `rba_score()` (so verified actions count their feature values).
+    pub uses_rba: bool,
 }
 
 impl Default for SignalSet {
@@ -63,6 +66,7 @@ impl Default for SignalSet {
             limits: Limits::default(),
             uses_agent: false,
             uses_places: false,
+            uses_rba: false,
         }
     }
 }
@@ -152,6 +156,8 @@ struct Memo {
     travel: OnceCell<Option<f64>>,
     agent: OnceCell<ua::Agent>,
     lists: OnceCell<Arc<lists::Lists>>,
+    rba_features: OnceCell<rba::Features>,
+    rba_score: OnceCell<f64>,
 }
 
 /// What a decision leaves behind so that a later `CHALLENGE_SUCCEEDED` or `REVIEW_SUCCEEDED` can make the
@@ -161,6 +167,8 @@ pub(crate) struct Footprint {
     pub keys: Keys,
     pub ip: Option<IpAddr>,
     pub at_ms: i64,
+    /// The action's feature values, when some rule calls `rba_score()`.
+    pub rba: Option<rba::Features>,
 }
 
 impl DecisionCtx {
@@ -255,10 +263,15 @@ impl DecisionCtx {
             DurationMs::from_ms(self.set.horizon_ms),
             self.set.windowed,
         );
+        let verifiable = matches!(
+            state,
+            crate::State::Allow | crate::State::ChallengeRequired | crate::State::Review
+        );
         let footprint = Footprint {
             keys: self.keys,
             ip: self.ip,
             at_ms: self.now.ms(),
+            rba: (self.set.uses_rba && verifiable).then(|| rba::features(self)),
         };
         if state == crate::State::Allow {
             let place = if self.set.uses_places {
@@ -284,6 +297,12 @@ pub(crate) fn make_known(history: &History, set: &SignalSet, footprint: &Footpri
 fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
     let code = place.and_then(|p| p.country.as_deref());
     let country = code.map(|c| history.hash(b'c', c));
+    let mut rba = [0u64; rba::LEVELS];
+    let mut n = 0;
+    for (slot, v) in rba.iter_mut().zip(fp.rba.iter().flat_map(|f| f.present())) {
+        *slot = v;
+        n += 1;
+    }
     let location = place
         .and_then(|p| p.location)
         .zip(fp.keys.ip)
@@ -296,11 +315,14 @@ fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
         });
     history.make_known(
         fp.keys.user,
-        fp.keys.device,
-        fp.keys.ip,
-        country,
-        location,
-        fp.at_ms,
+        &history::Verified {
+            device: fp.keys.device,
+            ip: fp.keys.ip,
+            country,
+            location,
+            rba: rba.get(..n).unwrap_or(&[]),
+            at_ms: fp.at_ms,
+        },
     );
 }
 
@@ -448,3 +470,5 @@ pub(crate) fn ua_device_type(ctx: &DecisionCtx) -> Option<&'static str> {
 pub(crate) fn is_bot(ctx: &DecisionCtx) -> bool {
     ctx.agent().bot
 }
+
+pub(crate) use rba::rba_score;

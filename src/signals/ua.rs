@@ -5,6 +5,8 @@
 pub(crate) struct Agent {
     /// The browser or crawler name (`Chrome`, `Safari`, `Googlebot`), if recognised.
     pub browser: Option<Box<str>>,
+    /// The browser's major version (`143` of `143.0.0.0`), if recognised.
+    pub version: Option<Box<str>>,
     /// The operating system (`Mac OSX`, `Windows 10`, `iPhone`, `Android`), if recognised.
     pub os: Option<Box<str>>,
     /// `desktop`, `mobile`, `crawler`, `appliance` or `other`, if recognised.
@@ -73,8 +75,10 @@ pub(crate) fn parse(ua: Option<&str>) -> Agent {
         "misc" => Some("other"),
         _ => None,
     };
+    let major = r.version.split('.').next().unwrap_or("");
     Agent {
         browser: known(r.name),
+        version: known(major),
         os: known(r.os),
         device_type,
         bot: r.category == "crawler",
@@ -89,6 +93,7 @@ mod tests {
     fn desktop_phone_crawler_and_empty() {
         let mac = parse(Some("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"));
         assert_eq!(mac.browser.as_deref(), Some("Chrome"));
+        assert_eq!(mac.version.as_deref(), Some("120"));
         assert_eq!(mac.os.as_deref(), Some("Mac OSX"));
         assert_eq!(mac.device_type, Some("desktop"));
         assert!(!mac.bot);
