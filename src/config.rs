@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use crate::duration::parse_millis;
 use crate::error::{Diagnostic, LoadError};
 use crate::server_settings::{ServerFile, ServerSettings};
+use crate::store_settings::{StoreFile, StoreSettings};
 use crate::time::DurationMs;
 use crate::State;
 
@@ -91,6 +92,8 @@ pub(crate) struct Config {
     pub geoip: GeoipConfig,
     /// `[server]`: read by `riskgate serve`.
     pub server: ServerSettings,
+    /// `[store]`: read when an engine is built.
+    pub store: StoreSettings,
 }
 
 /// `[signals]`: how much history signals keep.
@@ -160,6 +163,7 @@ impl Default for Config {
             signals: SignalsConfig::default(),
             geoip: GeoipConfig::default(),
             server: ServerSettings::default(),
+            store: StoreSettings::default(),
         }
     }
 }
@@ -183,6 +187,8 @@ struct File {
     geoip: GeoipFile,
     #[serde(default)]
     server: ServerFile,
+    #[serde(default)]
+    store: StoreFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -462,6 +468,7 @@ impl Config {
             }
         }
         cfg.server = parsed.server.resolve(&mut fail);
+        cfg.store = parsed.store.resolve(&mut fail);
         if problems.is_empty() {
             Ok(cfg)
         } else {

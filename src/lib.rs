@@ -26,7 +26,9 @@ pub mod server;
 mod server_settings;
 mod settings;
 mod signals;
+mod state;
 mod store;
+mod store_settings;
 mod time;
 mod token;
 
@@ -51,6 +53,7 @@ pub use response::{
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use server_settings::{LogFormat, ServerSettings};
 pub use settings::SandboxLimits;
+pub use store_settings::{OnStoreError, StoreBackend, StoreSettings};
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
 

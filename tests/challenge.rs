@@ -2,6 +2,8 @@
 //! tokens stay out of logs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use riskgate::{
     Engine, FakeClock, InvalidTokenReason, RuleSet, State, TrackRequest, TrackResponse,
     ValidateChallengeResponse,
@@ -17,7 +19,7 @@ fn engine_with(config: &str, clock: &FakeClock) -> Engine {
         .config_toml(config)
         .build()
         .unwrap();
-    Engine::builder()
+    common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(clock.clone())
         .build()
@@ -321,7 +323,7 @@ fn an_action_evicted_while_being_decided_answers_its_caller_and_leaves_no_token(
         .config_toml("[idempotency]\ncapacity = 1\n[limits]\ntime_limit = \"30s\"\nmax_operations = 10000000")
         .build()
         .unwrap();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(clock.clone())
         .build()

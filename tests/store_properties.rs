@@ -3,6 +3,8 @@
 //! the store never holds more than its capacity.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use proptest::prelude::*;
 use riskgate::{Engine, FakeClock, RuleSet, State, TrackError, TrackRequest, TrackResponse};
 use std::collections::VecDeque;
@@ -115,7 +117,7 @@ fn run(capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     let clock = FakeClock::default();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(clock.clone())
         .build()
