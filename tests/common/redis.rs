@@ -234,6 +234,10 @@ pub fn fresh_prefix() -> String {
     format!("t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The lease of the suites' engines: longer than their slowest rules (seconds under a loaded debug build),
+/// since a decision must finish within its lease to be stored.
+const SUITE_LEASE: Duration = Duration::from_secs(30);
+
 /// The store `RISKGATE_TEST_STORE` asks for: `None` for memory (the default), or settings with a fresh key
 /// prefix on this process's shared server (`redis`) or cluster (`cluster`).
 pub fn test_store() -> Option<StoreSettings> {
@@ -244,11 +248,13 @@ pub fn test_store() -> Option<StoreSettings> {
             s.settings()
                 .timeout(Duration::from_secs(2))
                 .connect_timeout(Duration::from_secs(2))
+                .lease(SUITE_LEASE)
         }),
         Ok("cluster") => CLUSTER.get_or_init(Cluster::start).as_ref().map(|c| {
             c.settings()
                 .timeout(Duration::from_secs(2))
                 .connect_timeout(Duration::from_secs(2))
+                .lease(SUITE_LEASE)
         }),
         _ => None,
     }

@@ -118,6 +118,16 @@ pub(crate) enum Checked {
     },
 }
 
+/// The shortest native expiry of a key: every script checks expiry on the engine's clock (event time, as the
+/// in-memory store does), so native TTLs only bound memory; the floor keeps replays and fake clocks, whose
+/// time does not move with the server's, from losing keys that are still live by event time.
+const NATIVE_TTL_FLOOR_MS: i64 = 60_000;
+
+/// A native expiry (milliseconds, as text) for a key live `ms` by event time.
+fn native(ms: i64) -> String {
+    ms.max(NATIVE_TTL_FLOOR_MS).to_string()
+}
+
 fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
@@ -557,7 +567,7 @@ impl RedisStore {
         args.extend([
             at.clone(),
             k.at_ms.saturating_sub(known_for_ms).to_string(),
-            known_for_ms.max(1).to_string(),
+            native(known_for_ms),
             MAX_KNOWN.to_string(),
             MAX_RBA_VALUES.to_string(),
         ]);
@@ -587,7 +597,7 @@ impl RedisStore {
             ops.push(Op::Script {
                 script: &self.scripts.population,
                 keys: vec![self.value_key(*v)],
-                args: vec![k.at_ms.to_string(), known_for_ms.max(1).to_string()],
+                args: vec![k.at_ms.to_string(), native(known_for_ms)],
             });
         }
         let mut incr = redis::cmd("INCR");
@@ -624,7 +634,7 @@ impl RedisStore {
             json,
             state_code(decided.outcome),
             now.to_string(),
-            ttl_ms.max(1).to_string(),
+            native(ttl_ms),
             token_hash.unwrap_or_default(),
             decided.token_expires.to_string(),
         ];
@@ -635,7 +645,7 @@ impl RedisStore {
             Some((keys, at, horizon, kept)) if horizon.ms() > 0 => {
                 let at_s = at.ms().to_string();
                 let cutoff = at.ms().saturating_sub(horizon.ms()).to_string();
-                let ttl = horizon.ms().to_string();
+                let ttl = native(horizon.ms());
                 let section = |on: bool, m: String, args: &mut Vec<String>| {
                     if on {
                         args.extend([
@@ -702,7 +712,7 @@ impl RedisStore {
             set.arg(self.token_key(t))
                 .arg(&ticket.action_key)
                 .arg("PX")
-                .arg(token_ttl_ms.max(1).min(ttl_ms.max(1)));
+                .arg(native(token_ttl_ms.min(ttl_ms)));
             ops.push(Op::Plain(set));
         }
         ops.extend(subject_ops);
