@@ -251,6 +251,15 @@ impl EngineBuilder {
         self
     }
 
+    /// `[store]` of the ruleset given so far (the in-memory store's settings without one), for a caller that
+    /// changes part of it (as `--store` does) before [`store`](EngineBuilder::store).
+    pub fn ruleset_store_settings(&self) -> StoreSettings {
+        self.ruleset
+            .as_ref()
+            .map(|r| r.store_settings().clone())
+            .unwrap_or_default()
+    }
+
     /// Where the engine keeps actions, tokens and signal history (`[store]` in `riskgate.toml`; the default
     /// is in memory). With [`StoreSettings::redis`] (feature `redis`) every engine on the same Redis, in this
     /// process or others, shares one view: see the README's "Running several instances". Set in code, it wins

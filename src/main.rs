@@ -54,6 +54,10 @@ enum Command {
         /// and friction per threshold. Thresholds are comma-separated (default 0.01,0.03,…,100).
         #[arg(long, value_name = "T,T,…", num_args = 0..=1, default_missing_value = "", value_delimiter = ',')]
         rba_sweep: Option<Vec<String>>,
+        /// Keep actions and history on this store: `redis://host:port`, `redis+cluster://host:port,…` or
+        /// `memory` (default: `[store]` in riskgate.toml).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Write a labelled, simulated sign-in log (JSON lines for `replay --labels`): users, their devices and
     /// travels, and attackers (naive, VPN, targeted, credential stuffing, bots). The same flags give the same
@@ -77,6 +81,10 @@ enum Command {
         /// Run every rule in Rhai's interpreter (no native compilation), for comparison.
         #[arg(long)]
         interpret: bool,
+        /// Decide on this store (`redis://host:port`, `redis+cluster://…`); each round uses a key prefix of its
+        /// own, so every round sees the same history.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Serve the rules over HTTP as the Authsignal server API (track, get/update action, validate challenge),
     /// for Authsignal's official SDKs. The API secret comes from `--secret-file` or `RISKGATE_SECRET`.
@@ -91,6 +99,10 @@ enum Command {
         /// A file holding the API secret (otherwise `RISKGATE_SECRET` is read).
         #[arg(long)]
         secret_file: Option<PathBuf>,
+        /// Keep actions and history on this store (`redis://host:port`, `redis+cluster://…`), shared with every
+        /// other instance on it (default: `[store]` in riskgate.toml).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
 }
 
@@ -204,12 +216,14 @@ fn main() -> ExitCode {
             labels,
             labels_json,
             rba_sweep: None,
+            store,
         } => cli::replay::run(
             &rules,
             &events,
             &cli::replay::Options {
                 labels,
                 labels_json,
+                store,
             },
         ),
         Command::Simulate(a) => cli::simulate::run(&a.params(), a.out.as_deref()),
@@ -219,6 +233,7 @@ fn main() -> ExitCode {
             calls,
             seconds,
             interpret,
+            store,
         } => {
             let Ok(min_time) = std::time::Duration::try_from_secs_f64(seconds) else {
                 eprintln!("error: `--seconds {seconds}` must be a number of seconds, 0 or more");
@@ -228,6 +243,7 @@ fn main() -> ExitCode {
                 min_calls: calls,
                 min_time,
                 interpret,
+                store,
             };
             cli::bench::run(&rules, &events, &opts)
         }
@@ -236,10 +252,12 @@ fn main() -> ExitCode {
             rules,
             listen,
             secret_file,
+            store,
         } => cli::serve::run(&cli::serve::Options {
             rules,
             listen,
             secret_file,
+            store,
         }),
     }
 }

@@ -153,6 +153,26 @@ impl Server {
         }
     }
 
+    /// Kills the server with SIGKILL, as a crash would: nothing is written on the way out.
+    pub fn kill_hard(&mut self) {
+        let pid = command(self.port, "INFO server").and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|p| p.trim().parse::<u32>().ok())
+        });
+        if let Some(pid) = pid {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a stopped or killed server again on the same port and folder (its AOF, if any, is read back).
+    pub fn relaunch(&mut self) {
+        self.launch();
+    }
+
     /// Starts the server again on the same port and folder.
     pub fn restart(&mut self) {
         self.stop();

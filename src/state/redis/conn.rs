@@ -169,6 +169,37 @@ impl Pool {
         }
     }
 
+    /// Loads `scripts` into every node's script cache (one pipeline on a server; on a cluster each `SCRIPT
+    /// LOAD` goes to every master), so that first calls do not pay for a `NOSCRIPT`.
+    pub fn load(&self, scripts: &[&Script]) -> Result<(), StoreError> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let mut con = self.take().map_err(|e| store_error(&e))?;
+        let loads = scripts.iter().map(|s| {
+            let mut c = redis::cmd("SCRIPT");
+            c.arg("LOAD").arg(s.src);
+            c
+        });
+        let result = match &mut con {
+            Conn::Single(c) => {
+                let mut p = redis::pipe();
+                for l in loads {
+                    p.add_command(l);
+                }
+                p.query::<Vec<Value>>(c).map(|_| ())
+            }
+            Conn::Cluster(c) => loads
+                .map(|l| l.query::<Value>(&mut **c).map(|_| ()))
+                .collect::<redis::RedisResult<()>>(),
+        };
+        match result {
+            Ok(()) => {
+                self.put(con);
+                Ok(())
+            }
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+
     /// Runs `ops` as one round trip and returns their replies in order. A failed connection is dropped (the
     /// next call opens a new one), so the store recovers by itself when Redis comes back.
     pub fn run(&self, ops: &[Op<'_>]) -> Result<Vec<Value>, StoreError> {

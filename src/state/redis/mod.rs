@@ -281,6 +281,8 @@ impl RedisStore {
                 .ok_or_else(|| broken("shared key"))?;
         }
         let keys = keys.with_shared(&bytes);
+        let scripts = Scripts::new();
+        pool.load(&scripts.all())?;
         let mut owner = [0u8; 12];
         crate::hash::fill_random(&mut owner)
             .map_err(|_| StoreError("the random source failed".to_owned()))?;
@@ -288,7 +290,7 @@ impl RedisStore {
             RedisStore {
                 pool,
                 nodes: settings.nodes(),
-                scripts: Scripts::new(),
+                scripts,
                 prefix,
                 lease: settings.lease,
                 owner: owner.iter().map(|b| format!("{b:02x}")).collect(),

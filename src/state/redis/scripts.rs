@@ -172,6 +172,19 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
+    pub fn all(&self) -> [&Script; 8] {
+        [
+            &self.claim,
+            &self.commit,
+            &self.subject,
+            &self.know,
+            &self.population,
+            &self.update,
+            &self.validate,
+            &self.release,
+        ]
+    }
+
     pub fn new() -> Self {
         Scripts {
             claim: Script::new(CLAIM),
