@@ -824,7 +824,11 @@ impl Engine {
         #[cfg(feature = "redis")]
         if let Backend::Redis(_) = &self.shared.state {
             let engine = self.clone();
-            let (u, a, k) = (user_id.to_owned(), action.to_owned(), idempotency_key.to_owned());
+            let (u, a, k) = (
+                user_id.to_owned(),
+                action.to_owned(),
+                idempotency_key.to_owned(),
+            );
             return blocking(move || engine.get_action(&u, &a, &k))
                 .await
                 .ok()
@@ -844,7 +848,11 @@ impl Engine {
         #[cfg(feature = "redis")]
         if let Backend::Redis(_) = &self.shared.state {
             let engine = self.clone();
-            let (u, a, k) = (user_id.to_owned(), action.to_owned(), idempotency_key.to_owned());
+            let (u, a, k) = (
+                user_id.to_owned(),
+                action.to_owned(),
+                idempotency_key.to_owned(),
+            );
             return blocking(move || engine.update_action(&u, &a, &k, new_state))
                 .await
                 .unwrap_or_else(|e| Err(TrackError::Store(e)));
@@ -1107,7 +1115,14 @@ impl Engine {
         let rs = self.shared.ruleset.load();
         let ttl = rs.config.idempotency_ttl;
         let moved = r
-            .update(user_id, action, idempotency_key, new_state, now.ms(), ttl.ms())
+            .update(
+                user_id,
+                action,
+                idempotency_key,
+                new_state,
+                now.ms(),
+                ttl.ms(),
+            )
             .map_err(|e| TrackError::Store(e.0))?;
         let s = match moved {
             Update::Missing => {

@@ -242,7 +242,11 @@ impl StoreFile {
         }
         for (key, v, slot) in [
             ("timeout", &self.timeout, &mut s.timeout),
-            ("connect_timeout", &self.connect_timeout, &mut s.connect_timeout),
+            (
+                "connect_timeout",
+                &self.connect_timeout,
+                &mut s.connect_timeout,
+            ),
             ("lease", &self.lease, &mut s.lease),
         ] {
             if let Some(v) = v {

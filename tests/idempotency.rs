@@ -500,7 +500,10 @@ fn forged_pair() -> (TrackRequest, TrackRequest) {
 fn a_crafted_fingerprint_collision_is_still_a_conflict() {
     let rules = || RuleSet::from_sources([("big", "if custom.amount > 1000.0 { BLOCK }")]).unwrap();
     let (small, big) = forged_pair();
-    let e = common::with_test_store(Engine::builder()).ruleset(rules()).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules())
+        .build()
+        .unwrap();
     assert_eq!(e.track(&small).unwrap().state, State::Allow);
     let err = e.track(&big).unwrap_err();
     assert_eq!(
@@ -513,7 +516,10 @@ fn a_crafted_fingerprint_collision_is_still_a_conflict() {
     );
     assert_eq!(e.decisions(), 1);
     // On its own, the second request is blocked: the conflict is what keeps it from the first's ALLOW.
-    let alone = common::with_test_store(Engine::builder()).ruleset(rules()).build().unwrap();
+    let alone = common::with_test_store(Engine::builder())
+        .ruleset(rules())
+        .build()
+        .unwrap();
     assert_eq!(alone.track(&big).unwrap().state, State::Block);
 }
 

@@ -40,14 +40,32 @@ mod on_redis {
         ("fast", r#"if velocity("1h") >= 4 { BLOCK }"#),
         ("ip-busy", r#"if velocity_ip("1h") >= 6 { REVIEW }"#),
         ("dev-busy", r#"if velocity_device("1h") >= 5 { REVIEW }"#),
-        ("shared-ip", r#"if distinct_users_on_ip("1h") >= 3 { REVIEW }"#),
-        ("shared-dev", r#"if distinct_users_on_device("1h") >= 2 { REVIEW }"#),
-        ("many-devs", r#"if distinct_devices("1h") >= 3 { CHALLENGE_REQUIRED }"#),
-        ("new-dev", r#"if device_id != () && is_new_device() { CHALLENGE_REQUIRED }"#),
-        ("new-ip", r#"//! mode: shadow
-if ip_address != () && is_new_ip() { REVIEW }"#),
-        ("odd", r#"//! mode: shadow
-if rba_score() > 50.0 { REVIEW }"#),
+        (
+            "shared-ip",
+            r#"if distinct_users_on_ip("1h") >= 3 { REVIEW }"#,
+        ),
+        (
+            "shared-dev",
+            r#"if distinct_users_on_device("1h") >= 2 { REVIEW }"#,
+        ),
+        (
+            "many-devs",
+            r#"if distinct_devices("1h") >= 3 { CHALLENGE_REQUIRED }"#,
+        ),
+        (
+            "new-dev",
+            r#"if device_id != () && is_new_device() { CHALLENGE_REQUIRED }"#,
+        ),
+        (
+            "new-ip",
+            r#"//! mode: shadow
+if ip_address != () && is_new_ip() { REVIEW }"#,
+        ),
+        (
+            "odd",
+            r#"//! mode: shadow
+if rba_score() > 50.0 { REVIEW }"#,
+        ),
     ];
 
     fn rules() -> RuleSet {
@@ -82,7 +100,10 @@ if rba_score() > 50.0 { REVIEW }"#),
             .map(|_| {
                 Engine::builder()
                     .ruleset(common::ruleset(
-                        &[("c", "let i = 0; while i < 2000 { i += 1; } CHALLENGE_REQUIRED")],
+                        &[(
+                            "c",
+                            "let i = 0; while i < 2000 { i += 1; } CHALLENGE_REQUIRED",
+                        )],
                         "[limits]\nmax_operations = 1000000\ntime_limit = \"5s\"",
                     ))
                     .clock(clock.clone())
@@ -105,7 +126,10 @@ if rba_score() > 50.0 { REVIEW }"#),
                 })
                 .collect();
             let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-            assert!(answers.iter().all(|a| a == &answers[0]), "one answer, one token");
+            assert!(
+                answers.iter().all(|a| a == &answers[0]),
+                "one answer, one token"
+            );
             assert!(answers[0].token.is_some());
             assert_eq!(answers[0].store_error, None);
             let decided: u64 = engines.iter().map(Engine::decisions).sum();
@@ -118,7 +142,10 @@ if rba_score() > 50.0 { REVIEW }"#),
         let Some(srv) = server() else { return };
         let clock = common::clock();
         let settings = patient(srv.settings());
-        let (a, b) = (engine_on(settings.clone(), &clock), engine_on(settings, &clock));
+        let (a, b) = (
+            engine_on(settings.clone(), &clock),
+            engine_on(settings, &clock),
+        );
         let memory = Engine::builder()
             .ruleset(rules())
             .clock(clock.clone())
@@ -146,7 +173,9 @@ if rba_score() > 50.0 { REVIEW }"#),
             }
         }
         // A device made known on one engine is known on the other.
-        let ok = common::req("v", "signIn").idempotency_key("v1").device("dv");
+        let ok = common::req("v", "signIn")
+            .idempotency_key("v1")
+            .device("dv");
         let first = a.track(&ok).unwrap();
         assert_eq!(first.state, State::ChallengeRequired);
         let rec = b
@@ -154,9 +183,14 @@ if rba_score() > 50.0 { REVIEW }"#),
             .unwrap();
         assert_eq!(rec.state, State::ChallengeSucceeded);
         // The update is seen everywhere: get_action and repeats on the other engine.
-        assert_eq!(a.get_action("v", "signIn", "v1").unwrap().state, State::ChallengeSucceeded);
+        assert_eq!(
+            a.get_action("v", "signIn", "v1").unwrap().state,
+            State::ChallengeSucceeded
+        );
         assert_eq!(a.track(&ok).unwrap().state, State::ChallengeSucceeded);
-        let again = common::req("v", "signIn").idempotency_key("v2").device("dv");
+        let again = common::req("v", "signIn")
+            .idempotency_key("v2")
+            .device("dv");
         assert_eq!(a.track(&again).unwrap().rule_ids, Vec::<String>::new());
         // The token validates once, on any instance.
         let token = first.token.unwrap();
@@ -169,7 +203,9 @@ if rba_score() > 50.0 { REVIEW }"#),
             Some(InvalidTokenReason::UnknownToken)
         );
         // A conflicting repeat is refused on another engine too.
-        let other = common::req("v", "signIn").idempotency_key("v1").device("else");
+        let other = common::req("v", "signIn")
+            .idempotency_key("v1")
+            .device("else");
         assert!(matches!(
             b.track(&other),
             Err(TrackError::IdempotencyConflict { .. })
@@ -276,7 +312,11 @@ if rba_score() > 50.0 { REVIEW }"#),
             Replay::start(dir.path(), &srv.url()),
         );
         for (i, line) in log.iter().enumerate() {
-            let out = if i % 2 == 0 { a.line(line) } else { b.line(line) };
+            let out = if i % 2 == 0 {
+                a.line(line)
+            } else {
+                b.line(line)
+            };
             let mut want = whole[i].clone();
             if let Some(o) = want.as_object_mut() {
                 o.remove("token");
@@ -337,7 +377,11 @@ if rba_score() > 50.0 { REVIEW }"#),
         let got = e.track(&r).unwrap();
         let waited = killed.elapsed();
         assert_eq!(got.store_error, None);
-        assert_eq!(got.state, State::Review, "decided here, once the lease ran out");
+        assert_eq!(
+            got.state,
+            State::Review,
+            "decided here, once the lease ran out"
+        );
         assert_eq!(e.decisions(), 1);
         assert!(waited < Duration::from_millis(1500 + 1000), "{waited:?}");
         // Decided for good: a repeat is the stored action, everywhere.
@@ -362,7 +406,8 @@ if rba_score() > 50.0 { REVIEW }"#),
         let first = rt(&|| assert_eq!(e.track(&r).unwrap().state, State::ChallengeRequired));
         let repeat = rt(&|| assert_eq!(e.track(&r).unwrap().state, State::ChallengeRequired));
         let unkeyed = rt(&|| {
-            e.track(&common::req("u", "signIn").ip("192.0.2.1")).unwrap();
+            e.track(&common::req("u", "signIn").ip("192.0.2.1"))
+                .unwrap();
         });
         let get = rt(&|| assert!(e.get_action("u", "signIn", "k").is_some()));
         let token = e.track(&r).unwrap().token.unwrap();
@@ -401,7 +446,10 @@ if rba_score() > 50.0 { REVIEW }"#),
         let Some(srv) = server() else { return };
         let clock = common::clock();
         let e = engine_on(patient(srv.settings()), &clock);
-        let (keys0, bytes0) = (dbsize(srv.port), info_field(srv.port, "memory", "used_memory"));
+        let (keys0, bytes0) = (
+            dbsize(srv.port),
+            info_field(srv.port, "memory", "used_memory"),
+        );
         const USERS: usize = 200;
         const PER_USER: usize = 5;
         for u in 0..USERS {
@@ -442,9 +490,19 @@ if rba_score() > 50.0 { REVIEW }"#),
         srv.stop();
         for _ in 0..3 {
             let t = Instant::now();
-            let down = outcome.track(&common::req("u", "signIn").idempotency_key("k2")).unwrap();
-            assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
-            assert_eq!(down.state, State::ChallengeRequired, "`on_store_error`'s outcome");
+            let down = outcome
+                .track(&common::req("u", "signIn").idempotency_key("k2"))
+                .unwrap();
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                t.elapsed()
+            );
+            assert_eq!(
+                down.state,
+                State::ChallengeRequired,
+                "`on_store_error`'s outcome"
+            );
             assert!(down.store_error.as_deref().unwrap().contains("redis"));
             assert!(down.token.is_none());
             let t = Instant::now();
@@ -466,7 +524,9 @@ if rba_score() > 50.0 { REVIEW }"#),
         }
         srv.restart();
         // The server came back empty (no persistence): the engine reconnects by itself.
-        let back = outcome.track(&common::req("u", "signIn").idempotency_key("k3")).unwrap();
+        let back = outcome
+            .track(&common::req("u", "signIn").idempotency_key("k3"))
+            .unwrap();
         assert_eq!(back.store_error, None);
         assert!(outcome.get_action("u", "signIn", "k3").is_some());
     }
@@ -489,15 +549,23 @@ if rba_score() > 50.0 { REVIEW }"#),
         std::thread::sleep(Duration::from_millis(100));
         let t = Instant::now();
         let slow = e.track(&common::keyed("slow")).unwrap();
-        assert!(t.elapsed() < Duration::from_millis(400), "{:?}", t.elapsed());
-        assert!(slow.store_error.as_deref().unwrap().contains("timed out"), "{slow:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(
+            slow.store_error.as_deref().unwrap().contains("timed out"),
+            "{slow:?}"
+        );
         sleeper.join().unwrap();
         assert_eq!(e.track(&common::keyed("after")).unwrap().store_error, None);
     }
 
     #[test]
     fn no_completed_action_is_lost_when_an_aof_server_is_killed_under_load() {
-        let Some(mut srv) = Server::start_with(&["--appendonly yes", "--appendfsync always"]) else {
+        let Some(mut srv) = Server::start_with(&["--appendonly yes", "--appendfsync always"])
+        else {
             return;
         };
         let clock = common::clock();
@@ -518,7 +586,9 @@ if rba_score() > 50.0 { REVIEW }"#),
                         i += 1;
                         let key = format!("w{w}-{i}");
                         match e.track(&common::req(&format!("u{w}"), "pay").idempotency_key(&key)) {
-                            Ok(r) if r.store_error.is_none() => done.push((format!("u{w}"), key, r.state)),
+                            Ok(r) if r.store_error.is_none() => {
+                                done.push((format!("u{w}"), key, r.state))
+                            }
                             _ => failed += 1,
                         }
                     }
@@ -549,10 +619,15 @@ if rba_score() > 50.0 { REVIEW }"#),
 
     #[test]
     fn a_three_master_cluster_keeps_one_view() {
-        let Some(cluster) = Cluster::start() else { return };
+        let Some(cluster) = Cluster::start() else {
+            return;
+        };
         let clock = common::clock();
         let settings = patient(cluster.settings());
-        let (a, b) = (engine_on(settings.clone(), &clock), engine_on(settings, &clock));
+        let (a, b) = (
+            engine_on(settings.clone(), &clock),
+            engine_on(settings, &clock),
+        );
         let memory = Engine::builder()
             .ruleset(rules())
             .clock(clock.clone())
@@ -567,19 +642,33 @@ if rba_score() > 50.0 { REVIEW }"#),
             clock.advance(Duration::from_secs(5));
             let got = if i % 2 == 0 { &a } else { &b }.track(&r).unwrap();
             let want = memory.track(&r).unwrap();
-            assert_eq!((got.state, &got.rule_ids), (want.state, &want.rule_ids), "event {i}");
+            assert_eq!(
+                (got.state, &got.rule_ids),
+                (want.state, &want.rule_ids),
+                "event {i}"
+            );
             assert_eq!(got.store_error, None);
             // A repeat on the other engine is the same action.
             let again = if i % 2 == 0 { &b } else { &a }.track(&r).unwrap();
             assert_eq!(again, got);
         }
         let before = a.store_round_trips();
-        let c = a.track(&common::req("cz", "signIn").idempotency_key("z").device("new")).unwrap();
+        let c = a
+            .track(
+                &common::req("cz", "signIn")
+                    .idempotency_key("z")
+                    .device("new"),
+            )
+            .unwrap();
         assert_eq!(a.store_round_trips() - before, 2);
         let token = c.token.unwrap();
-        b.update_action("cz", "signIn", "z", State::ChallengeSucceeded).unwrap();
+        b.update_action("cz", "signIn", "z", State::ChallengeSucceeded)
+            .unwrap();
         assert!(a.validate_challenge(&token).is_valid);
-        assert_eq!(b.validate_challenge(&token).reason, Some(InvalidTokenReason::AlreadyUsed));
+        assert_eq!(
+            b.validate_challenge(&token).reason,
+            Some(InvalidTokenReason::AlreadyUsed)
+        );
         assert_eq!(a.stored_actions(), 25);
     }
 
@@ -642,7 +731,10 @@ if rba_score() > 50.0 { REVIEW }"#),
             .build()
             .unwrap();
         assert_eq!(e.store_settings().timeout, Duration::from_millis(30));
-        assert_eq!(e.store_settings().on_store_error, OnStoreError::Outcome(State::Block));
+        assert_eq!(
+            e.store_settings().on_store_error,
+            OnStoreError::Outcome(State::Block)
+        );
         assert_eq!(e.store_round_trips(), 2, "the shared keys, the scripts");
         e.track(&common::keyed("k")).unwrap();
         assert_eq!(e.store_round_trips(), 4, "claim, commit");
@@ -660,8 +752,15 @@ if rba_score() > 50.0 { REVIEW }"#),
         assert!(bad.to_string().contains("on_store_error"), "{bad}");
         let unreachable: EngineBuilder = Engine::builder()
             .ruleset(common::ruleset(&[("r", "ALLOW")], ""))
-            .store(StoreSettings::redis("redis://127.0.0.1:1").connect_timeout(Duration::from_millis(50)));
+            .store(
+                StoreSettings::redis("redis://127.0.0.1:1")
+                    .connect_timeout(Duration::from_millis(50)),
+            );
         let err = unreachable.build().unwrap_err();
-        assert!(err.to_string().starts_with("the state store: redis unreachable"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the state store: redis unreachable"),
+            "{err}"
+        );
     }
 }

@@ -342,7 +342,10 @@ fn geography_and_travel_read_a_mapped_address_as_its_ipv4() {
         .rule("far", "if is_impossible_travel() { REVIEW }")
         .build()
         .unwrap();
-    let e = common::with_test_store(Engine::builder()).ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     let london = [
         "81.2.69.142",
         "::ffff:81.2.69.142",

@@ -78,7 +78,10 @@ fn rba_score_is_a_number_that_needs_no_database() {
         )
         .build()
         .unwrap();
-    let e = common::with_test_store(Engine::builder()).ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     // No history: every chain is neutral, so the score is exactly 1.
     let r = e
         .track(&TrackRequest::new("u", "signIn").ip("203.0.113.1"))

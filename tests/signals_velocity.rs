@@ -263,7 +263,10 @@ fn computed_windows_keep_max_window_of_history() {
         .config_toml("[signals]\nmax_window = \"3h\"\n")
         .build()
         .unwrap();
-    let e = common::with_test_store(Engine::builder()).ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     let r = req("u", "signIn", None, None);
     e.track_at(&r, at(0)).unwrap();
     assert_eq!(e.track_at(&r, at(5_000)).unwrap().state, State::Review);
@@ -284,7 +287,10 @@ fn a_flood_of_unique_keys_stays_at_the_bound() {
         .config_toml("[signals]\nmax_keys = 500\nmax_per_key = 8\n[idempotency]\ncapacity = 100\n")
         .build()
         .unwrap();
-    let e = common::with_test_store(Engine::builder()).ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     for i in 0..5_000u32 {
         let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
         let r = req(
@@ -327,7 +333,10 @@ fn idle_keys_are_dropped_after_the_longest_window() {
         return;
     }
     let rules = RuleSet::from_sources([("v", r#"if velocity("10m") > 100 { BLOCK }"#)]).unwrap();
-    let e = common::with_test_store(Engine::builder()).ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     for i in 0..200u64 {
         e.track_at(&req(&format!("u{i}"), "signIn", None, None), at(i))
             .unwrap();
@@ -408,7 +417,10 @@ fn lowering_max_keys_evicts_a_few_keys_per_decision_not_all_at_once() {
             .build()
             .unwrap()
     };
-    let e = common::with_test_store(Engine::builder()).ruleset(load(100_000)).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(load(100_000))
+        .build()
+        .unwrap();
     const USERS: u64 = 20_000;
     for i in 0..USERS {
         e.track_at(&req(&format!("u{i}"), "signIn", None, None), at(i / 10))
@@ -531,7 +543,10 @@ fn max_bytes_is_set_in_signals_and_cannot_be_zero() {
         .config_toml("[signals]\nmax_bytes = 1\n")
         .build()
         .unwrap();
-    let e = common::with_test_store(Engine::builder()).ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     let r = req("u", "signIn", None, None);
     for i in 0..5 {
         assert_eq!(e.track_at(&r, at(i)).unwrap().state, State::Allow);

@@ -124,7 +124,11 @@ fn run(capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
         .unwrap();
     let mut m = Model::default();
     // Capacity is the in-memory store's bound; on Redis only the TTL retires actions.
-    let model_capacity = if common::in_memory() { capacity } else { usize::MAX };
+    let model_capacity = if common::in_memory() {
+        capacity
+    } else {
+        usize::MAX
+    };
     let mut now = 0u64;
     let mut generated = 0usize;
     for op in ops {
@@ -180,7 +184,8 @@ fn run(capacity: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                             token_used: false,
                         });
                         while let Some(front) = m.actions.front() {
-                            if m.actions.len() > model_capacity || front.created_ms + TTL_MS <= now {
+                            if m.actions.len() > model_capacity || front.created_ms + TTL_MS <= now
+                            {
                                 m.actions.pop_front();
                             } else {
                                 break;

@@ -79,8 +79,7 @@ pub fn measure(ruleset: &RuleSet, events: &str, opts: &Options) -> io::Result<Me
             s.key_prefix = format!("{}-bench-{}-{}", s.key_prefix, std::process::id(), m.rounds);
             builder = builder.store(s);
         }
-        let mut replayer =
-            Replayer::new(builder).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut replayer = Replayer::new(builder).map_err(|e| io::Error::other(e.to_string()))?;
         let before = m.latency.count();
         let mut input: Box<dyn io::BufRead> = if events == "-" {
             if m.rounds > 0 {

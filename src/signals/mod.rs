@@ -32,8 +32,8 @@ use crate::config::{GeoipConfig, HistoryLimits as Limits};
 use crate::error::Diagnostic;
 use crate::time::{DurationMs, EpochMs};
 pub(crate) use history::{History, Keys};
-pub(crate) use view::View;
 use std::path::Path;
+pub(crate) use view::View;
 
 use history::{Kept, KnownKind, Located};
 

@@ -198,9 +198,8 @@ impl View {
                     KnownKind::Country => 2,
                 };
                 s.data().and_then(|d| d.known.get(i)).is_some_and(|l| {
-                    l.iter().any(|m| {
-                        m.0 == item && m.1.saturating_add(s.known_for_ms) > now.ms()
-                    })
+                    l.iter()
+                        .any(|m| m.0 == item && m.1.saturating_add(s.known_for_ms) > now.ms())
                 })
             }
         }

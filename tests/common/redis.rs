@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The command that runs the Redis suites.
-pub const HOW: &str = "apt-get install -y redis-server redis-tools, then: bash .ci/redis-suites";
+pub const HOW: &str = "bash .ci/redis-suites (installs redis-server with apt-get when missing)";
 
 /// Whether redis-server can be run here.
 pub fn available() -> bool {
@@ -251,7 +251,11 @@ impl Cluster {
 /// A key prefix no other engine of this run has.
 pub fn fresh_prefix() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The lease of the suites' engines: longer than their slowest rules (seconds under a loaded debug build),

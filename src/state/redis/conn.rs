@@ -72,7 +72,10 @@ fn store_error(e: &redis::RedisError) -> StoreError {
     } else {
         "refused"
     };
-    StoreError(format!("redis {kind}: {}", crate::error::shorten(&e.to_string())))
+    StoreError(format!(
+        "redis {kind}: {}",
+        crate::error::shorten(&e.to_string())
+    ))
 }
 
 fn noscript(e: &redis::RedisError) -> bool {

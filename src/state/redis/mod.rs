@@ -317,7 +317,8 @@ impl RedisStore {
         let pattern = format!("{}:{{u*}}:a:*", self.prefix);
         let mut total = 0;
         for node in &self.nodes {
-            let client = redis::Client::open(node.as_str()).map_err(|e| StoreError(e.to_string()))?;
+            let client =
+                redis::Client::open(node.as_str()).map_err(|e| StoreError(e.to_string()))?;
             let mut con = client
                 .get_connection_with_timeout(Duration::from_secs(2))
                 .map_err(|e| StoreError(e.to_string()))?;
@@ -365,9 +366,19 @@ impl RedisStore {
     }
 
     /// An IP's (`'i'`, series 2, set 4) or device's (`'d'`, 3, 5) series and set keys.
-    fn subject_keys(&self, tag: char, subject: u64, series: u8, set: u8, action: u64) -> [String; 2] {
+    fn subject_keys(
+        &self,
+        tag: char,
+        subject: u64,
+        series: u8,
+        set: u8,
+        action: u64,
+    ) -> [String; 2] {
         let t = format!("{}:{{{tag}{subject:016x}}}", self.prefix);
-        [format!("{t}:s{series}:{action:016x}"), format!("{t}:z{set}")]
+        [
+            format!("{t}:s{series}:{action:016x}"),
+            format!("{t}:z{set}"),
+        ]
     }
 
     fn token_key(&self, token: &str) -> String {
@@ -423,7 +434,8 @@ impl RedisStore {
         }];
         // The IP's and device's reads: plain range reads, each of one key.
         let mut subject_reads: Vec<(usize, u8)> = Vec::new();
-        for (tag, subject, series, set) in [('i', c.keys.ip, 2u8, 4u8), ('d', c.keys.device, 3, 5)] {
+        for (tag, subject, series, set) in [('i', c.keys.ip, 2u8, 4u8), ('d', c.keys.device, 3, 5)]
+        {
             let Some(s) = subject else { continue };
             let [sk, zk] = self.subject_keys(tag, s, series, set, c.keys.action);
             for (bit, key) in [(series, sk), (set, zk)] {
@@ -582,7 +594,8 @@ impl RedisStore {
                 l.lat.to_string(),
                 l.lon.to_string(),
                 format!("{:016x}", l.ip),
-                l.country.map_or_else(String::new, |c| c.as_str().to_owned()),
+                l.country
+                    .map_or_else(String::new, |c| c.as_str().to_owned()),
             ]),
             None => args.push("0".to_owned()),
         }
@@ -621,10 +634,14 @@ impl RedisStore {
         limits: &HistoryLimits,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(decided).map_err(|e| StoreError(e.to_string()))?;
-        let token_hash = decided.token.as_deref().map(|t| {
-            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(t.as_bytes()))
-        });
-        let user = writes.record.map(|r| r.0.user).or(writes.known.as_ref().map(|k| k.user));
+        let token_hash = decided
+            .token
+            .as_deref()
+            .map(|t| format!("{:032x}", xxhash_rust::xxh3::xxh3_128(t.as_bytes())));
+        let user = writes
+            .record
+            .map(|r| r.0.user)
+            .or(writes.known.as_ref().map(|k| k.user));
         let keys_of = |keys: &Keys| {
             let mut k = vec![ticket.action_key.clone()];
             k.extend(self.user_keys(keys));
@@ -666,7 +683,8 @@ impl RedisStore {
                 section(bit(1), member.clone(), &mut args);
                 section(
                     bit(6) && keys.device.is_some(),
-                    keys.device.map_or_else(String::new, |d| format!("{d:016x}")),
+                    keys.device
+                        .map_or_else(String::new, |d| format!("{d:016x}")),
                     &mut args,
                 );
                 for (tag, subject, series, set) in
