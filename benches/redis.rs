@@ -163,4 +163,12 @@ fn main() {
         100.0 * async_rate / set_rate
     );
     println!("| redis-benchmark -t set -c 32 | {set_rate:.0} req/s | |");
+    // Where the server's time went: microseconds per call of each command riskgate sent.
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .unwrap_or_default();
+    for l in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+        println!("{l}");
+    }
 }

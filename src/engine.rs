@@ -3,6 +3,9 @@
 //! One decision reads top to bottom in [`Engine::track_at`]: validate → store lookup (a repeat returns here) →
 //! rules → resolve → record → respond.
 
+// Without feature `redis` the store has one variant, and the matches that pick it cannot fail.
+#![cfg_attr(not(feature = "redis"), allow(clippy::infallible_destructuring_match))]
+
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -474,6 +477,9 @@ impl Engine {
     }
 
     /// Evaluates the rules for a new action on `ctx`, resolves them and records the action in history.
+    // Inlined into both callers so the context is built in place, not moved (measured: the in-memory first
+    // decision costs the same instructions as before the store seam).
+    #[inline(always)]
     fn evaluate(
         &self,
         rs: &Loaded,
