@@ -12,10 +12,10 @@ mod common;
 #[test]
 fn redis_suites_run_or_say_how() {
     if !cfg!(feature = "redis") {
-        eprintln!(
+        common::redis::say(&format!(
             "redis suites skipped: riskgate was built without feature `redis`; to run them: {}",
             common::redis::HOW
-        );
+        ));
     } else if !common::redis::available() {
         common::redis::say_skipped();
     }

@@ -31,8 +31,15 @@ pub fn available() -> bool {
 pub fn say_skipped() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        eprintln!("redis suites skipped: redis-server is not installed; to run them: {HOW}");
+        say(&format!(
+            "redis suites skipped: redis-server is not installed; to run them: {HOW}"
+        ));
     });
+}
+
+/// Writes `line` to the real standard error: the test harness captures `eprintln!`, and this line must show.
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// A free loopback port whose cluster bus port (port + 10000) is free too.
