@@ -177,7 +177,7 @@ impl Pool {
     pub fn load(&self, scripts: &[&Script]) -> Result<(), StoreError> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let mut con = self.take().map_err(|e| store_error(&e))?;
-        let loads = scripts.iter().map(|s| {
+        let mut loads = scripts.iter().map(|s| {
             let mut c = redis::cmd("SCRIPT");
             c.arg("LOAD").arg(s.src);
             c
@@ -190,9 +190,7 @@ impl Pool {
                 }
                 p.query::<Vec<Value>>(c).map(|_| ())
             }
-            Conn::Cluster(c) => loads
-                .map(|l| l.query::<Value>(&mut **c).map(|_| ()))
-                .collect::<redis::RedisResult<()>>(),
+            Conn::Cluster(c) => loads.try_for_each(|l| l.query::<Value>(&mut **c).map(|_| ())),
         };
         match result {
             Ok(()) => {
