@@ -260,12 +260,7 @@ impl Config {
         let mut problems = Vec::new();
         let mut fail = |key: &str, message: String| {
             let (line, column) = find_key(text, key);
-            problems.push(Diagnostic {
-                file: file.to_owned(),
-                line,
-                column,
-                message,
-            });
+            problems.push(Diagnostic::new(file.to_owned(), line, column, message));
         };
         let mut cfg = Config::default();
         if let Some(v) = &parsed.default_outcome {

@@ -253,6 +253,12 @@ impl Cmp {
             (Int(x), Float(y)) => self.float(x as f64, y),
             (Float(x), Int(y)) => self.float(x, y as f64),
             (Str(x), Str(y)) => self.ord(x.cmp(y)),
+            // An ordering between a string and a number, or with `()`, is a rule error (`rules/types.rs`).
+            (Str(_), Int(_) | Float(_)) | (Int(_) | Float(_), Str(_)) | (Unit, _) | (_, Unit)
+                if !matches!(self, Cmp::Eq | Cmp::Ne) =>
+            {
+                return None
+            }
             (Bool(x), Bool(y)) => self.ord(x.cmp(&y)),
             // `() == ()` is true; every other operator on two units is false.
             (Unit, Unit) => matches!(self, Cmp::Eq),
@@ -846,7 +852,9 @@ mod tests {
             run("if custom.amount > 2 { BLOCK }", &req),
             Some(Some(State::Block))
         );
-        assert_eq!(run("if custom.missing > 2 { BLOCK }", &req), Some(None));
+        // An ordering with `()` is a rule error: the interpreter's to report.
+        assert_eq!(run("if custom.missing > 2 { BLOCK }", &req), None);
+        assert_eq!(run("if custom.missing == 2 { BLOCK }", &req), Some(None));
         assert_eq!(
             run("if device_id != \"x\" { REVIEW }", &req),
             Some(Some(State::Review))

@@ -106,12 +106,12 @@ impl Known {
                     takes.join(" or ")
                 )
             };
-            problems.push(Diagnostic {
-                file: file.to_owned(),
-                line: pos.line().unwrap_or(0),
-                column: pos.position().unwrap_or(0),
+            problems.push(Diagnostic::new(
+                file.to_owned(),
+                pos.line().unwrap_or(0),
+                pos.position().unwrap_or(0),
                 message,
-            });
+            ));
             true
         });
     }

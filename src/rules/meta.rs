@@ -49,12 +49,7 @@ pub(crate) fn parse(source: &str, file: &str) -> Result<Meta, Vec<Diagnostic>> {
     let mut seen: Vec<&str> = Vec::new();
     let mut problems = Vec::new();
     let mut fail = |line: usize, column: usize, message: String| {
-        problems.push(Diagnostic {
-            file: file.to_owned(),
-            line,
-            column,
-            message,
-        })
+        problems.push(Diagnostic::new(file.to_owned(), line, column, message))
     };
     for (n, raw) in source.lines().enumerate() {
         let line_no = n + 1;

@@ -9,6 +9,7 @@ mod meta;
 mod nesting;
 mod rule;
 pub(crate) mod sandbox;
+mod types;
 pub(crate) mod vars;
 
 use std::collections::HashMap;
@@ -358,21 +359,16 @@ impl RuleSetBuilder {
         sources.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, source, file) in sources {
             if let Err(m) = check_rule_id(&id) {
-                problems.push(Diagnostic {
-                    file,
-                    line: 0,
-                    column: 0,
-                    message: m,
-                });
+                problems.push(Diagnostic::new(file, 0, 0, m));
                 continue;
             }
             if rules.iter().any(|r| r.id.as_str() == id) {
-                problems.push(Diagnostic {
+                problems.push(Diagnostic::new(
                     file,
-                    line: 0,
-                    column: 0,
-                    message: format!("rule id `{id}` is given twice"),
-                });
+                    0,
+                    0,
+                    format!("rule id `{id}` is given twice"),
+                ));
                 continue;
             }
             let meta = match meta::parse(&source, &file) {
@@ -389,12 +385,12 @@ impl RuleSetBuilder {
                         .into_iter()
                         .chain(nesting::curry_calls(&ast))
                     {
-                        problems.push(Diagnostic {
-                            file: file.clone(),
-                            line: pos.line().unwrap_or(0),
-                            column: pos.position().unwrap_or(0),
+                        problems.push(Diagnostic::new(
+                            file.clone(),
+                            pos.line().unwrap_or(0),
+                            pos.position().unwrap_or(0),
                             message,
-                        });
+                        ));
                     }
                     analyze::analyze(&ast, &file, &needs, &mut uses, &mut problems);
                     if let Some(meta) = meta {
@@ -413,12 +409,12 @@ impl RuleSetBuilder {
                         });
                     }
                 }
-                Err(e) => problems.push(Diagnostic {
+                Err(e) => problems.push(Diagnostic::new(
                     file,
-                    line: e.1.line().unwrap_or(0),
-                    column: e.1.position().unwrap_or(0),
-                    message: sandbox::explain_parse_error(&e.0),
-                }),
+                    e.1.line().unwrap_or(0),
+                    e.1.position().unwrap_or(0),
+                    sandbox::explain_parse_error(&e.0),
+                )),
             }
         }
         if !problems.is_empty() {
