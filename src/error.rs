@@ -247,27 +247,23 @@ impl Diagnostic {
     /// );
     /// ```
     pub fn to_json(&self) -> String {
-        #[derive(serde::Serialize)]
-        struct Wire<'a> {
-            file: &'a str,
-            line: usize,
-            column: usize,
-            severity: &'static str,
-            code: &'static str,
-            message: &'a str,
-            suggestion: Option<&'a str>,
-        }
-        let wire = Wire {
-            file: &self.file,
-            line: self.line,
-            column: self.column,
-            severity: self.severity.as_str(),
-            code: self.code,
-            message: &self.message,
-            suggestion: self.suggestion.as_deref(),
-        };
-        // Serialising a struct of strings and numbers cannot fail.
-        serde_json::to_string(&wire).unwrap_or_default()
+        // Serialising strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl serde::Serialize for Diagnostic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Diagnostic", 7)?;
+        st.serialize_field("file", &self.file)?;
+        st.serialize_field("line", &self.line)?;
+        st.serialize_field("column", &self.column)?;
+        st.serialize_field("severity", self.severity.as_str())?;
+        st.serialize_field("code", self.code)?;
+        st.serialize_field("message", &self.message)?;
+        st.serialize_field("suggestion", &self.suggestion)?;
+        st.end()
     }
 }
 
