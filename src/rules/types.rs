@@ -101,7 +101,8 @@ pub(crate) fn register(e: &mut rhai::Engine) {
 /// `msg` with Rhai's internal type names put as the rule guide names them.
 pub(crate) fn plain(msg: &str) -> String {
     // Longest first: `&str | ImmutableString | String` is one string type to Rhai's messages.
-    const NAMES: [(&str, &str); 9] = [
+    const NAMES: [(&str, &str); 10] = [
+        ("Function not found", "function not found"),
         ("&str | ImmutableString | String", "string"),
         ("ImmutableString", "string"),
         ("&mut ", ""),
@@ -127,7 +128,7 @@ mod tests {
     fn rhai_type_names_are_translated() {
         assert_eq!(
             super::plain("Function not found: ends_wiht (&str | ImmutableString | String, i64)"),
-            "Function not found: ends_wiht (string, number)"
+            "function not found: ends_wiht (string, number)"
         );
         assert_eq!(super::plain("f64 and array"), "number and array");
     }
