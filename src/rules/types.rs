@@ -68,7 +68,8 @@ fn refuse<A: Named, B: Named>(e: &mut rhai::Engine, op: &'static str) {
     e.register_fn(
         op,
         move |_: A, _: B| -> Result<Dynamic, Box<EvalAltResult>> {
-            Err(EvalAltResult::ErrorRuntime(message.clone().into(), Position::NONE).into())
+            // Rhai writes an arithmetic error as its message alone (a runtime error would add "Runtime error:").
+            Err(EvalAltResult::ErrorArithmetic(message.clone(), Position::NONE).into())
         },
     );
 }
