@@ -395,7 +395,10 @@ fn type_confusion_is_the_same_rule_error_on_both_paths() {
         ("unit", "if custom.missing < 1.5 { BLOCK }"),
         ("str-var", "if email >= 3 { BLOCK }"),
         ("eq", "if custom.amount == 7000 { BLOCK }"),
-        ("guarded", "if custom.amount != () && custom.amount > 1 { ALLOW }"),
+        (
+            "guarded",
+            "if custom.amount != () && custom.amount > 1 { ALLOW }",
+        ),
         ("consts", r#"if "a" < 1 { BLOCK }"#),
     ]
     .iter()
@@ -420,6 +423,9 @@ fn type_confusion_is_the_same_rule_error_on_both_paths() {
     let engine = Engine::builder().ruleset(set).build().unwrap();
     let resp = engine.track(&requests[0]).unwrap();
     let failed: Vec<&str> = resp.errors.iter().map(|e| e.rule_id.as_str()).collect();
-    assert_eq!(failed, ["consts", "gt", "guarded", "le-left", "str-var", "unit"]);
+    assert_eq!(
+        failed,
+        ["consts", "gt", "guarded", "le-left", "str-var", "unit"]
+    );
     assert!(resp.rule_ids.is_empty(), "{:?}", resp.rule_ids);
 }
