@@ -165,12 +165,12 @@ impl RuleSet {
     ///
     /// ```
     /// let rules = riskgate::RuleSet::builder()
-    ///     .rule("a", "//! actions: signIn, payment\nREVIEW")
-    ///     .rule("b", "//! actions: paymnet\nBLOCK")
+    ///     .rule("a", "//! actions: payment, paymnet\nBLOCK")
+    ///     .rule("b", "//! actions: payment\nREVIEW")
     ///     .build()?;
     /// let w = rules.warnings();
     /// assert_eq!(w.len(), 1);
-    /// assert_eq!(w[0].to_string(), "b:1:14: warning: action code `paymnet` is named only here: no other rule, `[actions]` table or known action uses it (did you mean `payment`?)");
+    /// assert_eq!(w[0].to_string(), "a:1:23: warning: action code `paymnet` is named only here: no other rule, `[actions]` table or known action uses it (did you mean `payment`?)");
     /// # Ok::<(), riskgate::LoadError>(())
     /// ```
     pub fn warnings(&self) -> &[Diagnostic] {
