@@ -216,7 +216,7 @@ const LOAD_ROWS: &[LoadRow] = &[
         config: "",
         lists: &[("blocked", "10.0.0.0/33\n")],
         want: &[(
-            "lists/blocked.txt:1:1: invalid CIDR range `10.0.0.0/33`: the prefix length must be at most 32",
+            "lists/blocked.txt:1:1: invalid CIDR range `10.0.0.0/33`: the prefix length must be 0-32",
             "invalid",
             None,
         )],
@@ -348,9 +348,21 @@ const RUN_ROWS: &[RunRow] = &[
     },
     RunRow {
         mistake: "arithmetic on a number sent as a string",
+        rule: "if custom.amount - 100 > 5000 { REVIEW }",
+        custom: &[("amount", Custom::S("7000"))],
+        want: Err("1:18: cannot apply `-` to a string and a number: convert one side first (`parse_float(s)`, `parse_int(s)` or `n.to_string()`)"),
+    },
+    RunRow {
+        mistake: "`+` joins a string and a number, and the comparison after it is still an error",
         rule: "if custom.amount + 100 > 5000 { REVIEW }",
         custom: &[("amount", Custom::S("7000"))],
-        want: Err("1:18: cannot apply `+` to a string and a number: convert one side first (`parse_float(s)`, `parse_int(s)` or `n.to_string()`)"),
+        want: Err("1:24: cannot compare a string with a number using `>`: convert one side first (`parse_float(s)`, `parse_int(s)` or `n.to_string()`)"),
+    },
+    RunRow {
+        mistake: "`+` on a missing attribute",
+        rule: "if custom.amount + 100 > 5000 { REVIEW }",
+        custom: &[],
+        want: Err("1:18: cannot apply `+` to `()` and a number: a missing value is `()`: test it with `!= ()` first"),
     },
     RunRow {
         mistake: "arithmetic on a missing attribute",

@@ -13,8 +13,9 @@
 //! non-numeric types are `false` (`!=` is `true`), `()` equals only `()`, an integer compared with a float is
 //! compared as a float, a string's `len` counts characters, a missing `custom` field reads as `()`.
 //!
-//! Where Rhai would raise an error (a method on `()`, `&&` on a non-bool, an ordering between outcomes, a rule
-//! whose value is not an outcome or `()`), or where the closures are not sure, they give up and the rule is
+//! Where Rhai would raise an error (a method on `()`, `&&` on a non-bool, an ordering between outcomes or
+//! between a string and a number or with `()` (the type rules of `types.rs`), a rule whose value is not an
+//! outcome or `()`), or where the closures are not sure, they give up and the rule is
 //! evaluated by Rhai's interpreter instead, so errors keep Rhai's exact messages and positions. Giving up is
 //! always safe because rules have no side effects. `tests/differential.rs` checks both paths against each other
 //! on generated rules and requests.
