@@ -1,11 +1,14 @@
 //! The type rules of the rule language, beyond Rhai's own: an ordering comparison (`<`, `<=`, `>`, `>=`) or
 //! arithmetic between a string and a number, or with `()` on either side, is a rule error instead of a quiet
-//! `false` (or a concatenation). Equality between different types stays `false` (`!=` is `true`).
+//! `false`. Equality between different types stays `false` (`!=` is `true`), and `+` with a string on either
+//! side stays a concatenation.
 //!
 //! Rhai compares values of different types as `false` in its built-in operators, so a client that sends
 //! `"amount": "7000"` would walk past `custom.amount > 5000`. The refusals are registered on the engine, which
 //! Rhai consults before its built-in operators once fast operators are off (see `sandbox::new_engine`). The
 //! compiled path gives up on the same pairs (`compile::Cmp::apply`), so the interpreter reports the error.
+//! Without fast operators an interpreted operator costs about 70 ns more (release build, measured on a loop of
+//! 8,000 comparisons and additions: 1.5 ms against 2.05 ms); compiled rules do not use Rhai's operators at all.
 //!
 //! Also here: Rhai's internal type names translated into the rule guide's (`string`, `number`, `bool`,
 //! `array`, `map`, `()`), for messages.
@@ -75,18 +78,22 @@ fn refuse<A: Named, B: Named>(e: &mut rhai::Engine, op: &'static str) {
 }
 
 /// Registers `op` as an error between a string and a number (either way round), and with `()` on either side.
+/// `+` with a string on either side stays Rhai's concatenation (`"key-" + i`): its result is a string, so a
+/// comparison with a number after it is still an error.
 fn refuse_mixed(e: &mut rhai::Engine, op: &'static str) {
-    refuse::<ImmutableString, INT>(e, op);
-    refuse::<INT, ImmutableString>(e, op);
-    refuse::<ImmutableString, FLOAT>(e, op);
-    refuse::<FLOAT, ImmutableString>(e, op);
+    if op != "+" {
+        refuse::<ImmutableString, INT>(e, op);
+        refuse::<INT, ImmutableString>(e, op);
+        refuse::<ImmutableString, FLOAT>(e, op);
+        refuse::<FLOAT, ImmutableString>(e, op);
+        refuse::<(), ImmutableString>(e, op);
+        refuse::<ImmutableString, ()>(e, op);
+    }
     refuse::<(), ()>(e, op);
     refuse::<(), INT>(e, op);
     refuse::<INT, ()>(e, op);
     refuse::<(), FLOAT>(e, op);
     refuse::<FLOAT, ()>(e, op);
-    refuse::<(), ImmutableString>(e, op);
-    refuse::<ImmutableString, ()>(e, op);
     refuse::<(), bool>(e, op);
     refuse::<bool, ()>(e, op);
 }
