@@ -341,6 +341,7 @@ impl Engine {
             }
         }
         req.validate()?;
+        cfg.custom.check(&req.attributes.custom)?;
         let fingerprint = req.fingerprint(&self.shared.fingerprint_key).into();
         let generated;
         let key = match &req.attributes.idempotency_key {

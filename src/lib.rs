@@ -39,7 +39,7 @@ mod watch;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{OnConflict, OnRuleError};
 pub use engine::{Engine, EngineBuilder};
-pub use error::{Diagnostic, LoadError, TrackError};
+pub use error::{Diagnostic, LoadError, Severity, TrackError};
 pub use request::{
     CustomValue, TrackAttributes, TrackRequest, MAX_CUSTOM_ENTRIES, MAX_CUSTOM_KEY_BYTES,
     MAX_CUSTOM_STRING_BYTES, MAX_ID_BYTES, MAX_LONG_FIELD_BYTES, MAX_PHONE_BYTES,

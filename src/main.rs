@@ -27,11 +27,18 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compile and validate a rules folder, list its rules; print file:line:col errors and exit 1 if it fails.
+    /// Compile and validate a rules folder, list its rules; print file:line:col errors and warnings, and exit 1
+    /// if it fails.
     Check {
         /// The rules folder.
         #[arg(long, default_value = "rules")]
         rules: PathBuf,
+        /// Fail on warnings too (an action code nothing else names, …).
+        #[arg(long)]
+        strict: bool,
+        /// `text` (file:line:col lines) or `json` (one object on stdout, for CI systems and editors).
+        #[arg(long, value_enum, default_value = "text")]
+        format: cli::check::Format,
     },
     /// Replay JSON lines (track requests and operations) through the rules: one JSON line out per line in,
     /// a summary on stderr.
@@ -176,7 +183,11 @@ impl SimulateArgs {
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Command::Check { rules } => cli::check::run(&rules),
+        Command::Check {
+            rules,
+            strict,
+            format,
+        } => cli::check::run(&rules, strict, format),
         Command::Replay {
             rules,
             events,
