@@ -13,6 +13,7 @@ use crate::clock::{to_millis, Clock, SystemClock};
 use crate::config::{Config, OnConflict, OnRuleError};
 use crate::decide;
 use crate::error::{LoadError, TrackError};
+use crate::explain::Explanation;
 use crate::hash::{EngineKeys, FingerprintKey};
 use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
@@ -426,6 +427,131 @@ impl Engine {
             url,
             footprint,
         )
+    }
+
+    /// Explains what [`track`](Engine::track) would decide for `req` now (on the engine's clock). See
+    /// [`explain_at`](Engine::explain_at).
+    pub fn explain(&self, req: &TrackRequest) -> Result<Explanation, TrackError> {
+        self.explain_at(req, self.shared.clock.now())
+    }
+
+    /// A dry run of [`track_at`](Engine::track_at): evaluates every enabled rule for the action against the
+    /// history as it is, resolves the decision, and returns it with a trace of each rule (matched or not, its
+    /// outcome or error, time taken, the signals, variables and `custom` keys it reads with their values, and
+    /// the value of each operand of its top-level conditions). See [`RuleTrace`](crate::RuleTrace).
+    ///
+    /// Nothing is recorded: no history, no stored action, no token, and [`decisions`](Engine::decisions) does
+    /// not count it. The store is not consulted either: a request whose identity was already tracked is
+    /// evaluated as if it were new. The request is validated as `track` validates it.
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, State, TrackRequest};
+    ///
+    /// let engine = Engine::builder()
+    ///     .ruleset(RuleSet::from_sources([("busy", r#"if velocity("10m") > 1 { BLOCK }"#)])?)
+    ///     .build()?;
+    /// engine.track(&TrackRequest::new("u1", "signIn"))?;
+    /// let why = engine.explain(&TrackRequest::new("u1", "signIn"))?;
+    /// assert_eq!(why.state, State::Allow);
+    /// let rule = &why.rules[0];
+    /// assert!(!rule.matched);
+    /// assert_eq!(rule.signals[0].expr, r#"velocity("10m")"#);
+    /// assert_eq!(rule.signals[0].value, 1);
+    /// assert_eq!(rule.comparisons[0].expr, r#"velocity("10m") > 1"#);
+    /// assert_eq!(rule.comparisons[0].value, false);
+    /// assert_eq!(engine.decisions(), 1, "explaining decides nothing");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn explain_at(
+        &self,
+        req: &TrackRequest,
+        at: SystemTime,
+    ) -> Result<Explanation, TrackError> {
+        let now_ms = to_millis(at);
+        let now = EpochMs::from_ms(crate::clock::check_event_ms(i128::from(now_ms), || {
+            format!("{now_ms} ms since the epoch")
+        })?);
+        req.validate()?;
+        let rs = self.shared.ruleset.load();
+        let idx = rs.rules_for(&req.action);
+        let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
+        Ok(rules::binding::with_decision(ctx, |ctx| {
+            let mut results = Vec::with_capacity(idx.len());
+            let mut traces = Vec::with_capacity(idx.len());
+            for &i in idx {
+                let rule = &rs.rules[i];
+                let started = std::time::Instant::now();
+                sandbox::evaluate(
+                    &rs.engine,
+                    &rs.config.limits,
+                    req,
+                    ctx,
+                    std::iter::once(rule),
+                    &mut results,
+                );
+                let time_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                traces.push(rules::explain::trace(
+                    &rs.engine,
+                    &rs.config.limits,
+                    req,
+                    ctx,
+                    rule,
+                    results.last(),
+                    time_ns,
+                ));
+            }
+            let d = decide::resolve(
+                &rs.config,
+                &req.action,
+                idx.iter().map(|&i| &rs.rules[i]),
+                results,
+            );
+            Explanation {
+                state: d.state,
+                rule_ids: d.rule_ids,
+                priority_rule_id: d.priority_rule_id,
+                shadow_rule_ids: d.shadow_rule_ids,
+                errors: d.errors,
+                rules: traces,
+            }
+        }))
+    }
+
+    /// Evaluates one rule expression for `req` at `at` (`velocity("10m")`, `is_new_device()`,
+    /// `custom.amount > 100`), as a rule of the current ruleset would see it: in the rules' sandbox, against the
+    /// history before the action. Nothing is recorded. The value is JSON (`null` for `()`; an outcome as its
+    /// name). A request that fails validation, an expression that does not parse or fails (such as a signal
+    /// whose history no rule keeps) is [`TrackError::InvalidRequest`].
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, TrackRequest};
+    ///
+    /// let engine = Engine::builder()
+    ///     .ruleset(RuleSet::from_sources([("busy", r#"if velocity("1h") > 5 { BLOCK }"#)])?)
+    ///     .build()?;
+    /// let req = TrackRequest::new("u1", "signIn");
+    /// engine.track(&req)?;
+    /// let now = std::time::SystemTime::now();
+    /// assert_eq!(engine.evaluate_at(&req, r#"velocity("10m")"#, now)?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn evaluate_at(
+        &self,
+        req: &TrackRequest,
+        expression: &str,
+        at: SystemTime,
+    ) -> Result<serde_json::Value, TrackError> {
+        let now_ms = to_millis(at);
+        let now = EpochMs::from_ms(crate::clock::check_event_ms(i128::from(now_ms), || {
+            format!("{now_ms} ms since the epoch")
+        })?);
+        req.validate()?;
+        let rs = self.shared.ruleset.load();
+        let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
+        rules::binding::with_decision(ctx, |_| {
+            rules::explain::evaluate_source(&rs.engine, &rs.config.limits, req, expression)
+        })
+        .map_err(|reason| TrackError::invalid("expression", &reason))
     }
 
     /// The stored action with this identity, if it is still retained.

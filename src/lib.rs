@@ -16,6 +16,7 @@ mod decide;
 mod duration;
 mod engine;
 mod error;
+mod explain;
 mod files;
 mod hash;
 mod request;
@@ -40,6 +41,7 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{OnConflict, OnRuleError};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Diagnostic, LoadError, TrackError};
+pub use explain::{Explanation, RbaFactor, RuleTrace, Value};
 pub use request::{
     CustomValue, TrackAttributes, TrackRequest, MAX_CUSTOM_ENTRIES, MAX_CUSTOM_KEY_BYTES,
     MAX_CUSTOM_STRING_BYTES, MAX_ID_BYTES, MAX_LONG_FIELD_BYTES, MAX_PHONE_BYTES,

@@ -4,6 +4,7 @@
 mod analyze;
 pub(crate) mod binding;
 pub(crate) mod compile;
+pub(crate) mod explain;
 mod functions;
 mod meta;
 mod nesting;
