@@ -675,19 +675,17 @@ pub fn render_trace(e: &Explanation) -> String {
             r.mode.as_str(),
             r.priority
         );
-        for v in r
-            .comparisons
-            .iter()
-            .chain(&r.signals)
-            .chain(&r.variables)
-            .chain(&r.custom)
-        {
+        // Conditions first (`→`), then what the rule reads (`=`) that is not a condition itself.
+        let reads = r.signals.iter().chain(&r.variables).chain(&r.custom);
+        let reads = reads.filter(|v| !r.comparisons.iter().any(|c| c.expr == v.expr));
+        let conditions = r.comparisons.iter().map(|v| (v, "→"));
+        for (v, sign) in conditions.chain(reads.map(|v| (v, "="))) {
             match &v.error {
                 Some(err) => {
-                    let _ = writeln!(out, "    {} = ? ({err})", v.expr);
+                    let _ = writeln!(out, "    {} {sign} ? ({err})", v.expr);
                 }
                 None => {
-                    let _ = writeln!(out, "    {} = {}", v.expr, v.value);
+                    let _ = writeln!(out, "    {} {sign} {}", v.expr, v.value);
                 }
             }
         }
