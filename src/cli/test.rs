@@ -710,9 +710,20 @@ fn text_report(results: &[(String, FileResult)]) -> String {
                         continue;
                     }
                     let _ = writeln!(out, "FAIL {file}::{}", t.name);
+                    let mut shown: Option<&str> = None;
                     for f in &t.failures {
                         let _ = writeln!(out, "  {}: {}", f.at, f.message);
-                        if let Some(trace) = &f.trace {
+                        let next = t
+                            .failures
+                            .iter()
+                            .skip_while(|g| !std::ptr::eq(*g, f))
+                            .nth(1);
+                        // One trace after the last failure of a step (failures of one step share it).
+                        if next.is_some_and(|n| n.trace == f.trace) {
+                            continue;
+                        }
+                        if let Some(trace) = f.trace.as_deref().filter(|t| shown != Some(*t)) {
+                            shown = Some(trace);
                             for line in trace.lines() {
                                 let _ = writeln!(out, "    {line}");
                             }
