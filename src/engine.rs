@@ -19,6 +19,7 @@ use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
+use crate::stats::{self, Stats};
 use crate::store::{Decided, Found, Slot, Store};
 use crate::time::EpochMs;
 use crate::token;
@@ -77,6 +78,8 @@ struct Shared {
     rules_dir: Option<PathBuf>,
     reload: Mutex<()>,
     decisions: AtomicU64,
+    /// Decisions by state, evaluation time, and the per-rule counts of replaced rulesets.
+    stats: stats::Counters,
     /// The builder's settings, applied over every ruleset's `riskgate.toml`.
     overrides: Overrides,
     /// The builder's sandbox limits, for every folder the engine loads.
@@ -88,12 +91,17 @@ struct Shared {
 struct Loaded {
     set: Arc<rules::Inner>,
     config: Config,
+    /// Per-rule counts of decisions on this ruleset (see `stats.rs`).
+    counters: Arc<stats::RuleCounters>,
 }
 
 impl Loaded {
     fn new(set: Arc<rules::Inner>, overrides: &Overrides) -> Self {
         Loaded {
             config: overrides.apply(&set.config),
+            counters: Arc::new(stats::RuleCounters::new(
+                set.rules.iter().map(|r| r.id.clone()).collect(),
+            )),
             set,
         }
     }
@@ -284,6 +292,7 @@ impl EngineBuilder {
                 rules_dir: self.rules_dir,
                 reload: Mutex::new(()),
                 decisions: AtomicU64::new(0),
+                stats: stats::Counters::default(),
                 overrides: self.overrides,
                 sandbox_limits: self.sandbox_limits,
             }),
@@ -384,6 +393,12 @@ impl Engine {
     fn decide(&self, rs: &Loaded, req: &TrackRequest, now: EpochMs, slot: &Arc<Slot>) -> Decided {
         self.shared.decisions.fetch_add(1, Ordering::Relaxed);
         let idx = rs.rules_for(&req.action);
+        // No user, IP, device, key or token in the span: only what the action is and what it decided.
+        #[cfg(feature = "tracing")]
+        let _span =
+            tracing::debug_span!("riskgate.decide", action = %req.action, rules = idx.len())
+                .entered();
+        let started = std::time::Instant::now();
         let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
         let (decision, footprint) = rules::binding::with_decision(ctx, |ctx| {
             let mut results = Vec::with_capacity(idx.len());
@@ -395,11 +410,20 @@ impl Engine {
                 idx.iter().map(|&i| &rs.rules[i]),
                 &mut results,
             );
+            rs.counters.record(idx, &results);
             let decision = decide::resolve(
                 &rs.config,
                 &req.action,
                 idx.iter().map(|&i| &rs.rules[i]),
                 results,
+            );
+            self.shared.stats.record(decision.state, started);
+            #[cfg(feature = "tracing")]
+            tracing::debug!(
+                state = decision.state.as_str(),
+                priority_rule_id = decision.priority_rule_id.as_ref().map(|r| r.to_string()),
+                errors = decision.errors.len(),
+                "decided"
             );
             let footprint = ctx.record(decision.state);
             (decision, footprint)
@@ -675,7 +699,8 @@ impl Engine {
         let loaded = Loaded::new(ruleset.inner, &self.shared.overrides);
         self.shared.store.set_capacity(loaded.config.capacity);
         self.shared.history.set_limits(loaded.signals.limits);
-        self.shared.ruleset.store(Arc::new(loaded));
+        let old = self.shared.ruleset.swap(Arc::new(loaded));
+        self.shared.stats.retire(Arc::clone(&old.counters));
     }
 
     /// Reloads the ruleset from the folder the engine was built from. If the folder no longer loads, the error
@@ -797,6 +822,31 @@ impl Engine {
     /// ```
     pub fn decisions(&self) -> u64 {
         self.shared.decisions.load(Ordering::Relaxed)
+    }
+
+    /// Counts since the engine was built: first decisions by state, per rule (over every ruleset it has used)
+    /// how often it matched and failed, and the time spent evaluating rules. See [`Stats`] (and, with feature
+    /// `metrics`, [`Stats::publish`]).
+    ///
+    /// The counters are spread over per-thread stripes so that decisions on different cores do not write one
+    /// shared cache line; a snapshot sums them, and is exact once the decisions it counts have finished.
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, TrackRequest};
+    ///
+    /// let engine = Engine::builder()
+    ///     .ruleset(RuleSet::from_sources([("no-device", "if device_id == () { BLOCK }")])?)
+    ///     .build()?;
+    /// engine.track(&TrackRequest::new("u1", "signIn"))?;
+    /// let stats = engine.stats();
+    /// assert_eq!((stats.decisions, stats.by_state.block), (1, 1));
+    /// assert_eq!(stats.rules["no-device"].matches, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.shared
+            .stats
+            .snapshot(&self.shared.ruleset.load().counters)
     }
 }
 

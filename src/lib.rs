@@ -27,6 +27,7 @@ pub mod server;
 mod server_settings;
 mod settings;
 mod signals;
+mod stats;
 mod store;
 mod time;
 mod token;
@@ -53,6 +54,7 @@ pub use response::{
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use server_settings::{LogFormat, ServerSettings};
 pub use settings::SandboxLimits;
+pub use stats::{DecisionCounts, RuleStats, Stats};
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
 
