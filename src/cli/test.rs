@@ -163,31 +163,42 @@ pub fn run(rules: &Path, filter: Option<&str>, junit: bool) -> ExitCode {
             FileResult::Invalid(_) => invalid += 1,
         }
     }
-    if junit {
-        print!("{}", junit_report(&results));
+    let report = if junit {
+        junit_report(&results)
     } else {
-        print!("{}", text_report(&results));
+        let mut report = text_report(&results);
         let verdict = if failed + invalid == 0 {
             "ok"
         } else {
             "FAILED"
         };
-        let mut line = format!("test result: {verdict}. {passed} passed; {failed} failed");
+        let _ = write!(
+            report,
+            "test result: {verdict}. {passed} passed; {failed} failed"
+        );
         if invalid > 0 {
             let _ = write!(
-                line,
+                report,
                 "; {invalid} invalid test file{}",
                 if invalid == 1 { "" } else { "s" }
             );
         }
         if files.is_empty() {
             let _ = write!(
-                line,
+                report,
                 " (no test files in `{}`)",
                 rules.join("tests").display()
             );
         }
-        println!("{line}");
+        report.push('\n');
+        report
+    };
+    // Not `print!`, which panics when the reader has gone (`riskgate test | head`).
+    if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), report.as_bytes()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: {e}");
+        }
+        return ExitCode::FAILURE;
     }
     if failed + invalid == 0 {
         ExitCode::SUCCESS
@@ -710,27 +721,28 @@ fn text_report(results: &[(String, FileResult)]) -> String {
                         continue;
                     }
                     let _ = writeln!(out, "FAIL {file}::{}", t.name);
-                    let mut shown: Option<&str> = None;
-                    for f in &t.failures {
-                        let _ = writeln!(out, "  {}: {}", f.at, f.message);
-                        let next = t
-                            .failures
-                            .iter()
-                            .skip_while(|g| !std::ptr::eq(*g, f))
-                            .nth(1);
-                        // One trace after the last failure of a step (failures of one step share it).
-                        if next.is_some_and(|n| n.trace == f.trace) {
-                            continue;
-                        }
-                        if let Some(trace) = f.trace.as_deref().filter(|t| shown != Some(*t)) {
-                            shown = Some(trace);
-                            for line in trace.lines() {
-                                let _ = writeln!(out, "    {line}");
-                            }
-                        }
-                    }
+                    out.push_str(&failures_text(&t.failures, "  ", "    "));
                 }
             }
+        }
+    }
+    out
+}
+
+/// Each failure on a line of its own (after `indent`), each step's trace once, after its last failure (the
+/// failures of one step share it), its lines after `trace_indent`.
+fn failures_text(failures: &[Failure], indent: &str, trace_indent: &str) -> String {
+    let mut out = String::new();
+    for (i, f) in failures.iter().enumerate() {
+        let _ = writeln!(out, "{indent}{}: {}", f.at, f.message);
+        if failures
+            .get(i + 1)
+            .is_some_and(|next| next.trace == f.trace)
+        {
+            continue;
+        }
+        for line in f.trace.iter().flat_map(|t| t.lines()) {
+            let _ = writeln!(out, "{trace_indent}{line}");
         }
     }
     out
@@ -769,20 +781,20 @@ fn junit_report(results: &[(String, FileResult)]) -> String {
                         continue;
                     }
                     let _ = writeln!(suites, "    <testcase name=\"{n}\" classname=\"{f}\">");
-                    for fl in &t.failures {
-                        let body = format!(
-                            "{}: {}\n{}",
-                            fl.at,
-                            fl.message,
-                            fl.trace.as_deref().unwrap_or("")
-                        );
-                        let _ = writeln!(
-                            suites,
-                            "      <failure message=\"{}\">{}</failure>",
-                            xml(&format!("{}: {}", fl.at, fl.message)),
-                            xml(&body)
-                        );
-                    }
+                    // One `<failure>` per test case (as JUnit readers expect): the first failed expectation as
+                    // its message, every one of them with the traces as its text.
+                    let body = failures_text(&t.failures, "", "");
+                    let first = t
+                        .failures
+                        .first()
+                        .map(|fl| format!("{}: {}", fl.at, fl.message))
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        suites,
+                        "      <failure message=\"{}\">{}</failure>",
+                        xml(&first),
+                        xml(&body)
+                    );
                     let _ = writeln!(suites, "    </testcase>");
                 }
                 let _ = writeln!(suites, "  </testsuite>");
