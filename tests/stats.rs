@@ -34,7 +34,7 @@ fn stats_count_first_decisions_by_state_and_rule() {
     for (i, amount) in [0, 3, 50, 500, 500, 2].into_iter().enumerate() {
         e.track(
             &req("u", "pay")
-                .idempotency_key(&format!("k{i}"))
+                .idempotency_key(format!("k{i}"))
                 .custom("amount", amount),
         )
         .unwrap();
