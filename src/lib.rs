@@ -16,6 +16,7 @@ mod decide;
 mod duration;
 mod engine;
 mod error;
+mod explain;
 mod files;
 mod hash;
 mod request;
@@ -26,6 +27,7 @@ pub mod server;
 mod server_settings;
 mod settings;
 mod signals;
+mod stats;
 mod store;
 mod time;
 mod token;
@@ -40,6 +42,7 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{OnConflict, OnRuleError};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Diagnostic, LoadError, Severity, TrackError};
+pub use explain::{Explanation, RbaFactor, RuleTrace, Value};
 pub use request::{
     CustomValue, TrackAttributes, TrackRequest, MAX_CUSTOM_ENTRIES, MAX_CUSTOM_KEY_BYTES,
     MAX_CUSTOM_STRING_BYTES, MAX_ID_BYTES, MAX_LONG_FIELD_BYTES, MAX_PHONE_BYTES,
@@ -51,6 +54,7 @@ pub use response::{
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use server_settings::{LogFormat, ServerSettings};
 pub use settings::SandboxLimits;
+pub use stats::{DecisionCounts, RuleStats, Stats};
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
 

@@ -61,6 +61,34 @@ enum Command {
         /// and friction per threshold. Thresholds are comma-separated (default 0.01,0.03,…,100).
         #[arg(long, value_name = "T,T,…", num_args = 0..=1, default_missing_value = "", value_delimiter = ',')]
         rba_sweep: Option<Vec<String>>,
+        /// Add `"trace"` to the output line of each new decision: every rule that applies, matched or not, with
+        /// the signals, variables and `custom` keys it read and its conditions' values (as `explain` gives).
+        #[arg(long)]
+        trace: bool,
+    },
+    /// Run the rule tests beside the rules (`tests/*.toml` in the rules folder), each on a fresh engine with a
+    /// fake clock; print each failure with its file:line, expected and actual values and the decision's trace.
+    /// Exit 1 if a test fails or a test file is invalid.
+    Test {
+        /// The rules folder.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// Run only the tests whose `file::name` contains this text.
+        filter: Option<String>,
+        /// `text` (default) or `junit` (a JUnit XML report on standard output, for CI systems).
+        #[arg(long, default_value = "text", value_parser = ["text", "junit"])]
+        format: String,
+    },
+    /// A dry run: explain each track line (as for `replay`) with a JSON trace of every rule that applies, its
+    /// outcome, the signals, variables and `custom` keys it read and its conditions' values. Nothing is
+    /// recorded: each line is explained on its own, against an empty history.
+    Explain {
+        /// The rules folder.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// The event file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        events: String,
     },
     /// Write a labelled, simulated sign-in log (JSON lines for `replay --labels`): users, their devices and
     /// travels, and attackers (naive, VPN, targeted, credential stuffing, bots). The same flags give the same
@@ -215,14 +243,22 @@ fn main() -> ExitCode {
             labels,
             labels_json,
             rba_sweep: None,
+            trace,
         } => cli::replay::run(
             &rules,
             &events,
             &cli::replay::Options {
                 labels,
                 labels_json,
+                trace,
             },
         ),
+        Command::Test {
+            rules,
+            filter,
+            format,
+        } => cli::test::run(&rules, filter.as_deref(), format == "junit"),
+        Command::Explain { rules, events } => cli::explain::run(&rules, &events),
         Command::Simulate(a) => cli::simulate::run(&a.params(), a.out.as_deref()),
         Command::Bench {
             rules,

@@ -49,6 +49,8 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 pub struct Replayer {
     engine: Engine,
     clock: FakeClock,
+    /// Add each new decision's trace to its output line (`riskgate replay --trace`).
+    trace: bool,
 }
 
 /// The longest `"label"` or `"model"` a line may carry, in bytes.
@@ -98,7 +100,55 @@ impl Replayer {
     pub fn new(builder: EngineBuilder) -> Result<Replayer, LoadError> {
         let clock = FakeClock::at(SystemTime::now());
         let engine = builder.clock(clock.clone()).build()?;
-        Ok(Replayer { engine, clock })
+        Ok(Replayer {
+            engine,
+            clock,
+            trace: false,
+        })
+    }
+
+    /// With `on`, the output line of each track request that the rules decide carries `"trace"`: the
+    /// [`RuleTrace`](crate::RuleTrace)s of [`Engine::explain_at`] for that request, taken just before it was
+    /// decided (so on the same history). A repeat, which the rules do not decide again, carries none.
+    pub fn set_trace(&mut self, on: bool) {
+        self.trace = on;
+    }
+
+    /// Explains line `number` instead of replaying it (`riskgate explain`): the output line is the
+    /// [`Explanation`](crate::Explanation) JSON of a track request, as [`Engine::explain_at`] gives it at the
+    /// line's timestamp (the wall clock when absent), or the error line of [`line`](Replayer::line). Nothing is
+    /// recorded, so every line is explained against the engine as it is. Operations (`"op"`) are refused:
+    /// they change stored actions. `None` for a blank line.
+    pub fn explain_line(&self, number: u64, line: &[u8]) -> Option<String> {
+        if line.len() > MAX_LINE_BYTES {
+            return Some(self.too_long(number, line.len()).json);
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        let explained = std::str::from_utf8(line)
+            .map_err(|_| TrackError::InvalidJson("the line is not valid UTF-8".into()))
+            .and_then(|text| {
+                let mut obj: Map<String, Value> = match parse_line(text)? {
+                    Value::Object(m) => m,
+                    _ => return Err(invalid("line", "expected a JSON object")),
+                };
+                if obj.contains_key("op") {
+                    return Err(invalid(
+                        "op",
+                        "operations change stored actions: explain takes track requests only",
+                    ));
+                }
+                take_label(&mut obj, "model")?;
+                take_label(&mut obj, "label")?;
+                let at = match obj.remove("timestamp") {
+                    Some(v) => parse_timestamp(&v)?,
+                    None => SystemTime::now(),
+                };
+                let req: TrackRequest = from_value(obj)?;
+                to_json(&self.engine.explain_at(&req, at)?)
+            });
+        Some(explained.unwrap_or_else(|e| refused(number, e, None).json))
     }
 
     /// The engine lines are replayed into.
@@ -187,11 +237,27 @@ impl Replayer {
         let engine = &self.engine;
         let Some(op) = op else {
             let req: TrackRequest = from_value(obj)?;
+            let trace = match self.trace {
+                true => Some((engine.explain_at(&req, at)?.rules, engine.decisions())),
+                false => None,
+            };
             let started = Instant::now();
             let resp = engine.track_at(&req, at);
             *latency = Some(started.elapsed());
             let resp = resp?;
-            return Ok((to_json(&resp)?, Outcome::Tracked(resp)));
+            let json = match trace {
+                Some((rules, before)) if engine.decisions() != before => {
+                    // The response's own fields first, in their usual order, then the trace.
+                    let mut json = to_json(&resp)?;
+                    json.pop();
+                    json.push_str(r#","trace":"#);
+                    json.push_str(&to_json(&rules)?);
+                    json.push('}');
+                    json
+                }
+                _ => to_json(&resp)?,
+            };
+            return Ok((json, Outcome::Tracked(resp)));
         };
         let json = match op.as_str() {
             "updateAction" => {

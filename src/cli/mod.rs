@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod check;
+pub mod explain;
 pub mod lines;
 pub mod replay;
 #[cfg(feature = "server")]
 pub mod serve;
 pub mod simulate;
 pub mod stats;
+pub mod test;

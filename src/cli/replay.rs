@@ -43,6 +43,8 @@ pub struct Options {
     pub labels: bool,
     /// Also write the per-label tally as JSON to this file.
     pub labels_json: Option<String>,
+    /// Add each new decision's trace to its output line.
+    pub trace: bool,
 }
 
 pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
@@ -53,6 +55,7 @@ pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    replayer.set_trace(opts.trace);
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let result = if events == "-" {

@@ -5,6 +5,7 @@ mod actions;
 mod analyze;
 pub(crate) mod binding;
 pub(crate) mod compile;
+pub(crate) mod explain;
 mod functions;
 mod meta;
 mod mistakes;
