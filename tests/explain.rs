@@ -22,7 +22,7 @@ const RULES: &[(&str, &str)] = &[
         "watch",
         "//! mode: shadow\nif custom[\"dest\"] == \"crypto\" || email == () { REVIEW }",
     ),
-    ("broken", "//! priority: 60\nlet x = 1; x.no_such_method()"),
+    ("broken", "//! priority: 60\nlet x = 1; x.ends_with(\"1\")"),
     (
         "score",
         "//! priority: 70\nif rba_score() > 1000.0 { BLOCK }",
