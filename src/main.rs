@@ -25,6 +25,12 @@ struct Args {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Compile and validate a rules folder, list its rules; print file:line:col errors and exit 1 if it fails.
@@ -54,6 +60,29 @@ enum Command {
         /// and friction per threshold. Thresholds are comma-separated (default 0.01,0.03,…,100).
         #[arg(long, value_name = "T,T,…", num_args = 0..=1, default_missing_value = "", value_delimiter = ',')]
         rba_sweep: Option<Vec<String>>,
+        /// Backtest: replay the log through this second rules folder too, each on its own engine, and print
+        /// the decisions that changed (grouped by old → new state, with examples), the per-rule hits side by
+        /// side and, on a labelled log, each side's catch rate, friction and confusion matrix, instead of the
+        /// output lines.
+        #[arg(long, value_name = "OTHER_RULES_DIR")]
+        compare: Option<PathBuf>,
+        /// Write a self-contained HTML report (SVG charts, no network fetch) to this file.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
+        /// The summary's format (on stderr; for `--compare`, the backtest's, on stdout).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Begin each output line with the input's `line` number, `userId` and `action`.
+        #[arg(long)]
+        echo: bool,
+        /// Write challenge tokens as `<redacted>`, and give requests without an idempotency key one made from
+        /// the line number, so that two runs diff cleanly.
+        #[arg(long, conflicts_with = "token_seed")]
+        redact_tokens: bool,
+        /// Write challenge tokens as stand-ins made from this seed and the line number (a later
+        /// `validateChallenge` line may name one), and make missing idempotency keys from it.
+        #[arg(long, value_name = "SEED")]
+        token_seed: Option<u64>,
     },
     /// Write a labelled, simulated sign-in log (JSON lines for `replay --labels`): users, their devices and
     /// travels, and attackers (naive, VPN, targeted, credential stuffing, bots). The same flags give the same
@@ -173,6 +202,24 @@ impl SimulateArgs {
     }
 }
 
+/// The `--rba-sweep` thresholds: the given ones, or the default list when none is given.
+fn thresholds(list: &[String]) -> Result<Vec<f64>, ExitCode> {
+    let mut thresholds = Vec::new();
+    for t in list.iter().filter(|t| !t.trim().is_empty()) {
+        match t.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => thresholds.push(v),
+            _ => {
+                eprintln!("error: `--rba-sweep`: `{t}` is not a number");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    if thresholds.is_empty() {
+        thresholds = cli::replay::DEFAULT_SWEEP.to_vec();
+    }
+    Ok(thresholds)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
@@ -180,38 +227,56 @@ fn main() -> ExitCode {
         Command::Replay {
             rules,
             events,
-            rba_sweep: Some(list),
-            ..
-        } => {
-            let mut thresholds = Vec::new();
-            for t in list.iter().filter(|t| !t.trim().is_empty()) {
-                match t.trim().parse::<f64>() {
-                    Ok(v) if v.is_finite() => thresholds.push(v),
-                    _ => {
-                        eprintln!("error: `--rba-sweep`: `{t}` is not a number");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            if thresholds.is_empty() {
-                thresholds = cli::replay::DEFAULT_SWEEP.to_vec();
-            }
-            cli::replay::sweep(&rules, &events, &thresholds)
-        }
-        Command::Replay {
-            rules,
-            events,
             labels,
             labels_json,
-            rba_sweep: None,
-        } => cli::replay::run(
-            &rules,
-            &events,
-            &cli::replay::Options {
-                labels,
-                labels_json,
-            },
-        ),
+            rba_sweep,
+            compare,
+            report,
+            format,
+            echo,
+            redact_tokens,
+            token_seed,
+        } => {
+            let tokens = match (redact_tokens, token_seed) {
+                (_, Some(seed)) => riskgate::replay::Tokens::Seeded(seed),
+                (true, None) => riskgate::replay::Tokens::Redact,
+                (false, None) => riskgate::replay::Tokens::Keep,
+            };
+            let sweep = match rba_sweep.map(|list| thresholds(&list)) {
+                Some(Err(code)) => return code,
+                Some(Ok(t)) => Some(t),
+                None => None,
+            };
+            let json = format == Format::Json;
+            if let Some(other) = compare {
+                return cli::compare::run(
+                    &rules,
+                    &other,
+                    &events,
+                    &cli::compare::Options {
+                        json,
+                        tokens,
+                        report,
+                        sweep,
+                    },
+                );
+            }
+            if let Some(t) = sweep {
+                return cli::replay::sweep(&rules, &events, &t, report.as_deref(), tokens);
+            }
+            cli::replay::run(
+                &rules,
+                &events,
+                &cli::replay::Options {
+                    labels,
+                    labels_json,
+                    json,
+                    echo,
+                    tokens,
+                    report,
+                },
+            )
+        }
         Command::Simulate(a) => cli::simulate::run(&a.params(), a.out.as_deref()),
         Command::Bench {
             rules,
