@@ -332,6 +332,19 @@ pub fn sweep_rows(
     Ok(rows)
 }
 
+/// The share of attacks (labels `attack` and `fraud`) caught and the friction on `genuine` events, at one
+/// threshold of a sweep.
+pub fn sweep_point(l: &Labels) -> (f64, f64) {
+    let (a, f) = (l.total("attack"), l.total("fraud"));
+    let decided = a.allow + a.caught() + f.allow + f.caught();
+    let caught = if decided == 0 {
+        0.0
+    } else {
+        (a.caught() + f.caught()) as f64 / decided as f64
+    };
+    (caught, l.total("genuine").rate())
+}
+
 /// The sweep as JSON: one object per threshold with the attack catch rate (overall and per model) and the
 /// friction on genuine events.
 pub fn sweep_json(rows: &[(f64, Labels)]) -> serde_json::Value {
@@ -345,8 +358,8 @@ pub fn sweep_json(rows: &[(f64, Labels)]) -> serde_json::Value {
                 .collect();
             serde_json::json!({
                 "threshold": t,
-                "caught": l.total("attack").rate(),
-                "friction": l.total("genuine").rate(),
+                "caught": sweep_point(l).0,
+                "friction": sweep_point(l).1,
                 "caughtPerModel": models,
             })
         })
@@ -385,8 +398,8 @@ pub fn sweep_table(rows: &[(f64, Labels)]) -> String {
         let _ = writeln!(
             s,
             " {:>8.2}% {:>8.2}% {:>8.2}%",
-            100.0 * l.total("attack").rate(),
-            100.0 * l.total("genuine").rate(),
+            100.0 * sweep_point(l).0,
+            100.0 * sweep_point(l).1,
             100.0 * l.action_total("genuine", "signIn").rate()
         );
     }

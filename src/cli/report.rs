@@ -12,6 +12,7 @@ use riskgate::replay::Labels;
 use std::fmt::Write as _;
 
 use super::compare::Changes;
+use super::replay::sweep_point;
 use super::stats::human;
 use super::summary::{width_text, Summary, STATES};
 
@@ -383,15 +384,11 @@ fn sweep(out: &mut String, rows: &[(f64, Labels)]) {
         format!("{:.0}%", 100.0 * v)
     });
     let series: [(&str, &str, Box<dyn Fn(&Labels) -> f64>); 2] = [
-        (
-            "caught",
-            "#e53935",
-            Box::new(|l: &Labels| l.total("attack").rate()),
-        ),
+        ("caught", "#e53935", Box::new(|l: &Labels| sweep_point(l).0)),
         (
             "friction",
             "#1e88e5",
-            Box::new(|l: &Labels| l.total("genuine").rate()),
+            Box::new(|l: &Labels| sweep_point(l).1),
         ),
     ];
     for (name, colour, f) in &series {
@@ -438,8 +435,8 @@ fn sweep(out: &mut String, rows: &[(f64, Labels)]) {
         let _ = write!(
             out,
             "<tr><td>{t}</td><td>{:.2}%</td><td>{:.2}%</td></tr>",
-            100.0 * l.total("attack").rate(),
-            100.0 * l.total("genuine").rate()
+            100.0 * sweep_point(l).0,
+            100.0 * sweep_point(l).1
         );
     }
     out.push_str("</table>\n");
