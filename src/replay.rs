@@ -453,9 +453,9 @@ pub const MAX_LABEL_ROWS: usize = 256;
 /// Decisions per label and model, for measuring a ruleset on a labelled log.
 ///
 /// A tracked line counts under its label and model by its first decision (a repeat that comes back
-/// `CHALLENGE_SUCCEEDED` counts as a challenge). For the label `attack`, *caught* is the share of decisions
-/// that are not `ALLOW` (`BLOCK`, `CHALLENGE_REQUIRED` or `REVIEW`); for any other label, *friction* is the
-/// same share (genuine users who were not simply allowed).
+/// `CHALLENGE_SUCCEEDED` counts as a challenge). For the labels `attack` and `fraud`, *caught* is the share of
+/// decisions that are not `ALLOW` (`BLOCK`, `CHALLENGE_REQUIRED` or `REVIEW`); for any other label,
+/// *friction* is the same share (genuine users who were not simply allowed).
 ///
 /// ```
 /// use riskgate::{replay::{Labels, Replayer}, Engine, RuleSet};
@@ -598,7 +598,7 @@ impl Labels {
             "label", "model", "events", "ALLOW", "CHALLENGE", "REVIEW", "BLOCK", "refused"
         );
         let mut line = |label: &str, model: &str, t: &Tally| {
-            let what = if label == "attack" {
+            let what = if label == "attack" || label == "fraud" {
                 "caught"
             } else {
                 "friction"

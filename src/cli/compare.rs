@@ -319,7 +319,7 @@ impl Backtest {
         if !a.confusion.is_empty() || !b.confusion.is_empty() {
             let _ = writeln!(
                 s,
-                "\nlabelled decisions (attack: `attack` or `fraud`; caught: not ALLOW):"
+                "\nlabelled decisions (attack: `attack` or `fraud`; genuine: `genuine`; caught: not ALLOW):"
             );
             let _ = writeln!(s, "{:<28} {na:>w$} {nb:>w$}", "");
             let (x, y) = (&a.confusion, &b.confusion);
