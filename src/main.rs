@@ -50,10 +50,10 @@ enum Command {
         events: String,
         /// Measure on a labelled log (lines with `"label"` and `"model"`, as `simulate` writes): print the share
         /// of attacks caught and of genuine events not allowed (friction), per label and model, on stderr.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "compare")]
         labels: bool,
         /// Also write the per-label tally as JSON to this file.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "compare")]
         labels_json: Option<String>,
         /// Instead of the folder's rules, replay the log once per threshold through one rule,
         /// `if rba_score() >= T { CHALLENGE_REQUIRED }` (with the folder's riskgate.toml), and print catch rate
@@ -69,11 +69,11 @@ enum Command {
         /// Write a self-contained HTML report (SVG charts, no network fetch) to this file.
         #[arg(long, value_name = "FILE.html")]
         report: Option<PathBuf>,
-        /// The summary's format (on stderr; for `--compare`, the backtest's, on stdout).
+        /// The summary's format (on stderr; the backtest's and the sweep's, on stdout).
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         /// Begin each output line with the input's `line` number, `userId` and `action`.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["compare", "rba_sweep"])]
         echo: bool,
         /// Write challenge tokens as `<redacted>`, and give requests without an idempotency key one made from
         /// the line number, so that two runs diff cleanly.
@@ -89,7 +89,7 @@ enum Command {
     /// bytes.
     Simulate(SimulateArgs),
     /// Measure decision latency for a rules folder and an event log: replays the log round after round into a
-    /// fresh engine, timing each `track` call; prints p50/p99/p99.9 latency and decisions per second.
+    /// fresh engine, timing each decision; prints p50/p99/p99.9 latency and decisions per second.
     Bench {
         /// The rules folder.
         #[arg(long, default_value = "rules")]
@@ -97,7 +97,8 @@ enum Command {
         /// The event file (as for `replay`), or `-` for standard input (then read once).
         #[arg(default_value = "examples/events.jsonl")]
         events: String,
-        /// Keep replaying until at least this many `track` calls were timed.
+        /// Keep replaying until at least this many decisions were timed (refused lines and idempotent repeats are
+        /// counted apart, untimed).
         #[arg(long, default_value_t = 100_000)]
         calls: u64,
         /// Keep replaying until at least this many seconds passed.
@@ -262,7 +263,7 @@ fn main() -> ExitCode {
                 );
             }
             if let Some(t) = sweep {
-                return cli::replay::sweep(&rules, &events, &t, report.as_deref(), tokens);
+                return cli::replay::sweep(&rules, &events, &t, report.as_deref(), tokens, json);
             }
             cli::replay::run(
                 &rules,

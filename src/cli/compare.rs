@@ -246,9 +246,12 @@ fn rule_or_default(r: &Option<String>) -> &str {
     r.as_deref().unwrap_or("(default)")
 }
 
+/// One rule's row of the side-by-side table: its id and each side's counts (`None`: not in that ruleset).
+pub type RuleRow<'a> = (&'a str, Option<&'a [u64; 4]>, Option<&'a [u64; 4]>);
+
 impl Backtest {
     /// The union of both rulesets' rule ids, with each side's counts (`None`: not in that ruleset).
-    pub fn rules(&self) -> Vec<(&str, Option<&[u64; 4]>, Option<&[u64; 4]>)> {
+    pub fn rules(&self) -> Vec<RuleRow<'_>> {
         let ids: BTreeSet<&str> = self
             .base
             .rules

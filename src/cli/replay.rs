@@ -231,12 +231,17 @@ pub fn sweep(
     thresholds: &[f64],
     report: Option<&Path>,
     tokens: Tokens,
+    json: bool,
 ) -> ExitCode {
     let rows = match sweep_rows(rules, events, thresholds) {
         Ok(rows) => rows,
         Err(code) => return code,
     };
-    print!("{}", sweep_table(&rows));
+    if json {
+        println!("{}", sweep_json(&rows));
+    } else {
+        print!("{}", sweep_table(&rows));
+    }
     let Some(path) = report else {
         return ExitCode::SUCCESS;
     };

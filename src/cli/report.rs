@@ -356,9 +356,9 @@ fn latency(out: &mut String, sides: &[(&str, &Summary)]) {
             );
         }
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<text x=\"{:.1}\" y=\"242\" class=\"tick\" text-anchor=\"middle\">time inside track, per decision</text></svg>\n",
+        "<text x=\"{:.1}\" y=\"242\" class=\"tick\" text-anchor=\"middle\">time inside track, per decision</text></svg>",
         x0 + pw / 2.0
     );
 }
@@ -383,7 +383,8 @@ fn sweep(out: &mut String, rows: &[(f64, Labels)]) {
     y_axis(out, x0, x0 + pw, y0, h, 1.0, &|v| {
         format!("{:.0}%", 100.0 * v)
     });
-    let series: [(&str, &str, Box<dyn Fn(&Labels) -> f64>); 2] = [
+    type Series<'a> = (&'a str, &'a str, Box<dyn Fn(&Labels) -> f64>);
+    let series: [Series; 2] = [
         ("caught", "#e53935", Box::new(|l: &Labels| sweep_point(l).0)),
         (
             "friction",
@@ -425,9 +426,9 @@ fn sweep(out: &mut String, rows: &[(f64, Labels)]) {
             y0 + h + 16.0
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<text x=\"{:.1}\" y=\"245\" class=\"tick\" text-anchor=\"middle\">threshold T of `if rba_score() &gt;= T {{ CHALLENGE_REQUIRED }}`</text></svg>\n",
+        "<text x=\"{:.1}\" y=\"245\" class=\"tick\" text-anchor=\"middle\">threshold T of `if rba_score() &gt;= T {{ CHALLENGE_REQUIRED }}`</text></svg>",
         x0 + pw / 2.0
     );
     out.push_str("<table><tr><th>threshold</th><th>caught</th><th>friction</th></tr>");

@@ -89,7 +89,7 @@ impl Confusion {
         share(self.challenged, self.challenged + self.allowed)
     }
 
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(self) -> Value {
         json!({
             "attacks": self.caught + self.missed,
             "genuine": self.challenged + self.allowed,
