@@ -369,7 +369,14 @@ fn sweep(out: &mut String, rows: &[(f64, Labels)]) {
         return;
     }
     let (x0, y0, h) = (60.0, 10.0, 200.0);
-    let pw = WIDTH - x0 - 30.0;
+    let pw = WIDTH - x0 - 70.0;
+    // Friction is usually a few percent: it gets its own scale, on the right, so its changes show.
+    let top_f = nice(
+        rows.iter()
+            .map(|(_, l)| sweep_point(l).1)
+            .fold(0.0, f64::max),
+    )
+    .min(1.0);
     let step = if rows.len() > 1 {
         pw / (rows.len() - 1) as f64
     } else {
@@ -383,22 +390,38 @@ fn sweep(out: &mut String, rows: &[(f64, Labels)]) {
     y_axis(out, x0, x0 + pw, y0, h, 1.0, &|v| {
         format!("{:.0}%", 100.0 * v)
     });
-    type Series<'a> = (&'a str, &'a str, Box<dyn Fn(&Labels) -> f64>);
+    for i in 0..=2 {
+        let v = top_f * f64::from(i) / 2.0;
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" class=\"tick\" fill=\"#1e88e5\" style=\"fill:#1e88e5\">{}%</text>",
+            x0 + pw + 6.0,
+            y0 + h - h * f64::from(i) / 2.0 + 4.0,
+            (100.0 * v * 100.0).round() / 100.0
+        );
+    }
+    type Series<'a> = (&'a str, &'a str, f64, Box<dyn Fn(&Labels) -> f64>);
     let series: [Series; 2] = [
-        ("caught", "#e53935", Box::new(|l: &Labels| sweep_point(l).0)),
+        (
+            "caught",
+            "#e53935",
+            1.0,
+            Box::new(|l: &Labels| sweep_point(l).0),
+        ),
         (
             "friction",
             "#1e88e5",
+            top_f,
             Box::new(|l: &Labels| sweep_point(l).1),
         ),
     ];
-    for (name, colour, f) in &series {
+    for (name, colour, top, f) in &series {
         let pts: Vec<(f64, f64, f64, f64)> = rows
             .iter()
             .enumerate()
             .map(|(i, (t, l))| {
                 let v = f(l);
-                (x0 + step * i as f64, y0 + h - h * v, *t, v)
+                (x0 + step * i as f64, y0 + h - h * v / top, *t, v)
             })
             .collect();
         let path: Vec<String> = pts
@@ -595,8 +618,8 @@ impl Report<'_> {
             legend(
                 &mut o,
                 &[
-                    ("caught (attacks)", "#e53935"),
-                    ("friction (genuine)", "#1e88e5"),
+                    ("caught (attacks, left scale)", "#e53935"),
+                    ("friction (genuine, right scale)", "#1e88e5"),
                 ],
             );
             sweep(&mut o, rows);
