@@ -25,6 +25,12 @@ struct Args {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Compile and validate a rules folder, list its rules; print file:line:col errors and warnings, and exit 1
@@ -51,16 +57,39 @@ enum Command {
         events: String,
         /// Measure on a labelled log (lines with `"label"` and `"model"`, as `simulate` writes): print the share
         /// of attacks caught and of genuine events not allowed (friction), per label and model, on stderr.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "compare")]
         labels: bool,
         /// Also write the per-label tally as JSON to this file.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "compare")]
         labels_json: Option<String>,
         /// Instead of the folder's rules, replay the log once per threshold through one rule,
         /// `if rba_score() >= T { CHALLENGE_REQUIRED }` (with the folder's riskgate.toml), and print catch rate
         /// and friction per threshold. Thresholds are comma-separated (default 0.01,0.03,…,100).
         #[arg(long, value_name = "T,T,…", num_args = 0..=1, default_missing_value = "", value_delimiter = ',')]
         rba_sweep: Option<Vec<String>>,
+        /// Backtest: replay the log through this second rules folder too, each on its own engine, and print
+        /// the decisions that changed (grouped by old → new state, with examples), the per-rule hits side by
+        /// side and, on a labelled log, each side's catch rate, friction and confusion matrix, instead of the
+        /// output lines.
+        #[arg(long, value_name = "OTHER_RULES_DIR")]
+        compare: Option<PathBuf>,
+        /// Write a self-contained HTML report (SVG charts, no network fetch) to this file.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
+        /// The summary's format (on stderr; the backtest's and the sweep's, on stdout).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Begin each output line with the input's `line` number, `userId` and `action`.
+        #[arg(long, conflicts_with_all = ["compare", "rba_sweep"])]
+        echo: bool,
+        /// Write challenge tokens as `<redacted>`, and give requests without an idempotency key one made from
+        /// the line number, so that two runs diff cleanly.
+        #[arg(long, conflicts_with = "token_seed")]
+        redact_tokens: bool,
+        /// Write challenge tokens as stand-ins made from this seed and the line number (a later
+        /// `validateChallenge` line may name one), and make missing idempotency keys from it.
+        #[arg(long, value_name = "SEED")]
+        token_seed: Option<u64>,
         /// Add `"trace"` to the output line of each new decision: every rule that applies, matched or not, with
         /// the signals, variables and `custom` keys it read and its conditions' values (as `explain` gives).
         #[arg(long)]
@@ -95,7 +124,7 @@ enum Command {
     /// bytes.
     Simulate(SimulateArgs),
     /// Measure decision latency for a rules folder and an event log: replays the log round after round into a
-    /// fresh engine, timing each `track` call; prints p50/p99/p99.9 latency and decisions per second.
+    /// fresh engine, timing each decision; prints p50/p99/p99.9 latency and decisions per second.
     Bench {
         /// The rules folder.
         #[arg(long, default_value = "rules")]
@@ -103,7 +132,8 @@ enum Command {
         /// The event file (as for `replay`), or `-` for standard input (then read once).
         #[arg(default_value = "examples/events.jsonl")]
         events: String,
-        /// Keep replaying until at least this many `track` calls were timed.
+        /// Keep replaying until at least this many decisions were timed (refused lines and idempotent repeats are
+        /// counted apart, untimed).
         #[arg(long, default_value_t = 100_000)]
         calls: u64,
         /// Keep replaying until at least this many seconds passed.
@@ -208,6 +238,24 @@ impl SimulateArgs {
     }
 }
 
+/// The `--rba-sweep` thresholds: the given ones, or the default list when none is given.
+fn thresholds(list: &[String]) -> Result<Vec<f64>, ExitCode> {
+    let mut thresholds = Vec::new();
+    for t in list.iter().filter(|t| !t.trim().is_empty()) {
+        match t.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => thresholds.push(v),
+            _ => {
+                eprintln!("error: `--rba-sweep`: `{t}` is not a number");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    if thresholds.is_empty() {
+        thresholds = cli::replay::DEFAULT_SWEEP.to_vec();
+    }
+    Ok(thresholds)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
@@ -219,40 +267,58 @@ fn main() -> ExitCode {
         Command::Replay {
             rules,
             events,
-            rba_sweep: Some(list),
-            ..
-        } => {
-            let mut thresholds = Vec::new();
-            for t in list.iter().filter(|t| !t.trim().is_empty()) {
-                match t.trim().parse::<f64>() {
-                    Ok(v) if v.is_finite() => thresholds.push(v),
-                    _ => {
-                        eprintln!("error: `--rba-sweep`: `{t}` is not a number");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            if thresholds.is_empty() {
-                thresholds = cli::replay::DEFAULT_SWEEP.to_vec();
-            }
-            cli::replay::sweep(&rules, &events, &thresholds)
-        }
-        Command::Replay {
-            rules,
-            events,
             labels,
             labels_json,
-            rba_sweep: None,
+            rba_sweep,
+            compare,
+            report,
+            format,
+            echo,
+            redact_tokens,
+            token_seed,
             trace,
-        } => cli::replay::run(
-            &rules,
-            &events,
-            &cli::replay::Options {
-                labels,
-                labels_json,
-                trace,
-            },
-        ),
+        } => {
+            let tokens = match (redact_tokens, token_seed) {
+                (_, Some(seed)) => riskgate::replay::Tokens::Seeded(seed),
+                (true, None) => riskgate::replay::Tokens::Redact,
+                (false, None) => riskgate::replay::Tokens::Keep,
+            };
+            let sweep = match rba_sweep.map(|list| thresholds(&list)) {
+                Some(Err(code)) => return code,
+                Some(Ok(t)) => Some(t),
+                None => None,
+            };
+            let json = format == Format::Json;
+            if let Some(other) = compare {
+                return cli::compare::run(
+                    &rules,
+                    &other,
+                    &events,
+                    &cli::compare::Options {
+                        json,
+                        tokens,
+                        report,
+                        sweep,
+                    },
+                );
+            }
+            if let Some(t) = sweep {
+                return cli::replay::sweep(&rules, &events, &t, report.as_deref(), tokens, json);
+            }
+            cli::replay::run(
+                &rules,
+                &events,
+                &cli::replay::Options {
+                    labels,
+                    labels_json,
+                    json,
+                    echo,
+                    tokens,
+                    report,
+                    trace,
+                },
+            )
+        }
         Command::Test {
             rules,
             filter,

@@ -4,6 +4,10 @@
 //! round so that every round sees the same history, and only the `track` calls are timed. Rounds repeat until
 //! both a minimum number of decisions and a minimum time are reached. The summary gives latency percentiles,
 //! the mean, and decisions per second on one thread, and says how many rules run as native code.
+//!
+//! Only decisions are timed into those figures: a refused line (invalid, or an idempotency conflict) and an
+//! idempotent repeat (answered from the store) are counted apart, so they do not flatter the rate; and no rate
+//! is given from fewer than [`MIN_CALLS_FOR_RATE`] decisions.
 
 use riskgate::replay::{Outcome, Replayer};
 use riskgate::{Engine, RuleSet};
@@ -13,11 +17,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::lines::{next_line, Line};
+use super::progress::Progress;
 use super::stats::{human, Histogram};
+use super::summary::{rate, MIN_CALLS_FOR_RATE};
 
 /// How long and how much to measure.
 pub struct Options {
-    /// Stop after at least this many timed `track` calls (and `min_time`).
+    /// Stop after at least this many timed decisions (and `min_time`).
     pub min_calls: u64,
     /// Stop after at least this much wall time (and `min_calls`).
     pub min_time: Duration,
@@ -54,9 +60,13 @@ pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
 
 /// What a bench run measured.
 pub struct Measured {
+    /// Decisions only.
     pub latency: Histogram,
     pub rounds: u64,
+    /// Lines refused (by the reader or by `track`), in all rounds.
     pub refused: u64,
+    /// Idempotent repeats answered from the store, in all rounds.
+    pub repeats: u64,
     pub elapsed: Duration,
 }
 
@@ -66,8 +76,10 @@ pub fn measure(ruleset: &RuleSet, events: &str, opts: &Options) -> io::Result<Me
         latency: Histogram::default(),
         rounds: 0,
         refused: 0,
+        repeats: 0,
         elapsed: Duration::ZERO,
     };
+    let progress = Progress::new("bench", Some(opts.min_calls), "decisions");
     let started = Instant::now();
     loop {
         let mut replayer = Replayer::new(Engine::builder().ruleset(ruleset.clone()))
@@ -85,23 +97,32 @@ pub fn measure(ruleset: &RuleSet, events: &str, opts: &Options) -> io::Result<Me
         let mut n = 0u64;
         while let Some(line) = next_line(&mut input)? {
             n += 1;
-            let Line::Text(bytes) = line else { continue };
+            let Line::Text(bytes) = line else {
+                m.refused += 1;
+                continue;
+            };
             let Some(out) = replayer.line(n, &bytes) else {
                 continue;
             };
-            if let Some(t) = out.track_latency {
-                m.latency.record(t);
-            }
-            if matches!(out.outcome, Outcome::Refused(_)) {
-                m.refused += 1;
+            match out.outcome {
+                Outcome::Tracked(_) if out.repeat => m.repeats += 1,
+                Outcome::Tracked(_) => {
+                    if let Some(t) = out.track_latency {
+                        m.latency.record(t);
+                    }
+                }
+                Outcome::Refused(_) => m.refused += 1,
+                _ => {}
             }
         }
         m.rounds += 1;
+        progress.set(m.latency.count().min(opts.min_calls));
         let done = m.latency.count() >= opts.min_calls && started.elapsed() >= opts.min_time;
         if done || m.latency.count() == before {
             break;
         }
     }
+    progress.finish();
     m.elapsed = started.elapsed();
     Ok(m)
 }
@@ -117,9 +138,11 @@ fn print(ruleset: &RuleSet, m: &Measured) {
     let h = &m.latency;
     let calls = h.count();
     println!(
-        "track calls: {calls} in {} rounds of the log ({} refused lines), {} wall time",
+        "decisions timed: {calls} in {} rounds of the log ({} refused lines and {} idempotent repeats not \
+         timed), {} wall time",
         m.rounds,
         m.refused,
+        m.repeats,
         human(m.elapsed)
     );
     if calls == 0 {
@@ -135,10 +158,12 @@ fn print(ruleset: &RuleSet, m: &Measured) {
         human(h.max()),
         human(mean)
     );
-    println!(
-        "throughput: {:.0} decisions/s on one thread (time inside track only)",
-        calls as f64 / busy
-    );
+    match rate(h) {
+        Some(r) => println!("throughput: {r:.0} decisions/s on one thread (time inside track only)"),
+        None => println!(
+            "throughput: too few calls ({calls}) for a rate: time at least {MIN_CALLS_FOR_RATE} decisions (`--calls`)"
+        ),
+    }
 }
 
 #[cfg(test)]
