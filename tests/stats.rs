@@ -17,7 +17,7 @@ const RULES: &[(&str, &str)] = &[
     ),
     (
         "broken",
-        "//! priority: 30\nif custom.amount == 3 { let x = 1; x.no_such_method() }",
+        "//! priority: 30\nif custom.amount == 3 { let x = 1; x.ends_with(\"1\") }",
     ),
 ];
 
