@@ -5,12 +5,12 @@
 
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::{to_millis, Clock, SystemClock};
 use crate::config::{Config, OnConflict, OnRuleError};
+use crate::counter::Striped;
 use crate::decide;
 use crate::error::{LoadError, TrackError};
 use crate::hash::{EngineKeys, FingerprintKey};
@@ -75,7 +75,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     rules_dir: Option<PathBuf>,
     reload: Mutex<()>,
-    decisions: AtomicU64,
+    /// Rule evaluations, striped per thread (every decision adds one).
+    decisions: Striped,
     /// The builder's settings, applied over every ruleset's `riskgate.toml`.
     overrides: Overrides,
     /// The builder's sandbox limits, for every folder the engine loads.
@@ -282,7 +283,7 @@ impl EngineBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
                 reload: Mutex::new(()),
-                decisions: AtomicU64::new(0),
+                decisions: Striped::default(),
                 overrides: self.overrides,
                 sandbox_limits: self.sandbox_limits,
             }),
@@ -331,8 +332,15 @@ impl Engine {
         // attributes, which passed validation then: validating them again (most of what a repeat would cost)
         // cannot fail, so a decided repeat is answered before it. Anything else takes the full path below.
         if let Some(key) = req.attributes.idempotency_key.as_deref() {
-            if let Some(slot) = store.get(&req.user_id, &req.action, key, now, cfg.idempotency_ttl)
-            {
+            let guard = store.guard();
+            if let Some(slot) = store.get(
+                &guard,
+                &req.user_id,
+                &req.action,
+                key,
+                now,
+                cfg.idempotency_ttl,
+            ) {
                 if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
                         return answer(store, &slot, decided);
@@ -381,7 +389,7 @@ impl Engine {
 
     /// Runs the rules for a new action and fixes its first decision.
     fn decide(&self, rs: &Loaded, req: &TrackRequest, now: EpochMs, slot: &Arc<Slot>) -> Decided {
-        self.shared.decisions.fetch_add(1, Ordering::Relaxed);
+        self.shared.decisions.incr();
         let idx = rs.rules_for(&req.action);
         let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
         let (decision, footprint) = rules::binding::with_decision(ctx, |ctx| {
@@ -437,10 +445,11 @@ impl Engine {
     ) -> Option<ActionRecord> {
         let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
         let ttl = self.shared.ruleset.load().config.idempotency_ttl;
+        let guard = self.shared.store.guard();
         let slot = self
             .shared
             .store
-            .get(user_id, action, idempotency_key, now, ttl)?;
+            .get(&guard, user_id, action, idempotency_key, now, ttl)?;
         let decided = slot.decided.get().filter(|d| complete(d))?;
         Some(record(&slot, decided))
     }
@@ -464,10 +473,11 @@ impl Engine {
             action: action.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
         };
+        let guard = self.shared.store.guard();
         let slot = self
             .shared
             .store
-            .get(user_id, action, idempotency_key, now, ttl)
+            .get(&guard, user_id, action, idempotency_key, now, ttl)
             .ok_or_else(not_found)?;
         let decided = slot
             .decided
@@ -670,7 +680,7 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn decisions(&self) -> u64 {
-        self.shared.decisions.load(Ordering::Relaxed)
+        self.shared.decisions.get()
     }
 }
 

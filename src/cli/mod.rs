@@ -8,3 +8,4 @@ pub mod replay;
 pub mod serve;
 pub mod simulate;
 pub mod stats;
+pub mod workload;
