@@ -18,7 +18,7 @@ use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
-use crate::store::{Decided, Found, Slot, Store};
+use crate::store::{Decided, Found, Ident, Slot, Store};
 use crate::time::EpochMs;
 use crate::token;
 use crate::{ActionRecord, InvalidTokenReason, State, TrackResponse, ValidateChallengeResponse};
@@ -328,19 +328,16 @@ impl Engine {
         let rs = self.shared.ruleset.load();
         let cfg = &rs.config;
         let store = &self.shared.store;
+        // The identity, hashed once: by the repeat fast path when the request has a key.
+        let mut known = None;
         // The repeat fast path. A stored action with this identity and this fingerprint was tracked with the same
         // attributes, which passed validation then: validating them again (most of what a repeat would cost)
         // cannot fail, so a decided repeat is answered before it. Anything else takes the full path below.
         if let Some(key) = req.attributes.idempotency_key.as_deref() {
             let guard = store.guard();
-            if let Some(slot) = store.get(
-                &guard,
-                &req.user_id,
-                &req.action,
-                key,
-                now,
-                cfg.idempotency_ttl,
-            ) {
+            let id = Ident::new(&req.user_id, &req.action, key);
+            known = Some(id);
+            if let Some(slot) = store.get(&guard, &id, now, cfg.idempotency_ttl) {
                 if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
                         return answer(store, &slot, decided);
@@ -358,14 +355,8 @@ impl Engine {
                 generated.as_str()
             }
         };
-        let found = store.get_or_insert(
-            &req.user_id,
-            &req.action,
-            key,
-            fingerprint,
-            now,
-            cfg.idempotency_ttl,
-        );
+        let id = known.unwrap_or_else(|| Ident::new(&req.user_id, &req.action, key));
+        let found = store.get_or_insert(&id, fingerprint, now, cfg.idempotency_ttl);
         let slot = match found {
             Ok(Found::New(slot)) => slot,
             Ok(Found::Existing(slot))
@@ -449,7 +440,12 @@ impl Engine {
         let slot = self
             .shared
             .store
-            .get(&guard, user_id, action, idempotency_key, now, ttl)?;
+            .get(
+                &guard,
+                &Ident::new(user_id, action, idempotency_key),
+                now,
+                ttl,
+            )?;
         let decided = slot.decided.get().filter(|d| complete(d))?;
         Some(record(&slot, decided))
     }
@@ -477,7 +473,12 @@ impl Engine {
         let slot = self
             .shared
             .store
-            .get(&guard, user_id, action, idempotency_key, now, ttl)
+            .get(
+                &guard,
+                &Ident::new(user_id, action, idempotency_key),
+                now,
+                ttl,
+            )
             .ok_or_else(not_found)?;
         let decided = slot
             .decided

@@ -271,6 +271,26 @@ impl Slot {
     }
 }
 
+/// An action identity, hashed once for every look-up of one call.
+#[derive(Clone, Copy)]
+pub(crate) struct Ident<'a> {
+    pub user_id: &'a str,
+    pub action: &'a str,
+    pub key: &'a str,
+    hash: H128,
+}
+
+impl<'a> Ident<'a> {
+    pub fn new(user_id: &'a str, action: &'a str, key: &'a str) -> Self {
+        Ident {
+            user_id,
+            action,
+            key,
+            hash: identity_hash(user_id, action, key),
+        }
+    }
+}
+
 /// The result of looking an identity up for `track`.
 pub(crate) enum Found {
     /// The identity was new: this caller inserted the slot.
@@ -359,29 +379,29 @@ impl Store {
     pub fn get<'g>(
         &self,
         guard: &'g Guard<'_>,
-        user_id: &str,
-        action: &str,
-        key: &str,
+        id: &Ident<'_>,
         now: EpochMs,
         ttl: DurationMs,
     ) -> Option<&'g Arc<Slot>> {
-        let h = identity_hash(user_id, action, key);
-        let slot = self.map.get(&h, guard)?;
-        (slot.is(user_id, action, key) && !slot.created.expired(ttl, now)).then_some(slot)
+        let slot = self.map.get(&id.hash, guard)?;
+        (slot.is(id.user_id, id.action, id.key) && !slot.created.expired(ttl, now)).then_some(slot)
     }
 
     /// Finds the action for `track`, inserting a fresh slot when the identity is new or its action expired.
     /// `Err(slot)` when the hash is taken by another identity (a 128-bit collision).
     pub fn get_or_insert(
         &self,
-        user_id: &str,
-        action: &str,
-        key: &str,
+        id: &Ident<'_>,
         fingerprint: H128,
         now: EpochMs,
         ttl: DurationMs,
     ) -> Result<Found, Arc<Slot>> {
-        let h = identity_hash(user_id, action, key);
+        let Ident {
+            user_id,
+            action,
+            key,
+            hash: h,
+        } = *id;
         let guard = self.map.guard();
         let found = |s: &Arc<Slot>| {
             if s.is(user_id, action, key) {
@@ -592,7 +612,7 @@ mod tests {
     }
 
     fn insert(store: &Store, key: &str, now_ms: i64) -> Arc<Slot> {
-        match store.get_or_insert("u", "a", key, 0u128.into(), at(now_ms), TTL) {
+        match store.get_or_insert(&Ident::new("u", "a", key), 0u128.into(), at(now_ms), TTL) {
             Ok(Found::New(s)) => s,
             _ => panic!("`{key}` should be new"),
         }
@@ -638,7 +658,7 @@ mod tests {
         // The retention entry of the expired slot must not remove its successor.
         insert(&store, "other", TTL_MS + 1);
         assert!(store
-            .get(&store.guard(), "u", "a", "k", at(TTL_MS + 1), TTL)
+            .get(&store.guard(), &Ident::new("u", "a", "k"), at(TTL_MS + 1), TTL)
             .is_some());
     }
 
@@ -659,7 +679,7 @@ mod tests {
         }
         assert_eq!(store.len(), 1);
         assert!(store
-            .get(&store.guard(), "u", "a", "late9", at(TTL_MS + 2), TTL)
+            .get(&store.guard(), &Ident::new("u", "a", "late9"), at(TTL_MS + 2), TTL)
             .is_some());
     }
 
@@ -703,7 +723,7 @@ mod tests {
         let g = store.guard();
         let live = |i: usize| {
             store
-                .get(&g, "u", "a", &format!("k{i}"), at(0), TTL)
+                .get(&g, &Ident::new("u", "a", &format!("k{i}")), at(0), TTL)
                 .is_some()
         };
         assert!((capacity..2 * capacity).all(live));
@@ -723,7 +743,7 @@ mod tests {
                 let hs: Vec<_> = (0..4)
                     .map(|_| {
                         s.spawn(|| {
-                            match store.get_or_insert("u", "a", &key, 0u128.into(), at(0), TTL) {
+                            match store.get_or_insert(&Ident::new("u", "a", &key), 0u128.into(), at(0), TTL) {
                                 Ok(Found::New(s)) => {
                                     news.fetch_add(1, Ordering::Relaxed);
                                     s
@@ -758,7 +778,7 @@ mod tests {
                     for i in (0..20_000).step_by(97) {
                         let key = format!("k{i}");
                         let guard = store.guard();
-                        if let Some(slot) = store.get(&guard, "u", "a", &key, at(0), TTL) {
+                        if let Some(slot) = store.get(&guard, &Ident::new("u", "a", &key), at(0), TTL) {
                             assert_eq!(slot.key(), key);
                             seen += 1;
                         }
