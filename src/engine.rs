@@ -340,7 +340,7 @@ impl Engine {
             if let Some(slot) = store.get(&guard, &id, now, cfg.idempotency_ttl) {
                 if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
-                        return answer(store, &slot, decided);
+                        return answer(store, slot, decided);
                     }
                 }
             }
@@ -437,17 +437,14 @@ impl Engine {
         let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
         let ttl = self.shared.ruleset.load().config.idempotency_ttl;
         let guard = self.shared.store.guard();
-        let slot = self
-            .shared
-            .store
-            .get(
-                &guard,
-                &Ident::new(user_id, action, idempotency_key),
-                now,
-                ttl,
-            )?;
+        let slot = self.shared.store.get(
+            &guard,
+            &Ident::new(user_id, action, idempotency_key),
+            now,
+            ttl,
+        )?;
         let decided = slot.decided.get().filter(|d| complete(d))?;
-        Some(record(&slot, decided))
+        Some(record(slot, decided))
     }
 
     /// Moves a stored action to `new_state`: `CHALLENGE_REQUIRED` → `CHALLENGE_SUCCEEDED` or
@@ -504,7 +501,7 @@ impl Engine {
                 signals::make_known(&self.shared.history, &rs.signals, footprint);
             }
         }
-        Ok(record(&slot, decided))
+        Ok(record(slot, decided))
     }
 
     /// Checks a challenge token: valid only when it is unexpired, its action reached `CHALLENGE_SUCCEEDED`,

@@ -658,7 +658,12 @@ mod tests {
         // The retention entry of the expired slot must not remove its successor.
         insert(&store, "other", TTL_MS + 1);
         assert!(store
-            .get(&store.guard(), &Ident::new("u", "a", "k"), at(TTL_MS + 1), TTL)
+            .get(
+                &store.guard(),
+                &Ident::new("u", "a", "k"),
+                at(TTL_MS + 1),
+                TTL
+            )
             .is_some());
     }
 
@@ -679,7 +684,12 @@ mod tests {
         }
         assert_eq!(store.len(), 1);
         assert!(store
-            .get(&store.guard(), &Ident::new("u", "a", "late9"), at(TTL_MS + 2), TTL)
+            .get(
+                &store.guard(),
+                &Ident::new("u", "a", "late9"),
+                at(TTL_MS + 2),
+                TTL
+            )
             .is_some());
     }
 
@@ -743,7 +753,12 @@ mod tests {
                 let hs: Vec<_> = (0..4)
                     .map(|_| {
                         s.spawn(|| {
-                            match store.get_or_insert(&Ident::new("u", "a", &key), 0u128.into(), at(0), TTL) {
+                            match store.get_or_insert(
+                                &Ident::new("u", "a", &key),
+                                0u128.into(),
+                                at(0),
+                                TTL,
+                            ) {
                                 Ok(Found::New(s)) => {
                                     news.fetch_add(1, Ordering::Relaxed);
                                     s
@@ -778,7 +793,9 @@ mod tests {
                     for i in (0..20_000).step_by(97) {
                         let key = format!("k{i}");
                         let guard = store.guard();
-                        if let Some(slot) = store.get(&guard, &Ident::new("u", "a", &key), at(0), TTL) {
+                        if let Some(slot) =
+                            store.get(&guard, &Ident::new("u", "a", &key), at(0), TTL)
+                        {
                             assert_eq!(slot.key(), key);
                             seen += 1;
                         }

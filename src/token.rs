@@ -91,9 +91,10 @@ mod tests {
             assert!(seen.insert(new_token().unwrap()));
         }
         // Threads have generators of their own, keyed apart.
-        let other: Vec<String> = std::thread::spawn(|| (0..100).map(|_| new_token().unwrap()).collect())
-            .join()
-            .unwrap();
+        let other: Vec<String> =
+            std::thread::spawn(|| (0..100).map(|_| new_token().unwrap()).collect())
+                .join()
+                .unwrap();
         assert!(other.iter().all(|t| !seen.contains(t)));
     }
 
