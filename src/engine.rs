@@ -5,12 +5,12 @@
 
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::{to_millis, Clock, SystemClock};
 use crate::config::{Config, OnConflict, OnRuleError};
+use crate::counter::Striped;
 use crate::decide;
 use crate::error::{LoadError, TrackError};
 use crate::explain::Explanation;
@@ -20,7 +20,7 @@ use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
 use crate::stats::{self, Stats};
-use crate::store::{Decided, Found, Slot, Store};
+use crate::store::{Decided, Found, Ident, Slot, Store};
 use crate::time::EpochMs;
 use crate::token;
 use crate::{ActionRecord, InvalidTokenReason, State, TrackResponse, ValidateChallengeResponse};
@@ -77,7 +77,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     rules_dir: Option<PathBuf>,
     reload: Mutex<()>,
-    decisions: AtomicU64,
+    /// Rule evaluations, striped per thread (every decision adds one).
+    decisions: Striped,
     /// Decisions by state, evaluation time, and the per-rule counts of replaced rulesets.
     stats: stats::Counters,
     /// The builder's settings, applied over every ruleset's `riskgate.toml`.
@@ -291,7 +292,7 @@ impl EngineBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
                 reload: Mutex::new(()),
-                decisions: AtomicU64::new(0),
+                decisions: Striped::default(),
                 stats: stats::Counters::default(),
                 overrides: self.overrides,
                 sandbox_limits: self.sandbox_limits,
@@ -337,15 +338,19 @@ impl Engine {
         let rs = self.shared.ruleset.load();
         let cfg = &rs.config;
         let store = &self.shared.store;
+        // The identity, hashed once: by the repeat fast path when the request has a key.
+        let mut known = None;
         // The repeat fast path. A stored action with this identity and this fingerprint was tracked with the same
         // attributes, which passed validation then: validating them again (most of what a repeat would cost)
         // cannot fail, so a decided repeat is answered before it. Anything else takes the full path below.
         if let Some(key) = req.attributes.idempotency_key.as_deref() {
-            if let Some(slot) = store.get(&req.user_id, &req.action, key, now, cfg.idempotency_ttl)
-            {
+            let guard = store.guard();
+            let id = Ident::new(&req.user_id, &req.action, key);
+            known = Some(id);
+            if let Some(slot) = store.get(&guard, &id, now, cfg.idempotency_ttl) {
                 if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
-                        return answer(store, &slot, decided);
+                        return answer(store, slot, decided);
                     }
                 }
             }
@@ -361,14 +366,8 @@ impl Engine {
                 generated.as_str()
             }
         };
-        let found = store.get_or_insert(
-            &req.user_id,
-            &req.action,
-            key,
-            fingerprint,
-            now,
-            cfg.idempotency_ttl,
-        );
+        let id = known.unwrap_or_else(|| Ident::new(&req.user_id, &req.action, key));
+        let found = store.get_or_insert(&id, fingerprint, now, cfg.idempotency_ttl);
         let slot = match found {
             Ok(Found::New(slot)) => slot,
             Ok(Found::Existing(slot))
@@ -392,7 +391,7 @@ impl Engine {
 
     /// Runs the rules for a new action and fixes its first decision.
     fn decide(&self, rs: &Loaded, req: &TrackRequest, now: EpochMs, slot: &Arc<Slot>) -> Decided {
-        self.shared.decisions.fetch_add(1, Ordering::Relaxed);
+        self.shared.decisions.incr();
         let idx = rs.rules_for(&req.action);
         // No user, IP, device, key or token in the span: only what the action is and what it decided.
         #[cfg(feature = "tracing")]
@@ -588,12 +587,15 @@ impl Engine {
     ) -> Option<ActionRecord> {
         let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
         let ttl = self.shared.ruleset.load().config.idempotency_ttl;
-        let slot = self
-            .shared
-            .store
-            .get(user_id, action, idempotency_key, now, ttl)?;
+        let guard = self.shared.store.guard();
+        let slot = self.shared.store.get(
+            &guard,
+            &Ident::new(user_id, action, idempotency_key),
+            now,
+            ttl,
+        )?;
         let decided = slot.decided.get().filter(|d| complete(d))?;
-        Some(record(&slot, decided))
+        Some(record(slot, decided))
     }
 
     /// Moves a stored action to `new_state`: `CHALLENGE_REQUIRED` → `CHALLENGE_SUCCEEDED` or
@@ -615,10 +617,16 @@ impl Engine {
             action: action.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
         };
+        let guard = self.shared.store.guard();
         let slot = self
             .shared
             .store
-            .get(user_id, action, idempotency_key, now, ttl)
+            .get(
+                &guard,
+                &Ident::new(user_id, action, idempotency_key),
+                now,
+                ttl,
+            )
             .ok_or_else(not_found)?;
         let decided = slot
             .decided
@@ -644,7 +652,7 @@ impl Engine {
                 signals::make_known(&self.shared.history, &rs.signals, footprint);
             }
         }
-        Ok(record(&slot, decided))
+        Ok(record(slot, decided))
     }
 
     /// Checks a challenge token: valid only when it is unexpired, its action reached `CHALLENGE_SUCCEEDED`,
@@ -822,7 +830,7 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn decisions(&self) -> u64 {
-        self.shared.decisions.load(Ordering::Relaxed)
+        self.shared.decisions.get()
     }
 
     /// Counts since the engine was built: first decisions by state, per rule (over every ruleset it has used)

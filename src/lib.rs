@@ -12,6 +12,7 @@
 
 mod clock;
 mod config;
+mod counter;
 mod decide;
 mod duration;
 mod engine;

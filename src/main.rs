@@ -124,14 +124,22 @@ enum Command {
     /// bytes.
     Simulate(SimulateArgs),
     /// Measure decision latency for a rules folder and an event log: replays the log round after round into a
-    /// fresh engine, timing each decision; prints p50/p99/p99.9 latency and decisions per second.
+    /// fresh engine, timing each `track` call; prints p50/p99/p99.9 latency and decisions per second. Without
+    /// arguments it runs a realistic stream (distinct actions with an IP, device, user agent, idempotency key
+    /// and five custom attributes) through ten built-in rules.
     Bench {
-        /// The rules folder.
-        #[arg(long, default_value = "rules")]
-        rules: PathBuf,
-        /// The event file (as for `replay`), or `-` for standard input (then read once).
-        #[arg(default_value = "examples/events.jsonl")]
-        events: String,
+        /// The rules folder (default: the built-in ten rules of the realistic stream).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// The event file (as for `replay`), or `-` for standard input (then read once). Without it, the
+        /// realistic stream.
+        events: Option<String>,
+        /// The number of distinct actions in the realistic stream (without an event file).
+        #[arg(long, default_value_t = 100_000)]
+        actions: usize,
+        /// Follow the realistic stream by every action once more: idempotent repeats.
+        #[arg(long)]
+        repeats: bool,
         /// Keep replaying until at least this many decisions were timed (refused lines and idempotent repeats are
         /// counted apart, untimed).
         #[arg(long, default_value_t = 100_000)]
@@ -329,6 +337,8 @@ fn main() -> ExitCode {
         Command::Bench {
             rules,
             events,
+            actions,
+            repeats,
             calls,
             seconds,
             interpret,
@@ -342,7 +352,14 @@ fn main() -> ExitCode {
                 min_time,
                 interpret,
             };
-            cli::bench::run(&rules, &events, &opts)
+            let events = match events {
+                Some(path) => cli::bench::Events::Log(path),
+                None => cli::bench::Events::Realistic {
+                    actions: actions.max(1),
+                    repeats,
+                },
+            };
+            cli::bench::run(rules.as_deref(), &events, &opts)
         }
         #[cfg(feature = "server")]
         Command::Serve {

@@ -5,6 +5,10 @@
 //! both a minimum number of decisions and a minimum time are reached. The summary gives latency percentiles,
 //! the mean, and decisions per second on one thread, and says how many rules run as native code.
 //!
+//! Without an event log it runs the realistic stream of `workload.rs`: distinct actions in a shuffled order,
+//! each with an IP, a device, a user agent, an idempotency key and five `custom` attributes, decided by its ten
+//! rules (or by `--rules`).
+//!
 //! Only decisions are timed into those figures: a refused line (invalid, or an idempotency conflict) and an
 //! idempotent repeat (answered from the store) are counted apart, so they do not flatter the rate; and no rate
 //! is given from fewer than [`MIN_CALLS_FOR_RATE`] decisions.
@@ -31,18 +35,57 @@ pub struct Options {
     pub interpret: bool,
 }
 
-pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
-    let ruleset = match RuleSet::builder()
-        .rules_dir(rules)
-        .and_then(|b| b.compile_rules(!opts.interpret).build())
-    {
+/// Where the events come from.
+pub enum Events {
+    /// An event file, or `-` for standard input.
+    Log(String),
+    /// The realistic stream of `workload.rs` with this many distinct actions; with `repeats`, followed by every
+    /// action once more (same attributes, another order): idempotent repeats.
+    Realistic { actions: usize, repeats: bool },
+}
+
+pub fn run(rules: Option<&Path>, events: &Events, opts: &Options) -> ExitCode {
+    let built = match rules {
+        Some(dir) => RuleSet::builder()
+            .rules_dir(dir)
+            .and_then(|b| b.compile_rules(!opts.interpret).build()),
+        None => super::workload::RULES
+            .iter()
+            .fold(RuleSet::builder(), |b, (id, src)| b.rule(*id, *src))
+            .compile_rules(!opts.interpret)
+            .build(),
+    };
+    let ruleset = match built {
         Ok(r) => r,
         Err(e) => {
             super::check::report_load_error(&e);
             return ExitCode::FAILURE;
         }
     };
-    match measure(&ruleset, events, opts) {
+    let (measured, name) = match events {
+        Events::Log(path) => (measure(&ruleset, path, opts), path.clone()),
+        Events::Realistic { actions, repeats } => {
+            let mut requests = super::workload::requests(*actions, "bench");
+            if *repeats {
+                let mut again = requests.clone();
+                again.reverse();
+                requests.extend(again);
+            }
+            let stream = super::workload::jsonl(&requests);
+            println!(
+                "events: the realistic stream, {actions} distinct actions{}",
+                if *repeats { ", each repeated once" } else { "" }
+            );
+            let m = measure_from(&ruleset, opts, |_| {
+                Ok(Some(
+                    Box::new(io::Cursor::new(stream.as_slice())) as Box<dyn io::BufRead>
+                ))
+            });
+            (m, "the realistic stream".to_owned())
+        }
+    };
+    let events = name;
+    match measured {
         Ok(m) => {
             print(&ruleset, &m);
             if m.latency.count() == 0 {
@@ -72,6 +115,22 @@ pub struct Measured {
 
 /// Replays `events` round after round until `opts` is satisfied (or a round times nothing).
 pub fn measure(ruleset: &RuleSet, events: &str, opts: &Options) -> io::Result<Measured> {
+    measure_from(ruleset, opts, |round| {
+        Ok(if events == "-" {
+            // Standard input can be read only once.
+            (round == 0).then(|| Box::new(io::stdin().lock()) as Box<dyn io::BufRead>)
+        } else {
+            Some(Box::new(BufReader::new(std::fs::File::open(events)?)))
+        })
+    })
+}
+
+/// [`measure`] over the input `open(round)` gives for each round (`None`: no more rounds).
+fn measure_from<'a>(
+    ruleset: &RuleSet,
+    opts: &Options,
+    mut open: impl FnMut(u64) -> io::Result<Option<Box<dyn io::BufRead + 'a>>>,
+) -> io::Result<Measured> {
     let mut m = Measured {
         latency: Histogram::default(),
         rounds: 0,
@@ -85,14 +144,8 @@ pub fn measure(ruleset: &RuleSet, events: &str, opts: &Options) -> io::Result<Me
         let mut replayer = Replayer::new(Engine::builder().ruleset(ruleset.clone()))
             .map_err(|e| io::Error::other(e.to_string()))?;
         let before = m.latency.count();
-        let mut input: Box<dyn io::BufRead> = if events == "-" {
-            if m.rounds > 0 {
-                // Standard input can be read only once.
-                break;
-            }
-            Box::new(io::stdin().lock())
-        } else {
-            Box::new(BufReader::new(std::fs::File::open(events)?))
+        let Some(mut input) = open(m.rounds)? else {
+            break;
         };
         let mut n = 0u64;
         while let Some(line) = next_line(&mut input)? {
