@@ -144,10 +144,14 @@ pub fn run(rules: &Path, filter: Option<&str>, junit: bool) -> ExitCode {
         }
     };
     let mut results = Vec::new();
+    // A bar on a terminal for long suites (nothing when stderr is not one), cleared before the report.
+    let progress = super::progress::Progress::new("test", Some(files.len() as u64), "files");
     for path in &files {
         let shown = path.display().to_string();
         results.push((shown.clone(), run_file(&ruleset, path, &shown, filter)));
+        progress.inc(1);
     }
+    progress.finish();
     let (mut passed, mut failed, mut invalid) = (0, 0, 0);
     for (_, r) in &results {
         match r {
