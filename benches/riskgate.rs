@@ -1,11 +1,15 @@
-//! riskgate's benchmark suite: one criterion binary, six groups.
+//! riskgate's benchmark suite: one criterion binary, eight groups.
 //!
-//! - `repeat`: `Engine::track` of an action already stored (an idempotency hit), 1 and 2 threads.
+//! - `realistic`: the headline groups, on the realistic stream of `src/cli/workload.rs` (100,000 live actions,
+//!   shuffled distinct identities, full attributes, ten rules): repeats and first decisions, 1 and 2 threads.
+//! - `floor`: the baselines on the same stream: (a) hash + probe of a lock-free map, (b) the rules as closures.
+//! - `best-case`: one hot key repeated (an idempotency hit), 1 and 2 threads.
 //! - `decide`: a first decision with the bundled ruleset, the starter ruleset and with 1/10/50 simple rules, through the compiled
 //!   path, through Rhai's interpreter only, and as the same rules written as native Rust closures.
 //! - `signals`: the signal look-ups rules call.
 //! - `throughput`: a mixed workload (90% first decisions, 10% repeats) on 1 and 2 threads.
-//! - `store`: the concurrent map behind the action store against the alternatives.
+//! - `store`: the concurrent map behind the action store against the alternatives, on the realistic stream's
+//!   identity hashes.
 //! - `signal-cost`: what every signal adds to a first decision, on both rule paths.
 //!
 //! Run `cargo bench --bench riskgate -- --quick` for a short run; see BENCHMARKS.md. Setting
@@ -20,6 +24,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "../src/cli/workload.rs"]
+mod workload;
 
 // ---------------------------------------------------------------------------------------------------------
 // Fixtures
@@ -225,11 +232,183 @@ fn on_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Dura
 // ---------------------------------------------------------------------------------------------------------
 // Groups
 
-fn repeat(c: &mut Criterion) {
-    if !wanted("repeat") {
+/// How many live actions the realistic groups keep stored before they time anything.
+const LIVE: usize = 100_000;
+
+/// The engine of the realistic groups: the workload's ten rules, compiled, with room for the live actions and
+/// the first decisions timed after them.
+fn realistic_engine() -> Engine {
+    let mut b = RuleSet::builder().config_toml("[idempotency]\ncapacity = 400000");
+    for (id, src) in workload::RULES {
+        b = b.rule(id, src);
+    }
+    let rules = b.build().unwrap();
+    assert!(
+        rules.rules().all(|r| r.compiled),
+        "every workload rule compiles"
+    );
+    engine(rules)
+}
+
+/// Tracks `reqs` into `e` and checks the stream is what the realistic groups promise: 10–20% challenges.
+fn fill(e: &Engine, reqs: &[TrackRequest]) {
+    let challenges = reqs
+        .iter()
+        .filter(|r| e.track(r).unwrap().state == State::ChallengeRequired)
+        .count();
+    let share = challenges as f64 / reqs.len() as f64;
+    assert!((0.10..=0.20).contains(&share), "challenge share {share}");
+}
+
+/// The time each of `threads` threads takes for its part of `parts`, one `track` per request (the wall time of
+/// the slowest; per call it is this over one part's length).
+fn track_all(e: &Engine, parts: &[Vec<TrackRequest>]) -> Duration {
+    on_threads(parts.len(), 0, |t, _| {
+        for r in &parts[t] {
+            black_box(e.track(r).unwrap());
+        }
+    })
+}
+
+/// `n` first decisions per thread for `threads` threads, each thread on its own users (by user parity), from
+/// a stream no engine has seen (`batch` makes the keys unique).
+fn fresh(n: u64, threads: usize, batch: &mut u64) -> Vec<Vec<TrackRequest>> {
+    *batch += 1;
+    let all = workload::requests(n as usize * threads, &format!("b{batch}"));
+    let mut parts = vec![Vec::with_capacity(n as usize); threads];
+    for r in all {
+        let user: usize = r.user_id.trim_start_matches("user-").parse().unwrap();
+        parts[user % threads].push(r);
+    }
+    parts
+}
+
+/// The headline groups, on the realistic stream of `src/cli/workload.rs`: ≥ 100,000 live actions, distinct
+/// identities in a shuffled order, every request with an IP, a device, a user agent, an idempotency key and
+/// five `custom` attributes; ten rules, 10–20% challenges. Batches are timed, never single calls.
+fn realistic(c: &mut Criterion) {
+    if !wanted("realistic") {
         return;
     }
-    let mut g = c.benchmark_group("repeat");
+    let mut g = c.benchmark_group("realistic");
+    let e = realistic_engine();
+    let live = workload::requests(LIVE, "live");
+    fill(&e, &live);
+    // Repeats: every call an idempotency hit on one of the live actions, in the stream's shuffled order.
+    let halves: Vec<&[TrackRequest]> = live.chunks(LIVE / 2).collect();
+    for threads in [1usize, 2] {
+        g.bench_function(format!("repeat/{threads}-thread"), |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, |t, n| {
+                    let mine = if threads == 1 { &live[..] } else { halves[t] };
+                    let mut i = 0;
+                    for _ in 0..n {
+                        black_box(e.track(&mine[i]).unwrap());
+                        i += 1;
+                        if i == mine.len() {
+                            i = 0;
+                        }
+                    }
+                })
+            })
+        });
+    }
+    // First decisions: distinct identities the engine has not seen, on top of the live actions.
+    let mut batch = 0;
+    for threads in [1usize, 2] {
+        g.bench_function(format!("first-decision/{threads}-thread"), |b| {
+            b.iter_custom(|iters| {
+                let parts = fresh(iters, threads, &mut batch);
+                let longest = parts.iter().map(Vec::len).max().unwrap_or(1).max(1);
+                // Per call on each thread, scaled to `iters` calls (the halves differ by a few).
+                track_all(&e, &parts).mul_f64(iters as f64 / longest as f64)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The crate's identity hash, as `hash::identity_hash` computes it: xxh3-128 over the length-prefixed parts.
+fn identity_hash(user: &str, action: &str, key: &str) -> u128 {
+    let mut buf = Vec::with_capacity(12 + user.len() + action.len() + key.len());
+    for part in [user, action, key] {
+        buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        buf.extend_from_slice(part.as_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_128(&buf)
+}
+
+/// The baselines the realistic groups are measured against, on the same stream:
+/// - `hash-probe`: (a) hash the three identity strings with the crate's hash and probe a pre-filled lock-free
+///   map (papaya) of the same size, returning a shared value: the floor of a repeat;
+/// - `native-rules`: (b) the same ten rules as hand-written Rust closures over the same requests.
+fn floor(c: &mut Criterion) {
+    if !wanted("floor") {
+        return;
+    }
+    let mut g = c.benchmark_group("floor");
+    let live = workload::requests(LIVE, "live");
+    let map: papaya::HashMap<u128, Arc<u64>, H> = papaya::HashMap::builder()
+        .hasher(H::default())
+        .resize_mode(papaya::ResizeMode::Blocking)
+        .build();
+    for (i, r) in live.iter().enumerate() {
+        let k = r.attributes.idempotency_key.as_deref().unwrap();
+        map.pin()
+            .insert(identity_hash(&r.user_id, &r.action, k), Arc::new(i as u64));
+    }
+    g.bench_function("hash-probe", |b| {
+        b.iter_custom(|iters| {
+            let m = map.pin();
+            let start = Instant::now();
+            let mut i = 0;
+            for _ in 0..iters {
+                let r = &live[i];
+                let k = r.attributes.idempotency_key.as_deref().unwrap_or("");
+                black_box(m.get(&identity_hash(&r.user_id, &r.action, k)).cloned());
+                i += 1;
+                if i == live.len() {
+                    i = 0;
+                }
+            }
+            start.elapsed()
+        })
+    });
+    let rules = workload::native();
+    g.bench_function("native-rules", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let mut i = 0;
+            for _ in 0..iters {
+                let r = &live[i];
+                let worst = rules
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(n, rule)| rule(black_box(r)).filter(|_| n != 9))
+                    .max_by_key(|s| match s {
+                        State::Block => 3,
+                        State::Review => 2,
+                        State::ChallengeRequired => 1,
+                        _ => 0,
+                    });
+                black_box(worst);
+                i += 1;
+                if i == live.len() {
+                    i = 0;
+                }
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
+/// The best case: one hot key repeated (everything in cache), with the small `request` fixture.
+fn best_case(c: &mut Criterion) {
+    if !wanted("best-case") {
+        return;
+    }
+    let mut g = c.benchmark_group("best-case");
     let e = engine(bundled(true, 200_000));
     let mut reqs: Vec<TrackRequest> = (0..2)
         .map(|t| {
@@ -241,11 +420,11 @@ fn repeat(c: &mut Criterion) {
     for r in &reqs {
         e.track(r).unwrap();
     }
-    g.bench_function("1-thread", |b| {
+    g.bench_function("repeat/1-thread", |b| {
         b.iter(|| e.track(black_box(&reqs[0])).unwrap())
     });
     // Per-call time on each of 2 threads, both on one key, then each on its own key.
-    g.bench_function("2-threads-same-key", |b| {
+    g.bench_function("repeat/2-threads-same-key", |b| {
         b.iter_custom(|iters| {
             on_threads(2, iters, |_, n| {
                 for _ in 0..n {
@@ -254,7 +433,7 @@ fn repeat(c: &mut Criterion) {
             })
         })
     });
-    g.bench_function("2-threads-own-keys", |b| {
+    g.bench_function("repeat/2-threads-own-keys", |b| {
         b.iter_custom(|iters| {
             on_threads(2, iters, |t, n| {
                 for _ in 0..n {
@@ -513,8 +692,30 @@ fn store(c: &mut Criterion) {
         return;
     }
     let mut g = c.benchmark_group("store");
-    const N: u64 = 100_000;
-    let key = |i: u64| xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes());
+    // The identity hashes of the realistic stream's live actions, in its shuffled order; inserts beyond them
+    // use fresh hashes.
+    let keys: Vec<u128> = workload::requests(LIVE, "live")
+        .iter()
+        .map(|r| {
+            identity_hash(
+                &r.user_id,
+                &r.action,
+                r.attributes.idempotency_key.as_deref().unwrap(),
+            )
+        })
+        .collect();
+    const N: u64 = LIVE as u64;
+    let key = |i: u64| match keys.get(i as usize) {
+        Some(&k) => k,
+        None => xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes()),
+    };
+    let papaya_in = |mode| {
+        papaya::HashMap::builder()
+            .hasher(H::default())
+            .resize_mode(mode)
+            .build()
+    };
+    // Every map grows from empty to the live actions (no pre-sizing), so lookups are measured after growth.
     let maps: Vec<(&str, Box<dyn Candidate>)> = vec![
         ("mutex-hashmap", Box::new(Mutex::new(HashMap::default()))),
         (
@@ -522,8 +723,12 @@ fn store(c: &mut Criterion) {
             Box::new(dashmap::DashMap::with_hasher(H::default())),
         ),
         (
-            "papaya",
-            Box::new(papaya::HashMap::with_hasher(H::default())),
+            "papaya-incremental",
+            Box::new(papaya_in(papaya::ResizeMode::Incremental(1024))),
+        ),
+        (
+            "papaya-blocking",
+            Box::new(papaya_in(papaya::ResizeMode::Blocking)),
         ),
         ("scc", Box::new(scc::HashMap::with_hasher(H::default()))),
     ];
@@ -766,7 +971,7 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = repeat, decide, signals, throughput, store, signal_cost
+    targets = realistic, floor, best_case, decide, signals, throughput, store, signal_cost
 }
 
 /// Whether group `name` can match the benchmark filter on the command line, so that running or profiling one

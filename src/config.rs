@@ -6,7 +6,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use crate::duration::parse_millis;
-use crate::error::{Diagnostic, LoadError};
+use crate::error::{Diagnostic, LoadError, TrackError};
+use crate::request::CustomValue;
 use crate::server_settings::{ServerFile, ServerSettings};
 use crate::store_settings::{StoreFile, StoreSettings};
 use crate::time::DurationMs;
@@ -94,6 +95,109 @@ pub(crate) struct Config {
     pub server: ServerSettings,
     /// `[store]`: read when an engine is built.
     pub store: StoreSettings,
+    /// `[custom]`: the declared types of custom attributes.
+    pub custom: CustomSchema,
+    /// Every `[actions.<code>]` table, with its line and column (for the check that some rule uses it).
+    pub action_tables: Vec<(String, usize, usize)>,
+}
+
+/// The type `[custom]` declares for a custom attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CustomType {
+    String,
+    Number,
+    Bool,
+}
+
+impl CustomType {
+    fn parse(v: &str) -> Option<CustomType> {
+        Some(match v {
+            "string" => CustomType::String,
+            "number" => CustomType::Number,
+            "bool" => CustomType::Bool,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CustomType::String => "a string",
+            CustomType::Number => "a number",
+            CustomType::Bool => "a bool",
+        }
+    }
+
+    fn fits(self, v: &CustomValue) -> bool {
+        matches!(
+            (self, v),
+            (CustomType::String, CustomValue::String(_))
+                | (
+                    CustomType::Number,
+                    CustomValue::Int(_) | CustomValue::Float(_)
+                )
+                | (CustomType::Bool, CustomValue::Bool(_))
+        )
+    }
+}
+
+/// One declared custom attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CustomField {
+    pub ty: CustomType,
+    pub required: bool,
+}
+
+/// `[custom]` in `riskgate.toml`: each custom attribute's type, optionally required. Empty when the file has
+/// no `[custom]` table; then any custom attribute is accepted and rules may read any key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CustomSchema(BTreeMap<String, CustomField>);
+
+impl CustomSchema {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&CustomField> {
+        self.0.get(key)
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// Refuses a request whose custom attributes do not fit: a declared key of another type, or a required
+    /// key missing. Undeclared keys are accepted (rules cannot read them by name).
+    pub(crate) fn check(&self, custom: &BTreeMap<String, CustomValue>) -> Result<(), TrackError> {
+        for (key, field) in &self.0 {
+            match custom.get(key) {
+                Some(v) if !field.ty.fits(v) => {
+                    return Err(TrackError::invalid(
+                        format!("attributes.custom.{key}"),
+                        format!(
+                            "must be {} (`[custom]` in riskgate.toml), not {}",
+                            field.ty.name(),
+                            match v {
+                                CustomValue::String(_) => "a string",
+                                CustomValue::Int(_) | CustomValue::Float(_) => "a number",
+                                CustomValue::Bool(_) => "a bool",
+                            }
+                        ),
+                    ))
+                }
+                None if field.required => {
+                    return Err(TrackError::invalid(
+                        format!("attributes.custom.{key}"),
+                        format!(
+                            "is required (`[custom]` in riskgate.toml): expected {}",
+                            field.ty.name()
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[signals]`: how much history signals keep.
@@ -164,6 +268,8 @@ impl Default for Config {
             geoip: GeoipConfig::default(),
             server: ServerSettings::default(),
             store: StoreSettings::default(),
+            custom: CustomSchema::default(),
+            action_tables: Vec::new(),
         }
     }
 }
@@ -189,6 +295,7 @@ struct File {
     server: ServerFile,
     #[serde(default)]
     store: StoreFile,
+    custom: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -266,12 +373,7 @@ impl Config {
         let mut problems = Vec::new();
         let mut fail = |key: &str, message: String| {
             let (line, column) = find_key(text, key);
-            problems.push(Diagnostic {
-                file: file.to_owned(),
-                line,
-                column,
-                message,
-            });
+            problems.push(Diagnostic::new(file.to_owned(), line, column, message));
         };
         let mut cfg = Config::default();
         if let Some(v) = &parsed.default_outcome {
@@ -294,6 +396,8 @@ impl Config {
             }
         }
         for (code, a) in &parsed.actions {
+            let (line, column) = find_key(text, code);
+            cfg.action_tables.push((code.clone(), line, column));
             if !crate::request::is_action_code(code) {
                 fail(
                     code,
@@ -467,6 +571,17 @@ impl Config {
                 *slot = Some((path.clone(), line, column));
             }
         }
+        for (key, v) in &parsed.custom {
+            match custom_field(v) {
+                Ok(field) => {
+                    cfg.custom.0.insert(key.clone(), field);
+                }
+                Err(m) => fail(
+                    key,
+                    format!("`[custom] {}`: {m}", crate::error::shorten(key)),
+                ),
+            }
+        }
         cfg.server = parsed.server.resolve(&mut fail);
         cfg.store = parsed.store.resolve(&mut fail);
         if problems.is_empty() {
@@ -493,6 +608,43 @@ pub(crate) fn decision(v: &str) -> Result<State, String> {
             "expected \"ALLOW\", \"CHALLENGE_REQUIRED\", \"REVIEW\" or \"BLOCK\", not `{}`",
             crate::error::shorten(v)
         )),
+    }
+}
+
+/// One `[custom]` entry: `"number"`, or `{ type = "number", required = true }`.
+fn custom_field(v: &toml::Value) -> Result<CustomField, String> {
+    const EXPECTED: &str =
+        "expected \"string\", \"number\" or \"bool\", or `{ type = \"number\", required = true }`";
+    let ty = |t: &str| {
+        CustomType::parse(t)
+            .ok_or_else(|| format!("unknown type `{}`: {EXPECTED}", crate::error::shorten(t)))
+    };
+    match v {
+        toml::Value::String(t) => Ok(CustomField {
+            ty: ty(t)?,
+            required: false,
+        }),
+        toml::Value::Table(t) => {
+            if let Some(k) = t.keys().find(|k| *k != "type" && *k != "required") {
+                return Err(format!(
+                    "unknown key `{}`: expected `type` and `required`",
+                    crate::error::shorten(k)
+                ));
+            }
+            let Some(toml::Value::String(name)) = t.get("type") else {
+                return Err(format!("`type` must be given as a string: {EXPECTED}"));
+            };
+            let required = match t.get("required") {
+                None => false,
+                Some(toml::Value::Boolean(b)) => *b,
+                Some(_) => return Err("`required` must be `true` or `false`".to_owned()),
+            };
+            Ok(CustomField {
+                ty: ty(name)?,
+                required,
+            })
+        }
+        _ => Err(EXPECTED.to_owned()),
     }
 }
 

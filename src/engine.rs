@@ -8,21 +8,23 @@
 
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::{to_millis, Clock, SystemClock};
 use crate::config::{Config, OnConflict, OnRuleError};
+use crate::counter::Striped;
 use crate::decide;
 use crate::error::{LoadError, TrackError};
+use crate::explain::Explanation;
 use crate::hash::{EngineKeys, FingerprintKey};
 use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
+use crate::stats::{self, Stats};
 use crate::state::Backend;
-use crate::store::{Decided, Found, Slot, Store};
+use crate::store::{Decided, Found, Ident, Slot, Store};
 #[cfg(feature = "redis")]
 use crate::store_settings::OnStoreError;
 use crate::store_settings::{StoreBackend, StoreSettings};
@@ -85,7 +87,10 @@ struct Shared {
     clock: Arc<dyn Clock>,
     rules_dir: Option<PathBuf>,
     reload: Mutex<()>,
-    decisions: AtomicU64,
+    /// Rule evaluations, striped per thread (every decision adds one).
+    decisions: Striped,
+    /// Decisions by state, evaluation time, and the per-rule counts of replaced rulesets.
+    stats: stats::Counters,
     /// The builder's settings, applied over every ruleset's `riskgate.toml`.
     overrides: Overrides,
     /// The builder's sandbox limits, for every folder the engine loads.
@@ -97,12 +102,17 @@ struct Shared {
 struct Loaded {
     set: Arc<rules::Inner>,
     config: Config,
+    /// Per-rule counts of decisions on this ruleset (see `stats.rs`).
+    counters: Arc<stats::RuleCounters>,
 }
 
 impl Loaded {
     fn new(set: Arc<rules::Inner>, overrides: &Overrides) -> Self {
         Loaded {
             config: overrides.apply(&set.config),
+            counters: Arc::new(stats::RuleCounters::new(
+                set.rules.iter().map(|r| r.id.clone()).collect(),
+            )),
             set,
         }
     }
@@ -340,7 +350,8 @@ impl EngineBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
                 reload: Mutex::new(()),
-                decisions: AtomicU64::new(0),
+                decisions: Striped::default(),
+                stats: stats::Counters::default(),
                 overrides: self.overrides,
                 sandbox_limits: self.sandbox_limits,
             }),
@@ -399,20 +410,25 @@ impl Engine {
         now: EpochMs,
     ) -> Result<TrackResponse, TrackError> {
         let cfg = &rs.config;
+        // The identity, hashed once: by the repeat fast path when the request has a key.
+        let mut known = None;
         // The repeat fast path. A stored action with this identity and this fingerprint was tracked with the same
         // attributes, which passed validation then: validating them again (most of what a repeat would cost)
         // cannot fail, so a decided repeat is answered before it. Anything else takes the full path below.
         if let Some(key) = req.attributes.idempotency_key.as_deref() {
-            if let Some(slot) = store.get(&req.user_id, &req.action, key, now, cfg.idempotency_ttl)
-            {
+            let guard = store.guard();
+            let id = Ident::new(&req.user_id, &req.action, key);
+            known = Some(id);
+            if let Some(slot) = store.get(&guard, &id, now, cfg.idempotency_ttl) {
                 if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
-                        return answer(store, &slot, decided);
+                        return answer(store, slot, decided);
                     }
                 }
             }
         }
         req.validate()?;
+        cfg.custom.check(&req.attributes.custom)?;
         let fingerprint = req.fingerprint(&self.shared.fingerprint_key).into();
         let generated;
         let key = match &req.attributes.idempotency_key {
@@ -422,14 +438,8 @@ impl Engine {
                 generated.as_str()
             }
         };
-        let found = store.get_or_insert(
-            &req.user_id,
-            &req.action,
-            key,
-            fingerprint,
-            now,
-            cfg.idempotency_ttl,
-        );
+        let id = known.unwrap_or_else(|| Ident::new(&req.user_id, &req.action, key));
+        let found = store.get_or_insert(&id, fingerprint, now, cfg.idempotency_ttl);
         let slot = match found {
             Ok(Found::New(slot)) => slot,
             Ok(Found::Existing(slot))
@@ -476,7 +486,8 @@ impl Engine {
         )
     }
 
-    /// Evaluates the rules for a new action on `ctx`, resolves them and records the action in history.
+    /// Evaluates the rules for a new action on `ctx`, resolves them, counts the decision and records the action
+    /// in history.
     // Inlined into both callers so the context is built in place, not moved (measured: the in-memory first
     // decision costs the same instructions as before the store seam).
     #[inline(always)]
@@ -486,8 +497,14 @@ impl Engine {
         req: &TrackRequest,
         ctx: DecisionCtx,
     ) -> (decide::Decision, signals::Footprint) {
-        self.shared.decisions.fetch_add(1, Ordering::Relaxed);
+        self.shared.decisions.incr();
         let idx = rs.rules_for(&req.action);
+        // No user, IP, device, key or token in the span: only what the action is and what it decided.
+        #[cfg(feature = "tracing")]
+        let _span =
+            tracing::debug_span!("riskgate.decide", action = %req.action, rules = idx.len())
+                .entered();
+        let started = std::time::Instant::now();
         rules::binding::with_decision(ctx, |ctx| {
             let mut results = Vec::with_capacity(idx.len());
             sandbox::evaluate(
@@ -498,15 +515,149 @@ impl Engine {
                 idx.iter().map(|&i| &rs.rules[i]),
                 &mut results,
             );
+            rs.counters.record(idx, &results);
             let decision = decide::resolve(
                 &rs.config,
                 &req.action,
                 idx.iter().map(|&i| &rs.rules[i]),
                 results,
             );
+            self.shared.stats.record(decision.state, started);
+            #[cfg(feature = "tracing")]
+            tracing::debug!(
+                state = decision.state.as_str(),
+                priority_rule_id = decision.priority_rule_id.as_ref().map(|r| r.to_string()),
+                errors = decision.errors.len(),
+                "decided"
+            );
             let footprint = ctx.record(decision.state);
             (decision, footprint)
         })
+    }
+
+    /// Explains what [`track`](Engine::track) would decide for `req` now (on the engine's clock). See
+    /// [`explain_at`](Engine::explain_at).
+    pub fn explain(&self, req: &TrackRequest) -> Result<Explanation, TrackError> {
+        self.explain_at(req, self.shared.clock.now())
+    }
+
+    /// A dry run of [`track_at`](Engine::track_at): evaluates every enabled rule for the action against the
+    /// history as it is, resolves the decision, and returns it with a trace of each rule (matched or not, its
+    /// outcome or error, time taken, the signals, variables and `custom` keys it reads with their values, and
+    /// the value of each operand of its top-level conditions). See [`RuleTrace`](crate::RuleTrace).
+    ///
+    /// Nothing is recorded: no history, no stored action, no token, and [`decisions`](Engine::decisions) does
+    /// not count it. The store is not consulted either: a request whose identity was already tracked is
+    /// evaluated as if it were new. The request is validated as `track` validates it.
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, State, TrackRequest};
+    ///
+    /// let engine = Engine::builder()
+    ///     .ruleset(RuleSet::from_sources([("busy", r#"if velocity("10m") > 1 { BLOCK }"#)])?)
+    ///     .build()?;
+    /// engine.track(&TrackRequest::new("u1", "signIn"))?;
+    /// let why = engine.explain(&TrackRequest::new("u1", "signIn"))?;
+    /// assert_eq!(why.state, State::Allow);
+    /// let rule = &why.rules[0];
+    /// assert!(!rule.matched);
+    /// assert_eq!(rule.signals[0].expr, r#"velocity("10m")"#);
+    /// assert_eq!(rule.signals[0].value, 1);
+    /// assert_eq!(rule.comparisons[0].expr, r#"velocity("10m") > 1"#);
+    /// assert_eq!(rule.comparisons[0].value, false);
+    /// assert_eq!(engine.decisions(), 1, "explaining decides nothing");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn explain_at(
+        &self,
+        req: &TrackRequest,
+        at: SystemTime,
+    ) -> Result<Explanation, TrackError> {
+        let now_ms = to_millis(at);
+        let now = EpochMs::from_ms(crate::clock::check_event_ms(i128::from(now_ms), || {
+            format!("{now_ms} ms since the epoch")
+        })?);
+        req.validate()?;
+        let rs = self.shared.ruleset.load();
+        let idx = rs.rules_for(&req.action);
+        let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
+        Ok(rules::binding::with_decision(ctx, |ctx| {
+            let mut results = Vec::with_capacity(idx.len());
+            let mut traces = Vec::with_capacity(idx.len());
+            for &i in idx {
+                let rule = &rs.rules[i];
+                let started = std::time::Instant::now();
+                sandbox::evaluate(
+                    &rs.engine,
+                    &rs.config.limits,
+                    req,
+                    ctx,
+                    std::iter::once(rule),
+                    &mut results,
+                );
+                let time_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                traces.push(rules::explain::trace(
+                    &rs.engine,
+                    &rs.config.limits,
+                    req,
+                    ctx,
+                    rule,
+                    results.last(),
+                    time_ns,
+                ));
+            }
+            let d = decide::resolve(
+                &rs.config,
+                &req.action,
+                idx.iter().map(|&i| &rs.rules[i]),
+                results,
+            );
+            Explanation {
+                state: d.state,
+                rule_ids: d.rule_ids,
+                priority_rule_id: d.priority_rule_id,
+                shadow_rule_ids: d.shadow_rule_ids,
+                errors: d.errors,
+                rules: traces,
+            }
+        }))
+    }
+
+    /// Evaluates one rule expression for `req` at `at` (`velocity("10m")`, `is_new_device()`,
+    /// `custom.amount > 100`), as a rule of the current ruleset would see it: in the rules' sandbox, against the
+    /// history before the action. Nothing is recorded. The value is JSON (`null` for `()`; an outcome as its
+    /// name). A request that fails validation, an expression that does not parse or fails (such as a signal
+    /// whose history no rule keeps) is [`TrackError::InvalidRequest`].
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, TrackRequest};
+    ///
+    /// let engine = Engine::builder()
+    ///     .ruleset(RuleSet::from_sources([("busy", r#"if velocity("1h") > 5 { BLOCK }"#)])?)
+    ///     .build()?;
+    /// let req = TrackRequest::new("u1", "signIn");
+    /// engine.track(&req)?;
+    /// let now = std::time::SystemTime::now();
+    /// assert_eq!(engine.evaluate_at(&req, r#"velocity("10m")"#, now)?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn evaluate_at(
+        &self,
+        req: &TrackRequest,
+        expression: &str,
+        at: SystemTime,
+    ) -> Result<serde_json::Value, TrackError> {
+        let now_ms = to_millis(at);
+        let now = EpochMs::from_ms(crate::clock::check_event_ms(i128::from(now_ms), || {
+            format!("{now_ms} ms since the epoch")
+        })?);
+        req.validate()?;
+        let rs = self.shared.ruleset.load();
+        let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
+        rules::binding::with_decision(ctx, |_| {
+            rules::explain::evaluate_source(&rs.engine, &rs.config.limits, req, expression)
+        })
+        .map_err(|reason| TrackError::invalid("expression", &reason))
     }
 
     /// The stored action with this identity, if it is still retained.
@@ -529,9 +680,15 @@ impl Engine {
                     .map(|s| s.record())
             }
         };
-        let slot = store.get(user_id, action, idempotency_key, now, ttl)?;
+        let guard = store.guard();
+        let slot = store.get(
+            &guard,
+            &Ident::new(user_id, action, idempotency_key),
+            now,
+            ttl,
+        )?;
         let decided = slot.decided.get().filter(|d| complete(d))?;
-        Some(record(&slot, decided))
+        Some(record(slot, decided))
     }
 
     /// Moves a stored action to `new_state`: `CHALLENGE_REQUIRED` → `CHALLENGE_SUCCEEDED` or
@@ -560,8 +717,14 @@ impl Engine {
                 return self.update_remote(r, user_id, action, idempotency_key, new_state, now)
             }
         };
+        let guard = store.guard();
         let slot = store
-            .get(user_id, action, idempotency_key, now, ttl)
+            .get(
+                &guard,
+                &Ident::new(user_id, action, idempotency_key),
+                now,
+                ttl,
+            )
             .ok_or_else(not_found)?;
         let decided = slot
             .decided
@@ -588,7 +751,7 @@ impl Engine {
                 signals::make_known(&history, &rs.signals, footprint);
             }
         }
-        Ok(record(&slot, decided))
+        Ok(record(slot, decided))
     }
 
     /// Checks a challenge token: valid only when it is unexpired, its action reached `CHALLENGE_SUCCEEDED`,
@@ -653,7 +816,8 @@ impl Engine {
             Backend::Redis(_) => {}
         }
         self.shared.history.set_limits(loaded.signals.limits);
-        self.shared.ruleset.store(Arc::new(loaded));
+        let old = self.shared.ruleset.swap(Arc::new(loaded));
+        self.shared.stats.retire(Arc::clone(&old.counters));
     }
 
     /// Reloads the ruleset from the folder the engine was built from. If the folder no longer loads, the error
@@ -779,7 +943,32 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn decisions(&self) -> u64 {
-        self.shared.decisions.load(Ordering::Relaxed)
+        self.shared.decisions.get()
+    }
+
+    /// Counts since the engine was built: first decisions by state, per rule (over every ruleset it has used)
+    /// how often it matched and failed, and the time spent evaluating rules. See [`Stats`] (and, with feature
+    /// `metrics`, [`Stats::publish`]).
+    ///
+    /// The counters are spread over per-thread stripes so that decisions on different cores do not write one
+    /// shared cache line; a snapshot sums them, and is exact once the decisions it counts have finished.
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, TrackRequest};
+    ///
+    /// let engine = Engine::builder()
+    ///     .ruleset(RuleSet::from_sources([("no-device", "if device_id == () { BLOCK }")])?)
+    ///     .build()?;
+    /// engine.track(&TrackRequest::new("u1", "signIn"))?;
+    /// let stats = engine.stats();
+    /// assert_eq!((stats.decisions, stats.by_state.block), (1, 1));
+    /// assert_eq!(stats.rules["no-device"].matches, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.shared
+            .stats
+            .snapshot(&self.shared.ruleset.load().counters)
     }
 }
 
@@ -958,6 +1147,7 @@ impl Engine {
         now: EpochMs,
     ) -> Result<TrackResponse, TrackError> {
         req.validate()?;
+        rs.config.custom.check(&req.attributes.custom)?;
         let generated;
         let key = match &req.attributes.idempotency_key {
             Some(k) => k.as_str(),

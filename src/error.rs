@@ -151,6 +151,26 @@ impl TrackError {
     }
 }
 
+/// How serious a [`Diagnostic`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Severity {
+    /// The ruleset does not load.
+    Error,
+    /// The ruleset loads, but something in it is probably a mistake (`riskgate check --strict` fails on it).
+    Warning,
+}
+
+impl Severity {
+    /// `"error"` or `"warning"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 /// One problem found while loading a ruleset, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -164,14 +184,24 @@ pub struct Diagnostic {
     pub column: usize,
     /// What is wrong.
     pub message: String,
+    /// Whether the ruleset fails to load because of it.
+    pub severity: Severity,
+    /// A stable code for the kind of mistake (`unknown_method`, `literal_return`, …; `invalid` for the rest),
+    /// for tools that group or filter diagnostics.
+    pub code: &'static str,
+    /// What to write instead, when there is one likely fix (`ends_with` for `ends_wiht`, `REVIEW` for
+    /// `"REVIEW"`). The message says it too.
+    pub suggestion: Option<String>,
 }
 
 impl Diagnostic {
-    /// A problem in `file` at `line` and `column` (1-based; 0 when not tied to one).
+    /// An error in `file` at `line` and `column` (1-based; 0 when not tied to one), with code `invalid` and no
+    /// suggestion.
     ///
     /// ```
     /// let d = riskgate::Diagnostic::new("rules/a.rhai", 3, 14, "unknown variable `x`");
     /// assert_eq!(d.to_string(), "rules/a.rhai:3:14: unknown variable `x`");
+    /// assert_eq!((d.severity, d.code), (riskgate::Severity::Error, "invalid"));
     /// ```
     pub fn new(
         file: impl Into<String>,
@@ -184,17 +214,77 @@ impl Diagnostic {
             line,
             column,
             message: message.into(),
+            severity: Severity::Error,
+            code: "invalid",
+            suggestion: None,
         }
+    }
+
+    /// The same diagnostic with code `code`.
+    #[must_use]
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// The same diagnostic with a suggested fix.
+    #[must_use]
+    pub fn with_suggestion(mut self, suggestion: impl Into<String>) -> Self {
+        self.suggestion = Some(suggestion.into());
+        self
+    }
+
+    /// The same diagnostic as a warning.
+    #[must_use]
+    pub fn warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
+    }
+
+    /// The diagnostic as one JSON object: `file`, `line`, `column`, `severity`, `code`, `message` and
+    /// `suggestion` (`null` when there is none), as `riskgate check --format json` prints them.
+    ///
+    /// ```
+    /// let d = riskgate::Diagnostic::new("a.rhai", 1, 4, "unknown variable `emial`: did you mean `email`?")
+    ///     .with_code("unknown_variable")
+    ///     .with_suggestion("email");
+    /// assert_eq!(
+    ///     d.to_json(),
+    ///     r#"{"file":"a.rhai","line":1,"column":4,"severity":"error","code":"unknown_variable","message":"unknown variable `emial`: did you mean `email`?","suggestion":"email"}"#
+    /// );
+    /// ```
+    pub fn to_json(&self) -> String {
+        // Serialising strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl serde::Serialize for Diagnostic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Diagnostic", 7)?;
+        st.serialize_field("file", &self.file)?;
+        st.serialize_field("line", &self.line)?;
+        st.serialize_field("column", &self.column)?;
+        st.serialize_field("severity", self.severity.as_str())?;
+        st.serialize_field("code", self.code)?;
+        st.serialize_field("message", &self.message)?;
+        st.serialize_field("suggestion", &self.suggestion)?;
+        st.end()
     }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.line, self.column) {
-            (0, _) => write!(f, "{}: {}", self.file, self.message),
-            (l, 0) => write!(f, "{}:{}: {}", self.file, l, self.message),
-            (l, c) => write!(f, "{}:{}:{}: {}", self.file, l, c, self.message),
+            (0, _) => write!(f, "{}: ", self.file)?,
+            (l, 0) => write!(f, "{}:{}: ", self.file, l)?,
+            (l, c) => write!(f, "{}:{}:{}: ", self.file, l, c)?,
         }
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -255,12 +345,7 @@ impl LoadError {
         column: usize,
         message: impl Into<String>,
     ) -> Self {
-        LoadError::Invalid(vec![Diagnostic {
-            file: file.into(),
-            line,
-            column,
-            message: message.into(),
-        }])
+        LoadError::Invalid(vec![Diagnostic::new(file, line, column, message)])
     }
 }
 

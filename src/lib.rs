@@ -12,10 +12,12 @@
 
 mod clock;
 mod config;
+mod counter;
 mod decide;
 mod duration;
 mod engine;
 mod error;
+mod explain;
 mod files;
 mod hash;
 mod request;
@@ -27,6 +29,7 @@ mod server_settings;
 mod settings;
 mod signals;
 mod state;
+mod stats;
 mod store;
 mod store_settings;
 mod time;
@@ -41,7 +44,8 @@ mod watch;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{OnConflict, OnRuleError};
 pub use engine::{Engine, EngineBuilder};
-pub use error::{Diagnostic, LoadError, TrackError};
+pub use error::{Diagnostic, LoadError, Severity, TrackError};
+pub use explain::{Explanation, RbaFactor, RuleTrace, Value};
 pub use request::{
     CustomValue, TrackAttributes, TrackRequest, MAX_CUSTOM_ENTRIES, MAX_CUSTOM_KEY_BYTES,
     MAX_CUSTOM_STRING_BYTES, MAX_ID_BYTES, MAX_LONG_FIELD_BYTES, MAX_PHONE_BYTES,
@@ -53,6 +57,7 @@ pub use response::{
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use server_settings::{LogFormat, ServerSettings};
 pub use settings::SandboxLimits;
+pub use stats::{DecisionCounts, RuleStats, Stats};
 pub use store_settings::{OnStoreError, StoreBackend, StoreSettings};
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};

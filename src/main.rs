@@ -25,13 +25,26 @@ struct Args {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Compile and validate a rules folder, list its rules; print file:line:col errors and exit 1 if it fails.
+    /// Compile and validate a rules folder, list its rules; print file:line:col errors and warnings, and exit 1
+    /// if it fails.
     Check {
         /// The rules folder.
         #[arg(long, default_value = "rules")]
         rules: PathBuf,
+        /// Fail on warnings too (an action code nothing else names, …).
+        #[arg(long)]
+        strict: bool,
+        /// `text` (file:line:col lines) or `json` (one object on stdout, for CI systems and editors).
+        #[arg(long, value_enum, default_value = "text")]
+        format: cli::check::Format,
     },
     /// Replay JSON lines (track requests and operations) through the rules: one JSON line out per line in,
     /// a summary on stderr.
@@ -44,10 +57,10 @@ enum Command {
         events: String,
         /// Measure on a labelled log (lines with `"label"` and `"model"`, as `simulate` writes): print the share
         /// of attacks caught and of genuine events not allowed (friction), per label and model, on stderr.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "compare")]
         labels: bool,
         /// Also write the per-label tally as JSON to this file.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "compare")]
         labels_json: Option<String>,
         /// Instead of the folder's rules, replay the log once per threshold through one rule,
         /// `if rba_score() >= T { CHALLENGE_REQUIRED }` (with the folder's riskgate.toml), and print catch rate
@@ -56,23 +69,83 @@ enum Command {
         rba_sweep: Option<Vec<String>>,
         /// Keep actions and history on this store: `redis://host:port`, `redis+cluster://host:port,…` or
         /// `memory` (default: `[store]` in riskgate.toml).
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", conflicts_with_all = ["compare", "rba_sweep"])]
         store: Option<String>,
+        /// Backtest: replay the log through this second rules folder too, each on its own engine, and print
+        /// the decisions that changed (grouped by old → new state, with examples), the per-rule hits side by
+        /// side and, on a labelled log, each side's catch rate, friction and confusion matrix, instead of the
+        /// output lines.
+        #[arg(long, value_name = "OTHER_RULES_DIR")]
+        compare: Option<PathBuf>,
+        /// Write a self-contained HTML report (SVG charts, no network fetch) to this file.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
+        /// The summary's format (on stderr; the backtest's and the sweep's, on stdout).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Begin each output line with the input's `line` number, `userId` and `action`.
+        #[arg(long, conflicts_with_all = ["compare", "rba_sweep"])]
+        echo: bool,
+        /// Write challenge tokens as `<redacted>`, and give requests without an idempotency key one made from
+        /// the line number, so that two runs diff cleanly.
+        #[arg(long, conflicts_with = "token_seed")]
+        redact_tokens: bool,
+        /// Write challenge tokens as stand-ins made from this seed and the line number (a later
+        /// `validateChallenge` line may name one), and make missing idempotency keys from it.
+        #[arg(long, value_name = "SEED")]
+        token_seed: Option<u64>,
+        /// Add `"trace"` to the output line of each new decision: every rule that applies, matched or not, with
+        /// the signals, variables and `custom` keys it read and its conditions' values (as `explain` gives).
+        #[arg(long)]
+        trace: bool,
+    },
+    /// Run the rule tests beside the rules (`tests/*.toml` in the rules folder), each on a fresh engine with a
+    /// fake clock; print each failure with its file:line, expected and actual values and the decision's trace.
+    /// Exit 1 if a test fails or a test file is invalid.
+    Test {
+        /// The rules folder.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// Run only the tests whose `file::name` contains this text.
+        filter: Option<String>,
+        /// `text` (default) or `junit` (a JUnit XML report on standard output, for CI systems).
+        #[arg(long, default_value = "text", value_parser = ["text", "junit"])]
+        format: String,
+    },
+    /// A dry run: explain each track line (as for `replay`) with a JSON trace of every rule that applies, its
+    /// outcome, the signals, variables and `custom` keys it read and its conditions' values. Nothing is
+    /// recorded: each line is explained on its own, against an empty history.
+    Explain {
+        /// The rules folder.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// The event file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        events: String,
     },
     /// Write a labelled, simulated sign-in log (JSON lines for `replay --labels`): users, their devices and
     /// travels, and attackers (naive, VPN, targeted, credential stuffing, bots). The same flags give the same
     /// bytes.
     Simulate(SimulateArgs),
     /// Measure decision latency for a rules folder and an event log: replays the log round after round into a
-    /// fresh engine, timing each `track` call; prints p50/p99/p99.9 latency and decisions per second.
+    /// fresh engine, timing each `track` call; prints p50/p99/p99.9 latency and decisions per second. Without
+    /// arguments it runs a realistic stream (distinct actions with an IP, device, user agent, idempotency key
+    /// and five custom attributes) through ten built-in rules.
     Bench {
-        /// The rules folder.
-        #[arg(long, default_value = "rules")]
-        rules: PathBuf,
-        /// The event file (as for `replay`), or `-` for standard input (then read once).
-        #[arg(default_value = "examples/events.jsonl")]
-        events: String,
-        /// Keep replaying until at least this many `track` calls were timed.
+        /// The rules folder (default: the built-in ten rules of the realistic stream).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// The event file (as for `replay`), or `-` for standard input (then read once). Without it, the
+        /// realistic stream.
+        events: Option<String>,
+        /// The number of distinct actions in the realistic stream (without an event file).
+        #[arg(long, default_value_t = 100_000)]
+        actions: usize,
+        /// Follow the realistic stream by every action once more: idempotent repeats.
+        #[arg(long)]
+        repeats: bool,
+        /// Keep replaying until at least this many decisions were timed (refused lines and idempotent repeats are
+        /// counted apart, untimed).
         #[arg(long, default_value_t = 100_000)]
         calls: u64,
         /// Keep replaying until at least this many seconds passed.
@@ -185,51 +258,101 @@ impl SimulateArgs {
     }
 }
 
+/// The `--rba-sweep` thresholds: the given ones, or the default list when none is given.
+fn thresholds(list: &[String]) -> Result<Vec<f64>, ExitCode> {
+    let mut thresholds = Vec::new();
+    for t in list.iter().filter(|t| !t.trim().is_empty()) {
+        match t.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => thresholds.push(v),
+            _ => {
+                eprintln!("error: `--rba-sweep`: `{t}` is not a number");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    if thresholds.is_empty() {
+        thresholds = cli::replay::DEFAULT_SWEEP.to_vec();
+    }
+    Ok(thresholds)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Command::Check { rules } => cli::check::run(&rules),
-        Command::Replay {
+        Command::Check {
             rules,
-            events,
-            rba_sweep: Some(list),
-            ..
-        } => {
-            let mut thresholds = Vec::new();
-            for t in list.iter().filter(|t| !t.trim().is_empty()) {
-                match t.trim().parse::<f64>() {
-                    Ok(v) if v.is_finite() => thresholds.push(v),
-                    _ => {
-                        eprintln!("error: `--rba-sweep`: `{t}` is not a number");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            if thresholds.is_empty() {
-                thresholds = cli::replay::DEFAULT_SWEEP.to_vec();
-            }
-            cli::replay::sweep(&rules, &events, &thresholds)
-        }
+            strict,
+            format,
+        } => cli::check::run(&rules, strict, format),
         Command::Replay {
             rules,
             events,
             labels,
             labels_json,
-            rba_sweep: None,
+            rba_sweep,
+            compare,
+            report,
+            format,
+            echo,
+            redact_tokens,
+            token_seed,
+            trace,
             store,
-        } => cli::replay::run(
-            &rules,
-            &events,
-            &cli::replay::Options {
-                labels,
-                labels_json,
-                store,
-            },
-        ),
+        } => {
+            let tokens = match (redact_tokens, token_seed) {
+                (_, Some(seed)) => riskgate::replay::Tokens::Seeded(seed),
+                (true, None) => riskgate::replay::Tokens::Redact,
+                (false, None) => riskgate::replay::Tokens::Keep,
+            };
+            let sweep = match rba_sweep.map(|list| thresholds(&list)) {
+                Some(Err(code)) => return code,
+                Some(Ok(t)) => Some(t),
+                None => None,
+            };
+            let json = format == Format::Json;
+            if let Some(other) = compare {
+                return cli::compare::run(
+                    &rules,
+                    &other,
+                    &events,
+                    &cli::compare::Options {
+                        json,
+                        tokens,
+                        report,
+                        sweep,
+                    },
+                );
+            }
+            if let Some(t) = sweep {
+                return cli::replay::sweep(&rules, &events, &t, report.as_deref(), tokens, json);
+            }
+            cli::replay::run(
+                &rules,
+                &events,
+                &cli::replay::Options {
+                    labels,
+                    labels_json,
+                    json,
+                    echo,
+                    tokens,
+                    report,
+                    trace,
+                    store,
+                },
+            )
+        }
+        Command::Test {
+            rules,
+            filter,
+            format,
+        } => cli::test::run(&rules, filter.as_deref(), format == "junit"),
+        Command::Explain { rules, events } => cli::explain::run(&rules, &events),
         Command::Simulate(a) => cli::simulate::run(&a.params(), a.out.as_deref()),
         Command::Bench {
             rules,
             events,
+            actions,
+            repeats,
             calls,
             seconds,
             interpret,
@@ -245,7 +368,14 @@ fn main() -> ExitCode {
                 interpret,
                 store,
             };
-            cli::bench::run(&rules, &events, &opts)
+            let events = match events {
+                Some(path) => cli::bench::Events::Log(path),
+                None => cli::bench::Events::Realistic {
+                    actions: actions.max(1),
+                    repeats,
+                },
+            };
+            cli::bench::run(rules.as_deref(), &events, &opts)
         }
         #[cfg(feature = "server")]
         Command::Serve {

@@ -17,7 +17,8 @@
 //!   the unchanged action, as `getAction` returns it.
 //!
 //! A [`Replayer`] owns an engine whose clock it sets to each line's timestamp, so replaying a log is
-//! deterministic (challenge tokens and generated idempotency keys aside, which are random).
+//! deterministic (challenge tokens and generated idempotency keys aside, which are random unless
+//! [`Replayer::tokens`] redacts them or makes them from a seed).
 //!
 //! ```
 //! use riskgate::{replay::Replayer, Engine, RuleSet};
@@ -37,6 +38,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::time::{Duration, Instant, SystemTime};
 
+mod tokens;
+pub use tokens::{Tokens, MAX_STAND_INS};
+
 use crate::{
     Engine, EngineBuilder, FakeClock, LoadError, State, TrackError, TrackRequest, TrackResponse,
 };
@@ -49,6 +53,9 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 pub struct Replayer {
     engine: Engine,
     clock: FakeClock,
+    /// Add each new decision's trace to its output line (`riskgate replay --trace`).
+    trace: bool,
+    tokens: tokens::StandIns,
 }
 
 /// The longest `"label"` or `"model"` a line may carry, in bytes.
@@ -66,6 +73,17 @@ pub struct Output {
     pub track_latency: Option<Duration>,
     /// The line's `"label"` and `"model"`, when it carried a label (and was valid JSON).
     pub label: Option<Label>,
+    /// The line number it was handed with.
+    pub line: u64,
+    /// The line's `userId` and `action`, when it named them as strings (and was valid JSON).
+    pub user_id: Option<String>,
+    /// See [`user_id`](Self::user_id).
+    pub action: Option<String>,
+    /// The line's event time in epoch milliseconds, when it reached the engine.
+    pub at_ms: Option<i64>,
+    /// For [`Outcome::Tracked`]: the line was an idempotent repeat, answered with the stored action without
+    /// deciding again (as [`Engine::decisions`] counts).
+    pub repeat: bool,
 }
 
 /// A line's `"label"` (`genuine`, `attack`, …) and optional `"model"` (which behaviour or attacker).
@@ -98,7 +116,76 @@ impl Replayer {
     pub fn new(builder: EngineBuilder) -> Result<Replayer, LoadError> {
         let clock = FakeClock::at(SystemTime::now());
         let engine = builder.clock(clock.clone()).build()?;
-        Ok(Replayer { engine, clock })
+        Ok(Replayer {
+            engine,
+            clock,
+            trace: false,
+            tokens: tokens::StandIns::default(),
+        })
+    }
+
+    /// Sets how challenge tokens and generated idempotency keys are written (by default, as they are).
+    ///
+    /// ```
+    /// use riskgate::{replay::{Replayer, Tokens}, Engine, RuleSet};
+    ///
+    /// let rules = RuleSet::from_sources([("always", "CHALLENGE_REQUIRED")])?;
+    /// let line = br#"{"timestamp":0,"userId":"u1","action":"signIn"}"#;
+    /// let mut a = Replayer::new(Engine::builder().ruleset(rules.clone()))?.tokens(Tokens::Seeded(1));
+    /// let mut b = Replayer::new(Engine::builder().ruleset(rules))?.tokens(Tokens::Seeded(1));
+    /// let (x, y) = (a.line(1, line).ok_or("blank")?, b.line(1, line).ok_or("blank")?);
+    /// assert_eq!(x.json, y.json);
+    /// assert!(x.json.contains(r#""token":"tok-"#) && x.json.contains(r#""idempotencyKey":"replay-"#));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn tokens(mut self, mode: Tokens) -> Replayer {
+        self.tokens.mode = mode;
+        self
+    }
+
+    /// With `on`, the output line of each track request that the rules decide carries `"trace"`: the
+    /// [`RuleTrace`](crate::RuleTrace)s of [`Engine::explain_at`] for that request, taken just before it was
+    /// decided (so on the same history). A repeat, which the rules do not decide again, carries none.
+    pub fn set_trace(&mut self, on: bool) {
+        self.trace = on;
+    }
+
+    /// Explains line `number` instead of replaying it (`riskgate explain`): the output line is the
+    /// [`Explanation`](crate::Explanation) JSON of a track request, as [`Engine::explain_at`] gives it at the
+    /// line's timestamp (the wall clock when absent), or the error line of [`line`](Replayer::line). Nothing is
+    /// recorded, so every line is explained against the engine as it is. Operations (`"op"`) are refused:
+    /// they change stored actions. `None` for a blank line.
+    pub fn explain_line(&self, number: u64, line: &[u8]) -> Option<String> {
+        if line.len() > MAX_LINE_BYTES {
+            return Some(self.too_long(number, line.len()).json);
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        let explained = std::str::from_utf8(line)
+            .map_err(|_| TrackError::InvalidJson("the line is not valid UTF-8".into()))
+            .and_then(|text| {
+                let mut obj: Map<String, Value> = match parse_line(text)? {
+                    Value::Object(m) => m,
+                    _ => return Err(invalid("line", "expected a JSON object")),
+                };
+                if obj.contains_key("op") {
+                    return Err(invalid(
+                        "op",
+                        "operations change stored actions: explain takes track requests only",
+                    ));
+                }
+                take_label(&mut obj, "model")?;
+                take_label(&mut obj, "label")?;
+                let at = match obj.remove("timestamp") {
+                    Some(v) => parse_timestamp(&v)?,
+                    None => SystemTime::now(),
+                };
+                let req: TrackRequest = from_value(obj)?;
+                to_json(&self.engine.explain_at(&req, at)?)
+            });
+        Some(explained.unwrap_or_else(|e| refused(number, e, None).json))
     }
 
     /// The engine lines are replayed into.
@@ -123,20 +210,30 @@ impl Replayer {
                 None,
             ));
         };
-        let mut latency = None;
-        let mut label = None;
-        Some(match self.handle(text, &mut latency, &mut label) {
+        let mut seen = Seen::default();
+        let before = self.engine.decisions();
+        let result = self.handle(number, text, &mut seen);
+        let mut out = match result {
             Ok((json, outcome)) => Output {
                 json,
                 outcome,
-                track_latency: latency,
-                label,
+                track_latency: seen.latency,
+                label: None,
+                line: number,
+                user_id: None,
+                action: None,
+                at_ms: None,
+                repeat: false,
             },
-            Err(e) => Output {
-                label,
-                ..refused(number, e, latency)
-            },
-        })
+            Err(e) => refused(number, e, seen.latency),
+        };
+        out.repeat =
+            matches!(out.outcome, Outcome::Tracked(_)) && self.engine.decisions() == before;
+        out.label = seen.label;
+        out.user_id = seen.user_id;
+        out.action = seen.action;
+        out.at_ms = seen.at_ms;
+        Some(out)
     }
 
     /// The output for line `number` when it was `len` bytes, over [`MAX_LINE_BYTES`], and was skipped unread
@@ -153,17 +250,22 @@ impl Replayer {
     }
 
     fn handle(
-        &self,
+        &mut self,
+        number: u64,
         text: &str,
-        latency: &mut Option<Duration>,
-        label: &mut Option<Label>,
+        seen: &mut Seen,
     ) -> Result<(String, Outcome), TrackError> {
         let mut obj: Map<String, Value> = match parse_line(text)? {
             Value::Object(m) => m,
             _ => return Err(invalid("line", "expected a JSON object")),
         };
+        for (key, slot) in [("userId", &mut seen.user_id), ("action", &mut seen.action)] {
+            if let Some(Value::String(v)) = obj.get(key) {
+                *slot = Some(v.clone());
+            }
+        }
         let model = take_label(&mut obj, "model")?;
-        *label = take_label(&mut obj, "label")?.map(|label| Label {
+        seen.label = take_label(&mut obj, "label")?.map(|label| Label {
             label,
             model,
             action: match (obj.get("op"), obj.get("action")) {
@@ -179,6 +281,10 @@ impl Replayer {
             None => SystemTime::now(),
         };
         self.clock.set(at);
+        seen.at_ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok());
         let op = match obj.remove("op") {
             None => None,
             Some(Value::String(op)) => Some(op),
@@ -186,12 +292,32 @@ impl Replayer {
         };
         let engine = &self.engine;
         let Some(op) = op else {
-            let req: TrackRequest = from_value(obj)?;
+            let mut req: TrackRequest = from_value(obj)?;
+            if req.attributes.idempotency_key.is_none() {
+                req.attributes.idempotency_key = self.tokens.key(number);
+            }
+            let trace = match self.trace {
+                true => Some((engine.explain_at(&req, at)?.rules, engine.decisions())),
+                false => None,
+            };
             let started = Instant::now();
             let resp = engine.track_at(&req, at);
-            *latency = Some(started.elapsed());
-            let resp = resp?;
-            return Ok((to_json(&resp)?, Outcome::Tracked(resp)));
+            seen.latency = Some(started.elapsed());
+            let mut resp = resp?;
+            self.tokens.hide(&mut resp.token, &mut resp.url, number);
+            let json = match trace {
+                Some((rules, before)) if engine.decisions() != before => {
+                    // The response's own fields first, in their usual order, then the trace.
+                    let mut json = to_json(&resp)?;
+                    json.pop();
+                    json.push_str(r#","trace":"#);
+                    json.push_str(&to_json(&rules)?);
+                    json.push('}');
+                    json
+                }
+                _ => to_json(&resp)?,
+            };
+            return Ok((json, Outcome::Tracked(resp)));
         };
         let json = match op.as_str() {
             "updateAction" => {
@@ -242,7 +368,7 @@ impl Replayer {
                     Some(Value::String(t)) => t.clone(),
                     _ => return Err(invalid("token", "expected a string")),
                 };
-                to_json(&engine.validate_challenge(&token))?
+                to_json(&engine.validate_challenge(self.tokens.real(&token)))?
             }
             other => {
                 return Err(invalid(
@@ -337,6 +463,16 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
     }
 }
 
+/// What [`Replayer::handle`] learnt of a line besides its answer.
+#[derive(Default)]
+struct Seen {
+    latency: Option<Duration>,
+    label: Option<Label>,
+    user_id: Option<String>,
+    action: Option<String>,
+    at_ms: Option<i64>,
+}
+
 fn refused(number: u64, e: TrackError, latency: Option<Duration>) -> Output {
     let message = serde_json::to_string(&e.to_string()).unwrap_or_else(|_| "\"\"".to_owned());
     Output {
@@ -347,6 +483,11 @@ fn refused(number: u64, e: TrackError, latency: Option<Duration>) -> Output {
         outcome: Outcome::Refused(e),
         track_latency: latency,
         label: None,
+        line: number,
+        user_id: None,
+        action: None,
+        at_ms: None,
+        repeat: false,
     }
 }
 
@@ -375,9 +516,9 @@ pub const MAX_LABEL_ROWS: usize = 256;
 /// Decisions per label and model, for measuring a ruleset on a labelled log.
 ///
 /// A tracked line counts under its label and model by its first decision (a repeat that comes back
-/// `CHALLENGE_SUCCEEDED` counts as a challenge). For the label `attack`, *caught* is the share of decisions
-/// that are not `ALLOW` (`BLOCK`, `CHALLENGE_REQUIRED` or `REVIEW`); for any other label, *friction* is the
-/// same share (genuine users who were not simply allowed).
+/// `CHALLENGE_SUCCEEDED` counts as a challenge). For the labels `attack` and `fraud`, *caught* is the share of
+/// decisions that are not `ALLOW` (`BLOCK`, `CHALLENGE_REQUIRED` or `REVIEW`); for any other label,
+/// *friction* is the same share (genuine users who were not simply allowed).
 ///
 /// ```
 /// use riskgate::{replay::{Labels, Replayer}, Engine, RuleSet};
@@ -520,7 +661,7 @@ impl Labels {
             "label", "model", "events", "ALLOW", "CHALLENGE", "REVIEW", "BLOCK", "refused"
         );
         let mut line = |label: &str, model: &str, t: &Tally| {
-            let what = if label == "attack" {
+            let what = if label == "attack" || label == "fraud" {
                 "caught"
             } else {
                 "friction"

@@ -2,35 +2,77 @@
 //! with single-flight first decisions.
 //!
 //! # Design
-//! - The map is a `DashMap` keyed by the 128-bit xxh3 hash of the identity, hashed from the borrowed strings,
-//!   so a lookup allocates nothing. The stored slot keeps the identity itself, and a hit is compared to it, so
-//!   a hash collision can never return another user's action.
-//! - A new identity inserts an empty slot under the shard lock, releases the lock, and then decides inside the
-//!   slot's `OnceLock`: concurrent callers with the same identity wait on that cell and the rules run once. No
-//!   map lock is held while rules run.
-//! - Retention: a FIFO of (key, slot sequence number, time) in insertion order. Inserting pops from its front
-//!   actions older than the TTL, and more while the store holds more than its capacity (oldest first), at most
+//! - The map is a lock-free `papaya::HashMap` keyed by the 128-bit xxh3 hash of the identity, hashed from the
+//!   borrowed strings, so a lookup allocates nothing. The stored slot keeps the identity itself, and a hit is
+//!   compared to it, so a hash collision can never return another user's action. A lookup takes no lock and
+//!   writes no shared memory: it pins an epoch [`Guard`] (a per-thread reservation) and borrows the slot under
+//!   it ([`Store::get`]), without bumping the slot's reference count. Memory removed from the map is freed
+//!   only after every guard that could see it is dropped.
+//! - The map resizes in papaya's blocking mode: an insert that finds the table full copies it at once
+//!   (helped by concurrent inserters), so lookups after growth probe one table, never a chain of half-moved
+//!   ones (papaya's incremental mode left lookups probing hundreds of slots after growth; `store` bench group).
+//! - A new identity inserts an empty slot with one compare-and-swap, and then decides inside the slot's
+//!   `OnceLock`: concurrent callers with the same identity block on that cell (they park in the OS, they do
+//!   not spin) and the rules run once. No lock is held while rules run.
+//! - Retention is sharded: the store keeps up to [`MAX_SHARDS`] FIFOs of (key, slot sequence number, time),
+//!   chosen by a keyed hash of the identity, and publishes the time of each one's oldest entry. An insert
+//!   locks its own shard to push its entry, then evicts the oldest entries of all (the shard with the oldest
+//!   published front) while they are older than the TTL or the store holds more than its capacity, at most
 //!   [`EVICT_PER_INSERT`] per insert: a backlog (the capacity lowered by a reload, a jump in event time) is
-//!   worked off over the next inserts, never by one caller. A lookup also treats an expired action as absent,
-//!   so expiry is exact even between inserts. An entry removes only the slot it was pushed for (same sequence
-//!   number): a key inserted again after expiry has its own.
-//! - Tokens: a second map from the token's hash to its slot. A token lives exactly as long as its slot is in
-//!   the store; see [`Store::register_token`] for how eviction and registration, which race, never leave an
-//!   orphan behind. How a token is made, hashed and compared is `token.rs`'s.
+//!   worked off over the next inserts, never by one caller. No lock is global: an insert locks its own shard
+//!   and, only when it evicts, the shard it evicts from. A lookup also treats an expired action as absent, so
+//!   expiry is exact even between inserts. An entry removes only the slot it was pushed for (same sequence
+//!   number, unique per shard): a key inserted again after expiry has its own.
+//! - Tokens: a second lock-free map from the token's hash to its slot. A token lives exactly as long as its
+//!   slot is in the store; see [`Store::register_token`] for how eviction and registration, which race, never
+//!   leave an orphan behind. How a token is made, hashed and compared is `token.rs`'s.
 //! - Both maps bucket their keys with the engine's secret keys (`hash::BucketKeys`).
+//!
+//! # Concurrent calls
+//! - [`Store::get`] and [`Store::by_token`] never block and never fail spuriously: they see every insert that
+//!   completed before they started, and may or may not see one that is concurrent.
+//! - [`Store::get_or_insert`] is linearizable per identity: of concurrent callers with one new identity,
+//!   exactly one gets `Found::New` and every other gets `Found::Existing` with that same slot.
+//! - The capacity is exact between calls: after an insert returns, and no other is running, the store holds
+//!   at most the capacity (or is working off a backlog, [`EVICT_PER_INSERT`] per insert). Concurrent inserts
+//!   may each see the store one over before the other's eviction, so it can briefly hold one action more per
+//!   concurrent insert. Eviction is oldest-first by creation time across all shards.
+//! - An action evicted or withdrawn while another thread holds it stays valid for that thread: memory is
+//!   freed only when every [`Guard`] and `Arc` that could reach it is gone.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::decide::Decision;
-use crate::hash::{identity_hash, BucketKeys, PreHashedMap, H128};
+use crate::hash::{identity_hash, BucketKeys, H128};
 use crate::response::{RuleError, RuleId, State};
 use crate::signals::Footprint;
 use crate::time::{DurationMs, EpochMs};
 use crate::token;
+use papaya::{Compute, Operation, ResizeMode};
 
-type Map<V> = PreHashedMap<H128, V>;
+type Map<V> = papaya::HashMap<H128, V, BucketKeys>;
+
+/// A pinned epoch of the action map: slots borrowed from [`Store::get`] live as long as it does. Pinning
+/// writes only this thread's reservation; hold it for one call, not across calls (it delays freeing what the
+/// map removes meanwhile).
+pub(crate) type Guard<'s> = papaya::LocalGuard<'s>;
+
+/// The most retention shards a store uses.
+pub(crate) const MAX_SHARDS: usize = 64;
+
+/// A store gets one retention shard per this many actions of capacity (at least one, at most
+/// [`MAX_SHARDS`]).
+const ACTIONS_PER_SHARD: usize = 4096;
+
+fn map<V>(keys: BucketKeys) -> Map<V> {
+    papaya::HashMap::builder()
+        .hasher(keys)
+        .resize_mode(ResizeMode::Blocking)
+        .build()
+}
 
 pub(crate) use crate::config::EVICT_PER_INSERT;
 
@@ -229,6 +271,26 @@ impl Slot {
     }
 }
 
+/// An action identity, hashed once for every look-up of one call.
+#[derive(Clone, Copy)]
+pub(crate) struct Ident<'a> {
+    pub user_id: &'a str,
+    pub action: &'a str,
+    pub key: &'a str,
+    hash: H128,
+}
+
+impl<'a> Ident<'a> {
+    pub fn new(user_id: &'a str, action: &'a str, key: &'a str) -> Self {
+        Ident {
+            user_id,
+            action,
+            key,
+            hash: identity_hash(user_id, action, key),
+        }
+    }
+}
+
 /// The result of looking an identity up for `track`.
 pub(crate) enum Found {
     /// The identity was new: this caller inserted the slot.
@@ -241,9 +303,29 @@ pub(crate) enum Found {
 pub(crate) struct Store {
     map: Map<Arc<Slot>>,
     tokens: Map<Arc<Slot>>,
-    order: Mutex<VecDeque<Entry>>,
+    /// Retention, a power of two of shards (see the module docs).
+    shards: Box<[Shard]>,
+    /// The creation time (ms) of each shard's oldest entry, `i64::MAX` for an empty shard; written under the
+    /// shard's lock, read without it to find the oldest entry of all.
+    fronts: Box<[AtomicI64]>,
+    /// The keys that choose a key's shard (so a caller cannot aim keys at one shard).
+    keys: BucketKeys,
     capacity: AtomicUsize,
+}
+
+/// One retention shard: its FIFO and the sequence numbers of its slots. Aligned to its own cache lines, so
+/// inserts on different shards share none.
+#[repr(align(128))]
+struct Shard {
+    order: Mutex<VecDeque<Entry>>,
     next_seq: AtomicU64,
+}
+
+impl Shard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
+        // A poisoned lock only means another thread panicked while holding it; the queue is still whole.
+        self.order.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A retention entry: the slot stored under `key` with sequence number `seq`, created at `created`.
@@ -256,13 +338,32 @@ struct Entry {
 impl Store {
     /// An empty store bucketing its keys with `keys`.
     pub fn new(capacity: usize, keys: BucketKeys) -> Self {
+        // The largest power of two at most capacity / ACTIONS_PER_SHARD (and at least 1).
+        let wanted = (capacity / ACTIONS_PER_SHARD).clamp(1, MAX_SHARDS);
+        let shards = 1usize << wanted.ilog2();
         Store {
-            map: Map::with_hasher(keys),
-            tokens: Map::with_hasher(keys),
-            order: Mutex::new(VecDeque::new()),
+            map: map(keys),
+            tokens: map(keys),
+            shards: (0..shards)
+                .map(|_| Shard {
+                    order: Mutex::new(VecDeque::new()),
+                    next_seq: AtomicU64::new(0),
+                })
+                .collect(),
+            fronts: (0..shards).map(|_| AtomicI64::new(i64::MAX)).collect(),
+            keys,
             capacity: AtomicUsize::new(capacity.max(1)),
-            next_seq: AtomicU64::new(0),
         }
+    }
+
+    /// Pins the action map for lookups (see [`Guard`]).
+    pub fn guard(&self) -> Guard<'_> {
+        self.map.guard()
+    }
+
+    /// The retention shard of `key`.
+    fn shard(&self, key: H128) -> usize {
+        (self.keys.hash_one(key) >> 32) as usize & (self.shards.len() - 1)
     }
 
     pub fn set_capacity(&self, capacity: usize) {
@@ -274,110 +375,151 @@ impl Store {
         self.map.len()
     }
 
-    /// Looks up a live (unexpired) action.
-    pub fn get(
+    /// Looks up a live (unexpired) action, borrowed under `guard` (from [`Store::guard`] of this store).
+    pub fn get<'g>(
         &self,
-        user_id: &str,
-        action: &str,
-        key: &str,
+        guard: &'g Guard<'_>,
+        id: &Ident<'_>,
         now: EpochMs,
         ttl: DurationMs,
-    ) -> Option<Arc<Slot>> {
-        let h = identity_hash(user_id, action, key);
-        let slot = self.map.get(&h).map(|s| Arc::clone(&s))?;
-        (slot.is(user_id, action, key) && !slot.created.expired(ttl, now)).then_some(slot)
+    ) -> Option<&'g Arc<Slot>> {
+        let slot = self.map.get(&id.hash, guard)?;
+        (slot.is(id.user_id, id.action, id.key) && !slot.created.expired(ttl, now)).then_some(slot)
     }
 
     /// Finds the action for `track`, inserting a fresh slot when the identity is new or its action expired.
     /// `Err(slot)` when the hash is taken by another identity (a 128-bit collision).
     pub fn get_or_insert(
         &self,
-        user_id: &str,
-        action: &str,
-        key: &str,
+        id: &Ident<'_>,
         fingerprint: H128,
         now: EpochMs,
         ttl: DurationMs,
     ) -> Result<Found, Arc<Slot>> {
-        let h = identity_hash(user_id, action, key);
-        // Fast path: a live hit takes only a shard read lock.
-        if let Some(s) = self.map.get(&h) {
-            let s = Arc::clone(&s);
+        let Ident {
+            user_id,
+            action,
+            key,
+            hash: h,
+        } = *id;
+        let guard = self.map.guard();
+        let found = |s: &Arc<Slot>| {
+            if s.is(user_id, action, key) {
+                Ok(Found::Existing(Arc::clone(s)))
+            } else {
+                Err(Arc::clone(s))
+            }
+        };
+        // Fast path: a live hit is a lock-free probe.
+        if let Some(s) = self.map.get(&h, &guard) {
             if !s.created.expired(ttl, now) {
-                return if s.is(user_id, action, key) {
-                    Ok(Found::Existing(s))
-                } else {
-                    Err(s)
-                };
+                return found(s);
             }
         }
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shard(h);
+        let seq = self.shards[shard].next_seq.fetch_add(1, Ordering::Relaxed);
         let fresh = Arc::new(Slot::new(user_id, action, key, seq, fingerprint, now));
-        let replaced = match self.map.entry(h) {
-            dashmap::Entry::Occupied(mut e) => {
-                let s = Arc::clone(e.get());
-                if !s.created.expired(ttl, now) {
-                    return if s.is(user_id, action, key) {
-                        Ok(Found::Existing(s))
-                    } else {
-                        Err(s)
-                    };
-                }
-                // The stored action expired: it is gone, so this is a new action (and no conflict).
-                e.insert(Arc::clone(&fresh));
-                Some(s)
-            }
-            dashmap::Entry::Vacant(e) => {
-                e.insert(Arc::clone(&fresh));
-                None
-            }
+        let replaced = match self.map.compute(
+            h,
+            |entry| match entry {
+                Some((_, s)) if !s.created.expired(ttl, now) => Operation::Abort(Arc::clone(s)),
+                // An expired action is gone, so this is a new action (and no conflict).
+                _ => Operation::Insert(Arc::clone(&fresh)),
+            },
+            &guard,
+        ) {
+            Compute::Aborted(s) => return found(&s),
+            Compute::Updated { old: (_, old), .. } => Some(Arc::clone(old)),
+            Compute::Inserted(..) | Compute::Removed(..) => None,
         };
         if let Some(old) = replaced {
             self.forget_token(&old);
         }
-        self.admit(h, seq, now, ttl);
+        self.admit(shard, h, seq, now, ttl);
         Ok(Found::New(fresh))
     }
 
-    /// Records a new slot in the retention order, and evicts what is expired or over capacity, at most
-    /// [`EVICT_PER_INSERT`] entries.
-    fn admit(&self, key: H128, seq: u64, now: EpochMs, ttl: DurationMs) {
-        let capacity = self.capacity.load(Ordering::Relaxed);
-        let mut evict: Vec<Entry> = Vec::new();
+    /// Records a new slot in its shard's retention order, and evicts what is expired or over capacity, oldest
+    /// first across all shards, at most [`EVICT_PER_INSERT`] entries (see the module docs).
+    fn admit(&self, own: usize, key: H128, seq: u64, now: EpochMs, ttl: DurationMs) {
         {
-            // A poisoned lock only means another thread panicked while holding it; the queue is still whole.
-            let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            let mut order = self.shards[own].lock();
             order.push_back(Entry {
                 key,
                 seq,
                 created: now,
             });
-            while let Some(front) = order.front() {
-                if evict.len() < EVICT_PER_INSERT
-                    && (order.len() > capacity || front.created.expired(ttl, now))
-                {
-                    if let Some(e) = order.pop_front() {
-                        evict.push(e);
-                    }
-                } else {
-                    break;
+            self.publish_front(own, &order);
+        }
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        let mut evict = [const { None::<Entry> }; EVICT_PER_INSERT];
+        let mut n = 0;
+        // Whether the inserting shard holds nothing older than the new entry.
+        let mut own_done = false;
+        while n < EVICT_PER_INSERT {
+            let over = self.map.len().saturating_sub(n) > capacity;
+            let Some(i) = self.oldest_front(own, own_done) else {
+                break;
+            };
+            let front = self.fronts[i].load(Ordering::Acquire);
+            if !over && !EpochMs::from_ms(front).expired(ttl, now) {
+                break;
+            }
+            let mut order = self.shards[i].lock();
+            match order.front() {
+                Some(e) if i == own && e.seq == seq => own_done = true,
+                Some(e) if over || e.created.expired(ttl, now) => {
+                    evict[n] = order.pop_front();
+                    n += 1;
                 }
+                // Another caller changed this shard since its front was read: look again.
+                _ => {}
             }
+            self.publish_front(i, &order);
         }
-        for e in evict {
+        let guard = self.map.guard();
+        for e in evict.iter().take(n).flatten() {
             // Remove only the slot this entry stands for: a key inserted again after expiry has its own entry.
-            if let Some((_, s)) = self.map.remove_if(&e.key, |_, s| s.seq == e.seq) {
-                self.forget_token(&s);
+            if let Ok(Some((_, s))) = self.map.remove_if(&e.key, |_, s| s.seq == e.seq, &guard) {
+                self.forget_token(s);
             }
         }
+    }
+
+    /// Publishes the creation time of shard `i`'s oldest entry (`i64::MAX` when it is empty); called with the
+    /// shard locked.
+    fn publish_front(&self, i: usize, order: &VecDeque<Entry>) {
+        let t = order.front().map_or(i64::MAX, |e| e.created.ms());
+        self.fronts[i].store(t, Ordering::Release);
+    }
+
+    /// The shard whose oldest entry is the oldest of all (ties go to a shard other than `own`), leaving `own`
+    /// out when `skip_own`; `None` when every shard considered is empty.
+    fn oldest_front(&self, own: usize, skip_own: bool) -> Option<usize> {
+        let mut best: Option<(i64, bool, usize)> = None;
+        for (i, f) in self.fronts.iter().enumerate() {
+            if skip_own && i == own {
+                continue;
+            }
+            let t = f.load(Ordering::Relaxed);
+            if t == i64::MAX {
+                continue;
+            }
+            let k = (t, i == own, i);
+            if best.is_none_or(|b| k < b) {
+                best = Some(k);
+            }
+        }
+        best.map(|(_, _, i)| i)
     }
 
     /// Removes `slot` if it is still the action stored for its identity: its decision could not be completed,
     /// so the next call with the identity is a new action.
     pub fn withdraw(&self, slot: &Arc<Slot>) {
         let h = identity_hash(slot.user_id(), slot.action(), slot.key());
-        if let Some((_, s)) = self.map.remove_if(&h, |_, s| Arc::ptr_eq(s, slot)) {
-            self.forget_token(&s);
+        let guard = self.map.guard();
+        if let Ok(Some((_, s))) = self.map.remove_if(&h, |_, s| Arc::ptr_eq(s, slot), &guard) {
+            self.forget_token(s);
         }
     }
 
@@ -394,15 +536,13 @@ impl Store {
         if slot.token_hash.set(th).is_err() {
             return;
         }
-        self.tokens.insert(th, Arc::clone(slot));
+        let tokens = self.tokens.pin();
+        tokens.insert(th, Arc::clone(slot));
         fence(Ordering::SeqCst);
         let h = identity_hash(slot.user_id(), slot.action(), slot.key());
-        let stored = self
-            .map
-            .get(&h)
-            .is_some_and(|s| Arc::ptr_eq(s.value(), slot));
+        let stored = self.map.pin().get(&h).is_some_and(|s| Arc::ptr_eq(s, slot));
         if !stored {
-            self.tokens.remove_if(&th, |_, s| Arc::ptr_eq(s, slot));
+            let _ = tokens.remove_if(&th, |_, s| Arc::ptr_eq(s, slot));
         }
     }
 
@@ -410,8 +550,9 @@ impl Store {
     pub fn by_token(&self, token: &str, now: EpochMs, ttl: DurationMs) -> Option<Arc<Slot>> {
         let slot = self
             .tokens
+            .pin()
             .get(&token::token_hash(token))
-            .map(|s| Arc::clone(&s))?;
+            .map(Arc::clone)?;
         if slot.created.expired(ttl, now) {
             return None;
         }
@@ -429,7 +570,10 @@ impl Store {
     fn forget_token(&self, slot: &Arc<Slot>) {
         fence(Ordering::SeqCst);
         if let Some(&th) = slot.token_hash.get() {
-            self.tokens.remove_if(&th, |_, s| Arc::ptr_eq(s, slot));
+            let _ = self
+                .tokens
+                .pin()
+                .remove_if(&th, |_, s| Arc::ptr_eq(s, slot));
         }
     }
 }
@@ -468,7 +612,7 @@ mod tests {
     }
 
     fn insert(store: &Store, key: &str, now_ms: i64) -> Arc<Slot> {
-        match store.get_or_insert("u", "a", key, 0u128.into(), at(now_ms), TTL) {
+        match store.get_or_insert(&Ident::new("u", "a", key), 0u128.into(), at(now_ms), TTL) {
             Ok(Found::New(s)) => s,
             _ => panic!("`{key}` should be new"),
         }
@@ -513,7 +657,14 @@ mod tests {
         assert_eq!(store.len(), 1);
         // The retention entry of the expired slot must not remove its successor.
         insert(&store, "other", TTL_MS + 1);
-        assert!(store.get("u", "a", "k", at(TTL_MS + 1), TTL).is_some());
+        assert!(store
+            .get(
+                &store.guard(),
+                &Ident::new("u", "a", "k"),
+                at(TTL_MS + 1),
+                TTL
+            )
+            .is_some());
     }
 
     #[test]
@@ -532,7 +683,14 @@ mod tests {
             insert(&store, &format!("late{i}"), TTL_MS + 2);
         }
         assert_eq!(store.len(), 1);
-        assert!(store.get("u", "a", "late9", at(TTL_MS + 2), TTL).is_some());
+        assert!(store
+            .get(
+                &store.guard(),
+                &Ident::new("u", "a", "late9"),
+                at(TTL_MS + 2),
+                TTL
+            )
+            .is_some());
     }
 
     #[test]
@@ -545,6 +703,108 @@ mod tests {
         insert(&store, "late", TTL_MS + 5);
         // k0..=k5 expired (created at 0..=5, TTL 60 s); k6..=k9 and `late` remain.
         assert_eq!(store.len(), 5);
+    }
+
+    #[test]
+    fn shards_never_round_the_capacity_up_by_more_than_a_shard_each() {
+        for capacity in [
+            1, 4095, 4096, 12_288, 100_000, 400_000, 1_000_000, 10_000_000,
+        ] {
+            let s = store(capacity);
+            let n = s.shards.len();
+            assert!(n.is_power_of_two() && n <= MAX_SHARDS, "{capacity}: {n}");
+            assert!(
+                n == 1 || n <= capacity / ACTIONS_PER_SHARD,
+                "{capacity}: {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sharded_store_keeps_exactly_its_capacity_newest_first() {
+        let capacity = 4 * ACTIONS_PER_SHARD;
+        let store = store(capacity);
+        assert_eq!(store.shards.len(), 4);
+        for i in 0..2 * capacity {
+            insert(&store, &format!("k{i}"), i as i64);
+            assert_eq!(store.len(), (i + 1).min(capacity));
+        }
+        // Oldest first across shards: exactly the newest `capacity` actions remain.
+        let g = store.guard();
+        let live = |i: usize| {
+            store
+                .get(&g, &Ident::new("u", "a", &format!("k{i}")), at(0), TTL)
+                .is_some()
+        };
+        assert!((capacity..2 * capacity).all(live));
+        assert!(!(0..capacity).any(live));
+        // Expiry is oldest first across shards too: one insert a TTL later evicts EVICT_PER_INSERT.
+        insert(&store, "late", 2 * capacity as i64 + TTL_MS);
+        assert_eq!(store.len(), capacity + 1 - EVICT_PER_INSERT);
+    }
+
+    #[test]
+    fn concurrent_first_calls_with_one_identity_get_one_slot() {
+        for round in 0..50 {
+            let store = store(1000);
+            let key = format!("k{round}");
+            let news = AtomicUsize::new(0);
+            let slots: Vec<Arc<Slot>> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            match store.get_or_insert(
+                                &Ident::new("u", "a", &key),
+                                0u128.into(),
+                                at(0),
+                                TTL,
+                            ) {
+                                Ok(Found::New(s)) => {
+                                    news.fetch_add(1, Ordering::Relaxed);
+                                    s
+                                }
+                                Ok(Found::Existing(s)) => s,
+                                Err(_) => panic!("no collision here"),
+                            }
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(news.load(Ordering::Relaxed), 1);
+            assert!(slots.iter().all(|s| Arc::ptr_eq(s, &slots[0])));
+        }
+    }
+
+    #[test]
+    fn lookups_during_eviction_see_whole_slots_or_nothing() {
+        let store = store(64);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..20_000 {
+                    insert(&store, &format!("k{i}"), 0);
+                }
+                stop.store(true, Ordering::Release);
+            });
+            s.spawn(|| {
+                let mut seen = 0;
+                while !stop.load(Ordering::Acquire) {
+                    for i in (0..20_000).step_by(97) {
+                        let key = format!("k{i}");
+                        let guard = store.guard();
+                        if let Some(slot) =
+                            store.get(&guard, &Ident::new("u", "a", &key), at(0), TTL)
+                        {
+                            assert_eq!(slot.key(), key);
+                            seen += 1;
+                        }
+                    }
+                }
+                seen
+            });
+        });
+        assert!(store.len() <= 64);
     }
 
     fn decision(state: State, ids: &[&str], shadow: &[&str]) -> Decision {

@@ -3,6 +3,9 @@
 //! `Store::register_token`).
 
 use base64::Engine as _;
+use rand::rngs::ChaCha20Rng;
+use rand::{Rng as _, SeedableRng as _};
+use std::cell::RefCell;
 
 use crate::hash::{self, RandomSourceFailed, H128};
 use crate::time::{DurationMs, EpochMs};
@@ -11,10 +14,48 @@ use crate::time::{DurationMs, EpochMs};
 /// characters).
 pub(crate) const MAX_TOKEN_BYTES: usize = 128;
 
-/// A fresh challenge token: 192 bits from the operating system's random source, base64url without padding.
+/// How many tokens a thread's generator makes before it draws a fresh seed from the operating system.
+const TOKENS_PER_SEED: u32 = 4096;
+
+thread_local! {
+    /// This thread's token generator and how many tokens it made since it was seeded.
+    static TOKEN_RNG: RefCell<Option<(ChaCha20Rng, u32)>> = const { RefCell::new(None) };
+}
+
+/// A fresh challenge token: 192 random bits, base64url without padding.
+///
+/// The bits come from a ChaCha20 generator per thread (a CSPRNG: its output cannot be predicted or told from
+/// random without the key), keyed with 256 bits from the operating system's random source and re-keyed from
+/// it every [`TOKENS_PER_SEED`] tokens, so no token costs a system call of its own. A random source that fails
+/// when a seed is drawn fails the token (the engine then reports `TrackError::RandomSource`); no token is ever
+/// made from a fixed or reused seed.
 pub(crate) fn new_token() -> Result<String, RandomSourceFailed> {
     let mut bytes = [0u8; 24];
-    hash::fill_random(&mut bytes)?;
+    let drawn = TOKEN_RNG.try_with(|cell| -> Result<bool, RandomSourceFailed> {
+        let Ok(mut state) = cell.try_borrow_mut() else {
+            return Ok(false);
+        };
+        if state.as_ref().is_none_or(|(_, n)| *n >= TOKENS_PER_SEED) {
+            let mut seed = [0u8; 32];
+            hash::fill_random(&mut seed)?;
+            *state = Some((ChaCha20Rng::from_seed(seed), 0));
+        }
+        match state.as_mut() {
+            Some((rng, n)) => {
+                rng.fill_bytes(&mut bytes);
+                *n += 1;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    });
+    // Outside a thread's lifetime (a thread-local destructor), straight from the operating system.
+    if !matches!(drawn, Ok(Ok(true))) {
+        if let Ok(Err(e)) = drawn {
+            return Err(e);
+        }
+        hash::fill_random(&mut bytes)?;
+    }
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -42,6 +83,20 @@ pub(crate) fn is_expired(expires: EpochMs, now: EpochMs) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_reseeds_and_never_repeats_a_token() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2 * TOKENS_PER_SEED + 3 {
+            assert!(seen.insert(new_token().unwrap()));
+        }
+        // Threads have generators of their own, keyed apart.
+        let other: Vec<String> =
+            std::thread::spawn(|| (0..100).map(|_| new_token().unwrap()).collect())
+                .join()
+                .unwrap();
+        assert!(other.iter().all(|t| !seen.contains(t)));
+    }
 
     #[test]
     fn tokens_are_random_url_safe_and_compared_whole() {

@@ -384,3 +384,48 @@ fn the_bundled_rules_agree_on_the_sample_log() {
     }
     assert!(seen >= 5, "only {seen} requests decided");
 }
+
+/// Type confusion, an ordering between a string and a number or with `()`, is the same rule error with the same
+/// line and column on both paths; equality between different types stays `false` on both.
+#[test]
+fn type_confusion_is_the_same_rule_error_on_both_paths() {
+    let rules: Vec<(String, String)> = [
+        ("gt", "if custom.amount > 5000 { REVIEW }"),
+        ("le-left", "if 5000 <= custom.amount { BLOCK }"),
+        ("unit", "if custom.missing < 1.5 { BLOCK }"),
+        ("str-var", "if email >= 3 { BLOCK }"),
+        ("eq", "if custom.amount == 7000 { BLOCK }"),
+        (
+            "guarded",
+            "if custom.amount != () && custom.amount > 1 { ALLOW }",
+        ),
+        ("consts", r#"if "a" < 1 { BLOCK }"#),
+    ]
+    .iter()
+    .map(|(id, src)| ((*id).to_owned(), (*src).to_owned()))
+    .collect();
+    let with = |amount: Option<CustomValue>| {
+        let mut r = TrackRequest::new("u", "signIn").email("a@b.io");
+        if let Some(a) = amount {
+            r.attributes.custom.insert("amount".into(), a);
+        }
+        r
+    };
+    let requests = [
+        with(Some("7000".into())),
+        with(Some(7000.into())),
+        with(Some(2.5.into())),
+        with(None),
+    ];
+    check(rules.clone(), "on_rule_error = \"skip\"", &requests, true);
+    // The errors compared above are there: every ordering rule fails on the string amount.
+    let set = ruleset(&rules, "on_rule_error = \"skip\"", true).unwrap();
+    let engine = Engine::builder().ruleset(set).build().unwrap();
+    let resp = engine.track(&requests[0]).unwrap();
+    let failed: Vec<&str> = resp.errors.iter().map(|e| e.rule_id.as_str()).collect();
+    assert_eq!(
+        failed,
+        ["consts", "gt", "guarded", "le-left", "str-var", "unit"]
+    );
+    assert!(resp.rule_ids.is_empty(), "{:?}", resp.rule_ids);
+}

@@ -175,7 +175,7 @@ fn an_unknown_function_is_a_load_error_with_a_suggestion() {
     let e = RuleSet::from_sources([("arity", "if velocity() > 3 { BLOCK }")]).unwrap_err();
     assert!(
         e.to_string()
-            .contains("`velocity` is called with 0 arguments, but takes 1"),
+            .ends_with("arity:1:4: `velocity` takes one argument, a window like \"10m\" or \"1h\""),
         "{e}"
     );
     let e =

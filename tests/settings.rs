@@ -8,7 +8,7 @@ use riskgate::{
 };
 use std::time::Duration;
 
-const FAILING: &str = "let x = 1; x.no_such_method()";
+const FAILING: &str = "let x = 1; x.ends_with(\"1\")";
 /// A rule that runs several hundred Rhai operations before deciding.
 const BUSY: &str = "let n = 0; for i in 0..200 { n += i; } if n > 0 { REVIEW }";
 

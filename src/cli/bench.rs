@@ -4,6 +4,14 @@
 //! round so that every round sees the same history, and only the `track` calls are timed. Rounds repeat until
 //! both a minimum number of decisions and a minimum time are reached. The summary gives latency percentiles,
 //! the mean, and decisions per second on one thread, and says how many rules run as native code.
+//!
+//! Without an event log it runs the realistic stream of `workload.rs`: distinct actions in a shuffled order,
+//! each with an IP, a device, a user agent, an idempotency key and five `custom` attributes, decided by its ten
+//! rules (or by `--rules`).
+//!
+//! Only decisions are timed into those figures: a refused line (invalid, or an idempotency conflict) and an
+//! idempotent repeat (answered from the store) are counted apart, so they do not flatter the rate; and no rate
+//! is given from fewer than [`MIN_CALLS_FOR_RATE`] decisions.
 
 use riskgate::replay::{Outcome, Replayer};
 use riskgate::{Engine, RuleSet};
@@ -13,11 +21,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::lines::{next_line, Line};
+use super::progress::Progress;
 use super::stats::{human, Histogram};
+use super::summary::{rate, MIN_CALLS_FOR_RATE};
 
 /// How long and how much to measure.
 pub struct Options {
-    /// Stop after at least this many timed `track` calls (and `min_time`).
+    /// Stop after at least this many timed decisions (and `min_time`).
     pub min_calls: u64,
     /// Stop after at least this much wall time (and `min_calls`).
     pub min_time: Duration,
@@ -27,18 +37,57 @@ pub struct Options {
     pub store: Option<String>,
 }
 
-pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
-    let ruleset = match RuleSet::builder()
-        .rules_dir(rules)
-        .and_then(|b| b.compile_rules(!opts.interpret).build())
-    {
+/// Where the events come from.
+pub enum Events {
+    /// An event file, or `-` for standard input.
+    Log(String),
+    /// The realistic stream of `workload.rs` with this many distinct actions; with `repeats`, followed by every
+    /// action once more (same attributes, another order): idempotent repeats.
+    Realistic { actions: usize, repeats: bool },
+}
+
+pub fn run(rules: Option<&Path>, events: &Events, opts: &Options) -> ExitCode {
+    let built = match rules {
+        Some(dir) => RuleSet::builder()
+            .rules_dir(dir)
+            .and_then(|b| b.compile_rules(!opts.interpret).build()),
+        None => super::workload::RULES
+            .iter()
+            .fold(RuleSet::builder(), |b, (id, src)| b.rule(*id, *src))
+            .compile_rules(!opts.interpret)
+            .build(),
+    };
+    let ruleset = match built {
         Ok(r) => r,
         Err(e) => {
             super::check::report_load_error(&e);
             return ExitCode::FAILURE;
         }
     };
-    match measure(&ruleset, events, opts) {
+    let (measured, name) = match events {
+        Events::Log(path) => (measure(&ruleset, path, opts), path.clone()),
+        Events::Realistic { actions, repeats } => {
+            let mut requests = super::workload::requests(*actions, "bench");
+            if *repeats {
+                let mut again = requests.clone();
+                again.reverse();
+                requests.extend(again);
+            }
+            let stream = super::workload::jsonl(&requests);
+            println!(
+                "events: the realistic stream, {actions} distinct actions{}",
+                if *repeats { ", each repeated once" } else { "" }
+            );
+            let m = measure_from(&ruleset, opts, |_| {
+                Ok(Some(
+                    Box::new(io::Cursor::new(stream.as_slice())) as Box<dyn io::BufRead>
+                ))
+            });
+            (m, "the realistic stream".to_owned())
+        }
+    };
+    let events = name;
+    match measured {
         Ok(m) => {
             print(&ruleset, &m);
             if m.latency.count() == 0 {
@@ -56,20 +105,42 @@ pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
 
 /// What a bench run measured.
 pub struct Measured {
+    /// Decisions only.
     pub latency: Histogram,
     pub rounds: u64,
+    /// Lines refused (by the reader or by `track`), in all rounds.
     pub refused: u64,
+    /// Idempotent repeats answered from the store, in all rounds.
+    pub repeats: u64,
     pub elapsed: Duration,
 }
 
 /// Replays `events` round after round until `opts` is satisfied (or a round times nothing).
 pub fn measure(ruleset: &RuleSet, events: &str, opts: &Options) -> io::Result<Measured> {
+    measure_from(ruleset, opts, |round| {
+        Ok(if events == "-" {
+            // Standard input can be read only once.
+            (round == 0).then(|| Box::new(io::stdin().lock()) as Box<dyn io::BufRead>)
+        } else {
+            Some(Box::new(BufReader::new(std::fs::File::open(events)?)))
+        })
+    })
+}
+
+/// [`measure`] over the input `open(round)` gives for each round (`None`: no more rounds).
+fn measure_from<'a>(
+    ruleset: &RuleSet,
+    opts: &Options,
+    mut open: impl FnMut(u64) -> io::Result<Option<Box<dyn io::BufRead + 'a>>>,
+) -> io::Result<Measured> {
     let mut m = Measured {
         latency: Histogram::default(),
         rounds: 0,
         refused: 0,
+        repeats: 0,
         elapsed: Duration::ZERO,
     };
+    let progress = Progress::new("bench", Some(opts.min_calls), "decisions");
     let started = Instant::now();
     loop {
         let mut builder = Engine::builder().ruleset(ruleset.clone());
@@ -81,35 +152,38 @@ pub fn measure(ruleset: &RuleSet, events: &str, opts: &Options) -> io::Result<Me
         }
         let mut replayer = Replayer::new(builder).map_err(|e| io::Error::other(e.to_string()))?;
         let before = m.latency.count();
-        let mut input: Box<dyn io::BufRead> = if events == "-" {
-            if m.rounds > 0 {
-                // Standard input can be read only once.
-                break;
-            }
-            Box::new(io::stdin().lock())
-        } else {
-            Box::new(BufReader::new(std::fs::File::open(events)?))
+        let Some(mut input) = open(m.rounds)? else {
+            break;
         };
         let mut n = 0u64;
         while let Some(line) = next_line(&mut input)? {
             n += 1;
-            let Line::Text(bytes) = line else { continue };
+            let Line::Text(bytes) = line else {
+                m.refused += 1;
+                continue;
+            };
             let Some(out) = replayer.line(n, &bytes) else {
                 continue;
             };
-            if let Some(t) = out.track_latency {
-                m.latency.record(t);
-            }
-            if matches!(out.outcome, Outcome::Refused(_)) {
-                m.refused += 1;
+            match out.outcome {
+                Outcome::Tracked(_) if out.repeat => m.repeats += 1,
+                Outcome::Tracked(_) => {
+                    if let Some(t) = out.track_latency {
+                        m.latency.record(t);
+                    }
+                }
+                Outcome::Refused(_) => m.refused += 1,
+                _ => {}
             }
         }
         m.rounds += 1;
+        progress.set(m.latency.count().min(opts.min_calls));
         let done = m.latency.count() >= opts.min_calls && started.elapsed() >= opts.min_time;
         if done || m.latency.count() == before {
             break;
         }
     }
+    progress.finish();
     m.elapsed = started.elapsed();
     Ok(m)
 }
@@ -125,9 +199,11 @@ fn print(ruleset: &RuleSet, m: &Measured) {
     let h = &m.latency;
     let calls = h.count();
     println!(
-        "track calls: {calls} in {} rounds of the log ({} refused lines), {} wall time",
+        "decisions timed: {calls} in {} rounds of the log ({} refused lines and {} idempotent repeats not \
+         timed), {} wall time",
         m.rounds,
         m.refused,
+        m.repeats,
         human(m.elapsed)
     );
     if calls == 0 {
@@ -143,10 +219,12 @@ fn print(ruleset: &RuleSet, m: &Measured) {
         human(h.max()),
         human(mean)
     );
-    println!(
-        "throughput: {:.0} decisions/s on one thread (time inside track only)",
-        calls as f64 / busy
-    );
+    match rate(h) {
+        Some(r) => println!("throughput: {r:.0} decisions/s on one thread (time inside track only)"),
+        None => println!(
+            "throughput: too few calls ({calls}) for a rate: time at least {MIN_CALLS_FOR_RATE} decisions (`--calls`)"
+        ),
+    }
 }
 
 #[cfg(test)]

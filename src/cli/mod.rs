@@ -2,12 +2,19 @@
 
 pub mod bench;
 pub mod check;
+pub mod compare;
+pub mod explain;
 pub mod lines;
+pub mod progress;
 pub mod replay;
+pub mod report;
 #[cfg(feature = "server")]
 pub mod serve;
 pub mod simulate;
 pub mod stats;
+pub mod summary;
+pub mod test;
+pub mod workload;
 
 /// The store a `--store URL` names, with the rest of `[store]` (key prefix, timeouts, `on_store_error`) from
 /// the rules folder's `riskgate.toml`; `Ok(None)` without `--store`.

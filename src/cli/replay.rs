@@ -9,40 +9,34 @@
 //! The line handling itself is the library's [`riskgate::replay::Replayer`]; this file reads lines, writes
 //! the output and keeps the summary.
 
-use riskgate::replay::{Labels, Outcome, Output, Replayer};
+use riskgate::replay::{Labels, Output, Replayer, Tokens};
 use riskgate::Engine;
-use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::lines::{next_line, Line};
-use super::stats::{human, Histogram};
+use super::progress::Progress;
+use super::summary::Summary;
 
-/// What one replay saw.
-#[derive(Default)]
-pub struct Summary {
-    pub lines: u64,
-    pub tracked: u64,
-    pub operations: u64,
-    pub failed: BTreeMap<&'static str, u64>,
-    pub states: BTreeMap<&'static str, u64>,
-    /// Per rule: (enforce matches, times deciding, shadow matches, errors).
-    pub rules: BTreeMap<String, [u64; 4]>,
-    pub latency: Histogram,
-    pub elapsed: Duration,
-    /// Decisions per `label` and `model` (lines that carry one).
-    pub labels: Labels,
-}
-
-/// What `riskgate replay` reports besides its summary.
+/// What `riskgate replay` reports besides its output lines.
 #[derive(Default)]
 pub struct Options {
     /// Print the per-label table (catch rate and friction) on stderr.
     pub labels: bool,
     /// Also write the per-label tally as JSON to this file.
     pub labels_json: Option<String>,
+    /// Add each new decision's trace to its output line.
+    pub trace: bool,
+    /// The summary as one JSON object on stderr instead of text.
+    pub json: bool,
+    /// Begin each output line with the input's line number, `userId` and `action`.
+    pub echo: bool,
+    /// How challenge tokens and generated idempotency keys are written.
+    pub tokens: Tokens,
+    /// Write the HTML report here.
+    pub report: Option<PathBuf>,
     /// `--store URL`: the state store to replay on.
     pub store: Option<String>,
 }
@@ -57,52 +51,93 @@ pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
         }
     });
     let mut replayer = match builder.and_then(Replayer::new) {
-        Ok(r) => r,
+        Ok(r) => r.tokens(opts.tokens),
         Err(e) => {
             super::check::report_load_error(&e);
             return ExitCode::FAILURE;
         }
     };
+    replayer.set_trace(opts.trace);
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    let progress = Progress::for_file("replay", events);
     let result = if events == "-" {
         replay(
             &mut replayer,
             &mut io::BufReader::new(io::stdin()),
             &mut out,
+            opts.echo,
+            &progress,
         )
     } else {
         match std::fs::File::open(events) {
-            Ok(f) => replay(&mut replayer, &mut io::BufReader::new(f), &mut out),
+            Ok(f) => replay(
+                &mut replayer,
+                &mut io::BufReader::new(f),
+                &mut out,
+                opts.echo,
+                &progress,
+            ),
             Err(e) => {
                 eprintln!("error: cannot read `{events}`: {e}");
                 return ExitCode::FAILURE;
             }
         }
     };
+    progress.finish();
     let flushed = out.flush();
-    match result.and_then(|s| flushed.map(|()| s)) {
-        Ok(summary) => {
-            print_summary(&summary);
-            if opts.labels || opts.labels_json.is_some() {
-                print_labels(&summary.labels);
-            }
-            if let Some(path) = &opts.labels_json {
-                if let Err(e) = std::fs::write(path, summary.labels.to_json() + "\n") {
-                    eprintln!("error: cannot write `{path}`: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-            ExitCode::SUCCESS
-        }
+    let summary = match result.and_then(|s| flushed.map(|()| s)) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if opts.json {
+        eprintln!("{}", summary.to_json());
+    } else {
+        eprint!("{}", summary.text());
+    }
+    if opts.labels || opts.labels_json.is_some() {
+        print_labels(&summary.labels);
+    }
+    if let Some(path) = &opts.labels_json {
+        if let Err(e) = std::fs::write(path, summary.labels.to_json() + "\n") {
+            eprintln!("error: cannot write `{path}`: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(path) = &opts.report {
+        let name = rules.display().to_string();
+        return write_report(path, &name, &summary, None);
+    }
+    ExitCode::SUCCESS
+}
+
+fn write_report(
+    path: &Path,
+    name: &str,
+    summary: &Summary,
+    sweep: Option<&[(f64, Labels)]>,
+) -> ExitCode {
+    let page = super::report::Report {
+        title: format!("riskgate replay: {name}"),
+        base: (name, summary),
+        other: None,
+        changes: None,
+        sweep,
+    };
+    match std::fs::write(path, page.html()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write `{}`: {e}", path.display());
             ExitCode::FAILURE
         }
     }
 }
 
-/// Replays every line of `input` into `out`.
+/// Replays every line of `input` into `out`; with `echo`, each output line begins with the input's line
+/// number, `userId` and `action`.
 ///
 /// Output is flushed whenever the input has nothing more buffered, before waiting for more: a program that
 /// drives `riskgate replay -` through a pipe (send a track line, read its token, send `validateChallenge`)
@@ -111,11 +146,16 @@ pub fn replay<R: io::Read>(
     replayer: &mut Replayer,
     input: &mut io::BufReader<R>,
     out: &mut impl Write,
+    echo: bool,
+    progress: &Progress,
 ) -> io::Result<Summary> {
-    let mut s = Summary::default();
-    for r in replayer.engine().ruleset().rules() {
-        s.rules.insert(r.id.to_string(), [0; 4]);
-    }
+    let ids: Vec<String> = replayer
+        .engine()
+        .ruleset()
+        .rules()
+        .map(|r| r.id.to_string())
+        .collect();
+    let mut s = Summary::new(ids.iter().map(String::as_str));
     let started = Instant::now();
     let mut n = 0u64;
     loop {
@@ -127,50 +167,56 @@ pub fn replay<R: io::Read>(
         };
         n += 1;
         let output = match line {
-            Line::TooLong(len) => replayer.too_long(n, len),
-            Line::Text(bytes) => match replayer.line(n, &bytes) {
-                Some(o) => o,
-                None => continue,
-            },
+            Line::TooLong(len) => {
+                progress.inc(len as u64 + 1);
+                replayer.too_long(n, len)
+            }
+            Line::Text(bytes) => {
+                progress.inc(bytes.len() as u64 + 1);
+                match replayer.line(n, &bytes) {
+                    Some(o) => o,
+                    None => continue,
+                }
+            }
         };
-        s.lines += 1;
         s.count(&output);
-        out.write_all(output.json.as_bytes())?;
+        if echo {
+            out.write_all(echoed(&output).as_bytes())?;
+        } else {
+            out.write_all(output.json.as_bytes())?;
+        }
         out.write_all(b"\n")?;
     }
     s.elapsed = started.elapsed();
     Ok(s)
 }
 
-impl Summary {
-    fn count(&mut self, o: &Output) {
-        self.labels.record(o);
-        if let Some(t) = o.track_latency {
-            self.latency.record(t);
+/// The output line with `"line"`, `"userId"` and `"action"` first (the latter two when the input named them).
+pub fn echoed(o: &Output) -> String {
+    let mut s = format!("{{\"line\":{}", o.line);
+    for (key, v) in [("userId", &o.user_id), ("action", &o.action)] {
+        // An action record already carries both; JSON escaping keeps `"userId":` out of string values.
+        if o.json.contains(&format!("\"{key}\":")) {
+            continue;
         }
-        match &o.outcome {
-            Outcome::Tracked(resp) => {
-                self.tracked += 1;
-                *self.states.entry(resp.state.as_str()).or_default() += 1;
-                for (i, id) in resp.rule_ids.iter().enumerate() {
-                    let e = self.rules.entry(id.to_string()).or_default();
-                    e[0] += 1;
-                    if i == 0 {
-                        e[1] += 1;
-                    }
-                }
-                for id in &resp.shadow_rule_ids {
-                    self.rules.entry(id.to_string()).or_default()[2] += 1;
-                }
-                for err in &resp.errors {
-                    self.rules.entry(err.rule_id.to_string()).or_default()[3] += 1;
-                }
+        if let Some(v) = v {
+            if let Ok(q) = serde_json::to_string(v) {
+                s.push_str(&format!(",\"{key}\":{q}"));
             }
-            Outcome::Operation => self.operations += 1,
-            Outcome::Refused(e) => *self.failed.entry(e.code()).or_default() += 1,
-            _ => {}
         }
     }
+    // A refused line already begins with its number.
+    let own = format!("{{\"line\":{},", o.line);
+    let rest = o
+        .json
+        .strip_prefix(own.as_str())
+        .or_else(|| o.json.strip_prefix('{'))
+        .unwrap_or(&o.json);
+    if !rest.starts_with('}') {
+        s.push(',');
+    }
+    s.push_str(rest);
+    s
 }
 
 fn print_labels(labels: &Labels) {
@@ -182,47 +228,6 @@ fn print_labels(labels: &Labels) {
     eprint!("{}", labels.table());
 }
 
-fn print_summary(s: &Summary) {
-    let failed: u64 = s.failed.values().sum();
-    eprintln!(
-        "replayed {} lines in {}: {} decisions, {} operations, {} refused",
-        s.lines,
-        human(s.elapsed),
-        s.tracked,
-        s.operations,
-        failed
-    );
-    let states: Vec<String> = ["ALLOW", "CHALLENGE_REQUIRED", "REVIEW", "BLOCK"]
-        .iter()
-        .map(|k| format!("{k} {}", s.states.get(k).copied().unwrap_or(0)))
-        .collect();
-    eprintln!("states: {}", states.join(", "));
-    if !s.failed.is_empty() {
-        let f: Vec<String> = s.failed.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        eprintln!("refused lines: {}", f.join(", "));
-    }
-    eprintln!(
-        "{:<32} {:>8} {:>8} {:>8} {:>8}",
-        "rule", "matched", "decided", "shadow", "errors"
-    );
-    for (id, [m, d, sh, e]) in &s.rules {
-        eprintln!("{id:<32} {m:>8} {d:>8} {sh:>8} {e:>8}");
-    }
-    let h = &s.latency;
-    if h.count() > 0 {
-        let per_sec = h.count() as f64 / h.total().as_secs_f64().max(1e-9);
-        eprintln!(
-            "track latency over {} calls: p50 {}, p99 {}, p99.9 {}, max {} ({:.0} decisions/s on one thread)",
-            h.count(),
-            human(h.quantile(0.5)),
-            human(h.quantile(0.99)),
-            human(h.quantile(0.999)),
-            human(h.max()),
-            per_sec
-        );
-    }
-}
-
 /// The thresholds `--rba-sweep` tries when given none.
 pub const DEFAULT_SWEEP: [f64; 12] = [
     0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0,
@@ -231,18 +236,76 @@ pub const DEFAULT_SWEEP: [f64; 12] = [
 /// `riskgate replay --rba-sweep`: replays a labelled log once per threshold `t` through a ruleset of one rule,
 /// `if rba_score() >= t { CHALLENGE_REQUIRED }`, with the configuration (GeoIP databases, `[signals]`) of the
 /// rules folder, and prints the share of attacks caught and the friction at each threshold.
-pub fn sweep(rules: &Path, events: &str, thresholds: &[f64]) -> ExitCode {
+///
+/// With `report`, the folder's own rules are replayed too, for the report's other charts.
+pub fn sweep(
+    rules: &Path,
+    events: &str,
+    thresholds: &[f64],
+    report: Option<&Path>,
+    tokens: Tokens,
+    json: bool,
+) -> ExitCode {
+    let rows = match sweep_rows(rules, events, thresholds) {
+        Ok(rows) => rows,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{}", sweep_json(&rows));
+    } else {
+        print!("{}", sweep_table(&rows));
+    }
+    let Some(path) = report else {
+        return ExitCode::SUCCESS;
+    };
+    let mut replayer = match Engine::builder().rules_dir(rules).and_then(Replayer::new) {
+        Ok(r) => r.tokens(tokens),
+        Err(e) => {
+            super::check::report_load_error(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let summary = std::fs::File::open(events).and_then(|f| {
+        let progress = Progress::for_file("replay", events);
+        replay(
+            &mut replayer,
+            &mut io::BufReader::new(f),
+            &mut io::sink(),
+            false,
+            &progress,
+        )
+    });
+    match summary {
+        Ok(s) => write_report(path, &rules.display().to_string(), &s, Some(&rows)),
+        Err(e) => {
+            eprintln!("error: cannot read `{events}`: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The per-threshold tallies of `--rba-sweep` (an error has been printed when this fails).
+pub fn sweep_rows(
+    rules: &Path,
+    events: &str,
+    thresholds: &[f64],
+) -> Result<Vec<(f64, Labels)>, ExitCode> {
     if events == "-" {
         eprintln!("error: `--rba-sweep` replays the log once per threshold: give a file, not `-`");
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
     let config = match config_with_absolute_paths(rules) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
+    let progress = Progress::new(
+        "rba_score() sweep",
+        Some(thresholds.len() as u64),
+        "thresholds",
+    );
     let mut rows: Vec<(f64, Labels)> = Vec::new();
     for &t in thresholds {
         let built = riskgate::RuleSet::builder()
@@ -256,27 +319,70 @@ pub fn sweep(rules: &Path, events: &str, thresholds: &[f64]) -> ExitCode {
             Ok(r) => r,
             Err(e) => {
                 super::check::report_load_error(&e);
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         };
         let file = match std::fs::File::open(events) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("error: cannot read `{events}`: {e}");
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         };
         let mut sink = io::sink();
-        match replay(&mut replayer, &mut io::BufReader::new(file), &mut sink) {
+        let hidden = Progress::hidden();
+        match replay(
+            &mut replayer,
+            &mut io::BufReader::new(file),
+            &mut sink,
+            false,
+            &hidden,
+        ) {
             Ok(s) => rows.push((t, s.labels)),
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         }
+        progress.inc(1);
     }
-    print!("{}", sweep_table(&rows));
-    ExitCode::SUCCESS
+    progress.finish();
+    Ok(rows)
+}
+
+/// The share of attacks (labels `attack` and `fraud`) caught and the friction on `genuine` events, at one
+/// threshold of a sweep.
+pub fn sweep_point(l: &Labels) -> (f64, f64) {
+    let (a, f) = (l.total("attack"), l.total("fraud"));
+    let decided = a.allow + a.caught() + f.allow + f.caught();
+    let caught = if decided == 0 {
+        0.0
+    } else {
+        (a.caught() + f.caught()) as f64 / decided as f64
+    };
+    (caught, l.total("genuine").rate())
+}
+
+/// The sweep as JSON: one object per threshold with the attack catch rate (overall and per model) and the
+/// friction on genuine events.
+pub fn sweep_json(rows: &[(f64, Labels)]) -> serde_json::Value {
+    let v: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(t, l)| {
+            let models: serde_json::Map<String, serde_json::Value> = l
+                .rows()
+                .filter(|r| r.0 == "attack")
+                .map(|(_, m, tally)| (m.to_owned(), tally.rate().into()))
+                .collect();
+            serde_json::json!({
+                "threshold": t,
+                "caught": sweep_point(l).0,
+                "friction": sweep_point(l).1,
+                "caughtPerModel": models,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(v)
 }
 
 /// One line per threshold: caught per attacker model and overall, friction on genuine events (all of them, and
@@ -310,8 +416,8 @@ pub fn sweep_table(rows: &[(f64, Labels)]) -> String {
         let _ = writeln!(
             s,
             " {:>8.2}% {:>8.2}% {:>8.2}%",
-            100.0 * l.total("attack").rate(),
-            100.0 * l.total("genuine").rate(),
+            100.0 * sweep_point(l).0,
+            100.0 * sweep_point(l).1,
             100.0 * l.action_total("genuine", "signIn").rate()
         );
     }

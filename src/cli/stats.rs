@@ -82,6 +82,18 @@ impl Histogram {
         Duration::from_nanos(self.max)
     }
 
+    /// The buckets that hold a duration: (lowest, highest nanoseconds, count), shortest first.
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| {
+                let low = if i == 0 { 0 } else { bucket_high(i - 1) + 1 };
+                (low, bucket_high(i), n)
+            })
+    }
+
     /// The sum of every duration recorded.
     pub fn total(&self) -> Duration {
         Duration::from_nanos(u64::try_from(self.total).unwrap_or(u64::MAX))
@@ -129,5 +141,10 @@ mod tests {
         assert!((500_000.0..=535_000.0).contains(&p50), "{p50}");
         assert_eq!(h.quantile(1.0), Duration::from_micros(1000));
         assert_eq!(h.count(), 1000);
+        let b: Vec<(u64, u64, u64)> = h.buckets().collect();
+        assert_eq!(b.iter().map(|x| x.2).sum::<u64>(), 1000);
+        assert!(b.iter().all(|&(lo, hi, _)| lo <= hi));
+        assert!(b.windows(2).all(|w| w[0].1 < w[1].0));
+        assert!(b[0].0 <= 1000 && b[0].1 >= 1000);
     }
 }

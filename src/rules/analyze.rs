@@ -44,12 +44,12 @@ pub(crate) fn analyze(
     problems: &mut Vec<Diagnostic>,
 ) {
     let mut report = |pos: Position, message: String| {
-        problems.push(Diagnostic {
-            file: file.to_owned(),
-            line: pos.line().unwrap_or(0),
-            column: pos.position().unwrap_or(0),
+        problems.push(Diagnostic::new(
+            file.to_owned(),
+            pos.line().unwrap_or(0),
+            pos.position().unwrap_or(0),
             message,
-        });
+        ));
     };
     ast.walk(&mut |path| {
         let (call, pos, method) = match path.last() {

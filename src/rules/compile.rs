@@ -13,8 +13,9 @@
 //! non-numeric types are `false` (`!=` is `true`), `()` equals only `()`, an integer compared with a float is
 //! compared as a float, a string's `len` counts characters, a missing `custom` field reads as `()`.
 //!
-//! Where Rhai would raise an error (a method on `()`, `&&` on a non-bool, an ordering between outcomes, a rule
-//! whose value is not an outcome or `()`), or where the closures are not sure, they give up and the rule is
+//! Where Rhai would raise an error (a method on `()`, `&&` on a non-bool, an ordering between outcomes or
+//! between a string and a number or with `()` (the type rules of `types.rs`), a rule whose value is not an
+//! outcome or `()`), or where the closures are not sure, they give up and the rule is
 //! evaluated by Rhai's interpreter instead, so errors keep Rhai's exact messages and positions. Giving up is
 //! always safe because rules have no side effects. `tests/differential.rs` checks both paths against each other
 //! on generated rules and requests.
@@ -253,6 +254,12 @@ impl Cmp {
             (Int(x), Float(y)) => self.float(x as f64, y),
             (Float(x), Int(y)) => self.float(x, y as f64),
             (Str(x), Str(y)) => self.ord(x.cmp(y)),
+            // An ordering between a string and a number, or with `()`, is a rule error (`rules/types.rs`).
+            (Str(_), Int(_) | Float(_)) | (Int(_) | Float(_), Str(_)) | (Unit, _) | (_, Unit)
+                if !matches!(self, Cmp::Eq | Cmp::Ne) =>
+            {
+                return None
+            }
             (Bool(x), Bool(y)) => self.ord(x.cmp(&y)),
             // `() == ()` is true; every other operator on two units is false.
             (Unit, Unit) => matches!(self, Cmp::Eq),
@@ -846,7 +853,9 @@ mod tests {
             run("if custom.amount > 2 { BLOCK }", &req),
             Some(Some(State::Block))
         );
-        assert_eq!(run("if custom.missing > 2 { BLOCK }", &req), Some(None));
+        // An ordering with `()` is a rule error: the interpreter's to report.
+        assert_eq!(run("if custom.missing > 2 { BLOCK }", &req), None);
+        assert_eq!(run("if custom.missing == 2 { BLOCK }", &req), Some(None));
         assert_eq!(
             run("if device_id != \"x\" { REVIEW }", &req),
             Some(Some(State::Review))

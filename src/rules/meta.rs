@@ -29,6 +29,8 @@ pub(crate) struct Meta {
     pub mode: Mode,
     pub enabled: bool,
     pub description: Option<String>,
+    /// Where each of `actions` is written: line and column.
+    pub action_places: Vec<(usize, usize)>,
 }
 
 impl Default for Meta {
@@ -39,6 +41,7 @@ impl Default for Meta {
             mode: Mode::Enforce,
             enabled: true,
             description: None,
+            action_places: Vec::new(),
         }
     }
 }
@@ -49,14 +52,10 @@ pub(crate) fn parse(source: &str, file: &str) -> Result<Meta, Vec<Diagnostic>> {
     let mut seen: Vec<&str> = Vec::new();
     let mut problems = Vec::new();
     let mut fail = |line: usize, column: usize, message: String| {
-        problems.push(Diagnostic {
-            file: file.to_owned(),
-            line,
-            column,
-            message,
-        })
+        problems.push(Diagnostic::new(file.to_owned(), line, column, message))
     };
-    for (n, raw) in source.lines().enumerate() {
+    let mut lines = source.lines().enumerate();
+    for (n, raw) in lines.by_ref() {
         let line_no = n + 1;
         let trimmed = raw.trim_start();
         if trimmed.is_empty() {
@@ -101,9 +100,14 @@ pub(crate) fn parse(source: &str, file: &str) -> Result<Meta, Vec<Diagnostic>> {
             },
             "actions" => {
                 let mut codes = Vec::new();
-                for code in value.split(',').map(str::trim) {
+                let mut offset = 0;
+                for piece in value.split(',') {
+                    let code = piece.trim();
+                    let col = value_col + offset + leading_ws(piece);
+                    offset += piece.len() + 1;
                     if crate::request::is_action_code(code) {
                         codes.push(code.to_owned());
+                        meta.action_places.push((line_no, col));
                     } else {
                         fail(
                             line_no,
@@ -137,6 +141,23 @@ pub(crate) fn parse(source: &str, file: &str) -> Result<Meta, Vec<Diagnostic>> {
         }
         seen.push(key);
     }
+    // A `//!` line after the first line of code would be silently ignored (the rule would run with the
+    // defaults), so it is an error. Inside a multi-line string it is not metadata, but such a string starting a
+    // line with `//!` is too unlikely to be worth parsing the rule for.
+    for (n, raw) in lines {
+        let trimmed = raw.trim_start();
+        if trimmed.starts_with("//!") {
+            problems.push(
+                Diagnostic::new(
+                    file,
+                    n + 1,
+                    raw.len() - trimmed.len() + 1,
+                    "rule metadata after the first line of code is ignored: move this `//!` line to the top of the file",
+                )
+                .with_code("metadata_after_code"),
+            );
+        }
+    }
     if problems.is_empty() {
         Ok(meta)
     } else {
@@ -155,7 +176,7 @@ mod tests {
     #[test]
     fn reads_every_key() {
         let m = parse(
-            "//! priority: 10\n//! actions: withdraw-funds, signIn\n\n//! mode: shadow\n//! description: new device\nBLOCK\n//! priority: 3\n",
+            "//! priority: 10\n//! actions: withdraw-funds, signIn\n\n//! mode: shadow\n//! description: new device\nBLOCK\n// priority: 3\n",
             "r.rhai",
         )
         .unwrap();
@@ -182,5 +203,9 @@ mod tests {
         assert!(e[1].message.contains("unknown metadata key `colour`"));
         let e = parse("//! priority: 1\n//! priority: 2\n", "r.rhai").unwrap_err();
         assert!(e[0].message.contains("twice"));
+        // After code, a `//!` line would be ignored: it is an error instead.
+        let e = parse("//! priority: 1\nBLOCK\n  //! priority: 3\n", "r.rhai").unwrap_err();
+        assert_eq!((e.len(), e[0].line, e[0].column), (1, 3, 3), "{e:?}");
+        assert_eq!(e[0].code, "metadata_after_code");
     }
 }

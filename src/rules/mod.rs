@@ -1,14 +1,18 @@
 //! Rulesets: loading `*.rhai` files and `riskgate.toml` from a folder (or from sources), reading their
 //! metadata, and compiling each rule once.
 
+mod actions;
 mod analyze;
 pub(crate) mod binding;
 pub(crate) mod compile;
+pub(crate) mod explain;
 mod functions;
 mod meta;
+mod mistakes;
 mod nesting;
 mod rule;
 pub(crate) mod sandbox;
+mod types;
 pub(crate) mod vars;
 
 use std::collections::HashMap;
@@ -56,6 +60,8 @@ pub(crate) struct Inner {
     pub dir: Option<PathBuf>,
     /// Lists, GeoIP databases and history settings for signals.
     pub signals: Arc<crate::signals::SignalSet>,
+    /// What loading found that is probably a mistake but does not stop the set loading.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl RuleSet {
@@ -157,6 +163,24 @@ impl RuleSet {
     /// Whether the set holds no rules.
     pub fn is_empty(&self) -> bool {
         self.inner.rules.is_empty()
+    }
+
+    /// What loading found that is probably a mistake but did not stop the set loading, such as an action code
+    /// in `//! actions:` or `[actions.<code>]` that nothing else names (`paymnet` beside `payment`).
+    /// `riskgate check` prints them, and fails on them with `--strict`.
+    ///
+    /// ```
+    /// let rules = riskgate::RuleSet::builder()
+    ///     .rule("a", "//! actions: payment, paymnet\nBLOCK")
+    ///     .rule("b", "//! actions: payment\nREVIEW")
+    ///     .build()?;
+    /// let w = rules.warnings();
+    /// assert_eq!(w.len(), 1);
+    /// assert_eq!(w[0].to_string(), "a:1:23: warning: action code `paymnet` is named only here: no other rule, `[actions]` table or known action uses it (did you mean `payment`?)");
+    /// # Ok::<(), riskgate::LoadError>(())
+    /// ```
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.inner.warnings
     }
 
     /// The folder this set was loaded from, if any.
@@ -349,8 +373,18 @@ impl RuleSetBuilder {
             &mut problems,
         );
         let mut uses = analyze::Uses::default();
-        let has_list = |name: &str| signals.has_list(name);
-        let has_geo = |kind| signals.has_geo(kind);
+        // A list or database that failed to load was reported already: rules calling it are not reported again.
+        let has_list =
+            |name: &str| signals.has_list(name) || self.lists.iter().any(|l| l.0 == name);
+        let geoip = &config.geoip;
+        let has_geo = |kind| {
+            signals.has_geo(kind)
+                || match kind {
+                    crate::signals::geo::Kind::City => geoip.city.is_some(),
+                    crate::signals::geo::Kind::Asn => geoip.asn.is_some(),
+                    crate::signals::geo::Kind::AnonymousIp => geoip.anonymous_ip.is_some(),
+                }
+        };
         let needs = analyze::Needs {
             lists: &has_list,
             geo: &has_geo,
@@ -359,27 +393,25 @@ impl RuleSetBuilder {
         let scope = sandbox::compile_scope();
         let known = functions::Known::of(&engine);
         let mut rules: Vec<Rule> = Vec::with_capacity(self.sources.len());
+        let mut named: Vec<actions::Named> = Vec::new();
+        let mut compared = std::collections::BTreeSet::new();
         let mut sources = self.sources;
         sources.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, source, file) in sources {
             if let Err(m) = check_rule_id(&id) {
-                problems.push(Diagnostic {
-                    file,
-                    line: 0,
-                    column: 0,
-                    message: m,
-                });
+                problems.push(Diagnostic::new(file, 0, 0, m));
                 continue;
             }
             if rules.iter().any(|r| r.id.as_str() == id) {
-                problems.push(Diagnostic {
+                problems.push(Diagnostic::new(
                     file,
-                    line: 0,
-                    column: 0,
-                    message: format!("rule id `{id}` is given twice"),
-                });
+                    0,
+                    0,
+                    format!("rule id `{id}` is given twice"),
+                ));
                 continue;
             }
+            let before = problems.len();
             let meta = match meta::parse(&source, &file) {
                 Ok(m) => Some(m),
                 Err(mut d) => {
@@ -390,19 +422,32 @@ impl RuleSetBuilder {
             match engine.compile_with_scope(&scope, &source) {
                 Ok(ast) => {
                     known.check(&ast, &file, &mut problems);
+                    mistakes::literal_returns(&ast, &file, &mut problems);
+                    mistakes::custom_keys(&ast, &file, &config.custom, &mut problems);
                     for (pos, message) in sandbox::request_writes(&ast)
                         .into_iter()
                         .chain(nesting::curry_calls(&ast))
                     {
-                        problems.push(Diagnostic {
-                            file: file.clone(),
-                            line: pos.line().unwrap_or(0),
-                            column: pos.position().unwrap_or(0),
+                        problems.push(Diagnostic::new(
+                            file.clone(),
+                            pos.line().unwrap_or(0),
+                            pos.position().unwrap_or(0),
                             message,
-                        });
+                        ));
                     }
                     analyze::analyze(&ast, &file, &needs, &mut uses, &mut problems);
+                    actions::compared_codes(&ast, &mut compared);
                     if let Some(meta) = meta {
+                        for (code, &(line, column)) in
+                            meta.actions.iter().flatten().zip(&meta.action_places)
+                        {
+                            named.push(actions::Named {
+                                code: code.clone(),
+                                file: file.clone(),
+                                line,
+                                column,
+                            });
+                        }
                         let compiled = if self.compile {
                             compile::compile(&ast, &config.limits)
                         } else {
@@ -418,17 +463,27 @@ impl RuleSetBuilder {
                         });
                     }
                 }
-                Err(e) => problems.push(Diagnostic {
-                    file,
-                    line: e.1.line().unwrap_or(0),
-                    column: e.1.position().unwrap_or(0),
-                    message: sandbox::explain_parse_error(&e.0),
-                }),
+                Err(e) => problems.push(mistakes::parse_error(&file, &source, &e)),
+            }
+            // In the order they appear in the file; one mistake, one diagnostic: a later check reporting the same
+            // place again is a follow-on.
+            problems[before..].sort_by_key(|d| (d.line, d.column));
+            let mut seen: Vec<(usize, usize)> = Vec::new();
+            let mut i = before;
+            while i < problems.len() {
+                let at = (problems[i].line, problems[i].column);
+                if at.0 != 0 && seen.contains(&at) {
+                    problems.remove(i);
+                } else {
+                    seen.push(at);
+                    i += 1;
+                }
             }
         }
         if !problems.is_empty() {
             return Err(LoadError::Invalid(problems));
         }
+        let warnings = actions::unused_codes(named, &compared, &config, config_file);
         let (by_action, for_any_action) = index_by_action(&rules);
         let computed = if uses.computed_window {
             config.signals.max_window_ms
@@ -449,6 +504,7 @@ impl RuleSetBuilder {
                 config,
                 dir: self.dir,
                 signals: Arc::new(signals),
+                warnings,
             }),
         })
     }

@@ -160,6 +160,10 @@ pub(crate) fn new_engine(limits: &Limits) -> rhai::Engine {
         .register_fn("to_debug", |s: &mut State| s.as_str().to_owned());
     super::binding::register(&mut e);
     super::nesting::register(&mut e);
+    // Rhai's fast operators answer a comparison between a string and a number with its built-in `false` before
+    // looking at registered functions: off, so that the type rules in `types.rs` apply.
+    e.set_fast_operators(false);
+    super::types::register(&mut e);
     e
 }
 
@@ -363,6 +367,44 @@ fn run<'a>(
     }
 }
 
+/// Evaluates `ast` (an expression taken out of a rule, for [`explain`](super::explain)) in Rhai against `req`,
+/// under the same limits as a rule, on the signals of the decision running on this thread. Its value, or the
+/// error message.
+pub(crate) fn eval_value(
+    engine: &rhai::Engine,
+    limits: &Limits,
+    req: &TrackRequest,
+    ast: &AST,
+) -> Result<Dynamic, String> {
+    let budget = Duration::from_millis(limits.time_limit_ms.unsigned_abs());
+    let ran = super::nesting::with_stack(limits, || {
+        let mut scope = Scope::new();
+        fill_scope(&mut scope, req, vars::ALL);
+        OPS.set(0);
+        LIMIT_HIT.set(Hit::None);
+        DEADLINE.set(Some(Instant::now() + budget));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+        }));
+        DEADLINE.set(None);
+        let hit = LIMIT_HIT.replace(Hit::None);
+        match (result, hit) {
+            (Err(panic), _) => Err(format!(
+                "evaluation panicked: {}",
+                panic_message(panic.as_ref())
+            )),
+            (_, Hit::Operations) => Err(format!(
+                "operation limit of {} exceeded",
+                limits.max_operations
+            )),
+            (_, Hit::Time) => Err(format!("time limit of {}ms exceeded", limits.time_limit_ms)),
+            (Ok(Ok(v)), Hit::None) => Ok(v),
+            (Ok(Err(e)), Hit::None) => Err(describe(*e, limits).1),
+        }
+    });
+    ran.and_then(|r| r)
+}
+
 #[cfg(test)]
 thread_local! {
     /// Makes every interpreted rule on this thread panic, as a fault in riskgate or Rhai would.
@@ -543,7 +585,10 @@ fn describe(mut e: EvalAltResult, limits: &Limits) -> (RuleErrorKind, String) {
                 ),
             )
         }
-        _ => (RuleErrorKind::Runtime, bounded_display(&e)),
+        _ => (
+            RuleErrorKind::Runtime,
+            super::types::plain(&bounded_display(&e)),
+        ),
     };
     (kind, truncate_message(at(pos, msg)))
 }
@@ -690,7 +735,8 @@ mod tests {
             e.message
         );
 
-        assert_eq!(kind_of("42"), RuleErrorKind::WrongReturnType);
+        // A literal such as `42` is refused at load; a value read from the request is not known until then.
+        assert_eq!(kind_of("custom.n"), RuleErrorKind::WrongReturnType);
         assert_eq!(kind_of(r#"throw "no""#), RuleErrorKind::Runtime);
         assert_eq!(kind_of("custom.n.len()"), RuleErrorKind::Runtime);
 

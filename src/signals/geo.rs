@@ -79,12 +79,7 @@ impl Geo {
             };
             open(&full, kind)
                 .map_err(|message| {
-                    problems.push(Diagnostic {
-                        file: file.to_owned(),
-                        line: *line,
-                        column: *column,
-                        message,
-                    })
+                    problems.push(Diagnostic::new(file.to_owned(), *line, *column, message))
                 })
                 .ok()
         };

@@ -217,12 +217,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 
 /// Parses list `name` from `text`; `file` names it in diagnostics.
 pub(crate) fn load(name: &str, text: &str, file: &str) -> Result<List, Vec<Diagnostic>> {
-    let diag = |line, column, message| Diagnostic {
-        file: file.to_owned(),
-        line,
-        column,
-        message,
-    };
+    let diag = |line, column, message| Diagnostic::new(file.to_owned(), line, column, message);
     check_name(name).map_err(|m| vec![diag(0, 0, m)])?;
     List::parse(text).map_err(|p| p.into_iter().map(|(l, c, m)| diag(l, c, m)).collect())
 }

@@ -92,12 +92,12 @@ impl SignalSet {
         let mut loaded = lists::Lists::new();
         for (name, text, file) in lists {
             match lists::load(name, text, file) {
-                Ok(_) if loaded.contains_key(name.as_str()) => problems.push(Diagnostic {
-                    file: file.clone(),
-                    line: 0,
-                    column: 0,
-                    message: format!("list `{name}` is given twice"),
-                }),
+                Ok(_) if loaded.contains_key(name.as_str()) => problems.push(Diagnostic::new(
+                    file.clone(),
+                    0,
+                    0,
+                    format!("list `{name}` is given twice"),
+                )),
                 Ok(list) => {
                     loaded.insert(name.as_str().into(), Arc::new(list));
                 }

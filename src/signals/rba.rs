@@ -140,12 +140,32 @@ pub(crate) fn rba_score(ctx: &DecisionCtx) -> f64 {
     })
 }
 
+/// The chains' names, in [`CHAINS`] order.
+pub(crate) const CHAIN_NAMES: [&str; 4] = ["network", "browser", "device", "deviceType"];
+
+/// Each chain's factor of this action's score (`None` for a chain with no level present): the score is their
+/// product. For explaining a decision; reads the same memoised features and counts as [`rba_score`].
+pub(crate) fn factors(ctx: &DecisionCtx) -> [Option<f64>; 4] {
+    let f = features(ctx);
+    let c = ctx.history.rba_counts(ctx.keys.user, &f.values, ctx.now);
+    chain_factors(&f, &c)
+}
+
 /// The formula, over counts already read.
 pub(crate) fn score(f: &Features, c: &super::history::RbaCounts) -> f64 {
+    let mut total = 1.0;
+    for factor in chain_factors(f, c).into_iter().flatten() {
+        total *= factor;
+    }
+    total
+}
+
+/// Each chain's `P(v₀) / Pᵤ(v₀)`, `None` for a chain none of whose levels is present.
+fn chain_factors(f: &Features, c: &super::history::RbaCounts) -> [Option<f64>; 4] {
     let n_all = c.all_actions as f64;
     let pop = |g: u64| (g as f64 + 1.0) / (n_all + 1.0);
-    let mut total = 1.0;
-    for chain in CHAINS {
+    let mut out = [None; 4];
+    for (chain, slot) in CHAINS.into_iter().zip(out.iter_mut()) {
         let mut buf = [0usize; 4];
         let mut len = 0;
         for l in chain.filter(|&l| f.has(l)) {
@@ -170,9 +190,9 @@ pub(crate) fn score(f: &Features, c: &super::history::RbaCounts) -> f64 {
                 / (get(&c.user, above) as f64 + KAPPA))
                 .min(1.0);
         }
-        total *= pop(get(&c.all, first)) / pu.max(f64::MIN_POSITIVE);
+        *slot = Some(pop(get(&c.all, first)) / pu.max(f64::MIN_POSITIVE));
     }
-    total
+    out
 }
 
 #[cfg(test)]

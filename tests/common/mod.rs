@@ -83,7 +83,7 @@ pub fn in_memory() -> bool {
 }
 
 /// A rule that fails at run time (a method that does not exist), at priority 10.
-pub const FAILING: &str = "//! priority: 10\nlet x = 1; x.no_such_method()";
+pub const FAILING: &str = "//! priority: 10\nlet x = 1; x.ends_with(\"1\")";
 
 /// A rule that runs a 200-step loop before deciding `outcome`: slow enough for decisions to overlap a ruleset
 /// swap, far inside every limit.
