@@ -22,8 +22,8 @@ use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
-use crate::stats::{self, Stats};
 use crate::state::Backend;
+use crate::stats::{self, Stats};
 use crate::store::{Decided, Found, Ident, Slot, Store};
 #[cfg(feature = "redis")]
 use crate::store_settings::OnStoreError;
