@@ -295,6 +295,7 @@ struct File {
     server: ServerFile,
     #[serde(default)]
     store: StoreFile,
+    #[serde(default)]
     custom: BTreeMap<String, toml::Value>,
 }
 
