@@ -9,6 +9,7 @@ use crate::duration::parse_millis;
 use crate::error::{Diagnostic, LoadError, TrackError};
 use crate::request::CustomValue;
 use crate::server_settings::{ServerFile, ServerSettings};
+use crate::store_settings::{StoreFile, StoreSettings};
 use crate::time::DurationMs;
 use crate::State;
 
@@ -92,6 +93,8 @@ pub(crate) struct Config {
     pub geoip: GeoipConfig,
     /// `[server]`: read by `riskgate serve`.
     pub server: ServerSettings,
+    /// `[store]`: read when an engine is built.
+    pub store: StoreSettings,
     /// `[custom]`: the declared types of custom attributes.
     pub custom: CustomSchema,
     /// Every `[actions.<code>]` table, with its line and column (for the check that some rule uses it).
@@ -264,6 +267,7 @@ impl Default for Config {
             signals: SignalsConfig::default(),
             geoip: GeoipConfig::default(),
             server: ServerSettings::default(),
+            store: StoreSettings::default(),
             custom: CustomSchema::default(),
             action_tables: Vec::new(),
         }
@@ -289,6 +293,8 @@ struct File {
     geoip: GeoipFile,
     #[serde(default)]
     server: ServerFile,
+    #[serde(default)]
+    store: StoreFile,
     #[serde(default)]
     custom: BTreeMap<String, toml::Value>,
 }
@@ -578,6 +584,7 @@ impl Config {
             }
         }
         cfg.server = parsed.server.resolve(&mut fail);
+        cfg.store = parsed.store.resolve(&mut fail);
         if problems.is_empty() {
             Ok(cfg)
         } else {

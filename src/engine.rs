@@ -3,6 +3,9 @@
 //! One decision reads top to bottom in [`Engine::track_at`]: validate → store lookup (a repeat returns here) →
 //! rules → resolve → record → respond.
 
+// Without feature `redis` the store has one variant, and the matches that pick it cannot fail.
+#![cfg_attr(not(feature = "redis"), allow(clippy::infallible_destructuring_match))]
+
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,8 +22,12 @@ use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
+use crate::state::Backend;
 use crate::stats::{self, Stats};
 use crate::store::{Decided, Found, Ident, Slot, Store};
+#[cfg(feature = "redis")]
+use crate::store_settings::OnStoreError;
+use crate::store_settings::{StoreBackend, StoreSettings};
 use crate::time::EpochMs;
 use crate::token;
 use crate::{ActionRecord, InvalidTokenReason, State, TrackResponse, ValidateChallengeResponse};
@@ -69,7 +76,10 @@ pub struct Engine {
 
 struct Shared {
     ruleset: ArcSwap<Loaded>,
-    store: Store,
+    /// Where actions are kept (the state-store seam, `state/mod.rs`).
+    state: Backend,
+    /// The store's settings, fixed when the engine was built.
+    store_settings: StoreSettings,
     /// The secret of this engine's request fingerprints (see `TrackRequest::fingerprint`).
     fingerprint_key: FingerprintKey,
     /// What signals remember of past actions; kept across ruleset swaps.
@@ -119,7 +129,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("rules", &self.shared.ruleset.load().rules.len())
-            .field("stored_actions", &self.shared.store.len())
+            .field("stored_actions", &self.stored_actions())
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +172,7 @@ pub struct EngineBuilder {
     clock: Option<Arc<dyn Clock>>,
     overrides: Overrides,
     sandbox_limits: Option<SandboxLimits>,
+    store: Option<StoreSettings>,
     /// Whether the ruleset was loaded by [`EngineBuilder::rules_dir`] (and so can be loaded again with other
     /// limits), and under which limits.
     loaded_here: Option<Option<SandboxLimits>>,
@@ -253,6 +264,24 @@ impl EngineBuilder {
         self
     }
 
+    /// `[store]` of the ruleset given so far (the in-memory store's settings without one), for a caller that
+    /// changes part of it (as `--store` does) before [`store`](EngineBuilder::store).
+    pub fn ruleset_store_settings(&self) -> StoreSettings {
+        self.ruleset
+            .as_ref()
+            .map(|r| r.store_settings().clone())
+            .unwrap_or_default()
+    }
+
+    /// Where the engine keeps actions, tokens and signal history (`[store]` in `riskgate.toml`; the default
+    /// is in memory). With [`StoreSettings::redis`] (feature `redis`) every engine on the same Redis, in this
+    /// process or others, shares one view: see the README's "Running several instances". Set in code, it wins
+    /// over the file; the store is chosen once, at [`build`](EngineBuilder::build), which connects to it.
+    pub fn store(mut self, settings: StoreSettings) -> Self {
+        self.store = Some(settings);
+        self
+    }
+
     /// Uses `clock` for the current time (the default is [`SystemClock`]); see [`FakeClock`](crate::FakeClock)
     /// for tests.
     pub fn clock(mut self, clock: impl Clock) -> Self {
@@ -281,12 +310,41 @@ impl EngineBuilder {
         let loaded = Loaded::new(ruleset.inner, &self.overrides);
         // Every key is drawn once, here: a broken random source fails the build, never weakens the keys.
         let keys = EngineKeys::draw().map_err(|_| LoadError::RandomSource)?;
-        let store = Store::new(loaded.config.capacity, keys.buckets);
+        let store_settings = self
+            .store
+            .clone()
+            .unwrap_or_else(|| loaded.config.store.clone());
+        store_settings
+            .check()
+            .map_err(|(setting, reason)| LoadError::InvalidSetting { setting, reason })?;
+        let (state, keys) = match store_settings.backend {
+            StoreBackend::Memory => (
+                Backend::Memory(Store::new(loaded.config.capacity, keys.buckets)),
+                keys,
+            ),
+            #[cfg(feature = "redis")]
+            StoreBackend::Redis => {
+                let (r, keys) = crate::state::redis::RedisStore::connect(
+                    &store_settings,
+                    keys,
+                    loaded.signals.limits,
+                )
+                .map_err(|e| LoadError::Store(e.0))?;
+                (Backend::Redis(Box::new(r)), keys)
+            }
+            #[cfg(not(feature = "redis"))]
+            StoreBackend::Redis => {
+                return Err(LoadError::Store(
+                    "`backend = \"redis\"` needs riskgate built with feature `redis`".to_owned(),
+                ))
+            }
+        };
         let history = Arc::new(History::new(loaded.signals.limits, keys));
         Ok(Engine {
             shared: Arc::new(Shared {
                 ruleset: ArcSwap::from_pointee(loaded),
-                store,
+                state,
+                store_settings,
                 fingerprint_key: keys.fingerprint,
                 history,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
@@ -336,8 +394,22 @@ impl Engine {
             format!("{now_ms} ms since the epoch")
         })?);
         let rs = self.shared.ruleset.load();
+        match &self.shared.state {
+            Backend::Memory(store) => self.track_memory(store, &rs, req, now),
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => self.track_remote(r, &rs, req, now),
+        }
+    }
+
+    /// `track_at` on the in-memory store.
+    fn track_memory(
+        &self,
+        store: &Store,
+        rs: &Loaded,
+        req: &TrackRequest,
+        now: EpochMs,
+    ) -> Result<TrackResponse, TrackError> {
         let cfg = &rs.config;
-        let store = &self.shared.store;
         // The identity, hashed once: by the repeat fast path when the request has a key.
         let mut known = None;
         // The repeat fast path. A stored action with this identity and this fingerprint was tracked with the same
@@ -385,12 +457,46 @@ impl Engine {
         };
         let decided = slot
             .decided
-            .get_or_init(|| self.decide(&rs, req, now, &slot));
+            .get_or_init(|| self.decide(store, rs, req, now, &slot));
         answer(store, &slot, decided)
     }
 
     /// Runs the rules for a new action and fixes its first decision.
-    fn decide(&self, rs: &Loaded, req: &TrackRequest, now: EpochMs, slot: &Arc<Slot>) -> Decided {
+    fn decide(
+        &self,
+        store: &Store,
+        rs: &Loaded,
+        req: &TrackRequest,
+        now: EpochMs,
+        slot: &Arc<Slot>,
+    ) -> Decided {
+        let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
+        let (decision, footprint) = self.evaluate(rs, req, ctx);
+        slot.init_state(decision.state);
+        let (token, url) = challenge(rs, req, decision.state);
+        if let Some(t) = &token {
+            store.register_token(t, slot);
+        }
+        Decided::new(
+            decision,
+            token,
+            token::expires_at(now, rs.config.token_ttl),
+            url,
+            footprint,
+        )
+    }
+
+    /// Evaluates the rules for a new action on `ctx`, resolves them, counts the decision and records the action
+    /// in history.
+    // Inlined into both callers so the context is built in place, not moved (measured: the in-memory first
+    // decision costs the same instructions as before the store seam).
+    #[inline(always)]
+    fn evaluate(
+        &self,
+        rs: &Loaded,
+        req: &TrackRequest,
+        ctx: DecisionCtx,
+    ) -> (decide::Decision, signals::Footprint) {
         self.shared.decisions.incr();
         let idx = rs.rules_for(&req.action);
         // No user, IP, device, key or token in the span: only what the action is and what it decided.
@@ -399,8 +505,7 @@ impl Engine {
             tracing::debug_span!("riskgate.decide", action = %req.action, rules = idx.len())
                 .entered();
         let started = std::time::Instant::now();
-        let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
-        let (decision, footprint) = rules::binding::with_decision(ctx, |ctx| {
+        rules::binding::with_decision(ctx, |ctx| {
             let mut results = Vec::with_capacity(idx.len());
             sandbox::evaluate(
                 &rs.engine,
@@ -427,30 +532,7 @@ impl Engine {
             );
             let footprint = ctx.record(decision.state);
             (decision, footprint)
-        });
-        slot.init_state(decision.state);
-        // A failed random source leaves a challenge without a token, which `answer` turns into an error.
-        let token = (decision.state == State::ChallengeRequired)
-            .then(token::new_token)
-            .and_then(Result::ok);
-        let url = match (&token, &rs.config.challenge_url) {
-            (Some(t), Some(base)) => Some(challenge_url(
-                base,
-                t,
-                req.attributes.redirect_url.as_deref(),
-            )),
-            _ => None,
-        };
-        if let Some(t) = &token {
-            self.shared.store.register_token(t, slot);
-        }
-        Decided::new(
-            decision,
-            token,
-            token::expires_at(now, rs.config.token_ttl),
-            url,
-            footprint,
-        )
+        })
     }
 
     /// Explains what [`track`](Engine::track) would decide for `req` now (on the engine's clock). See
@@ -587,8 +669,19 @@ impl Engine {
     ) -> Option<ActionRecord> {
         let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
         let ttl = self.shared.ruleset.load().config.idempotency_ttl;
-        let guard = self.shared.store.guard();
-        let slot = self.shared.store.get(
+        let store = match &self.shared.state {
+            Backend::Memory(store) => store,
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => {
+                return r
+                    .get(user_id, action, idempotency_key, now.ms(), ttl.ms())
+                    .ok()
+                    .flatten()
+                    .map(|s| s.record())
+            }
+        };
+        let guard = store.guard();
+        let slot = store.get(
             &guard,
             &Ident::new(user_id, action, idempotency_key),
             now,
@@ -617,10 +710,15 @@ impl Engine {
             action: action.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
         };
-        let guard = self.shared.store.guard();
-        let slot = self
-            .shared
-            .store
+        let store = match &self.shared.state {
+            Backend::Memory(store) => store,
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => {
+                return self.update_remote(r, user_id, action, idempotency_key, new_state, now)
+            }
+        };
+        let guard = store.guard();
+        let slot = store
             .get(
                 &guard,
                 &Ident::new(user_id, action, idempotency_key),
@@ -649,7 +747,8 @@ impl Engine {
         ) {
             let rs = self.shared.ruleset.load();
             if let Some(footprint) = decided.footprint() {
-                signals::make_known(&self.shared.history, &rs.signals, footprint);
+                let history = signals::View::Local(Arc::clone(&self.shared.history));
+                signals::make_known(&history, &rs.signals, footprint);
             }
         }
         Ok(record(slot, decided))
@@ -671,7 +770,12 @@ impl Engine {
         if token.is_empty() || token.len() > token::MAX_TOKEN_BYTES {
             return invalid(InvalidTokenReason::UnknownToken);
         }
-        let Some(slot) = self.shared.store.by_token(token, now, ttl) else {
+        let store = match &self.shared.state {
+            Backend::Memory(store) => store,
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => return remote_validate(r, token, now, ttl),
+        };
+        let Some(slot) = store.by_token(token, now, ttl) else {
             return invalid(InvalidTokenReason::UnknownToken);
         };
         let Some(decided) = slot.decided.get() else {
@@ -706,7 +810,11 @@ impl Engine {
     /// are the set's own.
     pub fn swap_ruleset(&self, ruleset: RuleSet) {
         let loaded = Loaded::new(ruleset.inner, &self.shared.overrides);
-        self.shared.store.set_capacity(loaded.config.capacity);
+        match &self.shared.state {
+            Backend::Memory(store) => store.set_capacity(loaded.config.capacity),
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => {}
+        }
         self.shared.history.set_limits(loaded.signals.limits);
         let old = self.shared.ruleset.swap(Arc::new(loaded));
         self.shared.stats.retire(Arc::clone(&old.counters));
@@ -807,9 +915,14 @@ impl Engine {
         }
     }
 
-    /// How many actions the store holds now (expired ones may still count until they are evicted).
+    /// How many actions the store holds now (expired ones may still count until they are evicted). On a remote
+    /// store this scans it (for tests and diagnostics: it costs a round trip per thousand keys).
     pub fn stored_actions(&self) -> usize {
-        self.shared.store.len()
+        match &self.shared.state {
+            Backend::Memory(store) => store.len(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => r.count_actions().unwrap_or(0),
+        }
     }
 
     /// How many times this engine has evaluated the rules: once per new action. Repeats (idempotent calls,
@@ -859,6 +972,392 @@ impl Engine {
     }
 }
 
+/// Calls that may wait on a remote store, for async callers.
+///
+/// With the in-memory store every call is a few microseconds of CPU and these simply run it. With a remote
+/// store (`[store] backend = "redis"`) a call waits on one or two round trips (and, for an identity another
+/// instance is deciding, up to `[store] lease`): these run it on tokio's blocking pool, so a web handler never
+/// blocks its runtime's worker threads. Use them from async code (they need a tokio runtime with a remote
+/// store); use the sync calls from threads.
+///
+/// ```
+/// use riskgate::{Engine, RuleSet, State, TrackRequest};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let engine = Engine::builder().ruleset(RuleSet::from_sources([("r", "REVIEW")])?).build()?;
+/// let req = TrackRequest::new("u1", "signIn").idempotency_key("k1");
+/// let resp = futures_lite_block_on(engine.track_async(&req))?;
+/// assert_eq!(resp.state, State::Review);
+/// # Ok(()) }
+/// # fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     let waker = std::task::Waker::noop();
+/// #     let mut cx = std::task::Context::from_waker(&waker);
+/// #     let mut f = std::pin::pin!(f);
+/// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+/// # }
+/// ```
+impl Engine {
+    /// [`track`](Engine::track), without blocking an async runtime on a remote store.
+    pub async fn track_async(&self, req: &TrackRequest) -> Result<TrackResponse, TrackError> {
+        #[cfg(feature = "redis")]
+        if let Backend::Redis(_) = &self.shared.state {
+            let (engine, req) = (self.clone(), req.clone());
+            return blocking(move || engine.track(&req))
+                .await
+                .unwrap_or_else(|e| Err(TrackError::Store(e)));
+        }
+        self.track(req)
+    }
+
+    /// [`get_action`](Engine::get_action), without blocking an async runtime on a remote store.
+    pub async fn get_action_async(
+        &self,
+        user_id: &str,
+        action: &str,
+        idempotency_key: &str,
+    ) -> Option<ActionRecord> {
+        #[cfg(feature = "redis")]
+        if let Backend::Redis(_) = &self.shared.state {
+            let engine = self.clone();
+            let (u, a, k) = (
+                user_id.to_owned(),
+                action.to_owned(),
+                idempotency_key.to_owned(),
+            );
+            return blocking(move || engine.get_action(&u, &a, &k))
+                .await
+                .ok()
+                .flatten();
+        }
+        self.get_action(user_id, action, idempotency_key)
+    }
+
+    /// [`update_action`](Engine::update_action), without blocking an async runtime on a remote store.
+    pub async fn update_action_async(
+        &self,
+        user_id: &str,
+        action: &str,
+        idempotency_key: &str,
+        new_state: State,
+    ) -> Result<ActionRecord, TrackError> {
+        #[cfg(feature = "redis")]
+        if let Backend::Redis(_) = &self.shared.state {
+            let engine = self.clone();
+            let (u, a, k) = (
+                user_id.to_owned(),
+                action.to_owned(),
+                idempotency_key.to_owned(),
+            );
+            return blocking(move || engine.update_action(&u, &a, &k, new_state))
+                .await
+                .unwrap_or_else(|e| Err(TrackError::Store(e)));
+        }
+        self.update_action(user_id, action, idempotency_key, new_state)
+    }
+
+    /// [`validate_challenge`](Engine::validate_challenge), without blocking an async runtime on a remote store.
+    pub async fn validate_challenge_async(&self, token: &str) -> ValidateChallengeResponse {
+        #[cfg(feature = "redis")]
+        if let Backend::Redis(_) = &self.shared.state {
+            let engine = self.clone();
+            let t = token.to_owned();
+            return blocking(move || engine.validate_challenge(&t))
+                .await
+                .unwrap_or_else(|_| store_unavailable());
+        }
+        self.validate_challenge(token)
+    }
+
+    /// Round trips this engine has made to its remote store (0 in memory): what each call costs, measured.
+    pub fn store_round_trips(&self) -> u64 {
+        match &self.shared.state {
+            Backend::Memory(_) => 0,
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => r.round_trips(),
+        }
+    }
+
+    /// The store's settings, as the engine was built with them.
+    pub fn store_settings(&self) -> &StoreSettings {
+        &self.shared.store_settings
+    }
+}
+
+/// Runs `f` on tokio's blocking pool; the error says why it did not finish.
+#[cfg(feature = "redis")]
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("the blocking call failed: {e}"))
+}
+
+#[cfg(feature = "redis")]
+fn store_unavailable() -> ValidateChallengeResponse {
+    ValidateChallengeResponse {
+        is_valid: false,
+        state: None,
+        user_id: None,
+        action: None,
+        idempotency_key: None,
+        reason: Some(InvalidTokenReason::StoreUnavailable),
+    }
+}
+
+/// `validate_challenge` on a remote store.
+#[cfg(feature = "redis")]
+fn remote_validate(
+    r: &crate::state::redis::RedisStore,
+    token: &str,
+    now: EpochMs,
+    ttl: crate::time::DurationMs,
+) -> ValidateChallengeResponse {
+    use crate::state::redis::Checked;
+    match r.validate(token, now.ms(), ttl.ms()) {
+        Err(_) => store_unavailable(),
+        Ok(Checked::Unknown) => ValidateChallengeResponse {
+            reason: Some(InvalidTokenReason::UnknownToken),
+            ..store_unavailable()
+        },
+        Ok(Checked::Found {
+            reason,
+            user_id,
+            action,
+            key,
+            state,
+        }) => ValidateChallengeResponse {
+            is_valid: reason.is_none(),
+            state: Some(state),
+            user_id: Some(user_id),
+            action: Some(action),
+            idempotency_key: Some(key),
+            reason,
+        },
+    }
+}
+
+/// The first decision on a remote store: claim and read (round trip 1), rules, commit and write (round
+/// trip 2); a repeat is answered by round trip 1.
+#[cfg(feature = "redis")]
+impl Engine {
+    fn track_remote(
+        &self,
+        r: &crate::state::redis::RedisStore,
+        rs: &Loaded,
+        req: &TrackRequest,
+        now: EpochMs,
+    ) -> Result<TrackResponse, TrackError> {
+        req.validate()?;
+        rs.config.custom.check(&req.attributes.custom)?;
+        let generated;
+        let key = match &req.attributes.idempotency_key {
+            Some(k) => k.as_str(),
+            None => {
+                generated = uuid::Uuid::new_v4().to_string();
+                generated.as_str()
+            }
+        };
+        match self.decide_remote(r, rs, req, key, now) {
+            Ok(answer) => answer,
+            Err(e) => match self.shared.store_settings.on_store_error {
+                OnStoreError::Error => Err(TrackError::Store(e.0)),
+                OnStoreError::Outcome(state) => {
+                    let mut resp = TrackResponse::new(state, key);
+                    resp.store_error = Some(e.0);
+                    Ok(resp)
+                }
+            },
+        }
+    }
+
+    fn decide_remote(
+        &self,
+        r: &crate::state::redis::RedisStore,
+        rs: &Loaded,
+        req: &TrackRequest,
+        key: &str,
+        now: EpochMs,
+    ) -> Result<Result<TrackResponse, TrackError>, crate::state::StoreError> {
+        use crate::state::record;
+        use crate::state::redis::{Claim, ClaimReq};
+        use crate::state::StoreError;
+        let cfg = &rs.config;
+        let limits = rs.signals.limits;
+        let fingerprint = req.fingerprint(&self.shared.fingerprint_key);
+        let conflict = || {
+            Ok(Err(TrackError::IdempotencyConflict {
+                user_id: req.user_id.clone(),
+                action: req.action.clone(),
+                idempotency_key: key.to_owned(),
+            }))
+        };
+        let snapshot = Arc::new(signals::view::Snapshot::new(
+            Arc::clone(r.hasher()),
+            limits.known_for_ms,
+        ));
+        let ctx = DecisionCtx::with_view(
+            signals::View::Snapshot(Arc::clone(&snapshot)),
+            &rs.signals,
+            req,
+            now,
+        );
+        // `rba_score()` reads the population's counts of this action's values: they are asked for with the claim.
+        let rba: Vec<u64> = if rs.signals.uses_rba {
+            signals::rba::features(&ctx).present().collect()
+        } else {
+            Vec::new()
+        };
+        let keys = ctx.keys;
+        let mut ctx = Some(ctx);
+        let ttl_ms = cfg.idempotency_ttl.ms();
+        // A claim that vanishes while waited on (its claimer died and its lease ran out) is claimed again; a
+        // few times at most, each bounded by the lease.
+        for _ in 0..4 {
+            let claim = r.claim(&ClaimReq {
+                user_id: &req.user_id,
+                action: &req.action,
+                key,
+                fingerprint,
+                now: now.ms(),
+                ttl_ms,
+                keys: &keys,
+                horizon_ms: rs.signals.horizon_ms,
+                windowed: rs.signals.windowed,
+                known_for_ms: limits.known_for_ms,
+                rba: &rba,
+            })?;
+            let replay = cfg.on_conflict == OnConflict::Replay;
+            match claim {
+                Claim::Conflict => return conflict(),
+                Claim::Decided(s) => {
+                    if s.fingerprint != fingerprint && !replay {
+                        return conflict();
+                    }
+                    return Ok(Ok(s.response()));
+                }
+                Claim::Pending(fp) => {
+                    if fp != fingerprint && !replay {
+                        return conflict();
+                    }
+                    if let Some(s) = r.wait(&req.user_id, &req.action, key, now.ms(), ttl_ms)? {
+                        return Ok(Ok(s.response()));
+                    }
+                }
+                Claim::Claimed(ticket, fetched) => {
+                    let Some(ctx) = ctx.take() else {
+                        return Err(StoreError("claimed twice".to_owned()));
+                    };
+                    snapshot.fill(*fetched);
+                    let (decision, footprint) = self.evaluate(rs, req, ctx);
+                    let (token, url) = challenge(rs, req, decision.state);
+                    if decision.state == State::ChallengeRequired && token.is_none() {
+                        r.release(&ticket)?;
+                        return Ok(Err(TrackError::RandomSource));
+                    }
+                    let decided = record::Decided::new(
+                        decision,
+                        token,
+                        token::expires_at(now, cfg.token_ttl).ms(),
+                        url,
+                        &footprint,
+                    );
+                    let writes = snapshot.take_writes();
+                    let committed = r.commit(
+                        &ticket,
+                        &decided,
+                        now.ms(),
+                        ttl_ms,
+                        cfg.token_ttl.ms(),
+                        &writes,
+                        &limits,
+                    )?;
+                    if committed {
+                        let stored = record::Stored {
+                            user_id: req.user_id.clone(),
+                            action: req.action.clone(),
+                            key: key.to_owned(),
+                            fingerprint,
+                            created: now.ms(),
+                            state: decided.outcome,
+                            state_updated: now.ms(),
+                            decided,
+                        };
+                        return Ok(Ok(stored.response()));
+                    }
+                    // The lease ran out before the commit: another caller may have decided; theirs stands.
+                    return match r.wait(&req.user_id, &req.action, key, now.ms(), ttl_ms)? {
+                        Some(s) => Ok(Ok(s.response())),
+                        None => Err(StoreError(
+                            "the decision outlasted `[store] lease` and was not stored".to_owned(),
+                        )),
+                    };
+                }
+            }
+        }
+        Err(StoreError(
+            "the identity was claimed and abandoned repeatedly".to_owned(),
+        ))
+    }
+
+    fn update_remote(
+        &self,
+        r: &crate::state::redis::RedisStore,
+        user_id: &str,
+        action: &str,
+        idempotency_key: &str,
+        new_state: State,
+        now: EpochMs,
+    ) -> Result<ActionRecord, TrackError> {
+        use crate::state::redis::Update;
+        let rs = self.shared.ruleset.load();
+        let ttl = rs.config.idempotency_ttl;
+        let moved = r
+            .update(
+                user_id,
+                action,
+                idempotency_key,
+                new_state,
+                now.ms(),
+                ttl.ms(),
+            )
+            .map_err(|e| TrackError::Store(e.0))?;
+        let s = match moved {
+            Update::Missing => {
+                return Err(TrackError::ActionNotFound {
+                    user_id: user_id.to_owned(),
+                    action: action.to_owned(),
+                    idempotency_key: idempotency_key.to_owned(),
+                })
+            }
+            Update::Refused(s) => {
+                return Err(TrackError::InvalidTransition {
+                    from: s.state,
+                    to: new_state,
+                    allowed: s.state.allowed_moves(),
+                })
+            }
+            Update::Moved(s) => s,
+        };
+        if matches!(
+            new_state,
+            State::ChallengeSucceeded | State::ReviewSucceeded
+        ) {
+            if let Some(fp) = &s.decided.footprint {
+                let limits = rs.signals.limits;
+                let snapshot = Arc::new(signals::view::Snapshot::new(
+                    Arc::clone(r.hasher()),
+                    limits.known_for_ms,
+                ));
+                let view = signals::View::Snapshot(Arc::clone(&snapshot));
+                signals::make_known(&view, &rs.signals, &fp.footprint());
+                if let Some(k) = snapshot.take_writes().known {
+                    r.know(&k, &limits).map_err(|e| TrackError::Store(e.0))?;
+                }
+            }
+        }
+        Ok(s.record())
+    }
+}
+
 /// Loads the rules folder `dir`, under `limits` when given.
 fn load_dir(dir: &std::path::Path, limits: Option<SandboxLimits>) -> Result<RuleSet, LoadError> {
     match limits {
@@ -893,6 +1392,7 @@ fn respond(slot: &Slot, d: &Decided) -> TrackResponse {
         priority_rule_id: d.priority_rule_id().cloned(),
         shadow_rule_ids: d.shadow_rule_ids().to_vec(),
         errors: d.errors().to_vec(),
+        store_error: None,
     }
 }
 
@@ -908,6 +1408,23 @@ fn record(slot: &Slot, d: &Decided) -> ActionRecord {
         created_at: crate::clock::from_millis(slot.created.ms()),
         state_updated_at: crate::clock::from_millis(slot.state_updated().ms()),
     }
+}
+
+/// The token (and challenge url) of a decision in `state`. A failed random source leaves a challenge without a
+/// token, which the caller turns into an error.
+fn challenge(rs: &Loaded, req: &TrackRequest, state: State) -> (Option<String>, Option<String>) {
+    let token = (state == State::ChallengeRequired)
+        .then(token::new_token)
+        .and_then(Result::ok);
+    let url = match (&token, &rs.config.challenge_url) {
+        (Some(t), Some(base)) => Some(challenge_url(
+            base,
+            t,
+            req.attributes.redirect_url.as_deref(),
+        )),
+        _ => None,
+    };
+    (token, url)
 }
 
 /// `base` with `token` (and `redirectUrl`) added as query parameters.

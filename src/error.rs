@@ -79,6 +79,11 @@ pub enum TrackError {
     /// signals.) On a working system this does not happen; if it does, the host's entropy source is broken.
     #[error("cannot make a challenge token: the operating system's random source failed")]
     RandomSource,
+    /// The remote state store (`[store] backend = "redis"`) failed: unreachable, timed out or refused (code
+    /// `store_unavailable`). Returned only with `[store] on_store_error = "error"`; otherwise `track` answers
+    /// the configured outcome with [`TrackResponse::store_error`](crate::TrackResponse::store_error) set.
+    #[error("the state store failed: {0}")]
+    Store(String),
 }
 
 struct DisplayMoves(&'static [crate::State]);
@@ -101,7 +106,7 @@ impl fmt::Display for DisplayMoves {
 
 impl TrackError {
     /// The stable error code: `invalid_json`, `invalid_request`, `idempotency_conflict`, `action_not_found`,
-    /// `invalid_transition` or `random_source`.
+    /// `invalid_transition`, `random_source` or `store_unavailable`.
     pub fn code(&self) -> &'static str {
         match self {
             TrackError::InvalidJson(_) => "invalid_json",
@@ -110,6 +115,7 @@ impl TrackError {
             TrackError::ActionNotFound { .. } => "action_not_found",
             TrackError::InvalidTransition { .. } => "invalid_transition",
             TrackError::RandomSource => "random_source",
+            TrackError::Store(_) => "store_unavailable",
         }
     }
 
@@ -122,6 +128,7 @@ impl TrackError {
     /// | `action_not_found` | 404 Not Found |
     /// | `invalid_transition` | 409 Conflict: the request is well-formed, but the action's current state does not allow it (it may have been resolved by someone else) |
     /// | `random_source` | 503 Service Unavailable: the server cannot make tokens now; a retry may succeed |
+    /// | `store_unavailable` | 503 Service Unavailable: the state store failed; a retry may succeed |
     ///
     /// ```
     /// let e = riskgate::TrackRequest::from_json("{").unwrap_err();
@@ -132,7 +139,7 @@ impl TrackError {
             TrackError::InvalidJson(_) | TrackError::InvalidRequest { .. } => 400,
             TrackError::IdempotencyConflict { .. } | TrackError::InvalidTransition { .. } => 409,
             TrackError::ActionNotFound { .. } => 404,
-            TrackError::RandomSource => 503,
+            TrackError::RandomSource | TrackError::Store(_) => 503,
         }
     }
 
@@ -317,6 +324,10 @@ pub enum LoadError {
     /// An engine never runs with fixed or guessable keys in their place.
     #[error("the operating system's random source failed: cannot draw the engine's secret keys")]
     RandomSource,
+    /// The engine's state store (`[store]`) could not be set up: feature `redis` is not built, or the store
+    /// could not be reached when the engine was built.
+    #[error("the state store: {0}")]
+    Store(String),
 }
 
 impl LoadError {

@@ -201,6 +201,30 @@ impl EngineKeys {
     }
 }
 
+#[cfg(feature = "redis")]
+impl EngineKeys {
+    /// The keys every engine sharing one state store must agree on (the fingerprint key and the history seed),
+    /// as bytes for the store to keep.
+    pub fn shared_bytes(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[..16].copy_from_slice(&self.fingerprint.0);
+        b[16..].copy_from_slice(&self.history.0.to_le_bytes());
+        b
+    }
+
+    /// These keys with the shared ones replaced by `bytes` (from [`EngineKeys::shared_bytes`] of the first
+    /// engine on the store); the bucket keys stay this engine's own.
+    pub fn with_shared(mut self, bytes: &[u8; 24]) -> Self {
+        let mut f = [0u8; 16];
+        f.copy_from_slice(&bytes[..16]);
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&bytes[16..]);
+        self.fingerprint = FingerprintKey(f);
+        self.history = Seeded(u64::from_le_bytes(h));
+        self
+    }
+}
+
 #[cfg(test)]
 thread_local! {
     /// Makes [`fill_random`] fail on this thread, as a broken random source would.

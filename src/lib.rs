@@ -28,8 +28,10 @@ pub mod server;
 mod server_settings;
 mod settings;
 mod signals;
+mod state;
 mod stats;
 mod store;
+mod store_settings;
 mod time;
 mod token;
 
@@ -56,6 +58,7 @@ pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use server_settings::{LogFormat, ServerSettings};
 pub use settings::SandboxLimits;
 pub use stats::{DecisionCounts, RuleStats, Stats};
+pub use store_settings::{OnStoreError, StoreBackend, StoreSettings};
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
 

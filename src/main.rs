@@ -67,6 +67,10 @@ enum Command {
         /// and friction per threshold. Thresholds are comma-separated (default 0.01,0.03,…,100).
         #[arg(long, value_name = "T,T,…", num_args = 0..=1, default_missing_value = "", value_delimiter = ',')]
         rba_sweep: Option<Vec<String>>,
+        /// Keep actions and history on this store: `redis://host:port`, `redis+cluster://host:port,…` or
+        /// `memory` (default: `[store]` in riskgate.toml).
+        #[arg(long, value_name = "URL", conflicts_with_all = ["compare", "rba_sweep"])]
+        store: Option<String>,
         /// Backtest: replay the log through this second rules folder too, each on its own engine, and print
         /// the decisions that changed (grouped by old → new state, with examples), the per-rule hits side by
         /// side and, on a labelled log, each side's catch rate, friction and confusion matrix, instead of the
@@ -150,6 +154,10 @@ enum Command {
         /// Run every rule in Rhai's interpreter (no native compilation), for comparison.
         #[arg(long)]
         interpret: bool,
+        /// Decide on this store (`redis://host:port`, `redis+cluster://…`); each round uses a key prefix of its
+        /// own, so every round sees the same history.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Serve the rules over HTTP as the Authsignal server API (track, get/update action, validate challenge),
     /// for Authsignal's official SDKs. The API secret comes from `--secret-file` or `RISKGATE_SECRET`.
@@ -164,6 +172,10 @@ enum Command {
         /// A file holding the API secret (otherwise `RISKGATE_SECRET` is read).
         #[arg(long)]
         secret_file: Option<PathBuf>,
+        /// Keep actions and history on this store (`redis://host:port`, `redis+cluster://…`), shared with every
+        /// other instance on it (default: `[store]` in riskgate.toml).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
 }
 
@@ -285,6 +297,7 @@ fn main() -> ExitCode {
             redact_tokens,
             token_seed,
             trace,
+            store,
         } => {
             let tokens = match (redact_tokens, token_seed) {
                 (_, Some(seed)) => riskgate::replay::Tokens::Seeded(seed),
@@ -324,6 +337,7 @@ fn main() -> ExitCode {
                     tokens,
                     report,
                     trace,
+                    store,
                 },
             )
         }
@@ -342,6 +356,7 @@ fn main() -> ExitCode {
             calls,
             seconds,
             interpret,
+            store,
         } => {
             let Ok(min_time) = std::time::Duration::try_from_secs_f64(seconds) else {
                 eprintln!("error: `--seconds {seconds}` must be a number of seconds, 0 or more");
@@ -351,6 +366,7 @@ fn main() -> ExitCode {
                 min_calls: calls,
                 min_time,
                 interpret,
+                store,
             };
             let events = match events {
                 Some(path) => cli::bench::Events::Log(path),
@@ -366,10 +382,12 @@ fn main() -> ExitCode {
             rules,
             listen,
             secret_file,
+            store,
         } => cli::serve::run(&cli::serve::Options {
             rules,
             listen,
             secret_file,
+            store,
         }),
     }
 }

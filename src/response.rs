@@ -340,6 +340,10 @@ pub struct TrackResponse {
     /// Rules that failed while deciding.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<RuleError>,
+    /// Set when the remote state store failed and `state` is `[store] on_store_error`'s outcome, not a
+    /// decision: the action was not stored (a retry decides again) and no rule ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 impl fmt::Debug for TrackResponse {
@@ -354,6 +358,7 @@ impl fmt::Debug for TrackResponse {
             .field("priority_rule_id", &self.priority_rule_id)
             .field("shadow_rule_ids", &self.shadow_rule_ids)
             .field("errors", &self.errors)
+            .field("store_error", &self.store_error)
             .finish()
     }
 }
@@ -434,6 +439,7 @@ impl TrackResponse {
             priority_rule_id: None,
             shadow_rule_ids: Vec::new(),
             errors: Vec::new(),
+            store_error: None,
         }
     }
 
@@ -555,6 +561,8 @@ pub enum InvalidTokenReason {
     NotSucceeded,
     /// The token was validated before: a token is valid once.
     AlreadyUsed,
+    /// The remote state store failed, so the token could not be checked (nor used up): a retry may succeed.
+    StoreUnavailable,
 }
 
 impl InvalidTokenReason {
@@ -565,6 +573,7 @@ impl InvalidTokenReason {
             InvalidTokenReason::Expired => "expired",
             InvalidTokenReason::NotSucceeded => "not_succeeded",
             InvalidTokenReason::AlreadyUsed => "already_used",
+            InvalidTokenReason::StoreUnavailable => "store_unavailable",
         }
     }
 }

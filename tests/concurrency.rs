@@ -3,6 +3,8 @@
 //! threads race on it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use riskgate::{Engine, FakeClock, RuleSet, State, TrackError, TrackRequest};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -77,7 +79,7 @@ fn trackers_updaters_and_swappers_at_once() {
 }
 
 fn run_stress() {
-    let engine = Engine::builder()
+    let engine = common::with_test_store(Engine::builder())
         .ruleset(generation("gen-a"))
         .clock(FakeClock::at(at()))
         .build()
@@ -274,7 +276,7 @@ fn run_stress() {
 #[test]
 fn many_threads_on_one_identity_decide_once() {
     within_watchdog(|| {
-        let engine = Engine::builder()
+        let engine = common::with_test_store(Engine::builder())
             .ruleset(generation("gen-a"))
             .clock(FakeClock::at(at()))
             .build()

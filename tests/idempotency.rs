@@ -2,6 +2,8 @@
 //! and memory, and concurrent first calls decide once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use riskgate::{Engine, FakeClock, RuleSet, State, TrackError, TrackRequest, TrackResponse};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -22,7 +24,7 @@ fn engine_with(config: &str, clock: &FakeClock) -> Engine {
         .config_toml(config)
         .build()
         .unwrap();
-    Engine::builder()
+    common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(clock.clone())
         .build()
@@ -244,6 +246,11 @@ fn the_default_ttl_is_a_day() {
 
 #[test]
 fn expired_actions_are_evicted_as_new_ones_arrive() {
+    // The in-memory store's own bound (capacity, eviction on insert, process memory): on Redis, actions and
+    // history are bounded by native expiry instead (tests/redis_store.rs).
+    if !common::in_memory() {
+        return;
+    }
     let clock = FakeClock::default();
     let e = engine_with("[idempotency]\nttl = \"10m\"", &clock);
     for i in 0..50 {
@@ -269,6 +276,11 @@ fn clock_now(clock: &FakeClock) -> std::time::SystemTime {
 
 #[test]
 fn the_store_keeps_the_newest_actions_up_to_its_capacity() {
+    // The in-memory store's own bound (capacity, eviction on insert, process memory): on Redis, actions and
+    // history are bounded by native expiry instead (tests/redis_store.rs).
+    if !common::in_memory() {
+        return;
+    }
     let clock = FakeClock::default();
     let e = engine_with("[idempotency]\ncapacity = 100", &clock);
     for i in 0..1_000 {
@@ -303,6 +315,11 @@ fn live_bytes() -> i64 {
 
 #[test]
 fn memory_stays_flat_under_a_flood_of_unique_keys() {
+    // The in-memory store's own bound (capacity, eviction on insert, process memory): on Redis, actions and
+    // history are bounded by native expiry instead (tests/redis_store.rs).
+    if !common::in_memory() {
+        return;
+    }
     const CAPACITY: usize = 5_000;
     let clock = FakeClock::default();
     // Every action draws a challenge, so every stored action also holds a token and its index entry.
@@ -313,7 +330,7 @@ fn memory_stays_flat_under_a_flood_of_unique_keys() {
         ))
         .build()
         .unwrap();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(clock.clone())
         .build()
@@ -376,7 +393,7 @@ fn concurrent_first_calls_with_one_identity_decide_once() {
         .config_toml("[limits]\ntime_limit = \"10s\"\nmax_operations = 1000000")
         .build()
         .unwrap();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(clock.clone())
         .build()
@@ -483,7 +500,10 @@ fn forged_pair() -> (TrackRequest, TrackRequest) {
 fn a_crafted_fingerprint_collision_is_still_a_conflict() {
     let rules = || RuleSet::from_sources([("big", "if custom.amount > 1000.0 { BLOCK }")]).unwrap();
     let (small, big) = forged_pair();
-    let e = Engine::builder().ruleset(rules()).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules())
+        .build()
+        .unwrap();
     assert_eq!(e.track(&small).unwrap().state, State::Allow);
     let err = e.track(&big).unwrap_err();
     assert_eq!(
@@ -496,7 +516,10 @@ fn a_crafted_fingerprint_collision_is_still_a_conflict() {
     );
     assert_eq!(e.decisions(), 1);
     // On its own, the second request is blocked: the conflict is what keeps it from the first's ALLOW.
-    let alone = Engine::builder().ruleset(rules()).build().unwrap();
+    let alone = common::with_test_store(Engine::builder())
+        .ruleset(rules())
+        .build()
+        .unwrap();
     assert_eq!(alone.track(&big).unwrap().state, State::Block);
 }
 
@@ -641,6 +664,11 @@ mod any_difference {
 
 #[test]
 fn lowering_the_capacity_evicts_a_few_actions_per_track_not_all_at_once() {
+    // The in-memory store's own bound (capacity, eviction on insert, process memory): on Redis, actions and
+    // history are bounded by native expiry instead (tests/redis_store.rs).
+    if !common::in_memory() {
+        return;
+    }
     let load = |capacity: usize| {
         RuleSet::builder()
             .rule("r", "ALLOW")
@@ -649,7 +677,7 @@ fn lowering_the_capacity_evicts_a_few_actions_per_track_not_all_at_once() {
             .unwrap()
     };
     let clock = FakeClock::default();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(load(1_000_000))
         .clock(clock.clone())
         .build()
@@ -678,7 +706,7 @@ fn lowering_the_capacity_evicts_a_few_actions_per_track_not_all_at_once() {
     let last = format!("k{}", n - 1);
     assert!(e.get_action("new", "withdraw-funds", &last).is_some());
     // Expiry is bounded the same way: a day later everything has expired, and one action evicts 16.
-    let e2 = Engine::builder()
+    let e2 = common::with_test_store(Engine::builder())
         .ruleset(load(1_000_000))
         .clock(clock.clone())
         .build()

@@ -17,7 +17,7 @@ if d == "CHALLENGE_REQUIRED" { CHALLENGE_REQUIRED } else if d == "REVIEW" { REVI
 
 fn engine(clock: &FakeClock) -> Engine {
     let rules = RuleSet::from_sources([("decide", DECIDE)]).unwrap();
-    Engine::builder()
+    common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(clock.clone())
         .build()
@@ -243,7 +243,7 @@ fn an_action_being_decided_is_not_visible_until_it_is_decided() {
         .config_toml("[limits]\ntime_limit = \"30s\"\nmax_operations = 10000000")
         .build()
         .unwrap();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(clock.clone())
         .build()

@@ -2,6 +2,8 @@
 //! what never does (a blocked attempt, a failed challenge, a pending one), per user.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use riskgate::{Engine, FakeClock, RuleSet, State, TrackAttributes, TrackRequest};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,7 +49,7 @@ fn engine() -> Engine {
         )
         .build()
         .unwrap();
-    Engine::builder()
+    common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(FakeClock::at(at(0)))
         .build()
@@ -62,7 +64,7 @@ fn with(mut r: TrackRequest, flag: &str) -> TrackRequest {
 #[test]
 fn an_allowed_action_makes_its_device_known() {
     let rules = RuleSet::from_sources([("new", "if is_new_device() { REVIEW }")]).unwrap();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(FakeClock::at(at(0)))
         .build()
@@ -198,7 +200,7 @@ fn a_review_succeeded_action_makes_its_country_known() {
         ))
         .build()
         .unwrap();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(FakeClock::at(at(0)))
         .build()
@@ -259,7 +261,7 @@ fn a_device_not_seen_for_known_for_is_new_again() {
         .config_toml("[signals]\nknown_for = \"30d\"\n")
         .build()
         .unwrap();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(FakeClock::at(at(0)))
         .build()
@@ -340,7 +342,10 @@ fn geography_and_travel_read_a_mapped_address_as_its_ipv4() {
         .rule("far", "if is_impossible_travel() { REVIEW }")
         .build()
         .unwrap();
-    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     let london = [
         "81.2.69.142",
         "::ffff:81.2.69.142",

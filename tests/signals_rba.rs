@@ -2,6 +2,8 @@
 //! does not), compiled and interpreted rules agree, and a ruleset that never calls it keeps no counts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use riskgate::{Engine, FakeClock, RuleSet, State, TrackRequest};
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ fn engine(compile: bool) -> (Engine, FakeClock) {
         .unwrap();
     assert_eq!(rules.rules().all(|r| r.compiled), compile);
     let clock = FakeClock::default();
-    let e = Engine::builder()
+    let e = common::with_test_store(Engine::builder())
         .ruleset(rules)
         .clock(clock.clone())
         .build()
@@ -76,7 +78,10 @@ fn rba_score_is_a_number_that_needs_no_database() {
         )
         .build()
         .unwrap();
-    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     // No history: every chain is neutral, so the score is exactly 1.
     let r = e
         .track(&TrackRequest::new("u", "signIn").ip("203.0.113.1"))

@@ -2,6 +2,8 @@
 //! first decision, blocked ones too; never idempotent repeats), window errors.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use riskgate::{Engine, RuleSet, State, TrackAttributes, TrackRequest};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +27,7 @@ fn req(user: &str, action: &str, ip: Option<&str>, device: Option<&str>) -> Trac
 
 /// An engine with `rules` as `(id, source)`.
 fn engine(rules: &[(&str, &str)]) -> Engine {
-    Engine::builder()
+    common::with_test_store(Engine::builder())
         .ruleset(RuleSet::from_sources(rules.iter().copied()).unwrap())
         .build()
         .unwrap()
@@ -50,7 +52,7 @@ fn counting(signal: &str, max: i64) -> Vec<(String, String)> {
 
 fn value_engine(signal: &str) -> Engine {
     let rules = counting(signal, 12);
-    Engine::builder()
+    common::with_test_store(Engine::builder())
         .ruleset(RuleSet::from_sources(rules).unwrap())
         .build()
         .unwrap()
@@ -261,7 +263,10 @@ fn computed_windows_keep_max_window_of_history() {
         .config_toml("[signals]\nmax_window = \"3h\"\n")
         .build()
         .unwrap();
-    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     let r = req("u", "signIn", None, None);
     e.track_at(&r, at(0)).unwrap();
     assert_eq!(e.track_at(&r, at(5_000)).unwrap().state, State::Review);
@@ -269,6 +274,11 @@ fn computed_windows_keep_max_window_of_history() {
 
 #[test]
 fn a_flood_of_unique_keys_stays_at_the_bound() {
+    // The in-memory store's own bound (capacity, eviction on insert, process memory): on Redis, actions and
+    // history are bounded by native expiry instead (tests/redis_store.rs).
+    if !common::in_memory() {
+        return;
+    }
     let rules = RuleSet::builder()
         .rule(
             "v",
@@ -277,7 +287,10 @@ fn a_flood_of_unique_keys_stays_at_the_bound() {
         .config_toml("[signals]\nmax_keys = 500\nmax_per_key = 8\n[idempotency]\ncapacity = 100\n")
         .build()
         .unwrap();
-    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     for i in 0..5_000u32 {
         let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
         let r = req(
@@ -314,8 +327,16 @@ fn a_flood_of_unique_keys_stays_at_the_bound() {
 
 #[test]
 fn idle_keys_are_dropped_after_the_longest_window() {
+    // The in-memory store's own bound (capacity, eviction on insert, process memory): on Redis, actions and
+    // history are bounded by native expiry instead (tests/redis_store.rs).
+    if !common::in_memory() {
+        return;
+    }
     let rules = RuleSet::from_sources([("v", r#"if velocity("10m") > 100 { BLOCK }"#)]).unwrap();
-    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     for i in 0..200u64 {
         e.track_at(&req(&format!("u{i}"), "signIn", None, None), at(i))
             .unwrap();
@@ -341,6 +362,11 @@ fn idle_keys_are_dropped_after_the_longest_window() {
 
 #[test]
 fn without_windowed_rules_no_series_are_kept() {
+    // Counts the in-memory tables' keys (`history_keys`); on Redis the same holds of the keys a decision
+    // writes, measured in tests/redis_store.rs.
+    if !common::in_memory() {
+        return;
+    }
     let e = engine(&[("none", "if user_id == \"x\" { BLOCK }")]);
     for i in 0..100u64 {
         e.track_at(
@@ -379,6 +405,11 @@ fn concurrent_actions_are_all_counted() {
 
 #[test]
 fn lowering_max_keys_evicts_a_few_keys_per_decision_not_all_at_once() {
+    // The in-memory store's own bound (capacity, eviction on insert, process memory): on Redis, actions and
+    // history are bounded by native expiry instead (tests/redis_store.rs).
+    if !common::in_memory() {
+        return;
+    }
     let load = |max_keys: usize| {
         RuleSet::builder()
             .rule("v", r#"if velocity("1h") > 100 { BLOCK }"#)
@@ -386,7 +417,10 @@ fn lowering_max_keys_evicts_a_few_keys_per_decision_not_all_at_once() {
             .build()
             .unwrap()
     };
-    let e = Engine::builder().ruleset(load(100_000)).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(load(100_000))
+        .build()
+        .unwrap();
     const USERS: u64 = 20_000;
     for i in 0..USERS {
         e.track_at(&req(&format!("u{i}"), "signIn", None, None), at(i / 10))
@@ -499,13 +533,20 @@ fn max_bytes_is_set_in_signals_and_cannot_be_zero() {
         e.to_string(),
         "riskgate.toml:2:1: `[signals] max_bytes` must be at least 1"
     );
-    // A budget smaller than one key keeps nothing: every count is 0, and memory stays at the budget.
+    // A budget smaller than one key keeps nothing: every count is 0, and memory stays at the budget (the
+    // in-memory tables' bound; Redis bounds history by expiry and `maxmemory`).
+    if !common::in_memory() {
+        return;
+    }
     let rules = RuleSet::builder()
         .rule("v", r#"if velocity("1h") > 0 { BLOCK }"#)
         .config_toml("[signals]\nmax_bytes = 1\n")
         .build()
         .unwrap();
-    let e = Engine::builder().ruleset(rules).build().unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
     let r = req("u", "signIn", None, None);
     for i in 0..5 {
         assert_eq!(e.track_at(&r, at(i)).unwrap().state, State::Allow);

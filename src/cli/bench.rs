@@ -33,6 +33,8 @@ pub struct Options {
     pub min_time: Duration,
     /// Run every rule in Rhai's interpreter instead of compiling the common subset.
     pub interpret: bool,
+    /// `--store URL`: decide on this store (each round under a key prefix of its own).
+    pub store: Option<String>,
 }
 
 /// Where the events come from.
@@ -141,8 +143,14 @@ fn measure_from<'a>(
     let progress = Progress::new("bench", Some(opts.min_calls), "decisions");
     let started = Instant::now();
     loop {
-        let mut replayer = Replayer::new(Engine::builder().ruleset(ruleset.clone()))
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut builder = Engine::builder().ruleset(ruleset.clone());
+        if let Some(mut s) = super::store_from(opts.store.as_deref(), ruleset.store_settings())
+            .map_err(io::Error::other)?
+        {
+            s.key_prefix = format!("{}-bench-{}-{}", s.key_prefix, std::process::id(), m.rounds);
+            builder = builder.store(s);
+        }
+        let mut replayer = Replayer::new(builder).map_err(|e| io::Error::other(e.to_string()))?;
         let before = m.latency.count();
         let Some(mut input) = open(m.rounds)? else {
             break;
@@ -232,6 +240,7 @@ mod tests {
             min_calls: 100,
             min_time: Duration::ZERO,
             interpret: false,
+            store: None,
         };
         let m = measure(&rules, events, &opts).unwrap();
         assert!(m.latency.count() >= 100, "{}", m.latency.count());
@@ -255,6 +264,7 @@ mod tests {
             min_calls: 10,
             min_time: Duration::ZERO,
             interpret: true,
+            store: None,
         };
         let m = measure(&rules, events.to_str().unwrap(), &opts).unwrap();
         assert_eq!((m.latency.count(), m.rounds), (0, 1));

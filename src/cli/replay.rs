@@ -37,10 +37,20 @@ pub struct Options {
     pub tokens: Tokens,
     /// Write the HTML report here.
     pub report: Option<PathBuf>,
+    /// `--store URL`: the state store to replay on.
+    pub store: Option<String>,
 }
 
 pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
-    let mut replayer = match Engine::builder().rules_dir(rules).and_then(Replayer::new) {
+    let builder = Engine::builder().rules_dir(rules).and_then(|b| {
+        let file = b.ruleset_store_settings();
+        match super::store_from(opts.store.as_deref(), &file) {
+            Ok(Some(s)) => Ok(b.store(s)),
+            Ok(None) => Ok(b),
+            Err(m) => Err(riskgate::LoadError::Store(m)),
+        }
+    });
+    let mut replayer = match builder.and_then(Replayer::new) {
         Ok(r) => r.tokens(opts.tokens),
         Err(e) => {
             super::check::report_load_error(&e);

@@ -13,6 +13,8 @@ pub struct Options {
     pub listen: Option<String>,
     /// `--secret-file`; otherwise `RISKGATE_SECRET`.
     pub secret_file: Option<PathBuf>,
+    /// `--store URL`: the state store, shared with every other instance on it.
+    pub store: Option<String>,
 }
 
 /// Loads the rules, then serves them until SIGTERM or SIGINT; SIGHUP reloads them.
@@ -30,6 +32,14 @@ pub fn run(opts: &Options) -> ExitCode {
     };
     let engine = match riskgate::Engine::builder()
         .rules_dir(&opts.rules)
+        .and_then(|b| {
+            let file = b.ruleset_store_settings();
+            match super::store_from(opts.store.as_deref(), &file) {
+                Ok(Some(s)) => Ok(b.store(s)),
+                Ok(None) => Ok(b),
+                Err(m) => Err(riskgate::LoadError::Store(m)),
+            }
+        })
         .and_then(riskgate::EngineBuilder::build)
     {
         Ok(e) => e,

@@ -69,6 +69,11 @@ impl RuleSet {
     pub fn server_settings(&self) -> &crate::ServerSettings {
         &self.inner.config.server
     }
+
+    /// `[store]` from this set's `riskgate.toml` (the in-memory store when it has none).
+    pub fn store_settings(&self) -> &crate::StoreSettings {
+        &self.inner.config.store
+    }
 }
 
 /// What a ruleset says about one of its rules (for listings such as `riskgate check`).

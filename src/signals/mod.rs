@@ -21,6 +21,7 @@ pub(crate) mod history;
 pub(crate) mod lists;
 pub(crate) mod rba;
 mod ua;
+pub(crate) mod view;
 
 use arc_swap::ArcSwap;
 use std::cell::{OnceCell, RefCell};
@@ -32,6 +33,7 @@ use crate::error::Diagnostic;
 use crate::time::{DurationMs, EpochMs};
 pub(crate) use history::{History, Keys};
 use std::path::Path;
+pub(crate) use view::View;
 
 use history::{Kept, KnownKind, Located};
 
@@ -140,7 +142,8 @@ pub(crate) struct DecisionCtx {
     pub ip: Option<IpAddr>,
     /// The request's user agent (copied only when the ruleset asks about user agents).
     ua: Option<Box<str>>,
-    pub history: Arc<History>,
+    /// Where history is read and written (the engine's own, or a remote store's snapshot).
+    pub history: View,
     pub set: Arc<SignalSet>,
     memo: Memo,
 }
@@ -179,6 +182,16 @@ impl DecisionCtx {
         req: &crate::TrackRequest,
         now: EpochMs,
     ) -> Self {
+        Self::with_view(View::Local(Arc::clone(history)), set, req, now)
+    }
+
+    /// The context of a decision whose history is `history` (see [`View`]).
+    pub fn with_view(
+        history: View,
+        set: &Arc<SignalSet>,
+        req: &crate::TrackRequest,
+        now: EpochMs,
+    ) -> Self {
         let a = &req.attributes;
         DecisionCtx {
             now,
@@ -201,7 +214,7 @@ impl DecisionCtx {
             } else {
                 None
             },
-            history: Arc::clone(history),
+            history,
             set: Arc::clone(set),
             memo: Memo::default(),
         }
@@ -286,7 +299,7 @@ impl DecisionCtx {
 }
 
 /// Makes an action's device, IP and country known for its user (its challenge or review succeeded later).
-pub(crate) fn make_known(history: &History, set: &SignalSet, footprint: &Footprint) {
+pub(crate) fn make_known(history: &View, set: &SignalSet, footprint: &Footprint) {
     let place = footprint
         .ip
         .filter(|_| set.uses_places)
@@ -294,7 +307,7 @@ pub(crate) fn make_known(history: &History, set: &SignalSet, footprint: &Footpri
     know(history, footprint, place.as_ref());
 }
 
-fn know(history: &History, fp: &Footprint, place: Option<&geo::Place>) {
+fn know(history: &View, fp: &Footprint, place: Option<&geo::Place>) {
     let code = place.and_then(|p| p.country.as_deref());
     let country = code.map(|c| history.hash(b'c', c));
     let mut rba = [0u64; rba::LEVELS];

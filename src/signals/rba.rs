@@ -70,6 +70,23 @@ impl Features {
         self.present & (1 << level) != 0
     }
 
+    /// The values and the bits of those present, for a store to keep.
+    #[cfg(feature = "redis")]
+    pub fn parts(&self) -> ([u64; LEVELS], u16) {
+        (self.values, self.present)
+    }
+
+    /// Features from [`Features::parts`] (values past [`LEVELS`] are ignored, missing ones are absent).
+    #[cfg(feature = "redis")]
+    pub fn from_parts(values: &[u64], present: u16) -> Self {
+        let mut f = Features::default();
+        for (slot, v) in f.values.iter_mut().zip(values) {
+            *slot = *v;
+        }
+        f.present = present & ((1 << values.len().min(LEVELS)) - 1);
+        f
+    }
+
     /// The present values, for counting.
     pub fn present(&self) -> impl Iterator<Item = u64> + '_ {
         (0..LEVELS)

@@ -2,6 +2,8 @@
 //! `riskgate` binary. Each test binary uses a subset of these, hence `dead_code` is allowed here.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod redis;
+
 use riskgate::replay::Replayer;
 use riskgate::{Engine, EngineBuilder, FakeClock, RuleSet, TrackRequest};
 use std::path::Path;
@@ -55,9 +57,29 @@ pub fn engine_at_t0(rules: RuleSet) -> Engine {
     build(Engine::builder().ruleset(rules).clock(clock()))
 }
 
-/// Builds `b`, which must succeed.
+/// Builds `b`, which must succeed: on the store `RISKGATE_TEST_STORE` names (memory by default; see
+/// [`redis`]), so every suite that builds its engines here runs on each backend unchanged.
 pub fn build(b: EngineBuilder) -> Engine {
-    b.build().unwrap()
+    with_test_store(b).build().unwrap()
+}
+
+/// `b` on the store `RISKGATE_TEST_STORE` names.
+pub fn with_test_store(b: EngineBuilder) -> EngineBuilder {
+    match redis::test_store() {
+        Some(s) => b.store(s),
+        None => {
+            if std::env::var("RISKGATE_TEST_STORE").is_ok_and(|v| v != "memory") {
+                redis::say_skipped();
+            }
+            b
+        }
+    }
+}
+
+/// Whether this run's engines keep their state in memory: tests of the in-memory store's own bounds
+/// (capacity eviction, bytes, key counts) hold only there.
+pub fn in_memory() -> bool {
+    !redis::on_redis()
 }
 
 /// A rule that fails at run time (a method that does not exist), at priority 10.

@@ -1,0 +1,932 @@
+//! The Redis (and Redis Cluster) state store (feature `redis`): actions, tokens and signal history on a server
+//! every engine shares, with the in-memory store's semantics.
+//!
+//! # Keys
+//! Every key starts with `[store] key_prefix` and carries a hash tag, so that each script touches one slot:
+//! - one user's `{u…}`: its actions (`:a:<identity>`, a hash), its series per action code (`:s1:<action>`), the
+//!   devices it used (`:z6`), what it made known (`:kd`, `:ki`, `:kc`, `:kl`) and its `rba_score()` counts
+//!   (`:kr`);
+//! - one IP's `{i…}` and one device's `{d…}`: their series per action code (`:s2:`/`:s3:`) and the users seen
+//!   with them (`:z4`/`:z5`);
+//! - one token's `{t…}`: the key of its action; one `rba_score()` value's `{r…}`: its population count;
+//!   `{g}`: the shared keys and the population's total.
+//!
+//! Users, IPs and devices are named by their seeded 64-bit history hashes (the seed is drawn by the first
+//! engine and kept in `{g}:keys`, so every engine hashes alike and nothing outside can aim at a key).
+//!
+//! # Round trips
+//! A first decision makes two: (1) the claim of the identity with the user's history, pipelined with the IP's,
+//! the device's and the population's reads; (2) the commit with the user's history writes, pipelined with the
+//! token, the IP's, the device's and the population's writes. A repeat makes one. Reads and writes of one slot
+//! are one script, atomic; nothing is read, changed in Rust and written back.
+//!
+//! # Bounds
+//! Actions expire with the idempotency TTL (`PEXPIRE`, and by event time in every script, as in memory); a
+//! claim expires with its lease. Series and sets are trimmed to the ruleset's horizon and `max_per_key` by the
+//! script that writes them, and expire a horizon after their last write; known items and counts after
+//! `known_for`. `max_keys` and `max_bytes` are the in-memory tables' bounds; on Redis, memory is bounded by
+//! these expiries (and `maxmemory`).
+
+mod conn;
+mod scripts;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use self::conn::{Op, Pool};
+use self::scripts::Scripts;
+use super::record::{Decided, Stored};
+use super::StoreError;
+use crate::config::HistoryLimits;
+use crate::hash::EngineKeys;
+use crate::response::State;
+use crate::signals::history::{CountryCode, Located, MAX_KNOWN, MAX_RBA_VALUES};
+use crate::signals::view::{Fetched, KnownWrite, Writes};
+use crate::signals::{History, Keys};
+use crate::store_settings::StoreSettings;
+
+/// The Redis store of one engine.
+pub(crate) struct RedisStore {
+    pool: Pool,
+    /// The nodes the url names (for [`RedisStore::count_actions`]).
+    nodes: Vec<String>,
+    scripts: Scripts,
+    prefix: String,
+    lease: Duration,
+    /// This engine's claims are `owner:<n>`.
+    owner: String,
+    next: AtomicU64,
+    /// Hashing with the shared seed.
+    hasher: Arc<History>,
+}
+
+/// What a first decision's claim needs to say and read.
+pub(crate) struct ClaimReq<'a> {
+    pub user_id: &'a str,
+    pub action: &'a str,
+    pub key: &'a str,
+    pub fingerprint: u128,
+    pub now: i64,
+    pub ttl_ms: i64,
+    pub keys: &'a Keys,
+    /// The ruleset's history horizon and the series and sets it reads (`SignalSet::windowed`).
+    pub horizon_ms: i64,
+    pub windowed: u8,
+    pub known_for_ms: i64,
+    /// `rba_score()`'s values whose population counts to read (empty when no rule calls it).
+    pub rba: &'a [u64],
+}
+
+/// A claim this engine holds on an identity.
+pub(crate) struct Ticket {
+    action_key: String,
+    owner: String,
+    identity: u128,
+}
+
+/// What a claim found.
+pub(crate) enum Claim {
+    /// The identity is this caller's to decide; the history it may read.
+    Claimed(Ticket, Box<Fetched>),
+    /// The identity is decided.
+    Decided(Box<Stored>),
+    /// Another caller (here or on another engine) is deciding it; the fingerprint it was claimed with.
+    Pending(u128),
+    /// The identity's hash is taken by another identity.
+    Conflict,
+}
+
+/// How `update` went.
+pub(crate) enum Update {
+    Moved(Box<Stored>),
+    Refused(Box<Stored>),
+    Missing,
+}
+
+/// How `validate` went: the reason it is not valid (if any), the identity and the state.
+pub(crate) enum Checked {
+    Unknown,
+    Found {
+        reason: Option<crate::InvalidTokenReason>,
+        user_id: String,
+        action: String,
+        key: String,
+        state: State,
+    },
+}
+
+/// The shortest native expiry of a key: every script checks expiry on the engine's clock (event time, as the
+/// in-memory store does), so native TTLs only bound memory; the floor keeps replays and fake clocks, whose
+/// time does not move with the server's, from losing keys that are still live by event time.
+const NATIVE_TTL_FLOOR_MS: i64 = 60_000;
+
+/// A native expiry (milliseconds, as text) for a key live `ms` by event time.
+fn native(ms: i64) -> String {
+    ms.max(NATIVE_TTL_FLOOR_MS).to_string()
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Okay => Some("OK".to_owned()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::Double(d) => Some(*d as i64),
+        other => {
+            let t = text(other)?;
+            t.parse::<i64>()
+                .ok()
+                .or_else(|| t.parse::<f64>().ok().map(|f| f as i64))
+        }
+    }
+}
+
+fn array(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        _ => &[],
+    }
+}
+
+fn hex64(v: &str) -> Option<u64> {
+    u64::from_str_radix(v, 16).ok()
+}
+
+fn hex128(v: &str) -> Option<u128> {
+    u128::from_str_radix(v, 16).ok()
+}
+
+fn broken(what: &str) -> StoreError {
+    StoreError(format!("redis answered an unexpected {what}"))
+}
+
+/// `[member, score, …]` as (member, score) pairs.
+fn pairs(v: &Value) -> Vec<(String, i64)> {
+    array(v)
+        .chunks(2)
+        .filter_map(|c| Some((text(c.first()?)?, int(c.get(1)?)?)))
+        .collect()
+}
+
+/// `[member, score, …]` of hex members as (hash, score) pairs, oldest first.
+fn hashed(v: &Value) -> Vec<(u64, i64)> {
+    pairs(v)
+        .into_iter()
+        .filter_map(|(m, s)| Some((hex64(&m)?, s)))
+        .collect()
+}
+
+/// The series times of `[member, score, …]`, sorted.
+fn times(v: &Value) -> Vec<i64> {
+    let mut t: Vec<i64> = pairs(v).into_iter().map(|(_, s)| s).collect();
+    t.sort_unstable();
+    t
+}
+
+/// `count:last`.
+fn count_last(v: &str) -> Option<(u64, i64)> {
+    let (c, l) = v.split_once(':')?;
+    Some((c.parse().ok()?, l.parse().ok()?))
+}
+
+fn identity(user_id: &str, action: &str, key: &str) -> u128 {
+    crate::hash::hash_bytes(|h| {
+        for part in [user_id, action, key] {
+            h.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            h.extend_from_slice(part.as_bytes());
+        }
+    })
+}
+
+fn id_text(user_id: &str, action: &str, key: &str) -> String {
+    serde_json::to_string(&[user_id, action, key]).unwrap_or_default()
+}
+
+fn parse_id(v: &str) -> Option<(String, String, String)> {
+    let [u, a, k]: [String; 3] = serde_json::from_str(v).ok()?;
+    Some((u, a, k))
+}
+
+fn state_code(s: State) -> String {
+    s.to_u8().to_string()
+}
+
+fn parse_state(v: &Value) -> Option<State> {
+    let n: u8 = text(v)?.parse().ok()?;
+    State::ALL.into_iter().find(|s| s.to_u8() == n)
+}
+
+/// A stored action from `id, fp, cr, d, st, su` replies.
+fn stored(vals: &[Value]) -> Option<Stored> {
+    let (user_id, action, key) = parse_id(&text(vals.first()?)?)?;
+    let decided: Decided = serde_json::from_str(&text(vals.get(3)?)?).ok()?;
+    let created = int(vals.get(2)?)?;
+    Some(Stored {
+        user_id,
+        action,
+        key,
+        fingerprint: hex128(&text(vals.get(1)?)?)?,
+        created,
+        state: parse_state(vals.get(4)?)?,
+        state_updated: vals.get(5).and_then(int).unwrap_or(created),
+        decided,
+    })
+}
+
+impl RedisStore {
+    /// Connects, and agrees with every other engine on the store on the shared keys: the first engine's
+    /// `keys` are kept, and every later engine's are replaced by them. Returns the keys to use.
+    pub fn connect(
+        settings: &StoreSettings,
+        keys: EngineKeys,
+        limits: HistoryLimits,
+    ) -> Result<(Self, EngineKeys), StoreError> {
+        let pool = Pool::new(
+            &settings.nodes(),
+            settings.cluster,
+            settings.timeout,
+            settings.connect_timeout,
+        )?;
+        let prefix = settings.key_prefix.clone();
+        let shared_key = format!("{prefix}:{{g}}:keys");
+        let mine: String = keys
+            .shared_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut set = redis::cmd("SET");
+        set.arg(&shared_key).arg(&mine).arg("NX");
+        let mut get = redis::cmd("GET");
+        get.arg(&shared_key);
+        let replies = pool.run(&[Op::Plain(set), Op::Plain(get)])?;
+        let theirs = replies
+            .get(1)
+            .and_then(text)
+            .ok_or_else(|| broken("shared key"))?;
+        let mut bytes = [0u8; 24];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = theirs
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| broken("shared key"))?;
+        }
+        let keys = keys.with_shared(&bytes);
+        let scripts = Scripts::new();
+        pool.load(&scripts.all())?;
+        let mut owner = [0u8; 12];
+        crate::hash::fill_random(&mut owner)
+            .map_err(|_| StoreError("the random source failed".to_owned()))?;
+        Ok((
+            RedisStore {
+                pool,
+                nodes: settings.nodes(),
+                scripts,
+                prefix,
+                lease: settings.lease,
+                owner: owner.iter().map(|b| format!("{b:02x}")).collect(),
+                next: AtomicU64::new(0),
+                hasher: Arc::new(History::new(limits, keys)),
+            },
+            keys,
+        ))
+    }
+
+    /// The history that hashes with the shared seed (its tables stay empty).
+    pub fn hasher(&self) -> &Arc<History> {
+        &self.hasher
+    }
+
+    /// Round trips to Redis so far.
+    pub fn round_trips(&self) -> u64 {
+        self.pool.round_trips()
+    }
+
+    /// How many actions (decided or being decided) the store holds under this prefix, by `SCAN` of every
+    /// node the url names: for tests and diagnostics, not the request path.
+    pub fn count_actions(&self) -> Result<usize, StoreError> {
+        let pattern = format!("{}:{{u*}}:a:*", self.prefix);
+        let mut total = 0;
+        for node in &self.nodes {
+            let client =
+                redis::Client::open(node.as_str()).map_err(|e| StoreError(e.to_string()))?;
+            let mut con = client
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .map_err(|e| StoreError(e.to_string()))?;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(&mut con)
+                    .map_err(|e| StoreError(e.to_string()))?;
+                total += keys.len();
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(total)
+    }
+
+    fn user_tag(&self, user: u64) -> String {
+        format!("{}:{{u{user:016x}}}", self.prefix)
+    }
+
+    fn action_key(&self, user: u64, identity: u128) -> String {
+        format!("{}:a:{identity:032x}", self.user_tag(user))
+    }
+
+    /// The user's keys after the action key: series, devices of the user, known devices, IPs, countries,
+    /// location, rba counts.
+    fn user_keys(&self, keys: &Keys) -> Vec<String> {
+        let t = self.user_tag(keys.user);
+        vec![
+            format!("{t}:s1:{:016x}", keys.action),
+            format!("{t}:z6"),
+            format!("{t}:kd"),
+            format!("{t}:ki"),
+            format!("{t}:kc"),
+            format!("{t}:kl"),
+            format!("{t}:kr"),
+        ]
+    }
+
+    /// An IP's (`'i'`, series 2, set 4) or device's (`'d'`, 3, 5) series and set keys.
+    fn subject_keys(
+        &self,
+        tag: char,
+        subject: u64,
+        series: u8,
+        set: u8,
+        action: u64,
+    ) -> [String; 2] {
+        let t = format!("{}:{{{tag}{subject:016x}}}", self.prefix);
+        [
+            format!("{t}:s{series}:{action:016x}"),
+            format!("{t}:z{set}"),
+        ]
+    }
+
+    fn token_key(&self, token: &str) -> String {
+        let h = xxhash_rust::xxh3::xxh3_128(token.as_bytes());
+        format!("{}:{{t{h:032x}}}", self.prefix)
+    }
+
+    fn value_key(&self, v: u64) -> String {
+        format!("{}:{{r{v:016x}}}", self.prefix)
+    }
+
+    fn total_key(&self) -> String {
+        format!("{}:{{g}}:rn", self.prefix)
+    }
+
+    /// Round trip 1 of a first decision: claims the identity (or finds it) and reads the history.
+    pub fn claim(&self, c: &ClaimReq<'_>) -> Result<Claim, StoreError> {
+        let identity = identity(c.user_id, c.action, c.key);
+        let action_key = self.action_key(c.keys.user, identity);
+        let owner = format!(
+            "{}:{}",
+            self.owner,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let lo = c.now.saturating_sub(c.horizon_ms).to_string();
+        let hi = c.now.to_string();
+        let kept = |bit: u8| c.horizon_ms > 0 && c.windowed & (1 << bit) != 0;
+        let mut keys = vec![action_key.clone()];
+        keys.extend(self.user_keys(c.keys));
+        let mut args = vec![
+            id_text(c.user_id, c.action, c.key),
+            format!("{:032x}", c.fingerprint),
+            hi.clone(),
+            c.ttl_ms.to_string(),
+            self.lease.as_millis().to_string(),
+            owner.clone(),
+        ];
+        for bit in [1u8, 6] {
+            if kept(bit) {
+                args.extend(["1".to_owned(), lo.clone(), hi.clone()]);
+            } else {
+                args.push("0".to_owned());
+            }
+        }
+        args.extend([
+            "1".to_owned(),
+            c.now.saturating_sub(c.known_for_ms).to_string(),
+        ]);
+        let mut ops = vec![Op::Script {
+            script: &self.scripts.claim,
+            keys,
+            args,
+        }];
+        // The IP's and device's reads: plain range reads, each of one key.
+        let mut subject_reads: Vec<(usize, u8)> = Vec::new();
+        for (tag, subject, series, set) in [('i', c.keys.ip, 2u8, 4u8), ('d', c.keys.device, 3, 5)]
+        {
+            let Some(s) = subject else { continue };
+            let [sk, zk] = self.subject_keys(tag, s, series, set, c.keys.action);
+            for (bit, key) in [(series, sk), (set, zk)] {
+                if kept(bit) {
+                    let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                    cmd.arg(key)
+                        .arg(format!("({lo}"))
+                        .arg(&hi)
+                        .arg("WITHSCORES");
+                    subject_reads.push((ops.len(), bit));
+                    ops.push(Op::Plain(cmd));
+                }
+            }
+        }
+        let rba_at = ops.len();
+        if !c.rba.is_empty() {
+            for v in c.rba {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.value_key(*v));
+                ops.push(Op::Plain(cmd));
+            }
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(self.total_key());
+            ops.push(Op::Plain(cmd));
+        }
+        let replies = self.pool.run(&ops)?;
+        let first = replies.first().map(array).unwrap_or(&[]);
+        let status = first.first().and_then(text).unwrap_or_default();
+        match status.as_str() {
+            "conflict" => return Ok(Claim::Conflict),
+            "pending" => {
+                let fp = first
+                    .get(1)
+                    .and_then(text)
+                    .and_then(|f| hex128(&f))
+                    .unwrap_or(0);
+                return Ok(Claim::Pending(fp));
+            }
+            "decided" => {
+                // id, fp, cr, d, st as `stored` reads them.
+                let (user_id, action, key) =
+                    (c.user_id.to_owned(), c.action.to_owned(), c.key.to_owned());
+                let fp = first.get(1).and_then(text).and_then(|f| hex128(&f));
+                let created = first.get(2).and_then(int);
+                let decided = first
+                    .get(3)
+                    .and_then(text)
+                    .and_then(|d| serde_json::from_str::<Decided>(&d).ok());
+                let state = first.get(4).and_then(parse_state);
+                let (Some(fingerprint), Some(created), Some(decided), Some(state)) =
+                    (fp, created, decided, state)
+                else {
+                    return Err(broken("action"));
+                };
+                return Ok(Claim::Decided(Box::new(Stored {
+                    user_id,
+                    action,
+                    key,
+                    fingerprint,
+                    created,
+                    state,
+                    state_updated: created,
+                    decided,
+                })));
+            }
+            "claimed" => {}
+            _ => return Err(broken("claim")),
+        }
+        let mut f = Fetched::default();
+        let get = |i: usize| first.get(i).unwrap_or(&Value::Nil);
+        f.series[0] = times(get(1));
+        f.sets[2] = hashed(get(2));
+        for k in 0..3 {
+            if let Some(slot) = f.known.get_mut(k) {
+                *slot = hashed(get(3 + k));
+            }
+        }
+        let loc = array(get(6));
+        let lt = |i: usize| loc.get(i).and_then(text);
+        if let (Some(lat), Some(lon), Some(at), Some(ip)) = (lt(0), lt(1), lt(2), lt(3)) {
+            if let (Ok(lat), Ok(lon), Ok(at_ms), Some(ip)) =
+                (lat.parse(), lon.parse(), at.parse(), hex64(&ip))
+            {
+                f.location = Some(Located {
+                    lat,
+                    lon,
+                    at_ms,
+                    ip,
+                    country: lt(4).as_deref().and_then(CountryCode::new),
+                });
+            }
+        }
+        for (field, value) in pairs_text(get(7)) {
+            if field == "n" {
+                f.rba_user_actions = value.parse().unwrap_or(0);
+            } else if let (Some(v), Some((count, last))) = (hex64(&field), count_last(&value)) {
+                f.rba_user.push((v, count, last));
+            }
+        }
+        for (i, bit) in subject_reads {
+            let r = replies.get(i).unwrap_or(&Value::Nil);
+            match bit {
+                2 | 3 => {
+                    if let Some(slot) = f.series.get_mut(usize::from(bit) - 1) {
+                        *slot = times(r);
+                    }
+                }
+                _ => {
+                    if let Some(slot) = f.sets.get_mut(usize::from(bit) - 4) {
+                        *slot = hashed(r);
+                    }
+                }
+            }
+        }
+        if !c.rba.is_empty() {
+            for (j, v) in c.rba.iter().enumerate() {
+                if let Some((count, last)) = replies
+                    .get(rba_at + j)
+                    .and_then(text)
+                    .and_then(|t| count_last(&t))
+                {
+                    f.rba_all.push((*v, count, last));
+                }
+            }
+            f.rba_all_actions = replies
+                .get(rba_at + c.rba.len())
+                .and_then(int)
+                .map_or(0, |n| n.max(0) as u64);
+        }
+        Ok(Claim::Claimed(
+            Ticket {
+                action_key,
+                owner,
+                identity,
+            },
+            Box::new(f),
+        ))
+    }
+
+    /// The arguments of a [`KnownWrite`], as the scripts' `know` reads them.
+    fn know_args(&self, k: &KnownWrite, known_for_ms: i64, args: &mut Vec<String>) {
+        let at = k.at_ms.to_string();
+        args.extend([
+            at.clone(),
+            k.at_ms.saturating_sub(known_for_ms).to_string(),
+            native(known_for_ms),
+            MAX_KNOWN.to_string(),
+            MAX_RBA_VALUES.to_string(),
+        ]);
+        for item in [k.device, k.ip, k.country] {
+            args.push(item.map_or_else(String::new, |v| format!("{v:016x}")));
+        }
+        match &k.location {
+            Some(l) => args.extend([
+                "1".to_owned(),
+                l.lat.to_string(),
+                l.lon.to_string(),
+                format!("{:016x}", l.ip),
+                l.country
+                    .map_or_else(String::new, |c| c.as_str().to_owned()),
+            ]),
+            None => args.push("0".to_owned()),
+        }
+        args.push(k.rba.len().to_string());
+        args.extend(k.rba.iter().map(|v| format!("{v:016x}")));
+    }
+
+    /// The population side of a known write: one count per value and the total.
+    fn population_ops<'a>(&'a self, k: &KnownWrite, known_for_ms: i64, ops: &mut Vec<Op<'a>>) {
+        if k.rba.is_empty() {
+            return;
+        }
+        for v in &k.rba {
+            ops.push(Op::Script {
+                script: &self.scripts.population,
+                keys: vec![self.value_key(*v)],
+                args: vec![k.at_ms.to_string(), native(known_for_ms)],
+            });
+        }
+        let mut incr = redis::cmd("INCR");
+        incr.arg(self.total_key());
+        ops.push(Op::Plain(incr));
+    }
+
+    /// Round trip 2 of a first decision: commits it (if the claim still holds) with its history writes.
+    /// `false` when the lease ran out and another caller may have decided the identity.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit(
+        &self,
+        ticket: &Ticket,
+        decided: &Decided,
+        now: i64,
+        ttl_ms: i64,
+        token_ttl_ms: i64,
+        writes: &Writes,
+        limits: &HistoryLimits,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(decided).map_err(|e| StoreError(e.to_string()))?;
+        let token_hash = decided
+            .token
+            .as_deref()
+            .map(|t| format!("{:032x}", xxhash_rust::xxh3::xxh3_128(t.as_bytes())));
+        let user = writes
+            .record
+            .map(|r| r.0.user)
+            .or(writes.known.as_ref().map(|k| k.user));
+        let keys_of = |keys: &Keys| {
+            let mut k = vec![ticket.action_key.clone()];
+            k.extend(self.user_keys(keys));
+            k
+        };
+        let record_keys = writes.record.map(|r| r.0);
+        let mut args = vec![
+            ticket.owner.clone(),
+            json,
+            state_code(decided.outcome),
+            now.to_string(),
+            native(ttl_ms),
+            token_hash.unwrap_or_default(),
+            decided.token_expires.to_string(),
+        ];
+        let cap = limits.max_per_key.max(1).to_string();
+        let member = format!("{:032x}:{now}", ticket.identity);
+        let mut subject_ops: Vec<Op<'_>> = Vec::new();
+        match writes.record {
+            Some((keys, at, horizon, kept)) if horizon.ms() > 0 => {
+                let at_s = at.ms().to_string();
+                let cutoff = at.ms().saturating_sub(horizon.ms()).to_string();
+                let ttl = native(horizon.ms());
+                let section = |on: bool, m: String, args: &mut Vec<String>| {
+                    if on {
+                        args.extend([
+                            "1".to_owned(),
+                            m,
+                            at_s.clone(),
+                            cutoff.clone(),
+                            cap.clone(),
+                            ttl.clone(),
+                        ]);
+                    } else {
+                        args.push("0".to_owned());
+                    }
+                };
+                let bit = |b: u8| kept & (1 << b) != 0;
+                section(bit(1), member.clone(), &mut args);
+                section(
+                    bit(6) && keys.device.is_some(),
+                    keys.device
+                        .map_or_else(String::new, |d| format!("{d:016x}")),
+                    &mut args,
+                );
+                for (tag, subject, series, set) in
+                    [('i', keys.ip, 2u8, 4u8), ('d', keys.device, 3, 5)]
+                {
+                    let Some(s) = subject else { continue };
+                    if !bit(series) && !bit(set) {
+                        continue;
+                    }
+                    let mut a = Vec::new();
+                    section(bit(series), member.clone(), &mut a);
+                    section(bit(set), format!("{:016x}", keys.user), &mut a);
+                    subject_ops.push(Op::Script {
+                        script: &self.scripts.subject,
+                        keys: self.subject_keys(tag, s, series, set, keys.action).to_vec(),
+                        args: a,
+                    });
+                }
+            }
+            _ => args.extend(["0".to_owned(), "0".to_owned()]),
+        }
+        let mut ops = Vec::new();
+        match &writes.known {
+            Some(k) => {
+                args.push("1".to_owned());
+                self.know_args(k, limits.known_for_ms, &mut args);
+            }
+            None => args.push("0".to_owned()),
+        }
+        let keys = match (record_keys, user) {
+            (Some(k), _) => keys_of(&k),
+            (None, Some(u)) => keys_of(&Keys {
+                user: u,
+                ..Keys::default()
+            }),
+            (None, None) => keys_of(&Keys::default()),
+        };
+        ops.push(Op::Script {
+            script: &self.scripts.commit,
+            keys,
+            args,
+        });
+        if let Some(t) = decided.token.as_deref() {
+            let mut set = redis::cmd("SET");
+            set.arg(self.token_key(t))
+                .arg(&ticket.action_key)
+                .arg("PX")
+                .arg(native(token_ttl_ms.min(ttl_ms)));
+            ops.push(Op::Plain(set));
+        }
+        ops.extend(subject_ops);
+        if let Some(k) = &writes.known {
+            self.population_ops(k, limits.known_for_ms, &mut ops);
+        }
+        let replies = self.pool.run(&ops)?;
+        Ok(replies.first().and_then(int) == Some(1))
+    }
+
+    /// Gives up a claim (its decision could not be completed): the next call decides again.
+    pub fn release(&self, ticket: &Ticket) -> Result<(), StoreError> {
+        self.pool
+            .run(&[Op::Script {
+                script: &self.scripts.release,
+                keys: vec![ticket.action_key.clone()],
+                args: vec![ticket.owner.clone()],
+            }])
+            .map(|_| ())
+    }
+
+    /// The action stored for an identity: `Ok(None)` when there is none (or it is still being decided, or
+    /// expired at `now`); one round trip.
+    pub fn get(
+        &self,
+        user_id: &str,
+        action: &str,
+        key: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Stored>, StoreError> {
+        let user = self.hasher.hash(b'u', user_id);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.action_key(user, identity(user_id, action, key)))
+            .arg(&["id", "fp", "cr", "d", "st", "su"][..]);
+        let replies = self.pool.run(&[Op::Plain(cmd)])?;
+        let vals = replies.first().map(array).unwrap_or(&[]);
+        let Some(s) = stored(vals) else {
+            return Ok(None);
+        };
+        let live = s.created.saturating_add(ttl_ms) > now;
+        Ok((live && s.user_id == user_id && s.action == action && s.key == key).then_some(s))
+    }
+
+    /// Waits for another caller's decision on an identity: polls until it is decided, or the claim is gone
+    /// (its lease ran out: `Ok(None)`, the caller claims again), at most a lease and a timeout.
+    pub fn wait(
+        &self,
+        user_id: &str,
+        action: &str,
+        key: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Stored>, StoreError> {
+        let user = self.hasher.hash(b'u', user_id);
+        let action_key = self.action_key(user, identity(user_id, action, key));
+        let deadline = Instant::now() + self.lease + Duration::from_millis(50);
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(&action_key)
+                .arg(&["id", "fp", "cr", "d", "st", "su", "lease"][..]);
+            let replies = self.pool.run(&[Op::Plain(cmd)])?;
+            let vals = replies.first().map(array).unwrap_or(&[]);
+            if let Some(s) = stored(vals) {
+                return Ok(Some(s));
+            }
+            let claimed = vals.get(6).and_then(text).is_some();
+            let live = vals
+                .get(2)
+                .and_then(int)
+                .is_some_and(|cr| cr.saturating_add(ttl_ms) > now);
+            if !claimed || !live {
+                return Ok(None);
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError(
+                    "another instance's decision did not arrive within the lease".to_owned(),
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Moves a decided action to `to` from any of `from`; one round trip.
+    pub fn update(
+        &self,
+        user_id: &str,
+        action: &str,
+        key: &str,
+        to: State,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<Update, StoreError> {
+        let user = self.hasher.hash(b'u', user_id);
+        let froms: String = State::ALL
+            .into_iter()
+            .filter(|s| s.allowed_moves().contains(&to))
+            .map(|s| format!(",{}", state_code(s)))
+            .collect::<String>()
+            + ",";
+        let replies = self.pool.run(&[Op::Script {
+            script: &self.scripts.update,
+            keys: vec![self.action_key(user, identity(user_id, action, key))],
+            args: vec![now.to_string(), ttl_ms.to_string(), state_code(to), froms],
+        }])?;
+        let r = replies.first().map(array).unwrap_or(&[]);
+        let status = r.first().and_then(text).unwrap_or_default();
+        let rest = r.get(1..).unwrap_or(&[]);
+        let s = stored(rest).filter(|s| s.user_id == user_id && s.action == action && s.key == key);
+        Ok(match (status.as_str(), s) {
+            ("moved", Some(s)) => Update::Moved(Box::new(s)),
+            ("refused", Some(s)) => Update::Refused(Box::new(s)),
+            _ => Update::Missing,
+        })
+    }
+
+    /// Writes what a verified action makes known (after a successful challenge or review); one round trip.
+    pub fn know(&self, k: &KnownWrite, limits: &HistoryLimits) -> Result<(), StoreError> {
+        let mut keys = self.user_keys(&Keys {
+            user: k.user,
+            ..Keys::default()
+        });
+        // The known keys only: devices, IPs, countries, location, rba counts.
+        keys.drain(..2);
+        let mut args = Vec::new();
+        self.know_args(k, limits.known_for_ms, &mut args);
+        let mut ops = vec![Op::Script {
+            script: &self.scripts.know,
+            keys,
+            args,
+        }];
+        self.population_ops(k, limits.known_for_ms, &mut ops);
+        self.pool.run(&ops).map(|_| ())
+    }
+
+    /// Checks a token (and uses it up when valid): one round trip to find its action, one to check it.
+    pub fn validate(&self, token: &str, now: i64, ttl_ms: i64) -> Result<Checked, StoreError> {
+        let mut get = redis::cmd("GET");
+        get.arg(self.token_key(token));
+        let replies = self.pool.run(&[Op::Plain(get)])?;
+        let Some(action_key) = replies.first().and_then(text) else {
+            return Ok(Checked::Unknown);
+        };
+        if !action_key.starts_with(&self.prefix) {
+            return Ok(Checked::Unknown);
+        }
+        let th = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(token.as_bytes()));
+        let replies = self.pool.run(&[Op::Script {
+            script: &self.scripts.validate,
+            keys: vec![action_key],
+            args: vec![
+                th,
+                now.to_string(),
+                ttl_ms.to_string(),
+                state_code(State::ChallengeSucceeded),
+            ],
+        }])?;
+        let r = replies.first().map(array).unwrap_or(&[]);
+        let status = r.first().and_then(text).unwrap_or_default();
+        use crate::InvalidTokenReason as R;
+        let reason = match status.as_str() {
+            "valid" => None,
+            "expired" => Some(R::Expired),
+            "not_succeeded" => Some(R::NotSucceeded),
+            "used" => Some(R::AlreadyUsed),
+            _ => return Ok(Checked::Unknown),
+        };
+        let id = r.get(1).and_then(text).and_then(|i| parse_id(&i));
+        let state = r.get(2).and_then(parse_state);
+        match (id, state) {
+            (Some((user_id, action, key)), Some(state)) => Ok(Checked::Found {
+                reason,
+                user_id,
+                action,
+                key,
+                state,
+            }),
+            _ => Err(broken("token check")),
+        }
+    }
+}
+
+/// `[field, value, …]` (HGETALL) as text pairs.
+fn pairs_text(v: &Value) -> Vec<(String, String)> {
+    match v {
+        Value::Map(m) => m
+            .iter()
+            .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
+            .collect(),
+        _ => array(v)
+            .chunks(2)
+            .filter_map(|c| Some((text(c.first()?)?, text(c.get(1)?)?)))
+            .collect(),
+    }
+}

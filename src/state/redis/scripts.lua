@@ -1,0 +1,150 @@
+-- riskgate's Redis scripts share this prelude. Every time, count and ttl arrives as a decimal string and is
+-- passed on as that string (Lua would print a number above 10^14 in exponent form); `tonumber` is used only
+-- to compare. Each script touches the keys of one hash-tag slot: one user's, one IP's, one device's or one
+-- value's.
+local i = 0
+local function nxt()
+  i = i + 1
+  return ARGV[i]
+end
+
+-- A velocity series: one member per action, scored by its time. Drops what is older than the window of the
+-- time written (score <= cutoff), then the oldest while the series is full, then adds.
+local function zpush(key, member, at, cutoff, cap, ttl)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+  local n = redis.call('ZCARD', key)
+  if n >= cap then
+    redis.call('ZREMRANGEBYRANK', key, 0, n - cap)
+  end
+  redis.call('ZADD', key, at, member)
+  redis.call('PEXPIRE', key, ttl)
+end
+
+-- A distinct set or known list: one member per user, device, IP or country, scored by when it was last seen.
+local function zsee(key, member, at, cutoff, cap, ttl)
+  local s = redis.call('ZSCORE', key, member)
+  if s then
+    if tonumber(s) < tonumber(at) then
+      redis.call('ZADD', key, at, member)
+    end
+  else
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+    local n = redis.call('ZCARD', key)
+    if n >= cap then
+      redis.call('ZPOPMIN', key, n - cap + 1)
+    end
+    redis.call('ZADD', key, at, member)
+  end
+  redis.call('PEXPIRE', key, ttl)
+end
+
+-- `count:last` pairs.
+local function split(v)
+  local p = string.find(v, ':', 1, true)
+  return tonumber(string.sub(v, 1, p - 1)), string.sub(v, p + 1)
+end
+
+-- One more verified action with value `v` in a user's `rba_score()` counts (at most `cap` values).
+local function count_value(key, v, at, cutoff, cap)
+  local cur = redis.call('HGET', key, v)
+  if cur then
+    local c, l = split(cur)
+    if tonumber(at) > tonumber(l) then l = at end
+    redis.call('HSET', key, v, (c + 1) .. ':' .. l)
+    return
+  end
+  local all = redis.call('HGETALL', key)
+  local n, oldest, oldest_t = 0, nil, nil
+  for j = 1, #all, 2 do
+    local f = all[j]
+    if f ~= 'n' then
+      local _, ls = split(all[j + 1])
+      local l = tonumber(ls)
+      if l <= tonumber(cutoff) then
+        redis.call('HDEL', key, f)
+      else
+        n = n + 1
+        if oldest_t == nil or l < oldest_t then
+          oldest, oldest_t = f, l
+        end
+      end
+    end
+  end
+  if n >= cap and oldest then
+    redis.call('HDEL', key, oldest)
+  end
+  redis.call('HSET', key, v, '1:' .. at)
+end
+
+-- What a verified action makes known, on the user's keys KEYS[b] .. KEYS[b + 4]: devices, IPs, countries,
+-- last location, rba counts.
+local function know(b)
+  local at = nxt()
+  local cutoff = nxt()
+  local kf = nxt()
+  local cap = tonumber(nxt())
+  local rcap = tonumber(nxt())
+  for k = 0, 2 do
+    local item = nxt()
+    if item ~= '' then
+      zsee(KEYS[b + k], item, at, cutoff, cap, kf)
+    end
+  end
+  if nxt() == '1' then
+    local lat = nxt()
+    local lon = nxt()
+    local lip = nxt()
+    local lcc = nxt()
+    local old = redis.call('HGET', KEYS[b + 3], 'at')
+    if (not old) or tonumber(old) <= tonumber(at) then
+      redis.call('HSET', KEYS[b + 3], 'lat', lat, 'lon', lon, 'at', at, 'ip', lip, 'cc', lcc)
+    end
+    redis.call('PEXPIRE', KEYS[b + 3], kf)
+  end
+  local nr = tonumber(nxt())
+  if nr > 0 then
+    redis.call('HINCRBY', KEYS[b + 4], 'n', 1)
+    for _ = 1, nr do
+      count_value(KEYS[b + 4], nxt(), at, cutoff, rcap)
+    end
+    redis.call('PEXPIRE', KEYS[b + 4], kf)
+  end
+end
+
+-- The series and set writes of one subject: KEYS[b] its series, KEYS[b + 1] its set.
+local function record(b)
+  if nxt() == '1' then
+    local m = nxt()
+    local at = nxt()
+    local cutoff = nxt()
+    local cap = tonumber(nxt())
+    local ttl = nxt()
+    zpush(KEYS[b], m, at, cutoff, cap, ttl)
+  end
+  if nxt() == '1' then
+    local m = nxt()
+    local at = nxt()
+    local cutoff = nxt()
+    local cap = tonumber(nxt())
+    local ttl = nxt()
+    zsee(KEYS[b + 1], m, at, cutoff, cap, ttl)
+  end
+end
+
+-- The reads of one subject's series and set, within (lo, hi].
+local function reads(b, out)
+  if nxt() == '1' then
+    local lo = nxt()
+    local hi = nxt()
+    out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[b], '(' .. lo, hi, 'WITHSCORES')
+  else
+    out[#out + 1] = {}
+  end
+  if nxt() == '1' then
+    local lo = nxt()
+    local hi = nxt()
+    out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[b + 1], '(' .. lo, hi, 'WITHSCORES')
+  else
+    out[#out + 1] = {}
+  end
+end

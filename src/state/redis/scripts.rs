@@ -1,0 +1,200 @@
+//! The server-side scripts: each runs atomically on the keys of one hash-tag slot. The shared prelude
+//! (`scripts.lua`) holds the series, set, known and `rba_score()` updates, written once.
+
+/// A script and its SHA-1, for EVALSHA (and EVAL once after a `NOSCRIPT`).
+pub(crate) struct Script {
+    pub src: &'static str,
+    pub sha: String,
+}
+
+impl Script {
+    fn new(src: &'static str) -> Self {
+        Script {
+            src,
+            sha: redis::Script::new(src).get_hash().to_owned(),
+        }
+    }
+}
+
+macro_rules! script {
+    ($body:literal) => {
+        concat!(include_str!("scripts.lua"), "\n", $body)
+    };
+}
+
+/// Claims a new identity, or answers what it holds; with the claim, reads the user's history.
+/// KEYS: action, user series, devices of the user, known devices, IPs, countries, location, rba counts.
+const CLAIM: &str = script!(
+    r#"
+local a = KEYS[1]
+local id = nxt()
+local fp = nxt()
+local now = nxt()
+local ttl = nxt()
+local lease = nxt()
+local owner = nxt()
+local cur = redis.call('HMGET', a, 'id', 'fp', 'cr', 'd', 'st')
+if cur[1] and tonumber(cur[3]) + tonumber(ttl) > tonumber(now) then
+  if cur[1] ~= id then return {'conflict'} end
+  if cur[4] then return {'decided', cur[2], cur[3], cur[4], cur[5]} end
+  return {'pending', cur[2]}
+end
+redis.call('DEL', a)
+redis.call('HSET', a, 'id', id, 'fp', fp, 'cr', now, 'lease', owner)
+redis.call('PEXPIRE', a, lease)
+local out = {'claimed'}
+reads(2, out)
+if nxt() == '1' then
+  local kfrom = nxt()
+  for k = 4, 6 do
+    out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. kfrom, '+inf', 'WITHSCORES')
+  end
+  out[#out + 1] = redis.call('HMGET', KEYS[7], 'lat', 'lon', 'at', 'ip', 'cc')
+  out[#out + 1] = redis.call('HGETALL', KEYS[8])
+end
+return out
+"#
+);
+
+/// Commits a claimed first decision (only while the claim's lease holds) with the user's history writes.
+/// KEYS: as [`CLAIM`]'s.
+const COMMIT: &str = script!(
+    r#"
+local a = KEYS[1]
+local owner = nxt()
+if redis.call('HGET', a, 'lease') ~= owner then return 0 end
+local d = nxt()
+local st = nxt()
+local at = nxt()
+local ttl = nxt()
+local th = nxt()
+local te = nxt()
+redis.call('HSET', a, 'd', d, 'st', st, 'su', at)
+if th ~= '' then redis.call('HSET', a, 'th', th, 'te', te) end
+redis.call('HDEL', a, 'lease')
+redis.call('PEXPIRE', a, ttl)
+record(2)
+if nxt() == '1' then know(4) end
+return 1
+"#
+);
+
+/// Records an action in one IP's or device's series and set. KEYS: series, set.
+const SUBJECT: &str = script!(
+    r#"
+record(1)
+return 1
+"#
+);
+
+/// Makes a verified action's device, IP and country known. KEYS: known devices, IPs, countries, location,
+/// rba counts.
+const KNOW: &str = script!(
+    r#"
+know(1)
+return 1
+"#
+);
+
+/// One more verified action with one `rba_score()` value, over all users. KEYS: the value's count.
+const POPULATION: &str = script!(
+    r#"
+local at = nxt()
+local ttl = nxt()
+local cur = redis.call('GET', KEYS[1])
+local c, l = 0, at
+if cur then
+  c, l = split(cur)
+  if tonumber(at) > tonumber(l) then l = at end
+end
+redis.call('SET', KEYS[1], (c + 1) .. ':' .. l, 'PX', ttl)
+return 1
+"#
+);
+
+/// Moves a decided action's state if it is one of the states it may move from. KEYS: action.
+const UPDATE: &str = script!(
+    r#"
+local a = KEYS[1]
+local now = nxt()
+local ttl = nxt()
+local new = nxt()
+local froms = nxt()
+local cur = redis.call('HMGET', a, 'id', 'fp', 'cr', 'd', 'st', 'su')
+if (not cur[1]) or (not cur[4]) or tonumber(cur[3]) + tonumber(ttl) <= tonumber(now) then
+  return {'missing'}
+end
+if string.find(froms, ',' .. cur[5] .. ',', 1, true) then
+  redis.call('HSET', a, 'st', new, 'su', now)
+  return {'moved', cur[1], cur[2], cur[3], cur[4], new, now}
+end
+return {'refused', cur[1], cur[2], cur[3], cur[4], cur[5], cur[6]}
+"#
+);
+
+/// Checks a challenge token against its action and uses it up when it is valid. KEYS: action.
+const VALIDATE: &str = script!(
+    r#"
+local cur = redis.call('HMGET', KEYS[1], 'id', 'cr', 'st', 'th', 'te', 'tu')
+local th = nxt()
+local now = nxt()
+local ttl = nxt()
+local ok = nxt()
+if (not cur[1]) or cur[4] ~= th or tonumber(cur[2]) + tonumber(ttl) <= tonumber(now) then
+  return {'unknown'}
+end
+if tonumber(now) >= tonumber(cur[5]) then return {'expired', cur[1], cur[3]} end
+if cur[3] ~= ok then return {'not_succeeded', cur[1], cur[3]} end
+if cur[6] then return {'used', cur[1], cur[3]} end
+redis.call('HSET', KEYS[1], 'tu', '1')
+return {'valid', cur[1], cur[3]}
+"#
+);
+
+/// Gives up a claim that could not be decided (so a retry decides again). KEYS: action.
+const RELEASE: &str = script!(
+    r#"
+if redis.call('HGET', KEYS[1], 'lease') == nxt() then redis.call('DEL', KEYS[1]) end
+return 1
+"#
+);
+
+/// Every script, loaded once per store.
+pub(crate) struct Scripts {
+    pub claim: Script,
+    pub commit: Script,
+    pub subject: Script,
+    pub know: Script,
+    pub population: Script,
+    pub update: Script,
+    pub validate: Script,
+    pub release: Script,
+}
+
+impl Scripts {
+    pub fn all(&self) -> [&Script; 8] {
+        [
+            &self.claim,
+            &self.commit,
+            &self.subject,
+            &self.know,
+            &self.population,
+            &self.update,
+            &self.validate,
+            &self.release,
+        ]
+    }
+
+    pub fn new() -> Self {
+        Scripts {
+            claim: Script::new(CLAIM),
+            commit: Script::new(COMMIT),
+            subject: Script::new(SUBJECT),
+            know: Script::new(KNOW),
+            population: Script::new(POPULATION),
+            update: Script::new(UPDATE),
+            validate: Script::new(VALIDATE),
+            release: Script::new(RELEASE),
+        }
+    }
+}
