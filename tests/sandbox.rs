@@ -910,11 +910,15 @@ proptest! {
 
 #[test]
 fn data_nested_past_the_depth_the_sandbox_handles_is_a_depth_limit_error() {
-    let rules = RuleSet::from_sources([(
-        "deep",
-        "let a = []; for i in 0..100 { a = [a]; } if a == a { BLOCK }",
-    )])
-    .unwrap();
+    // A time limit far beyond the rule's cost, so a loaded machine cannot turn the depth error into a timeout.
+    let rules = RuleSet::builder()
+        .config_toml("[limits]\ntime_limit = \"60s\"\n")
+        .rule(
+            "deep",
+            "let a = []; for i in 0..100 { a = [a]; } if a == a { BLOCK }",
+        )
+        .build()
+        .unwrap();
     let engine = Engine::builder().ruleset(rules).build().unwrap();
     let resp = engine.track(&request()).unwrap();
     assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
