@@ -1,4 +1,4 @@
-//! riskgate's benchmark suite: one criterion binary, eight groups.
+//! riskgate's benchmark suite: one criterion binary, nine groups.
 //!
 //! - `realistic`: the headline groups, on the realistic stream of `src/cli/workload.rs` (100,000 live actions,
 //!   shuffled distinct identities, full attributes, ten rules): repeats and first decisions, 1 and 2 threads.
@@ -11,6 +11,8 @@
 //! - `store`: the concurrent map behind the action store against the alternatives, on the realistic stream's
 //!   identity hashes.
 //! - `signal-cost`: what every signal adds to a first decision, on both rule paths.
+//! - `rba`: what `rba_score()` adds to a first decision, on users with varied history (several devices,
+//!   addresses, networks and browser versions each).
 //!
 //! Run `cargo bench --bench riskgate -- --quick` for a short run; see BENCHMARKS.md. Setting
 //! `RISKGATE_BENCH_MEMORY=N` instead measures resident memory per stored action over N unique actions and exits
@@ -965,13 +967,89 @@ fn signal_cost(c: &mut Criterion) {
     g.finish();
 }
 
+const RBA_USERS: u64 = 1_000;
+
+/// Sign-in `i` of user `i % RBA_USERS`, varied the way people are: one of three devices (phone and computer
+/// mostly), a home address in Milton (AS209, US) or one from a Linköping pool (AS29518, SE), and a browser that
+/// updates now and then. With `new_device`, a device nobody has used.
+fn rba_request(i: u64, new_device: bool) -> TrackRequest {
+    let user = i % RBA_USERS;
+    let round = i / RBA_USERS;
+    let device = if new_device {
+        format!("new-{i}")
+    } else {
+        format!("device-{user}-{}", [0, 1, 0, 1, 2][(round % 5) as usize])
+    };
+    let ip = if round % 3 == 2 {
+        format!("89.160.20.{}", 112 + (i % 16))
+    } else {
+        format!("216.160.83.{}", 56 + (user % 8))
+    };
+    let version = 140 + round / 4 % 4;
+    let ua = if device.ends_with("-1") {
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) \
+         Version/17.0 Mobile/15E148 Safari/604.1"
+            .to_string()
+    } else {
+        format!(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) \
+             Chrome/{version}.0.0.0 Safari/537.36"
+        )
+    };
+    TrackRequest::new(format!("user-{user}"), "signIn")
+        .idempotency_key(format!("k{i}"))
+        .device(device)
+        .ip(ip)
+        .user_agent(ua)
+}
+
+/// `rba_score()` against the same engine without it, on users with twenty earlier sign-ins each in history
+/// (all allowed, so all verified): a usual sign-in, and one from a device nobody has used.
+fn rba(c: &mut Criterion) {
+    if !wanted("rba") {
+        return;
+    }
+    let mut g = c.benchmark_group("rba");
+    let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_709_283_600);
+    for (name, rule, new_device) in [
+        ("baseline", r#"if user_id == "nobody" { BLOCK }"#, false),
+        ("score", r#"if rba_score() > 1.0e12 { BLOCK }"#, false),
+        (
+            "baseline/new-device",
+            r#"if user_id == "nobody" { BLOCK }"#,
+            true,
+        ),
+        (
+            "score/new-device",
+            r#"if rba_score() > 1.0e12 { BLOCK }"#,
+            true,
+        ),
+    ] {
+        let e = cost_engine(rule, true);
+        let mut i = 0u64;
+        while i < RBA_USERS * 20 {
+            e.track_at(&rba_request(i, false), t0 + Duration::from_secs(i))
+                .unwrap();
+            i += 1;
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i += 1;
+                let at = t0 + Duration::from_secs(i);
+                black_box(e.track_at(&rba_request(i, new_device), at).unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = realistic, floor, best_case, decide, signals, throughput, store, signal_cost
+    targets = realistic, floor, best_case, decide, signals, throughput, store, signal_cost, rba
 }
 
 /// Whether group `name` can match the benchmark filter on the command line, so that running or profiling one

@@ -720,9 +720,13 @@ impl History {
         })
     }
 
-    /// What `rba_score()` needs about `values` (at most [`super::rba::LEVELS`]): the user's and the population's
-    /// counts of each among verified actions still within `known_for` of `now`.
-    pub fn rba_counts(&self, user: u64, values: &[u64], now: EpochMs) -> RbaCounts {
+    /// What `rba_score()` needs about `values` (at most [`super::rba::LEVELS`]; only those whose bit is set in
+    /// `present` are looked up, the others count 0): the user's and the population's counts of each among
+    /// verified actions still within `known_for` of `now`.
+    ///
+    /// One look-up of the user and a scan of their counts per value (at most [`MAX_RBA_VALUES`] each), then one
+    /// look-up per value in the population table.
+    pub fn rba_counts(&self, user: u64, values: &[u64], present: u16, now: EpochMs) -> RbaCounts {
         let now_ms = now.ms();
         let known_for = self.known_for_ms.load(Ordering::Relaxed);
         let fresh = |last: i64| last.saturating_add(known_for) > now_ms;
@@ -732,13 +736,19 @@ impl History {
         };
         if let Some(k) = self.known.map.get(&user) {
             out.user_actions = u64::from(k.rba_actions);
-            for (slot, v) in out.user.iter_mut().zip(values) {
+            for (l, (slot, v)) in out.user.iter_mut().zip(values).enumerate() {
+                if present & (1 << l) == 0 {
+                    continue;
+                }
                 if let Some(c) = k.rba.iter().find(|c| c.value == *v && fresh(c.last_ms)) {
                     *slot = u64::from(c.count);
                 }
             }
         }
-        for (slot, v) in out.all.iter_mut().zip(values) {
+        for (l, (slot, v)) in out.all.iter_mut().zip(values).enumerate() {
+            if present & (1 << l) == 0 {
+                continue;
+            }
             if let Some(f) = self.rba.map.get(v).filter(|f| fresh(f.last_ms)) {
                 *slot = u64::from(f.count);
             }

@@ -131,11 +131,15 @@ pub(crate) fn features(ctx: &DecisionCtx) -> Features {
     })
 }
 
-/// The score of this action (see the [module docs](self)).
+/// The score of this action (see the [module docs](self)). Never inlined, so that a profiler can count it alone
+/// (`valgrind --tool=callgrind --toggle-collect='riskgate::signals::rba::rba_score'`); it runs once per decision.
+#[inline(never)]
 pub(crate) fn rba_score(ctx: &DecisionCtx) -> f64 {
     *ctx.memo.rba_score.get_or_init(|| {
         let f = features(ctx);
-        let c = ctx.history.rba_counts(ctx.keys.user, &f.values, ctx.now);
+        let c = ctx
+            .history
+            .rba_counts(ctx.keys.user, &f.values, f.present, ctx.now);
         score(&f, &c)
     })
 }
@@ -147,7 +151,9 @@ pub(crate) const CHAIN_NAMES: [&str; 4] = ["network", "browser", "device", "devi
 /// product. For explaining a decision; reads the same memoised features and counts as [`rba_score`].
 pub(crate) fn factors(ctx: &DecisionCtx) -> [Option<f64>; 4] {
     let f = features(ctx);
-    let c = ctx.history.rba_counts(ctx.keys.user, &f.values, ctx.now);
+    let c = ctx
+        .history
+        .rba_counts(ctx.keys.user, &f.values, f.present, ctx.now);
     chain_factors(&f, &c)
 }
 
@@ -161,36 +167,34 @@ pub(crate) fn score(f: &Features, c: &super::history::RbaCounts) -> f64 {
 }
 
 /// Each chain's `P(v₀) / Pᵤ(v₀)`, `None` for a chain none of whose levels is present.
+///
+/// Walks each chain once from its most general present level to its most specific, with the same arithmetic
+/// as the formula in the module docs.
 fn chain_factors(f: &Features, c: &super::history::RbaCounts) -> [Option<f64>; 4] {
     let n_all = c.all_actions as f64;
-    let pop = |g: u64| (g as f64 + 1.0) / (n_all + 1.0);
+    let pop = |g: f64| (g + 1.0) / (n_all + 1.0);
     let mut out = [None; 4];
     for (chain, slot) in CHAINS.into_iter().zip(out.iter_mut()) {
-        let mut buf = [0usize; 4];
-        let mut len = 0;
-        for l in chain.filter(|&l| f.has(l)) {
-            if let Some(slot) = buf.get_mut(len) {
-                *slot = l;
-                len += 1;
-            }
+        // (the population's count, the user's count) of the level above the current one, and Pᵤ there.
+        let mut above: Option<(f64, f64)> = None;
+        let mut pu = 1.0;
+        for l in chain.rev().filter(|&l| f.has(l)) {
+            let (Some(&g), Some(&u)) = (c.all.get(l), c.user.get(l)) else {
+                continue;
+            };
+            let (g, u) = (g as f64, u as f64);
+            pu = match above {
+                None => ((u + KAPPA * pop(g)) / (c.user_actions as f64 + KAPPA)).min(1.0),
+                Some((g_above, u_above)) => {
+                    let within = ((g + 1.0) / (g_above + 1.0)).min(1.0);
+                    ((u + KAPPA * pu * within) / (u_above + KAPPA)).min(1.0)
+                }
+            };
+            above = Some((g, u));
         }
-        let levels = buf.get(..len).unwrap_or(&[]);
-        let (Some(&first), Some(&top)) = (levels.first(), levels.last()) else {
-            continue;
-        };
-        let get = |a: &[u64; LEVELS], l: usize| a.get(l).copied().unwrap_or(0);
-        let mut pu = ((get(&c.user, top) as f64 + KAPPA * pop(get(&c.all, top)))
-            / (c.user_actions as f64 + KAPPA))
-            .min(1.0);
-        for pair in levels.windows(2).rev() {
-            let (below, above) = (pair[0], pair[1]);
-            let within =
-                ((get(&c.all, below) as f64 + 1.0) / (get(&c.all, above) as f64 + 1.0)).min(1.0);
-            pu = ((get(&c.user, below) as f64 + KAPPA * pu * within)
-                / (get(&c.user, above) as f64 + KAPPA))
-                .min(1.0);
+        if let Some((g, _)) = above {
+            *slot = Some(pop(g) / pu.max(f64::MIN_POSITIVE));
         }
-        *slot = Some(pop(get(&c.all, first)) / pu.max(f64::MIN_POSITIVE));
     }
     out
 }

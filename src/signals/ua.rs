@@ -1,14 +1,17 @@
 //! User agents, parsed with `woothee` (a maintained, data-driven parser shared with other languages).
 
-/// What rules can ask about a user agent.
+use std::sync::Arc;
+
+/// What rules can ask about a user agent. Its strings are shared (`Arc`), so that a decision takes a copy of a
+/// cached parse without allocating.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Agent {
     /// The browser or crawler name (`Chrome`, `Safari`, `Googlebot`), if recognised.
-    pub browser: Option<Box<str>>,
+    pub browser: Option<Arc<str>>,
     /// The browser's major version (`143` of `143.0.0.0`), if recognised.
-    pub version: Option<Box<str>>,
+    pub version: Option<Arc<str>>,
     /// The operating system (`Mac OSX`, `Windows 10`, `iPhone`, `Android`), if recognised.
-    pub os: Option<Box<str>>,
+    pub os: Option<Arc<str>>,
     /// `desktop`, `mobile`, `crawler`, `appliance` or `other`, if recognised.
     pub device_type: Option<&'static str>,
     /// A crawler, or an empty user agent.
@@ -66,7 +69,7 @@ pub(crate) fn parse(ua: Option<&str>) -> Agent {
         return Agent::default();
     };
     let known =
-        |s: &str| (!s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN).then(|| Box::from(s));
+        |s: &str| (!s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN).then(|| Arc::from(s));
     let device_type = match r.category {
         "pc" => Some("desktop"),
         "smartphone" | "mobilephone" => Some("mobile"),
