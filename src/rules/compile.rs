@@ -33,10 +33,38 @@ use crate::State;
 /// How many `let` variables holding run-time values a compiled rule may have.
 const LOCALS: usize = 8;
 
+/// How many distinct `custom` fields of one ruleset get a per-decision slot (see [`CustomSlots`]); a
+/// ruleset reading more looks the rest up at each read.
+const CUSTOM_SLOTS: usize = 16;
+
+/// The `custom` fields a ruleset's compiled rules read, one slot each: each field is looked up in the
+/// request once per decision, on its first read, and every later read of it (in any rule) indexes the slot.
+///
+/// INVARIANT: the rules evaluated with one [`Ctx`] were all compiled with one `CustomSlots` (one ruleset
+/// load), so a slot number means one field.
+#[derive(Default)]
+pub(crate) struct CustomSlots(Vec<Box<str>>);
+
+impl CustomSlots {
+    /// The slot of `key`, handed out on its first use; `None` when every slot is taken.
+    fn slot(&mut self, key: &str) -> Option<usize> {
+        if let Some(i) = self.0.iter().position(|k| &**k == key) {
+            return Some(i);
+        }
+        if self.0.len() == CUSTOM_SLOTS {
+            return None;
+        }
+        self.0.push(key.into());
+        Some(self.0.len() - 1)
+    }
+}
+
 /// What a compiled rule reads: the request under decision, its signals, and the rule's `let` variables.
 pub(crate) struct Ctx<'a> {
     pub req: &'a TrackRequest,
     pub signals: &'a DecisionCtx,
+    /// The `custom` fields read so far in this decision, by [`CustomSlots`] slot.
+    custom: [Cell<Option<Val<'a>>>; CUSTOM_SLOTS],
     // INVARIANT: a rule reads a slot only after its own `let` wrote it (bindings are resolved lexically at
     // compile time), so what an earlier rule left there is never seen.
     locals: [Cell<Val<'a>>; LOCALS],
@@ -47,8 +75,22 @@ impl<'a> Ctx<'a> {
         Ctx {
             req,
             signals,
+            custom: std::array::from_fn(|_| Cell::new(None)),
             locals: std::array::from_fn(|_| Cell::new(Val::Unit)),
         }
+    }
+
+    /// `custom.<key>`, looked up once per decision when it has a slot.
+    fn custom(&self, slot: Option<usize>, key: &str) -> Val<'a> {
+        let Some(cell) = slot.and_then(|i| self.custom.get(i)) else {
+            return custom_val(self.req, key);
+        };
+        if let Some(v) = cell.get() {
+            return v;
+        }
+        let v = custom_val(self.req, key);
+        cell.set(Some(v));
+        v
     }
 }
 
@@ -94,7 +136,7 @@ impl Compiled {
 }
 
 /// Compiles `ast` if it is in the subset and cannot reach a sandbox limit; `None` leaves it to Rhai.
-pub(crate) fn compile(ast: &AST, limits: &Limits) -> Option<Compiled> {
+pub(crate) fn compile(ast: &AST, limits: &Limits, custom: &mut CustomSlots) -> Option<Compiled> {
     if ast.has_functions() {
         return None;
     }
@@ -109,6 +151,7 @@ pub(crate) fn compile(ast: &AST, limits: &Limits) -> Option<Compiled> {
         limits,
         scope: Vec::new(),
         slots: 0,
+        custom,
     };
     let body = c.block(ast.statements())?;
     // A compiled rule has no loops, so Rhai would count at most a few operations per node: keep well inside
@@ -309,6 +352,8 @@ struct Compiler<'l> {
     scope: Vec<(ImmutableString, Binding)>,
     /// Run-time slots handed out so far.
     slots: usize,
+    /// The ruleset's `custom` field slots.
+    custom: &'l mut CustomSlots,
 }
 
 impl Compiler<'_> {
@@ -488,8 +533,9 @@ impl Compiler<'_> {
         match (is_custom, rhs) {
             (true, Expr::Property(p, _)) => {
                 let key: Box<str> = p.2.as_str().into();
+                let slot = self.custom.slot(&key);
                 Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
-                    Some(custom_val(ctx.req, &key))
+                    Some(ctx.custom(slot, &key))
                 })))
             }
             (true, Expr::Dot(inner, flags, _)) if flags.is_empty() => {
@@ -497,8 +543,9 @@ impl Compiler<'_> {
                     return None;
                 };
                 let key: Box<str> = p.2.as_str().into();
+                let slot = self.custom.slot(&key);
                 let field = Code::Run(Box::new(move |ctx: &Ctx<'_>| {
-                    Some(custom_val(ctx.req, &key))
+                    Some(ctx.custom(slot, &key))
                 }));
                 self.chain(field, &inner.rhs)
             }
@@ -796,7 +843,7 @@ mod tests {
         let ast = engine
             .compile_with_scope(&super::super::sandbox::compile_scope(), src)
             .unwrap();
-        compile(&ast, &limits)
+        compile(&ast, &limits, &mut CustomSlots::default())
     }
 
     fn run(src: &str, req: &TrackRequest) -> Option<Option<State>> {
