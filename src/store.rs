@@ -18,7 +18,9 @@
 //!   chosen by a keyed hash of the identity, and publishes the time of each one's oldest entry. An insert
 //!   locks its own shard to push its entry, then evicts the oldest entries of all (the shard with the oldest
 //!   published front) while they are older than the TTL or the store holds more than its capacity, at most
-//!   [`EVICT_PER_INSERT`] per insert: a backlog (the capacity lowered by a reload, a jump in event time) is
+//!   [`EVICT_PER_INSERT`] per insert. An insert that finds the store within capacity and a published lower
+//!   bound on all fronts unexpired (the common case) evicts nothing and scans no front (`Store::min_front`).
+//!   A backlog (the capacity lowered by a reload, a jump in event time) is
 //!   worked off over the next inserts, never by one caller. No lock is global: an insert locks its own shard
 //!   and, only when it evicts, the shard it evicts from. A lookup also treats an expired action as absent, so
 //!   expiry is exact even between inserts. An entry removes only the slot it was pushed for (same sequence
@@ -341,8 +343,7 @@ const BOUND_MAX_MS: i64 = (1 << (64 - BOUND_VERSION_BITS)) - 1;
 
 /// Packs a bound (`i64::MAX`, an empty store, saturates to a time that never expires) with its version.
 fn pack_bound(ms: i64, version: u64) -> u64 {
-    ((ms.clamp(0, BOUND_MAX_MS) as u64) << BOUND_VERSION_BITS)
-        | (version & VERSION_MASK)
+    ((ms.clamp(0, BOUND_MAX_MS) as u64) << BOUND_VERSION_BITS) | (version & VERSION_MASK)
 }
 
 fn bound_ms(packed: u64) -> i64 {
@@ -451,9 +452,7 @@ impl Store {
             Err(_) => match self.map.compute(
                 h,
                 |entry| match entry {
-                    Some((_, s)) if !s.created.expired(ttl, now) => {
-                        Operation::Abort(Arc::clone(s))
-                    }
+                    Some((_, s)) if !s.created.expired(ttl, now) => Operation::Abort(Arc::clone(s)),
                     // An expired action is gone, so this is a new action (and no conflict).
                     _ => Operation::Insert(Arc::clone(&fresh)),
                 },
@@ -905,7 +904,10 @@ mod tests {
                 .min()
                 .unwrap_or(i64::MAX);
             let bound = bound_ms(store.min_front.load(Ordering::SeqCst));
-            assert!(bound <= oldest, "round {round}: bound {bound} > front {oldest}");
+            assert!(
+                bound <= oldest,
+                "round {round}: bound {bound} > front {oldest}"
+            );
             // And the first insert a TTL after the oldest action evicts it.
             let before = store.len();
             insert(&store, "late", oldest + TTL_MS);

@@ -544,9 +544,7 @@ impl Compiler<'_> {
                 };
                 let key: Box<str> = p.2.as_str().into();
                 let slot = self.custom.slot(&key);
-                let field = Code::Run(Box::new(move |ctx: &Ctx<'_>| {
-                    Some(ctx.custom(slot, &key))
-                }));
+                let field = Code::Run(Box::new(move |ctx: &Ctx<'_>| Some(ctx.custom(slot, &key))));
                 self.chain(field, &inner.rhs)
             }
             (false, _) => {
@@ -854,6 +852,51 @@ mod tests {
         let set = std::sync::Arc::new(signals::SignalSet::default());
         let signals = DecisionCtx::new(&history, &set, req, crate::time::EpochMs::from_ms(0));
         compiled(src).unwrap().eval(&Ctx::new(req, &signals))
+    }
+
+    #[test]
+    fn custom_fields_share_slots_across_rules_and_overflow_to_look_ups() {
+        let limits = Limits::default();
+        let engine = super::super::sandbox::new_engine(&limits);
+        let mut slots = CustomSlots::default();
+        let mut rule = |src: &str| {
+            let ast = engine
+                .compile_with_scope(&super::super::sandbox::compile_scope(), src)
+                .unwrap();
+            compile(&ast, &limits, &mut slots).unwrap()
+        };
+        // Fill every slot with fields no request below has, then two rules on fields past the last slot.
+        let filler: Vec<Compiled> = (0..CUSTOM_SLOTS)
+            .map(|i| rule(&format!("if custom.f{i} != () {{ BLOCK }}")))
+            .collect();
+        let amount = rule("if custom.amount > 100 { REVIEW }");
+        let both = rule(r#"if custom.amount > 100 && custom.currency == "EUR" { BLOCK }"#);
+        let first = rule("if custom.f0 == () { ALLOW }");
+        assert_eq!(slots.0.len(), CUSTOM_SLOTS);
+        let history = std::sync::Arc::new(signals::History::new(
+            crate::config::HistoryLimits::default(),
+            crate::hash::EngineKeys::draw().unwrap(),
+        ));
+        let set = std::sync::Arc::new(signals::SignalSet::default());
+        for (amount_v, currency, want_review, want_block) in [
+            (500, "EUR", Some(State::Review), Some(State::Block)),
+            (500, "USD", Some(State::Review), None),
+            (50, "EUR", None, None),
+        ] {
+            let req = TrackRequest::new("u", "a")
+                .custom("amount", amount_v)
+                .custom("currency", currency);
+            let signals = DecisionCtx::new(&history, &set, &req, crate::time::EpochMs::from_ms(0));
+            // One context for every rule, as a decision has: a slot read by one rule is read again by the next.
+            let ctx = Ctx::new(&req, &signals);
+            for f in &filler {
+                assert_eq!(f.eval(&ctx), Some(None));
+            }
+            assert_eq!(amount.eval(&ctx), Some(want_review));
+            assert_eq!(both.eval(&ctx), Some(want_block));
+            assert_eq!(first.eval(&ctx), Some(Some(State::Allow)));
+            assert_eq!(ctx.custom[0].get(), Some(Val::Unit));
+        }
     }
 
     #[test]
