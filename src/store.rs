@@ -18,7 +18,9 @@
 //!   chosen by a keyed hash of the identity, and publishes the time of each one's oldest entry. An insert
 //!   locks its own shard to push its entry, then evicts the oldest entries of all (the shard with the oldest
 //!   published front) while they are older than the TTL or the store holds more than its capacity, at most
-//!   [`EVICT_PER_INSERT`] per insert: a backlog (the capacity lowered by a reload, a jump in event time) is
+//!   [`EVICT_PER_INSERT`] per insert. An insert that finds the store within capacity and a published lower
+//!   bound on all fronts unexpired (the common case) evicts nothing and scans no front (`Store::min_front`).
+//!   A backlog (the capacity lowered by a reload, a jump in event time) is
 //!   worked off over the next inserts, never by one caller. No lock is global: an insert locks its own shard
 //!   and, only when it evicts, the shard it evicts from. A lookup also treats an expired action as absent, so
 //!   expiry is exact even between inserts. An entry removes only the slot it was pushed for (same sequence
@@ -308,6 +310,11 @@ pub(crate) struct Store {
     /// The creation time (ms) of each shard's oldest entry, `i64::MAX` for an empty shard; written under the
     /// shard's lock, read without it to find the oldest entry of all.
     fronts: Box<[AtomicI64]>,
+    /// A lower bound on every published front, packed with a version ([`pack_bound`]): an insert that finds
+    /// the store within capacity and this bound unexpired evicts nothing, without scanning the fronts. Every
+    /// change of a front lowers it (or leaves it) and bumps the version, so a refresh computed from a scan that
+    /// a front change raced with fails its compare-and-swap and the bound stays low.
+    min_front: AtomicU64,
     /// The keys that choose a key's shard (so a caller cannot aim keys at one shard).
     keys: BucketKeys,
     capacity: AtomicUsize,
@@ -326,6 +333,21 @@ impl Shard {
         // A poisoned lock only means another thread panicked while holding it; the queue is still whole.
         self.order.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Bits of [`Store::min_front`] that hold its version; the rest hold the bound in ms (event times fit in 48
+/// bits: at most 9999-12-31, `clock::MAX_EVENT_MS`).
+const BOUND_VERSION_BITS: u32 = 16;
+const VERSION_MASK: u64 = (1 << BOUND_VERSION_BITS) - 1;
+const BOUND_MAX_MS: i64 = (1 << (64 - BOUND_VERSION_BITS)) - 1;
+
+/// Packs a bound (`i64::MAX`, an empty store, saturates to a time that never expires) with its version.
+fn pack_bound(ms: i64, version: u64) -> u64 {
+    ((ms.clamp(0, BOUND_MAX_MS) as u64) << BOUND_VERSION_BITS) | (version & VERSION_MASK)
+}
+
+fn bound_ms(packed: u64) -> i64 {
+    (packed >> BOUND_VERSION_BITS) as i64
 }
 
 /// A retention entry: the slot stored under `key` with sequence number `seq`, created at `created`.
@@ -351,6 +373,7 @@ impl Store {
                 })
                 .collect(),
             fronts: (0..shards).map(|_| AtomicI64::new(i64::MAX)).collect(),
+            min_front: AtomicU64::new(pack_bound(i64::MAX, 0)),
             keys,
             capacity: AtomicUsize::new(capacity.max(1)),
         }
@@ -419,18 +442,26 @@ impl Store {
         let shard = self.shard(h);
         let seq = self.shards[shard].next_seq.fetch_add(1, Ordering::Relaxed);
         let fresh = Arc::new(Slot::new(user_id, action, key, seq, fingerprint, now));
-        let replaced = match self.map.compute(
-            h,
-            |entry| match entry {
-                Some((_, s)) if !s.created.expired(ttl, now) => Operation::Abort(Arc::clone(s)),
-                // An expired action is gone, so this is a new action (and no conflict).
-                _ => Operation::Insert(Arc::clone(&fresh)),
+        // A plain insert when the key is vacant (the common case); the dearer `compute` only to replace an
+        // expired action.
+        let replaced = match self.map.try_insert(h, Arc::clone(&fresh), &guard) {
+            Ok(_) => None,
+            Err(occupied) if !occupied.current.created.expired(ttl, now) => {
+                return found(occupied.current)
+            }
+            Err(_) => match self.map.compute(
+                h,
+                |entry| match entry {
+                    Some((_, s)) if !s.created.expired(ttl, now) => Operation::Abort(Arc::clone(s)),
+                    // An expired action is gone, so this is a new action (and no conflict).
+                    _ => Operation::Insert(Arc::clone(&fresh)),
+                },
+                &guard,
+            ) {
+                Compute::Aborted(s) => return found(&s),
+                Compute::Updated { old: (_, old), .. } => Some(Arc::clone(old)),
+                Compute::Inserted(..) | Compute::Removed(..) => None,
             },
-            &guard,
-        ) {
-            Compute::Aborted(s) => return found(&s),
-            Compute::Updated { old: (_, old), .. } => Some(Arc::clone(old)),
-            Compute::Inserted(..) | Compute::Removed(..) => None,
         };
         if let Some(old) = replaced {
             self.forget_token(&old);
@@ -452,6 +483,11 @@ impl Store {
             self.publish_front(own, &order);
         }
         let capacity = self.capacity.load(Ordering::Relaxed);
+        // The common case: within capacity and nothing old enough to expire. One load each, no scan.
+        let bound = self.min_front.load(Ordering::SeqCst);
+        if self.map.len() <= capacity && !EpochMs::from_ms(bound_ms(bound)).expired(ttl, now) {
+            return;
+        }
         let mut evict = [const { None::<Entry> }; EVICT_PER_INSERT];
         let mut n = 0;
         // Whether the inserting shard holds nothing older than the new entry.
@@ -477,6 +513,9 @@ impl Store {
             }
             self.publish_front(i, &order);
         }
+        if n == 0 {
+            self.refresh_bound(bound);
+        }
         let guard = self.map.guard();
         for e in evict.iter().take(n).flatten() {
             // Remove only the slot this entry stands for: a key inserted again after expiry has its own entry.
@@ -490,7 +529,40 @@ impl Store {
     /// shard locked.
     fn publish_front(&self, i: usize, order: &VecDeque<Entry>) {
         let t = order.front().map_or(i64::MAX, |e| e.created.ms());
-        self.fronts[i].store(t, Ordering::Release);
+        if self.fronts[i].swap(t, Ordering::SeqCst) == t {
+            return;
+        }
+        // Lower the bound to `t` if needed, and bump its version either way (see `min_front`).
+        let mut cur = self.min_front.load(Ordering::SeqCst);
+        loop {
+            let next = pack_bound(bound_ms(cur).min(t), (cur & VERSION_MASK) + 1);
+            match self.min_front.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Raises the bound to the oldest published front, unless a front changed since `seen` was read (then
+    /// the bound stays as that change left it, still a lower bound).
+    fn refresh_bound(&self, seen: u64) {
+        let oldest = self
+            .fronts
+            .iter()
+            .map(|f| f.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(i64::MAX);
+        let _ = self.min_front.compare_exchange(
+            seen,
+            pack_bound(oldest, (seen & VERSION_MASK) + 1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 
     /// The shard whose oldest entry is the oldest of all (ties go to a shard other than `own`), leaving `own`
@@ -805,6 +877,42 @@ mod tests {
             });
         });
         assert!(store.len() <= 64);
+    }
+
+    #[test]
+    fn the_published_bound_stays_below_every_front_under_racing_inserts() {
+        // Event times out of order across threads and shards, with eviction (a capacity below what is inserted)
+        // popping fronts while other shards go from empty to full: whatever interleaving, once the inserts are
+        // done the bound must not exceed any front, or an expired action would be kept past its TTL.
+        for round in 0..20u64 {
+            let store = store(4 * ACTIONS_PER_SHARD);
+            std::thread::scope(|s| {
+                for t in 0..3u64 {
+                    let store = &store;
+                    s.spawn(move || {
+                        for i in 0..3000u64 {
+                            let ms = ((i * 7919 + t * 104_729 + round) % 5000) as i64;
+                            insert(store, &format!("r{round}t{t}k{i}"), ms);
+                        }
+                    });
+                }
+            });
+            let oldest = store
+                .fronts
+                .iter()
+                .map(|f| f.load(Ordering::SeqCst))
+                .min()
+                .unwrap_or(i64::MAX);
+            let bound = bound_ms(store.min_front.load(Ordering::SeqCst));
+            assert!(
+                bound <= oldest,
+                "round {round}: bound {bound} > front {oldest}"
+            );
+            // And the first insert a TTL after the oldest action evicts it.
+            let before = store.len();
+            insert(&store, "late", oldest + TTL_MS);
+            assert!(store.len() <= before, "round {round}");
+        }
     }
 
     fn decision(state: State, ids: &[&str], shadow: &[&str]) -> Decision {

@@ -33,10 +33,38 @@ use crate::State;
 /// How many `let` variables holding run-time values a compiled rule may have.
 const LOCALS: usize = 8;
 
+/// How many distinct `custom` fields of one ruleset get a per-decision slot (see [`CustomSlots`]); a
+/// ruleset reading more looks the rest up at each read.
+const CUSTOM_SLOTS: usize = 16;
+
+/// The `custom` fields a ruleset's compiled rules read, one slot each: each field is looked up in the
+/// request once per decision, on its first read, and every later read of it (in any rule) indexes the slot.
+///
+/// INVARIANT: the rules evaluated with one [`Ctx`] were all compiled with one `CustomSlots` (one ruleset
+/// load), so a slot number means one field.
+#[derive(Default)]
+pub(crate) struct CustomSlots(Vec<Box<str>>);
+
+impl CustomSlots {
+    /// The slot of `key`, handed out on its first use; `None` when every slot is taken.
+    fn slot(&mut self, key: &str) -> Option<usize> {
+        if let Some(i) = self.0.iter().position(|k| &**k == key) {
+            return Some(i);
+        }
+        if self.0.len() == CUSTOM_SLOTS {
+            return None;
+        }
+        self.0.push(key.into());
+        Some(self.0.len() - 1)
+    }
+}
+
 /// What a compiled rule reads: the request under decision, its signals, and the rule's `let` variables.
 pub(crate) struct Ctx<'a> {
     pub req: &'a TrackRequest,
     pub signals: &'a DecisionCtx,
+    /// The `custom` fields read so far in this decision, by [`CustomSlots`] slot.
+    custom: [Cell<Option<Val<'a>>>; CUSTOM_SLOTS],
     // INVARIANT: a rule reads a slot only after its own `let` wrote it (bindings are resolved lexically at
     // compile time), so what an earlier rule left there is never seen.
     locals: [Cell<Val<'a>>; LOCALS],
@@ -47,8 +75,22 @@ impl<'a> Ctx<'a> {
         Ctx {
             req,
             signals,
+            custom: std::array::from_fn(|_| Cell::new(None)),
             locals: std::array::from_fn(|_| Cell::new(Val::Unit)),
         }
+    }
+
+    /// `custom.<key>`, looked up once per decision when it has a slot.
+    fn custom(&self, slot: Option<usize>, key: &str) -> Val<'a> {
+        let Some(cell) = slot.and_then(|i| self.custom.get(i)) else {
+            return custom_val(self.req, key);
+        };
+        if let Some(v) = cell.get() {
+            return v;
+        }
+        let v = custom_val(self.req, key);
+        cell.set(Some(v));
+        v
     }
 }
 
@@ -94,7 +136,7 @@ impl Compiled {
 }
 
 /// Compiles `ast` if it is in the subset and cannot reach a sandbox limit; `None` leaves it to Rhai.
-pub(crate) fn compile(ast: &AST, limits: &Limits) -> Option<Compiled> {
+pub(crate) fn compile(ast: &AST, limits: &Limits, custom: &mut CustomSlots) -> Option<Compiled> {
     if ast.has_functions() {
         return None;
     }
@@ -109,6 +151,7 @@ pub(crate) fn compile(ast: &AST, limits: &Limits) -> Option<Compiled> {
         limits,
         scope: Vec::new(),
         slots: 0,
+        custom,
     };
     let body = c.block(ast.statements())?;
     // A compiled rule has no loops, so Rhai would count at most a few operations per node: keep well inside
@@ -309,6 +352,8 @@ struct Compiler<'l> {
     scope: Vec<(ImmutableString, Binding)>,
     /// Run-time slots handed out so far.
     slots: usize,
+    /// The ruleset's `custom` field slots.
+    custom: &'l mut CustomSlots,
 }
 
 impl Compiler<'_> {
@@ -488,8 +533,9 @@ impl Compiler<'_> {
         match (is_custom, rhs) {
             (true, Expr::Property(p, _)) => {
                 let key: Box<str> = p.2.as_str().into();
+                let slot = self.custom.slot(&key);
                 Some(Code::Run(Box::new(move |ctx: &Ctx<'_>| {
-                    Some(custom_val(ctx.req, &key))
+                    Some(ctx.custom(slot, &key))
                 })))
             }
             (true, Expr::Dot(inner, flags, _)) if flags.is_empty() => {
@@ -497,9 +543,8 @@ impl Compiler<'_> {
                     return None;
                 };
                 let key: Box<str> = p.2.as_str().into();
-                let field = Code::Run(Box::new(move |ctx: &Ctx<'_>| {
-                    Some(custom_val(ctx.req, &key))
-                }));
+                let slot = self.custom.slot(&key);
+                let field = Code::Run(Box::new(move |ctx: &Ctx<'_>| Some(ctx.custom(slot, &key))));
                 self.chain(field, &inner.rhs)
             }
             (false, _) => {
@@ -796,7 +841,7 @@ mod tests {
         let ast = engine
             .compile_with_scope(&super::super::sandbox::compile_scope(), src)
             .unwrap();
-        compile(&ast, &limits)
+        compile(&ast, &limits, &mut CustomSlots::default())
     }
 
     fn run(src: &str, req: &TrackRequest) -> Option<Option<State>> {
@@ -807,6 +852,51 @@ mod tests {
         let set = std::sync::Arc::new(signals::SignalSet::default());
         let signals = DecisionCtx::new(&history, &set, req, crate::time::EpochMs::from_ms(0));
         compiled(src).unwrap().eval(&Ctx::new(req, &signals))
+    }
+
+    #[test]
+    fn custom_fields_share_slots_across_rules_and_overflow_to_look_ups() {
+        let limits = Limits::default();
+        let engine = super::super::sandbox::new_engine(&limits);
+        let mut slots = CustomSlots::default();
+        let mut rule = |src: &str| {
+            let ast = engine
+                .compile_with_scope(&super::super::sandbox::compile_scope(), src)
+                .unwrap();
+            compile(&ast, &limits, &mut slots).unwrap()
+        };
+        // Fill every slot with fields no request below has, then two rules on fields past the last slot.
+        let filler: Vec<Compiled> = (0..CUSTOM_SLOTS)
+            .map(|i| rule(&format!("if custom.f{i} != () {{ BLOCK }}")))
+            .collect();
+        let amount = rule("if custom.amount > 100 { REVIEW }");
+        let both = rule(r#"if custom.amount > 100 && custom.currency == "EUR" { BLOCK }"#);
+        let first = rule("if custom.f0 == () { ALLOW }");
+        assert_eq!(slots.0.len(), CUSTOM_SLOTS);
+        let history = std::sync::Arc::new(signals::History::new(
+            crate::config::HistoryLimits::default(),
+            crate::hash::EngineKeys::draw().unwrap(),
+        ));
+        let set = std::sync::Arc::new(signals::SignalSet::default());
+        for (amount_v, currency, want_review, want_block) in [
+            (500, "EUR", Some(State::Review), Some(State::Block)),
+            (500, "USD", Some(State::Review), None),
+            (50, "EUR", None, None),
+        ] {
+            let req = TrackRequest::new("u", "a")
+                .custom("amount", amount_v)
+                .custom("currency", currency);
+            let signals = DecisionCtx::new(&history, &set, &req, crate::time::EpochMs::from_ms(0));
+            // One context for every rule, as a decision has: a slot read by one rule is read again by the next.
+            let ctx = Ctx::new(&req, &signals);
+            for f in &filler {
+                assert_eq!(f.eval(&ctx), Some(None));
+            }
+            assert_eq!(amount.eval(&ctx), Some(want_review));
+            assert_eq!(both.eval(&ctx), Some(want_block));
+            assert_eq!(first.eval(&ctx), Some(Some(State::Allow)));
+            assert_eq!(ctx.custom[0].get(), Some(Val::Unit));
+        }
     }
 
     #[test]

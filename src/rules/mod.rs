@@ -393,6 +393,8 @@ impl RuleSetBuilder {
         let scope = sandbox::compile_scope();
         let known = functions::Known::of(&engine);
         let mut rules: Vec<Rule> = Vec::with_capacity(self.sources.len());
+        // One set of `custom` slots for every compiled rule of this ruleset.
+        let mut custom_slots = compile::CustomSlots::default();
         let mut named: Vec<actions::Named> = Vec::new();
         let mut compared = std::collections::BTreeSet::new();
         let mut sources = self.sources;
@@ -449,7 +451,7 @@ impl RuleSetBuilder {
                             });
                         }
                         let compiled = if self.compile {
-                            compile::compile(&ast, &config.limits)
+                            compile::compile(&ast, &config.limits, &mut custom_slots)
                         } else {
                             None
                         };
