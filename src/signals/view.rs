@@ -205,9 +205,10 @@ impl View {
         }
     }
 
-    pub fn rba_counts(&self, user: u64, values: &[u64], now: EpochMs) -> RbaCounts {
+    /// `present`: bit `l` set when level `l` of `values` is in the request (absent levels count 0).
+    pub fn rba_counts(&self, user: u64, values: &[u64], present: u16, now: EpochMs) -> RbaCounts {
         match self {
-            View::Local(h) => h.rba_counts(user, values, now),
+            View::Local(h) => h.rba_counts(user, values, present, now),
             View::Snapshot(s) => {
                 let mut out = RbaCounts::default();
                 let Some(d) = s.data() else { return out };
@@ -215,6 +216,9 @@ impl View {
                 out.all_actions = d.rba_all_actions;
                 out.user_actions = d.rba_user_actions;
                 for (i, v) in values.iter().enumerate() {
+                    if present & (1 << i) == 0 {
+                        continue;
+                    }
                     let find = |l: &[(u64, u64, i64)]| {
                         l.iter()
                             .find(|c| c.0 == *v && fresh(c.2))
