@@ -11,7 +11,7 @@
 
 use riskgate::replay::{Labels, Output, Replayer, Tokens};
 use riskgate::Engine;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -426,13 +426,27 @@ pub fn sweep_table(rows: &[(f64, Labels)]) -> String {
 
 /// The folder's `riskgate.toml` with its `[geoip]` paths made absolute, so that a ruleset built from it alone
 /// finds the same databases.
+/// The largest `riskgate.toml` a ruleset reads (the library's bound).
+const CONFIG_LIMIT: u64 = 1 << 20;
+
 fn config_with_absolute_paths(rules: &Path) -> Result<String, String> {
     let path = rules.join("riskgate.toml");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    // The ruleset that was just loaded read this file within its bound; read it within the same bound again.
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
         Err(e) => return Err(format!("cannot read `{}`: {e}", path.display())),
     };
+    let mut text = String::new();
+    file.take(CONFIG_LIMIT + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    if text.len() as u64 > CONFIG_LIMIT {
+        return Err(format!(
+            "`{}` is larger than {CONFIG_LIMIT} bytes, the most `riskgate.toml` may hold",
+            path.display()
+        ));
+    }
     let mut doc: toml::Table = text
         .parse()
         .map_err(|e| format!("`{}`: {e}", path.display()))?;

@@ -40,10 +40,27 @@ impl Secret {
         Ok(Secret(text.as_bytes().to_vec()))
     }
 
-    /// Reads the secret from a file; one trailing newline is dropped.
+    /// Reads the secret from a file; one trailing newline is dropped. The file must be a regular file of at
+    /// most the secret's bound plus a line ending: a device, a FIFO or a large file is refused without being
+    /// read whole.
     pub fn from_file(path: &Path) -> Result<Secret, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the secret file `{}`: {e}", path.display()))?;
+        let limit = MAX_SECRET_BYTES as u64 + 2;
+        let bytes = crate::files::read_bounded(path, limit).map_err(|e| match e {
+            crate::files::ReadError::Io(e) => {
+                format!("cannot read the secret file `{}`: {e}", path.display())
+            }
+            crate::files::ReadError::NotRegular(t) => format!(
+                "the secret file `{}` is {t}: it must be a regular file",
+                path.display()
+            ),
+            crate::files::ReadError::TooLarge(_) => format!(
+                "the secret file `{}` is larger than {limit} bytes: the API secret is at most \
+                 {MAX_SECRET_BYTES} bytes",
+                path.display()
+            ),
+        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| format!("the secret file `{}` is not UTF-8", path.display()))?;
         let text = text
             .strip_suffix('\n')
             .map(|t| t.strip_suffix('\r').unwrap_or(t))
@@ -99,6 +116,26 @@ pub(crate) fn basic_username(value: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_is_read_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        std::fs::write(&p, format!("{}\r\n", "s".repeat(MAX_SECRET_BYTES))).unwrap();
+        assert!(Secret::from_file(&p)
+            .unwrap()
+            .matches("s".repeat(MAX_SECRET_BYTES).as_bytes()));
+        std::fs::write(&p, "s".repeat(10 * MAX_SECRET_BYTES)).unwrap();
+        let err = Secret::from_file(&p).unwrap_err();
+        assert!(err.contains("larger than 1026 bytes"), "{err}");
+        std::fs::write(&p, [0xff, 0xfe]).unwrap();
+        assert!(Secret::from_file(&p).unwrap_err().contains("not UTF-8"));
+        #[cfg(unix)]
+        {
+            let err = Secret::from_file(Path::new("/dev/zero")).unwrap_err();
+            assert!(err.contains("a device"), "{err}");
+        }
+    }
 
     #[test]
     fn only_the_exact_secret_matches() {
