@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
+pub(crate) use self::conn::{finish, Io};
 use self::conn::{Op, Pool};
 use self::scripts::Scripts;
 use super::record::{Decided, Stored};
@@ -268,7 +269,7 @@ impl RedisStore {
         set.arg(&shared_key).arg(&mine).arg("NX");
         let mut get = redis::cmd("GET");
         get.arg(&shared_key);
-        let replies = pool.run(&[Op::Plain(set), Op::Plain(get)])?;
+        let replies = pool.run_blocking(&[Op::Plain(set), Op::Plain(get)])?;
         let theirs = replies
             .get(1)
             .and_then(text)
@@ -395,7 +396,7 @@ impl RedisStore {
     }
 
     /// Round trip 1 of a first decision: claims the identity (or finds it) and reads the history.
-    pub fn claim(&self, c: &ClaimReq<'_>) -> Result<Claim, StoreError> {
+    pub async fn claim(&self, io: Io, c: &ClaimReq<'_>) -> Result<Claim, StoreError> {
         let identity = identity(c.user_id, c.action, c.key);
         let action_key = self.action_key(c.keys.user, identity);
         let owner = format!(
@@ -461,7 +462,7 @@ impl RedisStore {
             cmd.arg(self.total_key());
             ops.push(Op::Plain(cmd));
         }
-        let replies = self.pool.run(&ops)?;
+        let replies = self.pool.run(io, &ops).await?;
         let first = replies.first().map(array).unwrap_or(&[]);
         let status = first.first().and_then(text).unwrap_or_default();
         match status.as_str() {
@@ -623,8 +624,9 @@ impl RedisStore {
     /// Round trip 2 of a first decision: commits it (if the claim still holds) with its history writes.
     /// `false` when the lease ran out and another caller may have decided the identity.
     #[allow(clippy::too_many_arguments)]
-    pub fn commit(
+    pub async fn commit(
         &self,
+        io: Io,
         ticket: &Ticket,
         decided: &Decided,
         now: i64,
@@ -739,25 +741,30 @@ impl RedisStore {
         if let Some(k) = &writes.known {
             self.population_ops(k, limits.known_for_ms, &mut ops);
         }
-        let replies = self.pool.run(&ops)?;
+        let replies = self.pool.run(io, &ops).await?;
         Ok(replies.first().and_then(int) == Some(1))
     }
 
     /// Gives up a claim (its decision could not be completed): the next call decides again.
-    pub fn release(&self, ticket: &Ticket) -> Result<(), StoreError> {
+    pub async fn release(&self, io: Io, ticket: &Ticket) -> Result<(), StoreError> {
         self.pool
-            .run(&[Op::Script {
-                script: &self.scripts.release,
-                keys: vec![ticket.action_key.clone()],
-                args: vec![ticket.owner.clone()],
-            }])
+            .run(
+                io,
+                &[Op::Script {
+                    script: &self.scripts.release,
+                    keys: vec![ticket.action_key.clone()],
+                    args: vec![ticket.owner.clone()],
+                }],
+            )
+            .await
             .map(|_| ())
     }
 
     /// The action stored for an identity: `Ok(None)` when there is none (or it is still being decided, or
     /// expired at `now`); one round trip.
-    pub fn get(
+    pub async fn get(
         &self,
+        io: Io,
         user_id: &str,
         action: &str,
         key: &str,
@@ -768,7 +775,7 @@ impl RedisStore {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.action_key(user, identity(user_id, action, key)))
             .arg(&["id", "fp", "cr", "d", "st", "su"][..]);
-        let replies = self.pool.run(&[Op::Plain(cmd)])?;
+        let replies = self.pool.run(io, &[Op::Plain(cmd)]).await?;
         let vals = replies.first().map(array).unwrap_or(&[]);
         let Some(s) = stored(vals) else {
             return Ok(None);
@@ -779,8 +786,9 @@ impl RedisStore {
 
     /// Waits for another caller's decision on an identity: polls until it is decided, or the claim is gone
     /// (its lease ran out: `Ok(None)`, the caller claims again), at most a lease and a timeout.
-    pub fn wait(
+    pub async fn wait(
         &self,
+        io: Io,
         user_id: &str,
         action: &str,
         key: &str,
@@ -795,7 +803,7 @@ impl RedisStore {
             let mut cmd = redis::cmd("HMGET");
             cmd.arg(&action_key)
                 .arg(&["id", "fp", "cr", "d", "st", "su", "lease"][..]);
-            let replies = self.pool.run(&[Op::Plain(cmd)])?;
+            let replies = self.pool.run(io, &[Op::Plain(cmd)]).await?;
             let vals = replies.first().map(array).unwrap_or(&[]);
             if let Some(s) = stored(vals) {
                 return Ok(Some(s));
@@ -813,14 +821,15 @@ impl RedisStore {
                     "another instance's decision did not arrive within the lease".to_owned(),
                 ));
             }
-            std::thread::sleep(pause);
+            conn::pause(io, pause).await;
             pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
 
     /// Moves a decided action to `to` from any of `from`; one round trip.
-    pub fn update(
+    pub async fn update(
         &self,
+        io: Io,
         user_id: &str,
         action: &str,
         key: &str,
@@ -835,11 +844,17 @@ impl RedisStore {
             .map(|s| format!(",{}", state_code(s)))
             .collect::<String>()
             + ",";
-        let replies = self.pool.run(&[Op::Script {
-            script: &self.scripts.update,
-            keys: vec![self.action_key(user, identity(user_id, action, key))],
-            args: vec![now.to_string(), ttl_ms.to_string(), state_code(to), froms],
-        }])?;
+        let replies = self
+            .pool
+            .run(
+                io,
+                &[Op::Script {
+                    script: &self.scripts.update,
+                    keys: vec![self.action_key(user, identity(user_id, action, key))],
+                    args: vec![now.to_string(), ttl_ms.to_string(), state_code(to), froms],
+                }],
+            )
+            .await?;
         let r = replies.first().map(array).unwrap_or(&[]);
         let status = r.first().and_then(text).unwrap_or_default();
         let rest = r.get(1..).unwrap_or(&[]);
@@ -852,7 +867,12 @@ impl RedisStore {
     }
 
     /// Writes what a verified action makes known (after a successful challenge or review); one round trip.
-    pub fn know(&self, k: &KnownWrite, limits: &HistoryLimits) -> Result<(), StoreError> {
+    pub async fn know(
+        &self,
+        io: Io,
+        k: &KnownWrite,
+        limits: &HistoryLimits,
+    ) -> Result<(), StoreError> {
         let mut keys = self.user_keys(&Keys {
             user: k.user,
             ..Keys::default()
@@ -867,14 +887,20 @@ impl RedisStore {
             args,
         }];
         self.population_ops(k, limits.known_for_ms, &mut ops);
-        self.pool.run(&ops).map(|_| ())
+        self.pool.run(io, &ops).await.map(|_| ())
     }
 
     /// Checks a token (and uses it up when valid): one round trip to find its action, one to check it.
-    pub fn validate(&self, token: &str, now: i64, ttl_ms: i64) -> Result<Checked, StoreError> {
+    pub async fn validate(
+        &self,
+        io: Io,
+        token: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<Checked, StoreError> {
         let mut get = redis::cmd("GET");
         get.arg(self.token_key(token));
-        let replies = self.pool.run(&[Op::Plain(get)])?;
+        let replies = self.pool.run(io, &[Op::Plain(get)]).await?;
         let Some(action_key) = replies.first().and_then(text) else {
             return Ok(Checked::Unknown);
         };
@@ -882,16 +908,22 @@ impl RedisStore {
             return Ok(Checked::Unknown);
         }
         let th = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(token.as_bytes()));
-        let replies = self.pool.run(&[Op::Script {
-            script: &self.scripts.validate,
-            keys: vec![action_key],
-            args: vec![
-                th,
-                now.to_string(),
-                ttl_ms.to_string(),
-                state_code(State::ChallengeSucceeded),
-            ],
-        }])?;
+        let replies = self
+            .pool
+            .run(
+                io,
+                &[Op::Script {
+                    script: &self.scripts.validate,
+                    keys: vec![action_key],
+                    args: vec![
+                        th,
+                        now.to_string(),
+                        ttl_ms.to_string(),
+                        state_code(State::ChallengeSucceeded),
+                    ],
+                }],
+            )
+            .await?;
         let r = replies.first().map(array).unwrap_or(&[]);
         let status = r.first().and_then(text).unwrap_or_default();
         use crate::InvalidTokenReason as R;
