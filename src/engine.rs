@@ -994,9 +994,10 @@ impl Engine {
 ///
 /// With the in-memory store every call is a few microseconds of CPU and these simply run it. With a remote
 /// store (`[store] backend = "redis"`) a call waits on one or two round trips (and, for an identity another
-/// instance is deciding, up to `[store] lease`): these run it on tokio's blocking pool, so a web handler never
-/// blocks its runtime's worker threads. Use them from async code (they need a tokio runtime with a remote
-/// store); use the sync calls from threads.
+/// instance is deciding, up to `[store] lease`): these await it on the runtime, so a web handler never blocks
+/// its runtime's worker threads. The round trips of every concurrent async caller share one multiplexed
+/// connection (one per cluster node), pipelined together. Use them from async code (with a remote store they
+/// need a tokio runtime with I/O and time enabled); use the sync calls from threads.
 ///
 /// ```
 /// use riskgate::{Engine, RuleSet, State, TrackRequest};
@@ -1264,7 +1265,10 @@ impl Engine {
                         keys: &keys,
                         horizon_ms: rs.signals.horizon_ms,
                         windowed: rs.signals.windowed,
+                        windows: rs.signals.windows.as_deref(),
                         known_for_ms: limits.known_for_ms,
+                        places: rs.signals.uses_places,
+                        uses_rba: rs.signals.uses_rba,
                         rba: &rba,
                     },
                 )

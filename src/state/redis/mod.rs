@@ -76,7 +76,12 @@ pub(crate) struct ClaimReq<'a> {
     /// The ruleset's history horizon and the series and sets it reads (`SignalSet::windowed`).
     pub horizon_ms: i64,
     pub windowed: u8,
+    /// `SignalSet::windows`: when given, each series and set read is counted over these windows by the store.
+    pub windows: Option<&'a [(u8, i64)]>,
     pub known_for_ms: i64,
+    /// Some rule asks about places (known countries, the last location) / calls `rba_score()`.
+    pub places: bool,
+    pub uses_rba: bool,
     /// `rba_score()`'s values whose population counts to read (empty when no rule calls it).
     pub rba: &'a [u64],
 }
@@ -407,6 +412,11 @@ impl RedisStore {
         let lo = c.now.saturating_sub(c.horizon_ms).to_string();
         let hi = c.now.to_string();
         let kept = |bit: u8| c.horizon_ms > 0 && c.windowed & (1 << bit) != 0;
+        // The windows a read is counted over, when the store counts (every window of the ruleset is literal).
+        let windows = |bit: u8| -> Option<Vec<i64>> {
+            c.windows
+                .map(|w| w.iter().filter(|p| p.0 == bit).map(|p| p.1).collect())
+        };
         let mut keys = vec![action_key.clone()];
         keys.extend(self.user_keys(c.keys));
         let mut args = vec![
@@ -418,15 +428,20 @@ impl RedisStore {
             owner.clone(),
         ];
         for bit in [1u8, 6] {
-            if kept(bit) {
-                args.extend(["1".to_owned(), lo.clone(), hi.clone()]);
-            } else {
-                args.push("0".to_owned());
+            match (kept(bit), windows(bit)) {
+                (false, _) => args.push("0".to_owned()),
+                (true, Some(ws)) => {
+                    args.extend(["2".to_owned(), hi.clone(), ws.len().to_string()]);
+                    args.extend(ws.iter().map(|w| c.now.saturating_sub(*w).to_string()));
+                }
+                (true, None) => args.extend(["1".to_owned(), lo.clone(), hi.clone()]),
             }
         }
+        let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
         args.extend([
-            "1".to_owned(),
             c.now.saturating_sub(c.known_for_ms).to_string(),
+            flag(c.places || c.uses_rba),
+            flag(c.uses_rba),
         ]);
         let mut ops = vec![Op::Script {
             script: &self.scripts.claim,
@@ -434,20 +449,35 @@ impl RedisStore {
             args,
         }];
         // The IP's and device's reads: plain range reads, each of one key.
-        let mut subject_reads: Vec<(usize, u8)> = Vec::new();
+        let mut subject_reads: Vec<(usize, u8, Option<i64>)> = Vec::new();
         for (tag, subject, series, set) in [('i', c.keys.ip, 2u8, 4u8), ('d', c.keys.device, 3, 5)]
         {
             let Some(s) = subject else { continue };
             let [sk, zk] = self.subject_keys(tag, s, series, set, c.keys.action);
             for (bit, key) in [(series, sk), (set, zk)] {
-                if kept(bit) {
-                    let mut cmd = redis::cmd("ZRANGEBYSCORE");
-                    cmd.arg(key)
-                        .arg(format!("({lo}"))
-                        .arg(&hi)
-                        .arg("WITHSCORES");
-                    subject_reads.push((ops.len(), bit));
-                    ops.push(Op::Plain(cmd));
+                if !kept(bit) {
+                    continue;
+                }
+                match windows(bit) {
+                    Some(ws) => {
+                        for w in ws {
+                            let mut cmd = redis::cmd("ZCOUNT");
+                            cmd.arg(&key)
+                                .arg(format!("({}", c.now.saturating_sub(w)))
+                                .arg(&hi);
+                            subject_reads.push((ops.len(), bit, Some(w)));
+                            ops.push(Op::Plain(cmd));
+                        }
+                    }
+                    None => {
+                        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                        cmd.arg(key)
+                            .arg(format!("({lo}"))
+                            .arg(&hi)
+                            .arg("WITHSCORES");
+                        subject_reads.push((ops.len(), bit, None));
+                        ops.push(Op::Plain(cmd));
+                    }
                 }
             }
         }
@@ -507,8 +537,17 @@ impl RedisStore {
         }
         let mut f = Fetched::default();
         let get = |i: usize| first.get(i).unwrap_or(&Value::Nil);
-        f.series[0] = times(get(1));
-        f.sets[2] = hashed(get(2));
+        for (i, bit) in [(1, 1u8), (2, 6)] {
+            match windows(bit) {
+                Some(ws) if kept(bit) => {
+                    for (w, n) in ws.into_iter().zip(array(get(i))) {
+                        f.counts.push((bit, w, int(n).unwrap_or(0)));
+                    }
+                }
+                _ if bit == 1 => f.series[0] = times(get(i)),
+                _ => f.sets[2] = hashed(get(i)),
+            }
+        }
         for k in 0..3 {
             if let Some(slot) = f.known.get_mut(k) {
                 *slot = hashed(get(3 + k));
@@ -536,8 +575,12 @@ impl RedisStore {
                 f.rba_user.push((v, count, last));
             }
         }
-        for (i, bit) in subject_reads {
+        for (i, bit, window) in subject_reads {
             let r = replies.get(i).unwrap_or(&Value::Nil);
+            if let Some(w) = window {
+                f.counts.push((bit, w, int(r).unwrap_or(0)));
+                continue;
+            }
             match bit {
                 2 | 3 => {
                     if let Some(slot) = f.series.get_mut(usize::from(bit) - 1) {
