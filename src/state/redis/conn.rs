@@ -82,6 +82,8 @@ enum Shared {
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
+// One per store, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),

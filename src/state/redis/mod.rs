@@ -870,6 +870,7 @@ impl RedisStore {
     }
 
     /// Moves a decided action to `to` from any of `from`; one round trip.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update(
         &self,
         io: Io,
