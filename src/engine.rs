@@ -22,6 +22,8 @@ use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
 use crate::signals::{self, DecisionCtx, History};
+#[cfg(feature = "redis")]
+use crate::state::redis::{finish, Io};
 use crate::state::Backend;
 use crate::stats::{self, Stats};
 use crate::store::{Decided, Found, Ident, Slot, Store};
@@ -389,10 +391,7 @@ impl Engine {
         req: &TrackRequest,
         at: SystemTime,
     ) -> Result<TrackResponse, TrackError> {
-        let now_ms = to_millis(at);
-        let now = EpochMs::from_ms(crate::clock::check_event_ms(i128::from(now_ms), || {
-            format!("{now_ms} ms since the epoch")
-        })?);
+        let now = event_time(at)?;
         let rs = self.shared.ruleset.load();
         match &self.shared.state {
             Backend::Memory(store) => self.track_memory(store, &rs, req, now),
@@ -673,11 +672,18 @@ impl Engine {
             Backend::Memory(store) => store,
             #[cfg(feature = "redis")]
             Backend::Redis(r) => {
-                return r
-                    .get(user_id, action, idempotency_key, now.ms(), ttl.ms())
-                    .ok()
+                let get = r.get(
+                    Io::Blocking,
+                    user_id,
+                    action,
+                    idempotency_key,
+                    now.ms(),
+                    ttl.ms(),
+                );
+                return finish(get)
+                    .and_then(Result::ok)
                     .flatten()
-                    .map(|s| s.record())
+                    .map(|s| s.record());
             }
         };
         let guard = store.guard();
@@ -714,7 +720,16 @@ impl Engine {
             Backend::Memory(store) => store,
             #[cfg(feature = "redis")]
             Backend::Redis(r) => {
-                return self.update_remote(r, user_id, action, idempotency_key, new_state, now)
+                let update = self.update_remote(
+                    r,
+                    Io::Blocking,
+                    user_id,
+                    action,
+                    idempotency_key,
+                    new_state,
+                    now,
+                );
+                return finish(update).unwrap_or_else(|| Err(suspended()));
             }
         };
         let guard = store.guard();
@@ -773,7 +788,10 @@ impl Engine {
         let store = match &self.shared.state {
             Backend::Memory(store) => store,
             #[cfg(feature = "redis")]
-            Backend::Redis(r) => return remote_validate(r, token, now, ttl),
+            Backend::Redis(r) => {
+                return finish(remote_validate(r, Io::Blocking, token, now, ttl))
+                    .unwrap_or_else(store_unavailable)
+            }
         };
         let Some(slot) = store.by_token(token, now, ttl) else {
             return invalid(InvalidTokenReason::UnknownToken);
@@ -976,9 +994,10 @@ impl Engine {
 ///
 /// With the in-memory store every call is a few microseconds of CPU and these simply run it. With a remote
 /// store (`[store] backend = "redis"`) a call waits on one or two round trips (and, for an identity another
-/// instance is deciding, up to `[store] lease`): these run it on tokio's blocking pool, so a web handler never
-/// blocks its runtime's worker threads. Use them from async code (they need a tokio runtime with a remote
-/// store); use the sync calls from threads.
+/// instance is deciding, up to `[store] lease`): these await it on the runtime, so a web handler never blocks
+/// its runtime's worker threads. The round trips of every concurrent async caller share one multiplexed
+/// connection (one per cluster node), pipelined together. Use them from async code (with a remote store they
+/// need a tokio runtime with I/O and time enabled); use the sync calls from threads.
 ///
 /// ```
 /// use riskgate::{Engine, RuleSet, State, TrackRequest};
@@ -1000,11 +1019,10 @@ impl Engine {
     /// [`track`](Engine::track), without blocking an async runtime on a remote store.
     pub async fn track_async(&self, req: &TrackRequest) -> Result<TrackResponse, TrackError> {
         #[cfg(feature = "redis")]
-        if let Backend::Redis(_) = &self.shared.state {
-            let (engine, req) = (self.clone(), req.clone());
-            return blocking(move || engine.track(&req))
-                .await
-                .unwrap_or_else(|e| Err(TrackError::Store(e)));
+        if let Backend::Redis(r) = &self.shared.state {
+            let now = event_time(self.shared.clock.now())?;
+            let rs = self.shared.ruleset.load_full();
+            return self.track_remote_io(r, Io::Async, &rs, req, now).await;
         }
         self.track(req)
     }
@@ -1017,17 +1035,22 @@ impl Engine {
         idempotency_key: &str,
     ) -> Option<ActionRecord> {
         #[cfg(feature = "redis")]
-        if let Backend::Redis(_) = &self.shared.state {
-            let engine = self.clone();
-            let (u, a, k) = (
-                user_id.to_owned(),
-                action.to_owned(),
-                idempotency_key.to_owned(),
-            );
-            return blocking(move || engine.get_action(&u, &a, &k))
+        if let Backend::Redis(r) = &self.shared.state {
+            let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
+            let ttl = self.shared.ruleset.load().config.idempotency_ttl;
+            return r
+                .get(
+                    Io::Async,
+                    user_id,
+                    action,
+                    idempotency_key,
+                    now.ms(),
+                    ttl.ms(),
+                )
                 .await
                 .ok()
-                .flatten();
+                .flatten()
+                .map(|s| s.record());
         }
         self.get_action(user_id, action, idempotency_key)
     }
@@ -1041,16 +1064,19 @@ impl Engine {
         new_state: State,
     ) -> Result<ActionRecord, TrackError> {
         #[cfg(feature = "redis")]
-        if let Backend::Redis(_) = &self.shared.state {
-            let engine = self.clone();
-            let (u, a, k) = (
-                user_id.to_owned(),
-                action.to_owned(),
-                idempotency_key.to_owned(),
-            );
-            return blocking(move || engine.update_action(&u, &a, &k, new_state))
-                .await
-                .unwrap_or_else(|e| Err(TrackError::Store(e)));
+        if let Backend::Redis(r) = &self.shared.state {
+            let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
+            return self
+                .update_remote(
+                    r,
+                    Io::Async,
+                    user_id,
+                    action,
+                    idempotency_key,
+                    new_state,
+                    now,
+                )
+                .await;
         }
         self.update_action(user_id, action, idempotency_key, new_state)
     }
@@ -1058,12 +1084,13 @@ impl Engine {
     /// [`validate_challenge`](Engine::validate_challenge), without blocking an async runtime on a remote store.
     pub async fn validate_challenge_async(&self, token: &str) -> ValidateChallengeResponse {
         #[cfg(feature = "redis")]
-        if let Backend::Redis(_) = &self.shared.state {
-            let engine = self.clone();
-            let t = token.to_owned();
-            return blocking(move || engine.validate_challenge(&t))
-                .await
-                .unwrap_or_else(|_| store_unavailable());
+        if let Backend::Redis(r) = &self.shared.state {
+            if token.is_empty() || token.len() > token::MAX_TOKEN_BYTES {
+                return self.validate_challenge(token);
+            }
+            let now = EpochMs::from_ms(to_millis(self.shared.clock.now()));
+            let ttl = self.shared.ruleset.load().config.idempotency_ttl;
+            return remote_validate(r, Io::Async, token, now, ttl).await;
         }
         self.validate_challenge(token)
     }
@@ -1083,12 +1110,10 @@ impl Engine {
     }
 }
 
-/// Runs `f` on tokio's blocking pool; the error says why it did not finish.
+/// The error of a blocking store call whose future did not finish in one poll (it always does).
 #[cfg(feature = "redis")]
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("the blocking call failed: {e}"))
+fn suspended() -> TrackError {
+    TrackError::Store("a blocking store call was suspended".to_owned())
 }
 
 #[cfg(feature = "redis")]
@@ -1105,14 +1130,15 @@ fn store_unavailable() -> ValidateChallengeResponse {
 
 /// `validate_challenge` on a remote store.
 #[cfg(feature = "redis")]
-fn remote_validate(
+async fn remote_validate(
     r: &crate::state::redis::RedisStore,
+    io: Io,
     token: &str,
     now: EpochMs,
     ttl: crate::time::DurationMs,
 ) -> ValidateChallengeResponse {
     use crate::state::redis::Checked;
-    match r.validate(token, now.ms(), ttl.ms()) {
+    match r.validate(io, token, now.ms(), ttl.ms()).await {
         Err(_) => store_unavailable(),
         Ok(Checked::Unknown) => ValidateChallengeResponse {
             reason: Some(InvalidTokenReason::UnknownToken),
@@ -1146,6 +1172,19 @@ impl Engine {
         req: &TrackRequest,
         now: EpochMs,
     ) -> Result<TrackResponse, TrackError> {
+        finish(self.track_remote_io(r, Io::Blocking, rs, req, now))
+            .unwrap_or_else(|| Err(suspended()))
+    }
+
+    /// [`Engine::track_remote`], waiting on Redis as `io` says.
+    async fn track_remote_io(
+        &self,
+        r: &crate::state::redis::RedisStore,
+        io: Io,
+        rs: &Loaded,
+        req: &TrackRequest,
+        now: EpochMs,
+    ) -> Result<TrackResponse, TrackError> {
         req.validate()?;
         rs.config.custom.check(&req.attributes.custom)?;
         let generated;
@@ -1156,7 +1195,7 @@ impl Engine {
                 generated.as_str()
             }
         };
-        match self.decide_remote(r, rs, req, key, now) {
+        match self.decide_remote(r, io, rs, req, key, now).await {
             Ok(answer) => answer,
             Err(e) => match self.shared.store_settings.on_store_error {
                 OnStoreError::Error => Err(TrackError::Store(e.0)),
@@ -1169,9 +1208,10 @@ impl Engine {
         }
     }
 
-    fn decide_remote(
+    async fn decide_remote(
         &self,
         r: &crate::state::redis::RedisStore,
+        io: Io,
         rs: &Loaded,
         req: &TrackRequest,
         key: &str,
@@ -1212,19 +1252,27 @@ impl Engine {
         // A claim that vanishes while waited on (its claimer died and its lease ran out) is claimed again; a
         // few times at most, each bounded by the lease.
         for _ in 0..4 {
-            let claim = r.claim(&ClaimReq {
-                user_id: &req.user_id,
-                action: &req.action,
-                key,
-                fingerprint,
-                now: now.ms(),
-                ttl_ms,
-                keys: &keys,
-                horizon_ms: rs.signals.horizon_ms,
-                windowed: rs.signals.windowed,
-                known_for_ms: limits.known_for_ms,
-                rba: &rba,
-            })?;
+            let claim = r
+                .claim(
+                    io,
+                    &ClaimReq {
+                        user_id: &req.user_id,
+                        action: &req.action,
+                        key,
+                        fingerprint,
+                        now: now.ms(),
+                        ttl_ms,
+                        keys: &keys,
+                        horizon_ms: rs.signals.horizon_ms,
+                        windowed: rs.signals.windowed,
+                        windows: rs.signals.windows.as_deref(),
+                        known_for_ms: limits.known_for_ms,
+                        places: rs.signals.uses_places,
+                        uses_rba: rs.signals.uses_rba,
+                        rba: &rba,
+                    },
+                )
+                .await?;
             let replay = cfg.on_conflict == OnConflict::Replay;
             match claim {
                 Claim::Conflict => return conflict(),
@@ -1238,7 +1286,10 @@ impl Engine {
                     if fp != fingerprint && !replay {
                         return conflict();
                     }
-                    if let Some(s) = r.wait(&req.user_id, &req.action, key, now.ms(), ttl_ms)? {
+                    if let Some(s) = r
+                        .wait(io, &req.user_id, &req.action, key, now.ms(), ttl_ms)
+                        .await?
+                    {
                         return Ok(Ok(s.response()));
                     }
                 }
@@ -1250,7 +1301,7 @@ impl Engine {
                     let (decision, footprint) = self.evaluate(rs, req, ctx);
                     let (token, url) = challenge(rs, req, decision.state);
                     if decision.state == State::ChallengeRequired && token.is_none() {
-                        r.release(&ticket)?;
+                        r.release(io, &ticket).await?;
                         return Ok(Err(TrackError::RandomSource));
                     }
                     let decided = record::Decided::new(
@@ -1261,15 +1312,18 @@ impl Engine {
                         &footprint,
                     );
                     let writes = snapshot.take_writes();
-                    let committed = r.commit(
-                        &ticket,
-                        &decided,
-                        now.ms(),
-                        ttl_ms,
-                        cfg.token_ttl.ms(),
-                        &writes,
-                        &limits,
-                    )?;
+                    let committed = r
+                        .commit(
+                            io,
+                            &ticket,
+                            &decided,
+                            now.ms(),
+                            ttl_ms,
+                            cfg.token_ttl.ms(),
+                            &writes,
+                            &limits,
+                        )
+                        .await?;
                     if committed {
                         let stored = record::Stored {
                             user_id: req.user_id.clone(),
@@ -1284,7 +1338,10 @@ impl Engine {
                         return Ok(Ok(stored.response()));
                     }
                     // The lease ran out before the commit: another caller may have decided; theirs stands.
-                    return match r.wait(&req.user_id, &req.action, key, now.ms(), ttl_ms)? {
+                    return match r
+                        .wait(io, &req.user_id, &req.action, key, now.ms(), ttl_ms)
+                        .await?
+                    {
                         Some(s) => Ok(Ok(s.response())),
                         None => Err(StoreError(
                             "the decision outlasted `[store] lease` and was not stored".to_owned(),
@@ -1298,9 +1355,11 @@ impl Engine {
         ))
     }
 
-    fn update_remote(
+    #[allow(clippy::too_many_arguments)]
+    async fn update_remote(
         &self,
         r: &crate::state::redis::RedisStore,
+        io: Io,
         user_id: &str,
         action: &str,
         idempotency_key: &str,
@@ -1308,10 +1367,11 @@ impl Engine {
         now: EpochMs,
     ) -> Result<ActionRecord, TrackError> {
         use crate::state::redis::Update;
-        let rs = self.shared.ruleset.load();
+        let rs = self.shared.ruleset.load_full();
         let ttl = rs.config.idempotency_ttl;
         let moved = r
             .update(
+                io,
                 user_id,
                 action,
                 idempotency_key,
@@ -1319,6 +1379,7 @@ impl Engine {
                 now.ms(),
                 ttl.ms(),
             )
+            .await
             .map_err(|e| TrackError::Store(e.0))?;
         let s = match moved {
             Update::Missing => {
@@ -1350,12 +1411,23 @@ impl Engine {
                 let view = signals::View::Snapshot(Arc::clone(&snapshot));
                 signals::make_known(&view, &rs.signals, &fp.footprint());
                 if let Some(k) = snapshot.take_writes().known {
-                    r.know(&k, &limits).map_err(|e| TrackError::Store(e.0))?;
+                    r.know(io, &k, &limits)
+                        .await
+                        .map_err(|e| TrackError::Store(e.0))?;
                 }
             }
         }
         Ok(s.record())
     }
+}
+
+/// `at` as an event time, refused outside the range replay accepts.
+fn event_time(at: SystemTime) -> Result<EpochMs, TrackError> {
+    let now_ms = to_millis(at);
+    Ok(EpochMs::from_ms(crate::clock::check_event_ms(
+        i128::from(now_ms),
+        || format!("{now_ms} ms since the epoch"),
+    )?))
 }
 
 /// Loads the rules folder `dir`, under `limits` when given.

@@ -718,6 +718,114 @@ if rba_score() > 50.0 { REVIEW }"#,
         });
     }
 
+    /// Async callers' rules on IP and user velocity, from `k0`, `k1`, … of one user on one IP.
+    async fn async_sequence(e: &Engine, from: usize, to: usize) -> Vec<State> {
+        let mut states = Vec::new();
+        for i in from..to {
+            let r = common::req("au", "signIn")
+                .idempotency_key(format!("k{i}"))
+                .ip("198.18.1.1");
+            let resp = e.track_async(&r).await.unwrap();
+            assert_eq!(resp.store_error, None);
+            states.push(resp.state);
+        }
+        states
+    }
+
+    fn async_engine(settings: StoreSettings) -> Engine {
+        Engine::builder()
+            .ruleset(common::ruleset(
+                &[
+                    ("u", r#"if velocity("1h") >= 3 { BLOCK }"#),
+                    ("ip", r#"if velocity_ip("10m") >= 2 { REVIEW }"#),
+                ],
+                "",
+            ))
+            .clock(common::clock())
+            .store(settings)
+            .build()
+            .unwrap()
+    }
+
+    fn tokio() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn async_callers_count_exactly_across_a_script_flush_and_recover_after_a_restart() {
+        let Some(mut srv) = server() else { return };
+        let e = async_engine(
+            srv.settings()
+                .timeout(Duration::from_millis(200))
+                .connect_timeout(Duration::from_millis(200)),
+        );
+        tokio().block_on(async {
+            assert_eq!(async_sequence(&e, 0, 2).await, [State::Allow, State::Allow]);
+            assert!(command(srv.port, "SCRIPT FLUSH").unwrap().contains("OK"));
+            let before = e.store_round_trips();
+            // The commit after the flush meets `NOSCRIPT`: its scripts are sent again, once.
+            assert_eq!(
+                async_sequence(&e, 2, 4).await,
+                [State::Review, State::Block]
+            );
+            assert!(
+                e.store_round_trips() - before <= 4 + 2,
+                "{}",
+                e.store_round_trips() - before
+            );
+            srv.restart();
+            // The shared connection died with the server: the first calls fail fast, then one reconnects.
+            let t = Instant::now();
+            loop {
+                let r = common::req("other", "signIn")
+                    .idempotency_key(format!("r{}", t.elapsed().as_nanos()));
+                let resp = e.track_async(&r).await.unwrap();
+                if resp.store_error.is_none() {
+                    break;
+                }
+                assert!(t.elapsed() < Duration::from_secs(10), "no recovery");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // The restarted server kept nothing (no persistence): the user starts again.
+            assert_eq!(
+                async_sequence(&e, 10, 12).await,
+                [State::Allow, State::Allow]
+            );
+        });
+    }
+
+    #[test]
+    fn async_callers_on_a_cluster_share_one_view_with_thread_callers() {
+        let Some(cluster) = Cluster::start() else {
+            return;
+        };
+        let e = async_engine(patient(cluster.settings()));
+        let states = tokio().block_on(async_sequence(&e, 0, 3));
+        assert_eq!(states, [State::Allow, State::Allow, State::Review]);
+        // A thread caller on the same engine repeats an async caller's decision and counts after it.
+        let again = e
+            .track(
+                &common::req("au", "signIn")
+                    .idempotency_key("k1")
+                    .ip("198.18.1.1"),
+            )
+            .unwrap();
+        assert_eq!(again.state, State::Allow);
+        let next = e
+            .track(
+                &common::req("au", "signIn")
+                    .idempotency_key("k3")
+                    .ip("198.18.1.1"),
+            )
+            .unwrap();
+        assert_eq!(next.state, State::Block);
+        assert_eq!(e.decisions(), 4);
+    }
+
     #[test]
     fn store_settings_come_from_riskgate_toml_and_are_checked() {
         let Some(srv) = server() else { return };

@@ -17,7 +17,7 @@ pub(crate) struct Needs<'a> {
 }
 
 /// What a ruleset's rules use, gathered over all rules.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Uses {
     /// The longest literal window.
     pub longest_window_ms: i64,
@@ -33,6 +33,9 @@ pub(crate) struct Uses {
     /// Which windowed signals rules call: the [`Kept::bit`](catalogue::Kept::bit) of each one's catalogue row,
     /// so history keeps only the series and sets that are read.
     pub windowed: u8,
+    /// Each literal window a windowed signal is called with: its [`Kept::bit`](catalogue::Kept::bit) and the
+    /// window, once each (a remote store then counts just these windows instead of fetching the series).
+    pub windows: Vec<(u8, i64)>,
 }
 
 /// Checks the signal calls in `ast` (rule file `file`), adding to `uses` and `problems`.
@@ -69,7 +72,15 @@ pub(crate) fn analyze(
                 match args.first() {
                     Some(Expr::StringConstant(w, at)) if args.len() == 1 && !method => {
                         match crate::signals::window(name, w) {
-                            Ok(w) => uses.longest_window_ms = uses.longest_window_ms.max(w.ms()),
+                            Ok(w) => {
+                                uses.longest_window_ms = uses.longest_window_ms.max(w.ms());
+                                if let Some(tag) = signal.call.kept().map(|k| k.tag()) {
+                                    let pair = (tag, w.ms());
+                                    if !uses.windows.contains(&pair) {
+                                        uses.windows.push(pair);
+                                    }
+                                }
+                            }
                             Err(m) => report(*at, m),
                         }
                     }

@@ -494,6 +494,11 @@ impl RuleSetBuilder {
         };
         signals.horizon_ms = uses.longest_window_ms.max(computed);
         signals.windowed = uses.windowed;
+        signals.windows = if uses.computed_window {
+            None
+        } else {
+            Some(uses.windows)
+        };
         signals.uses_agent = uses.agent;
         signals.uses_places = uses.places;
         signals.uses_rba = uses.rba;

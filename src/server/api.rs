@@ -397,7 +397,8 @@ async fn decide(
         .all_compiled
         .load(std::sync::atomic::Ordering::Relaxed)
     {
-        let r = engine.track(&req);
+        // Inline in memory; on a remote store it awaits Redis instead of blocking this worker.
+        let r = engine.track_async(&req).await;
         Ok((req, r))
     } else if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
         let r = tokio::task::block_in_place(|| engine.track(&req));

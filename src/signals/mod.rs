@@ -49,6 +49,9 @@ pub(crate) struct SignalSet {
     pub horizon_ms: i64,
     /// Which series and sets rules read ([`Kept::bit`] of each windowed signal called); only those are recorded.
     pub windowed: u8,
+    /// Every `(kind, window)` rules count (a series' or set's kind number and the window), when all windows
+    /// are literal; `None` when some window is computed at run time.
+    pub windows: Option<Vec<(u8, i64)>>,
     pub limits: Limits,
     /// Some rule asks about the user agent (so decisions keep a copy of it).
     pub uses_agent: bool,
@@ -65,6 +68,7 @@ impl Default for SignalSet {
             geo: geo::Geo::default(),
             horizon_ms: 0,
             windowed: 0,
+            windows: None,
             limits: Limits::default(),
             uses_agent: false,
             uses_places: false,

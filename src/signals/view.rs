@@ -50,6 +50,19 @@ pub(crate) struct Fetched {
     /// `rba_score()`: all users' verified actions and per value asked for (value, count, last seen).
     pub rba_all_actions: u64,
     pub rba_all: Vec<(u64, u64, i64)>,
+    /// Counts the store made itself, `(kind, window, count)`: a series or set read this way is answered from
+    /// these for its windows (the ruleset's literal windows) instead of from `series` or `sets`.
+    pub counts: Vec<(u8, i64, i64)>,
+}
+
+impl Fetched {
+    /// The count the store made of `kind` over `window`, if it made one.
+    fn counted(&self, kind: u8, window_ms: i64) -> Option<i64> {
+        self.counts
+            .iter()
+            .find(|c| c.0 == kind && c.1 == window_ms)
+            .map(|c| c.2)
+    }
 }
 
 /// What one decision (or one successful challenge) writes to history.
@@ -159,11 +172,15 @@ impl View {
                     SeriesKind::Ip => keys.ip.is_some(),
                     SeriesKind::Device => keys.device.is_some(),
                 };
-                let times = s
-                    .data()
-                    .and_then(|d| d.series.get(kind as usize - 1))
-                    .filter(|_| present);
-                times.map_or(0, |t| count_times(t, now.ms(), window.ms()))
+                let Some(d) = s.data().filter(|_| present) else {
+                    return 0;
+                };
+                if let Some(n) = d.counted(kind as u8, window.ms()) {
+                    return n;
+                }
+                d.series
+                    .get(kind as usize - 1)
+                    .map_or(0, |t| count_times(t, now.ms(), window.ms()))
             }
         }
     }
@@ -178,12 +195,15 @@ impl View {
                     SetKind::DevicesOfUser => true,
                 };
                 let from = now.ms().saturating_sub(window.ms());
-                s.data()
-                    .and_then(|d| d.sets.get(kind as usize - 4))
-                    .filter(|_| present)
-                    .map_or(0, |m| {
-                        m.iter().filter(|m| m.1 > from && m.1 <= now.ms()).count() as i64
-                    })
+                let Some(d) = s.data().filter(|_| present) else {
+                    return 0;
+                };
+                if let Some(n) = d.counted(kind as u8, window.ms()) {
+                    return n;
+                }
+                d.sets.get(kind as usize - 4).map_or(0, |m| {
+                    m.iter().filter(|m| m.1 > from && m.1 <= now.ms()).count() as i64
+                })
             }
         }
     }

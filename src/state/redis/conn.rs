@@ -1,8 +1,12 @@
-//! Connections to Redis or Redis Cluster: a small pool of blocking connections, each round trip a pipeline with
-//! a timeout, scripts sent by SHA and sent whole once after a `NOSCRIPT`.
+//! Connections to Redis or Redis Cluster, each round trip a pipeline with a timeout, scripts sent by SHA and sent
+//! whole once after a `NOSCRIPT`. Thread callers ([`Io::Blocking`]) take a connection of a small pool of
+//! blocking ones; async callers ([`Io::Async`]) share one multiplexed connection (per cluster node), on which
+//! the round trips of every concurrent caller are pipelined together.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use redis::{Cmd, Value};
@@ -44,6 +48,42 @@ impl Op<'_> {
     }
 }
 
+/// How a store call waits on Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Io {
+    /// Blocking the calling thread (the sync API): the call's future is ready on its first poll.
+    Blocking,
+    /// As a future on the tokio runtime that polls it (the async API).
+    Async,
+}
+
+/// Runs a store call made with [`Io::Blocking`] to its end on this thread. Every wait in such a call blocks
+/// the thread, so its future finishes in one poll; `None` if it did not (it never does).
+pub(crate) fn finish<F: Future>(f: F) -> Option<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::pin::pin!(f).poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// Waits `d`, as `io` waits.
+pub(crate) async fn pause(io: Io, d: Duration) {
+    match io {
+        Io::Blocking => std::thread::sleep(d),
+        Io::Async => tokio::time::sleep(d).await,
+    }
+}
+
+/// The shared connection of async callers (cheap to clone: a handle on its driver task).
+#[derive(Clone)]
+enum Shared {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+// One per store, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
@@ -58,6 +98,8 @@ enum Conn {
 pub(crate) struct Pool {
     client: Client,
     idle: Mutex<Vec<Conn>>,
+    /// The async callers' connection, opened by the first of them and dropped when it fails.
+    shared: Mutex<Option<Shared>>,
     timeout: Duration,
     connect_timeout: Duration,
     round_trips: AtomicU64,
@@ -109,6 +151,7 @@ impl Pool {
         Ok(Pool {
             client,
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
             timeout,
             connect_timeout,
             round_trips: AtomicU64::new(0),
@@ -203,7 +246,147 @@ impl Pool {
 
     /// Runs `ops` as one round trip and returns their replies in order. A failed connection is dropped (the
     /// next call opens a new one), so the store recovers by itself when Redis comes back.
-    pub fn run(&self, ops: &[Op<'_>]) -> Result<Vec<Value>, StoreError> {
+    pub async fn run(&self, io: Io, ops: &[Op<'_>]) -> Result<Vec<Value>, StoreError> {
+        match io {
+            Io::Blocking => self.run_blocking(ops),
+            Io::Async => self.run_async(ops).await,
+        }
+    }
+
+    /// The async callers' connection: the shared one, or a new one that becomes it. Callers that find none at
+    /// once each open one (each within the connect timeout, none waits for another); the last kept wins.
+    async fn shared(&self) -> redis::RedisResult<Shared> {
+        if let Some(s) = self.shared.lock().ok().and_then(|s| s.clone()) {
+            return Ok(s);
+        }
+        let open = async {
+            match &self.client {
+                Client::Single(c) => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.connect_timeout))
+                        .set_response_timeout(Some(self.timeout));
+                    c.get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Shared::Single)
+                }
+                Client::Cluster(c) => c.get_async_connection().await.map(Shared::Cluster),
+            }
+        };
+        let s = tokio::time::timeout(self.connect_timeout + self.timeout, open)
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            })??;
+        if let Ok(mut slot) = self.shared.lock() {
+            *slot = Some(s.clone());
+        }
+        Ok(s)
+    }
+
+    /// Sends `cmds` at once on the shared connection: one reply or error per command, in order. On a server,
+    /// one pipeline; on a cluster, each command to its slot's node, all in flight together.
+    async fn send(
+        &self,
+        con: &Shared,
+        cmds: Vec<Cmd>,
+    ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
+        let sent = async {
+            match con {
+                Shared::Single(c) => {
+                    let mut p = redis::pipe();
+                    p.ignore_errors();
+                    for cmd in cmds {
+                        p.add_command(cmd);
+                    }
+                    let replies: Vec<Value> = p.query_async(&mut c.clone()).await?;
+                    Ok(replies
+                        .into_iter()
+                        .map(|v| match v {
+                            Value::ServerError(e) => Err(redis::RedisError::from(e)),
+                            v => Ok(v),
+                        })
+                        .collect())
+                }
+                Shared::Cluster(c) => {
+                    let calls: Vec<_> = cmds
+                        .into_iter()
+                        .map(|cmd| {
+                            let mut c = c.clone();
+                            tokio::spawn(async move { cmd.query_async::<Value>(&mut c).await })
+                        })
+                        .collect();
+                    let mut replies = Vec::with_capacity(calls.len());
+                    for call in calls {
+                        replies.push(call.await.unwrap_or_else(|e| {
+                            Err(redis::RedisError::from(std::io::Error::other(
+                                e.to_string(),
+                            )))
+                        }));
+                    }
+                    Ok(replies)
+                }
+            }
+        };
+        // The connection's own response timeout bounds each command; this bounds the whole round trip.
+        tokio::time::timeout(self.timeout + self.timeout, sent)
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            })?
+    }
+
+    /// [`Pool::run`] on the shared connection. Only the scripts that met a `NOSCRIPT` are sent again (whole),
+    /// so no other command of the round trip runs twice.
+    async fn run_async(&self, ops: &[Op<'_>]) -> Result<Vec<Value>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let result = async {
+            let con = self.shared().await?;
+            let cmds: Vec<Cmd> = ops.iter().map(|o| o.cmd(false)).collect();
+            let mut replies = self.send(&con, cmds).await?;
+            let lost: Vec<usize> = replies
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| matches!(r, Err(e) if noscript(e)))
+                .map(|(i, _)| i)
+                .collect();
+            if !lost.is_empty() {
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
+                let whole = lost
+                    .iter()
+                    .filter_map(|&i| ops.get(i))
+                    .map(|o| o.cmd(true))
+                    .collect();
+                for (i, r) in lost.into_iter().zip(self.send(&con, whole).await?) {
+                    if let Some(slot) = replies.get_mut(i) {
+                        *slot = r;
+                    }
+                }
+            }
+            replies
+                .into_iter()
+                .collect::<redis::RedisResult<Vec<Value>>>()
+        }
+        .await;
+        result.map_err(|e| {
+            if e.is_unrecoverable_error()
+                || e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+            {
+                // The next call opens a new connection.
+                if let Ok(mut slot) = self.shared.lock() {
+                    *slot = None;
+                }
+            }
+            store_error(&e)
+        })
+    }
+
+    /// [`Pool::run`] on a pooled blocking connection.
+    pub fn run_blocking(&self, ops: &[Op<'_>]) -> Result<Vec<Value>, StoreError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
+pub(crate) use self::conn::{finish, Io};
 use self::conn::{Op, Pool};
 use self::scripts::Scripts;
 use super::record::{Decided, Stored};
@@ -75,7 +76,12 @@ pub(crate) struct ClaimReq<'a> {
     /// The ruleset's history horizon and the series and sets it reads (`SignalSet::windowed`).
     pub horizon_ms: i64,
     pub windowed: u8,
+    /// `SignalSet::windows`: when given, each series and set read is counted over these windows by the store.
+    pub windows: Option<&'a [(u8, i64)]>,
     pub known_for_ms: i64,
+    /// Some rule asks about places (known countries, the last location) / calls `rba_score()`.
+    pub places: bool,
+    pub uses_rba: bool,
     /// `rba_score()`'s values whose population counts to read (empty when no rule calls it).
     pub rba: &'a [u64],
 }
@@ -268,7 +274,7 @@ impl RedisStore {
         set.arg(&shared_key).arg(&mine).arg("NX");
         let mut get = redis::cmd("GET");
         get.arg(&shared_key);
-        let replies = pool.run(&[Op::Plain(set), Op::Plain(get)])?;
+        let replies = pool.run_blocking(&[Op::Plain(set), Op::Plain(get)])?;
         let theirs = replies
             .get(1)
             .and_then(text)
@@ -395,7 +401,7 @@ impl RedisStore {
     }
 
     /// Round trip 1 of a first decision: claims the identity (or finds it) and reads the history.
-    pub fn claim(&self, c: &ClaimReq<'_>) -> Result<Claim, StoreError> {
+    pub async fn claim(&self, io: Io, c: &ClaimReq<'_>) -> Result<Claim, StoreError> {
         let identity = identity(c.user_id, c.action, c.key);
         let action_key = self.action_key(c.keys.user, identity);
         let owner = format!(
@@ -406,6 +412,11 @@ impl RedisStore {
         let lo = c.now.saturating_sub(c.horizon_ms).to_string();
         let hi = c.now.to_string();
         let kept = |bit: u8| c.horizon_ms > 0 && c.windowed & (1 << bit) != 0;
+        // The windows a read is counted over, when the store counts (every window of the ruleset is literal).
+        let windows = |bit: u8| -> Option<Vec<i64>> {
+            c.windows
+                .map(|w| w.iter().filter(|p| p.0 == bit).map(|p| p.1).collect())
+        };
         let mut keys = vec![action_key.clone()];
         keys.extend(self.user_keys(c.keys));
         let mut args = vec![
@@ -417,15 +428,20 @@ impl RedisStore {
             owner.clone(),
         ];
         for bit in [1u8, 6] {
-            if kept(bit) {
-                args.extend(["1".to_owned(), lo.clone(), hi.clone()]);
-            } else {
-                args.push("0".to_owned());
+            match (kept(bit), windows(bit)) {
+                (false, _) => args.push("0".to_owned()),
+                (true, Some(ws)) => {
+                    args.extend(["2".to_owned(), hi.clone(), ws.len().to_string()]);
+                    args.extend(ws.iter().map(|w| c.now.saturating_sub(*w).to_string()));
+                }
+                (true, None) => args.extend(["1".to_owned(), lo.clone(), hi.clone()]),
             }
         }
+        let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
         args.extend([
-            "1".to_owned(),
             c.now.saturating_sub(c.known_for_ms).to_string(),
+            flag(c.places || c.uses_rba),
+            flag(c.uses_rba),
         ]);
         let mut ops = vec![Op::Script {
             script: &self.scripts.claim,
@@ -433,20 +449,35 @@ impl RedisStore {
             args,
         }];
         // The IP's and device's reads: plain range reads, each of one key.
-        let mut subject_reads: Vec<(usize, u8)> = Vec::new();
+        let mut subject_reads: Vec<(usize, u8, Option<i64>)> = Vec::new();
         for (tag, subject, series, set) in [('i', c.keys.ip, 2u8, 4u8), ('d', c.keys.device, 3, 5)]
         {
             let Some(s) = subject else { continue };
             let [sk, zk] = self.subject_keys(tag, s, series, set, c.keys.action);
             for (bit, key) in [(series, sk), (set, zk)] {
-                if kept(bit) {
-                    let mut cmd = redis::cmd("ZRANGEBYSCORE");
-                    cmd.arg(key)
-                        .arg(format!("({lo}"))
-                        .arg(&hi)
-                        .arg("WITHSCORES");
-                    subject_reads.push((ops.len(), bit));
-                    ops.push(Op::Plain(cmd));
+                if !kept(bit) {
+                    continue;
+                }
+                match windows(bit) {
+                    Some(ws) => {
+                        for w in ws {
+                            let mut cmd = redis::cmd("ZCOUNT");
+                            cmd.arg(&key)
+                                .arg(format!("({}", c.now.saturating_sub(w)))
+                                .arg(&hi);
+                            subject_reads.push((ops.len(), bit, Some(w)));
+                            ops.push(Op::Plain(cmd));
+                        }
+                    }
+                    None => {
+                        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                        cmd.arg(key)
+                            .arg(format!("({lo}"))
+                            .arg(&hi)
+                            .arg("WITHSCORES");
+                        subject_reads.push((ops.len(), bit, None));
+                        ops.push(Op::Plain(cmd));
+                    }
                 }
             }
         }
@@ -461,7 +492,7 @@ impl RedisStore {
             cmd.arg(self.total_key());
             ops.push(Op::Plain(cmd));
         }
-        let replies = self.pool.run(&ops)?;
+        let replies = self.pool.run(io, &ops).await?;
         let first = replies.first().map(array).unwrap_or(&[]);
         let status = first.first().and_then(text).unwrap_or_default();
         match status.as_str() {
@@ -506,8 +537,17 @@ impl RedisStore {
         }
         let mut f = Fetched::default();
         let get = |i: usize| first.get(i).unwrap_or(&Value::Nil);
-        f.series[0] = times(get(1));
-        f.sets[2] = hashed(get(2));
+        for (i, bit) in [(1, 1u8), (2, 6)] {
+            match windows(bit) {
+                Some(ws) if kept(bit) => {
+                    for (w, n) in ws.into_iter().zip(array(get(i))) {
+                        f.counts.push((bit, w, int(n).unwrap_or(0)));
+                    }
+                }
+                _ if bit == 1 => f.series[0] = times(get(i)),
+                _ => f.sets[2] = hashed(get(i)),
+            }
+        }
         for k in 0..3 {
             if let Some(slot) = f.known.get_mut(k) {
                 *slot = hashed(get(3 + k));
@@ -535,8 +575,12 @@ impl RedisStore {
                 f.rba_user.push((v, count, last));
             }
         }
-        for (i, bit) in subject_reads {
+        for (i, bit, window) in subject_reads {
             let r = replies.get(i).unwrap_or(&Value::Nil);
+            if let Some(w) = window {
+                f.counts.push((bit, w, int(r).unwrap_or(0)));
+                continue;
+            }
             match bit {
                 2 | 3 => {
                     if let Some(slot) = f.series.get_mut(usize::from(bit) - 1) {
@@ -623,8 +667,9 @@ impl RedisStore {
     /// Round trip 2 of a first decision: commits it (if the claim still holds) with its history writes.
     /// `false` when the lease ran out and another caller may have decided the identity.
     #[allow(clippy::too_many_arguments)]
-    pub fn commit(
+    pub async fn commit(
         &self,
+        io: Io,
         ticket: &Ticket,
         decided: &Decided,
         now: i64,
@@ -739,25 +784,30 @@ impl RedisStore {
         if let Some(k) = &writes.known {
             self.population_ops(k, limits.known_for_ms, &mut ops);
         }
-        let replies = self.pool.run(&ops)?;
+        let replies = self.pool.run(io, &ops).await?;
         Ok(replies.first().and_then(int) == Some(1))
     }
 
     /// Gives up a claim (its decision could not be completed): the next call decides again.
-    pub fn release(&self, ticket: &Ticket) -> Result<(), StoreError> {
+    pub async fn release(&self, io: Io, ticket: &Ticket) -> Result<(), StoreError> {
         self.pool
-            .run(&[Op::Script {
-                script: &self.scripts.release,
-                keys: vec![ticket.action_key.clone()],
-                args: vec![ticket.owner.clone()],
-            }])
+            .run(
+                io,
+                &[Op::Script {
+                    script: &self.scripts.release,
+                    keys: vec![ticket.action_key.clone()],
+                    args: vec![ticket.owner.clone()],
+                }],
+            )
+            .await
             .map(|_| ())
     }
 
     /// The action stored for an identity: `Ok(None)` when there is none (or it is still being decided, or
     /// expired at `now`); one round trip.
-    pub fn get(
+    pub async fn get(
         &self,
+        io: Io,
         user_id: &str,
         action: &str,
         key: &str,
@@ -768,7 +818,7 @@ impl RedisStore {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.action_key(user, identity(user_id, action, key)))
             .arg(&["id", "fp", "cr", "d", "st", "su"][..]);
-        let replies = self.pool.run(&[Op::Plain(cmd)])?;
+        let replies = self.pool.run(io, &[Op::Plain(cmd)]).await?;
         let vals = replies.first().map(array).unwrap_or(&[]);
         let Some(s) = stored(vals) else {
             return Ok(None);
@@ -779,8 +829,9 @@ impl RedisStore {
 
     /// Waits for another caller's decision on an identity: polls until it is decided, or the claim is gone
     /// (its lease ran out: `Ok(None)`, the caller claims again), at most a lease and a timeout.
-    pub fn wait(
+    pub async fn wait(
         &self,
+        io: Io,
         user_id: &str,
         action: &str,
         key: &str,
@@ -795,7 +846,7 @@ impl RedisStore {
             let mut cmd = redis::cmd("HMGET");
             cmd.arg(&action_key)
                 .arg(&["id", "fp", "cr", "d", "st", "su", "lease"][..]);
-            let replies = self.pool.run(&[Op::Plain(cmd)])?;
+            let replies = self.pool.run(io, &[Op::Plain(cmd)]).await?;
             let vals = replies.first().map(array).unwrap_or(&[]);
             if let Some(s) = stored(vals) {
                 return Ok(Some(s));
@@ -813,14 +864,16 @@ impl RedisStore {
                     "another instance's decision did not arrive within the lease".to_owned(),
                 ));
             }
-            std::thread::sleep(pause);
+            conn::pause(io, pause).await;
             pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
 
     /// Moves a decided action to `to` from any of `from`; one round trip.
-    pub fn update(
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update(
         &self,
+        io: Io,
         user_id: &str,
         action: &str,
         key: &str,
@@ -835,11 +888,17 @@ impl RedisStore {
             .map(|s| format!(",{}", state_code(s)))
             .collect::<String>()
             + ",";
-        let replies = self.pool.run(&[Op::Script {
-            script: &self.scripts.update,
-            keys: vec![self.action_key(user, identity(user_id, action, key))],
-            args: vec![now.to_string(), ttl_ms.to_string(), state_code(to), froms],
-        }])?;
+        let replies = self
+            .pool
+            .run(
+                io,
+                &[Op::Script {
+                    script: &self.scripts.update,
+                    keys: vec![self.action_key(user, identity(user_id, action, key))],
+                    args: vec![now.to_string(), ttl_ms.to_string(), state_code(to), froms],
+                }],
+            )
+            .await?;
         let r = replies.first().map(array).unwrap_or(&[]);
         let status = r.first().and_then(text).unwrap_or_default();
         let rest = r.get(1..).unwrap_or(&[]);
@@ -852,7 +911,12 @@ impl RedisStore {
     }
 
     /// Writes what a verified action makes known (after a successful challenge or review); one round trip.
-    pub fn know(&self, k: &KnownWrite, limits: &HistoryLimits) -> Result<(), StoreError> {
+    pub async fn know(
+        &self,
+        io: Io,
+        k: &KnownWrite,
+        limits: &HistoryLimits,
+    ) -> Result<(), StoreError> {
         let mut keys = self.user_keys(&Keys {
             user: k.user,
             ..Keys::default()
@@ -867,14 +931,20 @@ impl RedisStore {
             args,
         }];
         self.population_ops(k, limits.known_for_ms, &mut ops);
-        self.pool.run(&ops).map(|_| ())
+        self.pool.run(io, &ops).await.map(|_| ())
     }
 
     /// Checks a token (and uses it up when valid): one round trip to find its action, one to check it.
-    pub fn validate(&self, token: &str, now: i64, ttl_ms: i64) -> Result<Checked, StoreError> {
+    pub async fn validate(
+        &self,
+        io: Io,
+        token: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<Checked, StoreError> {
         let mut get = redis::cmd("GET");
         get.arg(self.token_key(token));
-        let replies = self.pool.run(&[Op::Plain(get)])?;
+        let replies = self.pool.run(io, &[Op::Plain(get)]).await?;
         let Some(action_key) = replies.first().and_then(text) else {
             return Ok(Checked::Unknown);
         };
@@ -882,16 +952,22 @@ impl RedisStore {
             return Ok(Checked::Unknown);
         }
         let th = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(token.as_bytes()));
-        let replies = self.pool.run(&[Op::Script {
-            script: &self.scripts.validate,
-            keys: vec![action_key],
-            args: vec![
-                th,
-                now.to_string(),
-                ttl_ms.to_string(),
-                state_code(State::ChallengeSucceeded),
-            ],
-        }])?;
+        let replies = self
+            .pool
+            .run(
+                io,
+                &[Op::Script {
+                    script: &self.scripts.validate,
+                    keys: vec![action_key],
+                    args: vec![
+                        th,
+                        now.to_string(),
+                        ttl_ms.to_string(),
+                        state_code(State::ChallengeSucceeded),
+                    ],
+                }],
+            )
+            .await?;
         let r = replies.first().map(array).unwrap_or(&[]);
         let status = r.first().and_then(text).unwrap_or_default();
         use crate::InvalidTokenReason as R;

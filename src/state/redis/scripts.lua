@@ -131,20 +131,27 @@ local function record(b)
   end
 end
 
--- The reads of one subject's series and set, within (lo, hi].
+-- One read of a series or set: '0' (none), '1' lo hi (its members within (lo, hi], with their times) or
+-- '2' hi n lo1 .. lon (how many members are within each (lo, hi]: the ruleset's windows, counted here).
+local function read(key)
+  local m = nxt()
+  if m == '1' then
+    local lo = nxt()
+    local hi = nxt()
+    return redis.call('ZRANGEBYSCORE', key, '(' .. lo, hi, 'WITHSCORES')
+  end
+  local c = {}
+  if m == '2' then
+    local hi = nxt()
+    for j = 1, tonumber(nxt()) do
+      c[j] = redis.call('ZCOUNT', key, '(' .. nxt(), hi)
+    end
+  end
+  return c
+end
+
+-- The reads of one subject's series and set.
 local function reads(b, out)
-  if nxt() == '1' then
-    local lo = nxt()
-    local hi = nxt()
-    out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[b], '(' .. lo, hi, 'WITHSCORES')
-  else
-    out[#out + 1] = {}
-  end
-  if nxt() == '1' then
-    local lo = nxt()
-    local hi = nxt()
-    out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[b + 1], '(' .. lo, hi, 'WITHSCORES')
-  else
-    out[#out + 1] = {}
-  end
+  out[#out + 1] = read(KEYS[b])
+  out[#out + 1] = read(KEYS[b + 1])
 end

@@ -22,7 +22,9 @@ macro_rules! script {
     };
 }
 
-/// Claims a new identity, or answers what it holds; with the claim, reads the user's history.
+/// Claims a new identity, or answers what it holds; with the claim, reads the user's history (its known
+/// countries and last location only for a ruleset that asks about places or calls `rba_score()`, its
+/// `rba_score()` counts only for one that calls it).
 /// KEYS: action, user series, devices of the user, known devices, IPs, countries, location, rba counts.
 const CLAIM: &str = script!(
     r#"
@@ -44,13 +46,23 @@ redis.call('HSET', a, 'id', id, 'fp', fp, 'cr', now, 'lease', owner)
 redis.call('PEXPIRE', a, lease)
 local out = {'claimed'}
 reads(2, out)
-if nxt() == '1' then
-  local kfrom = nxt()
-  for k = 4, 6 do
-    out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. kfrom, '+inf', 'WITHSCORES')
-  end
+local kfrom = nxt()
+local places = nxt() == '1'
+local rba = nxt() == '1'
+for k = 4, 5 do
+  out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. kfrom, '+inf', 'WITHSCORES')
+end
+if places then
+  out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. kfrom, '+inf', 'WITHSCORES')
   out[#out + 1] = redis.call('HMGET', KEYS[7], 'lat', 'lon', 'at', 'ip', 'cc')
+else
+  out[#out + 1] = {}
+  out[#out + 1] = {}
+end
+if rba then
   out[#out + 1] = redis.call('HGETALL', KEYS[8])
+else
+  out[#out + 1] = {}
 end
 return out
 "#
