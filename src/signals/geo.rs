@@ -17,7 +17,8 @@ pub(crate) struct Geo {
     pub city: Option<Reader<Vec<u8>>>,
     pub asn: Option<Reader<Vec<u8>>>,
     pub anonymous: Option<Reader<Vec<u8>>>,
-    /// Recent answers of `asn` (it lives and goes with the databases, so a reload starts it empty).
+    /// Recent answers of `asn` (it lives and goes with the databases, so a reload starts it empty; without an
+    /// ASN database it holds nothing).
     pub asn_cache: AsnCache,
 }
 
@@ -43,13 +44,19 @@ struct AsnSlot {
     answer: AtomicU64,
 }
 
+/// Empty, and remembering nothing (for a ruleset without an ASN database: no memory spent).
 impl Default for AsnCache {
     fn default() -> Self {
-        AsnCache((0..ASN_CACHE_SLOTS).map(|_| AsnSlot::default()).collect())
+        AsnCache(Box::default())
     }
 }
 
 impl AsnCache {
+    /// A cache of [`ASN_CACHE_SLOTS`] slots.
+    fn new() -> Self {
+        AsnCache((0..ASN_CACHE_SLOTS).map(|_| AsnSlot::default()).collect())
+    }
+
     fn slot(&self, ip: u128) -> Option<&AsnSlot> {
         let folded = (ip as u64) ^ ((ip >> 64) as u64).rotate_left(29);
         // Fibonacci hashing: the top bits of the product pick the slot.
@@ -159,11 +166,19 @@ impl Geo {
                 })
                 .ok()
         };
+        // Opened in this order, so that problems are reported in it.
+        let city = one(&geoip.city, Kind::City);
+        let asn = one(&geoip.asn, Kind::Asn);
+        let anonymous = one(&geoip.anonymous_ip, Kind::AnonymousIp);
         Geo {
-            city: one(&geoip.city, Kind::City),
-            asn: one(&geoip.asn, Kind::Asn),
-            anonymous: one(&geoip.anonymous_ip, Kind::AnonymousIp),
-            asn_cache: AsnCache::default(),
+            city,
+            asn_cache: if asn.is_some() {
+                AsnCache::new()
+            } else {
+                AsnCache::default()
+            },
+            asn,
+            anonymous,
         }
     }
 }
@@ -297,6 +312,32 @@ pub(crate) fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::distance_km;
+
+    #[test]
+    fn the_asn_cache_answers_only_for_its_own_address() {
+        let c = super::AsnCache::new();
+        let (a, b) = (0xffff_0102_0304u128, 0x2001_0db8_u128 << 96);
+        assert_eq!(c.get(a), None);
+        c.put(a, Some(209));
+        c.put(b, None);
+        assert_eq!(c.get(a), Some(Some(209)));
+        assert_eq!(c.get(b), Some(None), "no ASN is an answer too");
+        // Thousands of addresses through 4,096 slots: every hit is the address's own answer.
+        for i in 0..20_000u128 {
+            c.put(i << 40, u32::try_from(i).ok());
+        }
+        for i in 0..20_000u128 {
+            if let Some(answer) = c.get(i << 40) {
+                assert_eq!(answer, u32::try_from(i).ok());
+            }
+        }
+        // Every ASN fits, the largest too; an empty cache remembers nothing.
+        c.put(7, Some(u32::MAX));
+        assert_eq!(c.get(7), Some(Some(u32::MAX)));
+        let empty = super::AsnCache::default();
+        empty.put(a, Some(1));
+        assert_eq!(empty.get(a), None);
+    }
 
     #[test]
     fn known_distances() {

@@ -75,12 +75,15 @@ pub(crate) fn parse_cached_with<F: FnOnce(&Agent, &str) -> Derived>(
         let derived = e.derived.filter(|d| Some(d.0) == seed_id).map(|d| d.1);
         Some((e.agent.clone(), derived))
     });
-    let (agent, derived) = match hit {
-        Some((agent, Some(d))) => return (agent, Some(d)),
-        Some((agent, None)) => (agent, None),
-        None => (parse(ua), None),
+    let agent = match hit {
+        // Nothing more to remember: the parse was cached and what was asked for with it, if anything, too.
+        Some((agent, derived)) if derived.is_some() || seed_id.is_none() => {
+            return (agent, derived)
+        }
+        Some((agent, _)) => agent,
+        None => parse(ua),
     };
-    let derived = derived.or_else(|| derive.map(|(_, f)| f(&agent, text)));
+    let derived = derive.map(|(_, f)| f(&agent, text));
     let entry = Entry {
         text: Box::from(text),
         agent: agent.clone(),
