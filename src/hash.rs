@@ -107,6 +107,12 @@ impl Seeded {
         h.digest()
     }
 
+    /// Tells seeds apart, for caches of values hashed with one (it is the seed: never let it leave the
+    /// process).
+    pub fn id(&self) -> u64 {
+        self.0
+    }
+
     /// The hash of `bytes` as they are.
     pub fn bytes(&self, bytes: &[u8]) -> u64 {
         xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0)

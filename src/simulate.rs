@@ -1060,6 +1060,8 @@ mod tests {
                 Kind::AnonymousIp,
             )
             .ok(),
+
+            ..Geo::default()
         };
         assert!(geo.city.is_some() && geo.anonymous.is_some());
         let mut sim = Sim {

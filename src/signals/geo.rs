@@ -6,6 +6,7 @@
 use maxminddb::{geoip2, path, Reader};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::GeoipConfig;
 use crate::error::Diagnostic;
@@ -16,6 +17,95 @@ pub(crate) struct Geo {
     pub city: Option<Reader<Vec<u8>>>,
     pub asn: Option<Reader<Vec<u8>>>,
     pub anonymous: Option<Reader<Vec<u8>>>,
+    /// Recent answers of `asn` (it lives and goes with the databases, so a reload starts it empty; without an
+    /// ASN database it holds nothing).
+    pub asn_cache: AsnCache,
+}
+
+/// How many addresses [`AsnCache`] remembers (direct-mapped, 32 bytes each: 128 KB per ruleset).
+const ASN_CACHE_SLOTS: usize = 4096;
+
+/// A lock-free, direct-mapped memory of recent address → ASN answers, shared by every thread deciding with one
+/// ruleset: a walk of the ASN database's tree and the decoding of its record cost about 700 instructions, and a
+/// user's addresses recur.
+///
+/// Each slot is a tiny sequence lock: a version (odd while a writer fills the slot) and the address (IPv4 as
+/// its IPv4-mapped IPv6 form) with its answer. A reader that sees the version change, or odd, misses and looks
+/// the address up; a writer that finds the slot busy skips remembering. So a hit is always the answer for the
+/// address asked; addresses that share a slot only evict each other.
+pub(crate) struct AsnCache(Box<[AsnSlot]>);
+
+#[derive(Default)]
+struct AsnSlot {
+    version: AtomicU64,
+    hi: AtomicU64,
+    lo: AtomicU64,
+    /// 0 for an empty slot, 1 for "the database has no ASN for it", otherwise the ASN plus 2.
+    answer: AtomicU64,
+}
+
+/// Empty, and remembering nothing (for a ruleset without an ASN database: no memory spent).
+impl Default for AsnCache {
+    fn default() -> Self {
+        AsnCache(Box::default())
+    }
+}
+
+impl AsnCache {
+    /// A cache of [`ASN_CACHE_SLOTS`] slots.
+    fn new() -> Self {
+        AsnCache((0..ASN_CACHE_SLOTS).map(|_| AsnSlot::default()).collect())
+    }
+
+    fn slot(&self, ip: u128) -> Option<&AsnSlot> {
+        let folded = (ip as u64) ^ ((ip >> 64) as u64).rotate_left(29);
+        // Fibonacci hashing: the top bits of the product pick the slot.
+        let i = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize;
+        self.0.get(i % ASN_CACHE_SLOTS)
+    }
+
+    /// The remembered answer for `ip`: `Some(answer)` on a hit.
+    fn get(&self, ip: u128) -> Option<Option<u32>> {
+        let s = self.slot(ip)?;
+        let v = s.version.load(Ordering::Acquire);
+        if v % 2 == 1 {
+            return None;
+        }
+        let (hi, lo, answer) = (
+            s.hi.load(Ordering::Relaxed),
+            s.lo.load(Ordering::Relaxed),
+            s.answer.load(Ordering::Relaxed),
+        );
+        std::sync::atomic::fence(Ordering::Acquire);
+        if s.version.load(Ordering::Relaxed) != v
+            || answer == 0
+            || (u128::from(hi) << 64 | u128::from(lo)) != ip
+        {
+            return None;
+        }
+        Some(match answer {
+            1 => None,
+            n => u32::try_from(n - 2).ok(),
+        })
+    }
+
+    fn put(&self, ip: u128, number: Option<u32>) {
+        let Some(s) = self.slot(ip) else { return };
+        let v = s.version.load(Ordering::Relaxed);
+        if v % 2 == 1
+            || s.version
+                .compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        std::sync::atomic::fence(Ordering::Release);
+        s.hi.store((ip >> 64) as u64, Ordering::Relaxed);
+        s.lo.store(ip as u64, Ordering::Relaxed);
+        s.answer
+            .store(number.map_or(1, |n| u64::from(n) + 2), Ordering::Relaxed);
+        s.version.store(v + 2, Ordering::Release);
+    }
 }
 
 /// What the city database says about an address.
@@ -25,13 +115,6 @@ pub(crate) struct Place {
     pub country: Option<Box<str>>,
     /// Latitude and longitude, in degrees.
     pub location: Option<(f64, f64)>,
-}
-
-/// An autonomous system.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Asn {
-    pub number: u32,
-    pub organization: Option<Box<str>>,
 }
 
 /// Which database a `[geoip]` key names, and the database types it accepts.
@@ -83,10 +166,19 @@ impl Geo {
                 })
                 .ok()
         };
+        // Opened in this order, so that problems are reported in it.
+        let city = one(&geoip.city, Kind::City);
+        let asn = one(&geoip.asn, Kind::Asn);
+        let anonymous = one(&geoip.anonymous_ip, Kind::AnonymousIp);
         Geo {
-            city: one(&geoip.city, Kind::City),
-            asn: one(&geoip.asn, Kind::Asn),
-            anonymous: one(&geoip.anonymous_ip, Kind::AnonymousIp),
+            city,
+            asn_cache: if asn.is_some() {
+                AsnCache::new()
+            } else {
+                AsnCache::default()
+            },
+            asn,
+            anonymous,
         }
     }
 }
@@ -167,14 +259,24 @@ impl Geo {
         name.map(Box::from)
     }
 
-    /// The autonomous system of `ip`, if the ASN database has it.
-    pub fn asn(&self, ip: IpAddr) -> Option<Asn> {
-        let r = self.asn.as_ref()?.lookup(ip).ok()?;
-        let a: geoip2::Asn = r.decode().ok()??;
-        Some(Asn {
-            number: a.autonomous_system_number?,
-            organization: a.autonomous_system_organization.map(Box::from),
-        })
+    /// The autonomous system number of `ip`, if the ASN database has it. Answers are remembered in
+    /// [`Geo::asn_cache`].
+    pub fn asn(&self, ip: IpAddr) -> Option<u32> {
+        let db = self.asn.as_ref()?;
+        let key = u128::from(match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+            IpAddr::V6(a) => a,
+        });
+        if let Some(hit) = self.asn_cache.get(key) {
+            return hit;
+        }
+        let number = db.lookup(ip).ok().and_then(|r| {
+            r.decode_path::<u32>(&path!["autonomous_system_number"])
+                .ok()
+                .flatten()
+        });
+        self.asn_cache.put(key, number);
+        number
     }
 
     /// Whether `ip` is an anonymous network (VPN, proxy, hosting, Tor exit); `None` without the database.
@@ -210,6 +312,32 @@ pub(crate) fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::distance_km;
+
+    #[test]
+    fn the_asn_cache_answers_only_for_its_own_address() {
+        let c = super::AsnCache::new();
+        let (a, b) = (0xffff_0102_0304u128, 0x2001_0db8_u128 << 96);
+        assert_eq!(c.get(a), None);
+        c.put(a, Some(209));
+        c.put(b, None);
+        assert_eq!(c.get(a), Some(Some(209)));
+        assert_eq!(c.get(b), Some(None), "no ASN is an answer too");
+        // Thousands of addresses through 4,096 slots: every hit is the address's own answer.
+        for i in 0..20_000u128 {
+            c.put(i << 40, u32::try_from(i).ok());
+        }
+        for i in 0..20_000u128 {
+            if let Some(answer) = c.get(i << 40) {
+                assert_eq!(answer, u32::try_from(i).ok());
+            }
+        }
+        // Every ASN fits, the largest too; an empty cache remembers nothing.
+        c.put(7, Some(u32::MAX));
+        assert_eq!(c.get(7), Some(Some(u32::MAX)));
+        let empty = super::AsnCache::default();
+        empty.put(a, Some(1));
+        assert_eq!(empty.get(a), None);
+    }
 
     #[test]
     fn known_distances() {

@@ -342,22 +342,220 @@ impl Entry for Known {
     }
 }
 
-/// How many verified actions, over all users, had one feature value (the population side of `rba_score()`).
-#[derive(Default)]
+/// How many verified actions, over all users, had one feature value (the population side of `rba_score()`),
+/// and when the last was. Both are atomics, so that a count is bumped in place under the map's epoch guard.
+///
+/// A key leaves the [`Population`] in two steps: its count is swapped to [`Freq::DEAD`], then the dead entry is
+/// removed. A writer that finds a dead entry removes it itself and inserts a fresh one, so no increment lands on
+/// an entry on its way out (see [`Freq::bump`] and [`Freq::kill_if_idle`]).
 struct Freq {
-    count: u32,
-    last_ms: i64,
+    count: std::sync::atomic::AtomicU32,
+    last_ms: AtomicI64,
 }
 
-impl Entry for Freq {
-    fn last_ms(&self) -> i64 {
-        self.last_ms
+impl Freq {
+    /// The count of an entry being removed (live counts saturate one below).
+    const DEAD: u32 = u32::MAX;
+
+    fn new(at_ms: i64) -> Self {
+        Freq {
+            count: std::sync::atomic::AtomicU32::new(1),
+            last_ms: AtomicI64::new(at_ms),
+        }
     }
 
-    fn heap_bytes(&self) -> usize {
-        0
+    fn is_dead(&self) -> bool {
+        self.count.load(Ordering::SeqCst) == Self::DEAD
+    }
+
+    /// Counts one more action at `at_ms`; false (and nothing counted) when the entry is dead. The time is
+    /// written before the count, so that [`Freq::kill_if_idle`], which reads them in the other order, never
+    /// kills an entry whose count it did not see idle.
+    fn bump(&self, at_ms: i64) -> bool {
+        self.last_ms.fetch_max(at_ms, Ordering::SeqCst);
+        let mut c = self.count.load(Ordering::SeqCst);
+        loop {
+            if c == Self::DEAD {
+                return false;
+            }
+            let next = c.saturating_add(1).min(Self::DEAD - 1);
+            match self
+                .count
+                .compare_exchange_weak(c, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => c = now,
+            }
+        }
+    }
+
+    /// Marks the entry dead if its last action is at least `horizon_ms` before `now_ms`; whether it did.
+    fn kill_if_idle(&self, now_ms: i64, horizon_ms: i64) -> bool {
+        let mut c = self.count.load(Ordering::SeqCst);
+        loop {
+            let idle = self
+                .last_ms
+                .load(Ordering::SeqCst)
+                .saturating_add(horizon_ms)
+                <= now_ms;
+            if c == Self::DEAD || !idle {
+                return false;
+            }
+            match self
+                .count
+                .compare_exchange(c, Self::DEAD, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => c = now,
+            }
+        }
+    }
+
+    /// The count, or 0 when the entry is dead or its last action is `known_for_ms` or more before `now_ms`.
+    fn fresh_count(&self, now_ms: i64, known_for_ms: i64) -> u32 {
+        let c = self.count.load(Ordering::Relaxed);
+        let fresh = self
+            .last_ms
+            .load(Ordering::Relaxed)
+            .saturating_add(known_for_ms)
+            > now_ms;
+        if c == Self::DEAD || !fresh {
+            0
+        } else {
+            c
+        }
     }
 }
+
+/// The population counts of `rba_score()`: one key per feature value, in a lock-free map (papaya), so that a
+/// score reads all its values under one epoch guard instead of taking a shard lock per value.
+///
+/// Bounded like a [`Table`]: at most `[signals] max_keys` keys and `max_bytes` bytes (each key accounts for
+/// [`Population::KEY_BYTES`]), the key created longest ago goes first, and each new key sweeps at most
+/// [`SWEEP_PER_INSERT`] keys idle longer than `known_for`.
+///
+/// INVARIANT: every live key in `map` appears exactly once in `order`. Only [`Population::admit`] pops
+/// `order`, and it kills (marks dead) each key it pops before removing it; a dead key is removed by whoever
+/// meets it first, and only while dead, so a fresh entry inserted under the same key is never removed in its
+/// place.
+struct Population {
+    map: papaya::HashMap<u64, Freq, BucketKeys>,
+    order: Mutex<VecDeque<(u64, i64)>>,
+    /// How many verified actions of all users were counted.
+    actions: std::sync::atomic::AtomicU64,
+}
+
+impl Population {
+    /// What a key costs: papaya's boxed entry with the allocator's header, and its slot (a pointer and a
+    /// metadata byte) counted four times over (a table that has just doubled, holding removed keys' tombstones
+    /// until its next copy), plus its place in the creation order.
+    const KEY_BYTES: usize = std::mem::size_of::<(u64, Freq)>()
+        + ALLOC_OVERHEAD
+        + 4 * (std::mem::size_of::<usize>() + 1)
+        + 2 * std::mem::size_of::<(u64, i64)>();
+
+    fn new(keys: BucketKeys) -> Self {
+        Population {
+            map: papaya::HashMap::builder()
+                .hasher(keys)
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+            order: Mutex::new(VecDeque::new()),
+            actions: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one more verified action with `value` at `at_ms`, creating its key if needed; a new key then
+    /// evicts what is over the caps or idle longer than `horizon_ms`. A writer racing the removal of the same
+    /// key retries a bounded number of times, then drops this one increment.
+    fn count(&self, value: u64, at_ms: i64, horizon_ms: i64, cap: Caps) {
+        let g = self.map.pin();
+        for _ in 0..4 {
+            match g.get(&value) {
+                Some(f) if f.bump(at_ms) => return,
+                Some(_) => {
+                    let _ = g.remove_if(&value, |_, f| f.is_dead());
+                }
+                None => {
+                    if g.try_insert(value, Freq::new(at_ms)).is_ok() {
+                        drop(g);
+                        self.admit(value, at_ms, horizon_ms, cap);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a new key, then evicts the keys created longest ago while over the caps (at most
+    /// [`SHED_PER_WRITE`]) and sweeps idle ones from the front (at most [`SWEEP_PER_INSERT`]).
+    fn admit(&self, key: u64, now_ms: i64, horizon_ms: i64, cap: Caps) {
+        let Ok(mut order) = self.order.lock() else {
+            return;
+        };
+        order.push_back((key, now_ms));
+        let g = self.map.pin();
+        let remove = |k: u64| {
+            let _ = g.remove_if(&k, |_, f| f.is_dead());
+        };
+        let limit = cap.max_keys.max(1).min(cap.max_bytes / Self::KEY_BYTES);
+        for _ in 0..SHED_PER_WRITE {
+            if order.len() <= limit {
+                break;
+            }
+            let Some((k, _)) = order.pop_front() else {
+                break;
+            };
+            if let Some(f) = g.get(&k) {
+                f.count.store(Freq::DEAD, Ordering::SeqCst);
+            }
+            remove(k);
+        }
+        for _ in 0..SWEEP_PER_INSERT {
+            let Some(&(k, t)) = order.front() else { break };
+            if t.saturating_add(horizon_ms) > now_ms {
+                break;
+            }
+            order.pop_front();
+            match g.get(&k) {
+                Some(f) if f.kill_if_idle(now_ms, horizon_ms) => remove(k),
+                // Written since it was queued: check it again one horizon after its last write.
+                Some(f) => order.push_back((k, f.last_ms.load(Ordering::SeqCst))),
+                None => {}
+            }
+        }
+    }
+
+    /// The fresh counts of the `values` whose bit is set in `present` (the others 0), under one guard.
+    fn counts(
+        &self,
+        values: &[u64],
+        present: u16,
+        now_ms: i64,
+        known_for_ms: i64,
+        out: &mut [u64],
+    ) {
+        let g = self.map.pin();
+        for (l, (slot, v)) in out.iter_mut().zip(values).enumerate() {
+            if present & (1 << l) != 0 {
+                *slot = g
+                    .get(v)
+                    .map_or(0, |f| u64::from(f.fresh_count(now_ms, known_for_ms)));
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.len().saturating_mul(Self::KEY_BYTES)
+    }
+}
+
+// `History::rba_counts` indexes one action's values in 32 slots, some always left empty.
+const _: () = assert!(super::rba::LEVELS < 32);
 
 /// At most this many feature values are counted per user for `rba_score()` (the least recently seen goes
 /// first); values not seen within `[signals] known_for` no longer count.
@@ -533,8 +731,7 @@ pub(crate) struct History {
     distinct: Table<Distinct>,
     known: Table<Known>,
     /// Population counts of feature values for `rba_score()`, and how many verified actions they count.
-    rba: Table<Freq>,
-    rba_actions: std::sync::atomic::AtomicU64,
+    rba: Population,
     max_keys: AtomicUsize,
     max_bytes: AtomicUsize,
     max_per_key: AtomicUsize,
@@ -549,8 +746,7 @@ impl History {
             series: Table::new(keys.buckets),
             distinct: Table::new(keys.buckets),
             known: Table::new(keys.buckets),
-            rba: Table::new(keys.buckets),
-            rba_actions: std::sync::atomic::AtomicU64::new(0),
+            rba: Population::new(keys.buckets),
             max_keys: AtomicUsize::new(limits.max_keys),
             max_bytes: AtomicUsize::new(limits.max_bytes),
             max_per_key: AtomicUsize::new(limits.max_per_key),
@@ -651,6 +847,11 @@ impl History {
         self.seed.quick(tag, value.as_bytes())
     }
 
+    /// Tells this history's hash seed from others (for per-thread caches of values hashed with it).
+    pub fn seed_id(&self) -> u64 {
+        self.seed.id()
+    }
+
     /// [`History::quick_hash`] of two strings together.
     pub fn quick_hash2(&self, tag: u8, a: &str, b: &str) -> u64 {
         let first = self.quick_hash(tag, a);
@@ -724,35 +925,59 @@ impl History {
     /// `present` are looked up, the others count 0): the user's and the population's counts of each among
     /// verified actions still within `known_for` of `now`.
     ///
-    /// One look-up of the user and a scan of their counts per value (at most [`MAX_RBA_VALUES`] each), then one
-    /// look-up per value in the population table.
+    /// One look-up of the user and one pass over their counts (at most [`MAX_RBA_VALUES`]), then the
+    /// population's counts under one epoch guard ([`Population::counts`]).
     pub fn rba_counts(&self, user: u64, values: &[u64], present: u16, now: EpochMs) -> RbaCounts {
         let now_ms = now.ms();
         let known_for = self.known_for_ms.load(Ordering::Relaxed);
         let fresh = |last: i64| last.saturating_add(known_for) > now_ms;
         let mut out = RbaCounts {
-            all_actions: self.rba_actions.load(Ordering::Relaxed),
+            all_actions: self.rba.actions.load(Ordering::Relaxed),
             ..RbaCounts::default()
         };
         if let Some(k) = self.known.map.get(&user) {
             out.user_actions = u64::from(k.rba_actions);
-            for (l, (slot, v)) in out.user.iter_mut().zip(values).enumerate() {
+            // The values asked for in a 32-slot open-addressing index (their levels + 1 in `levels`, 0 for an
+            // empty slot), so that one pass over the user's counts finds them all: a user's list is a few dozen
+            // values, and most of it is addresses no level asks for. At most LEVELS of the 32 slots are taken, so a
+            // probe for a value not asked for usually stops at the first. Values are seeded hashes: their low bits
+            // spread them.
+            let mut keys = [0u64; 32];
+            let mut levels = [0u8; 32];
+            for (l, v) in values.iter().enumerate().take(super::rba::LEVELS) {
                 if present & (1 << l) == 0 {
                     continue;
                 }
-                if let Some(c) = k.rba.iter().find(|c| c.value == *v && fresh(c.last_ms)) {
-                    *slot = u64::from(c.count);
+                let mut i = *v as usize;
+                // Ends: at most LEVELS (< 32) slots are taken.
+                while levels[i & 31] != 0 {
+                    i = i.wrapping_add(1);
+                }
+                keys[i & 31] = *v;
+                levels[i & 31] = l as u8 + 1;
+            }
+            for c in &k.rba {
+                let mut i = c.value as usize;
+                loop {
+                    let level = levels[i & 31];
+                    if level == 0 {
+                        break;
+                    }
+                    if keys[i & 31] == c.value {
+                        // Listed at most once (`count_value`), so the first match is the only one.
+                        if fresh(c.last_ms) {
+                            if let Some(slot) = out.user.get_mut(usize::from(level) - 1) {
+                                *slot = u64::from(c.count);
+                            }
+                        }
+                        break;
+                    }
+                    i = i.wrapping_add(1);
                 }
             }
         }
-        for (l, (slot, v)) in out.all.iter_mut().zip(values).enumerate() {
-            if present & (1 << l) == 0 {
-                continue;
-            }
-            if let Some(f) = self.rba.map.get(v).filter(|f| fresh(f.last_ms)) {
-                *slot = u64::from(f.count);
-            }
-        }
+        self.rba
+            .counts(values, present, now_ms, known_for, &mut out.all);
         out
     }
 
@@ -810,12 +1035,9 @@ impl History {
         let horizon = self.known_for_ms.load(Ordering::Relaxed);
         let caps = self.caps();
         if !rba.is_empty() {
-            self.rba_actions.fetch_add(1, Ordering::Relaxed);
+            self.rba.actions.fetch_add(1, Ordering::Relaxed);
             for &v in rba {
-                self.rba.upsert(v, at_ms, horizon, caps, |f| {
-                    f.count = f.count.saturating_add(1);
-                    f.last_ms = f.last_ms.max(at_ms);
-                });
+                self.rba.count(v, at_ms, horizon, caps);
             }
         }
         self.known.upsert(user, at_ms, horizon, caps, |k| {
@@ -969,6 +1191,71 @@ mod tests {
         }
         assert!(t.bytes() <= 8 * 1024, "{}", t.bytes());
         assert_eq!(t.bytes(), recount(&t));
+    }
+
+    #[test]
+    fn the_population_counts_under_its_caps_and_sweeps_idle_values() {
+        let p = Population::new(keys().buckets);
+        let counts = |p: &Population, values: &[u64], now: i64| {
+            let mut out = [0u64; 4];
+            p.counts(values, 0b1111, now, 1_000, &mut out);
+            out
+        };
+        for _ in 0..3 {
+            p.count(7, 100, 1_000, caps(10, usize::MAX));
+        }
+        p.count(8, 100, 1_000, caps(10, usize::MAX));
+        assert_eq!(counts(&p, &[7, 8, 9, 7], 200), [3, 1, 0, 3]);
+        // Not seen within `known_for`: counts 0, and the next new key sweeps it.
+        assert_eq!(counts(&p, &[7, 8], 1_100), [0, 0, 0, 0]);
+        p.count(9, 1_200, 1_000, caps(10, usize::MAX));
+        assert_eq!(p.len(), 1);
+        assert_eq!(counts(&p, &[9], 1_200), [1, 0, 0, 0]);
+        // Over `max_keys`, the keys created longest ago go first; `max_bytes` bounds it the same way.
+        for v in 100..150u64 {
+            p.count(v, 1_300, 1_000, caps(10, usize::MAX));
+            assert!(p.len() <= 10);
+        }
+        assert_eq!(counts(&p, &[149, 140, 139], 1_300), [1, 1, 0, 0]);
+        let budget = 5 * Population::KEY_BYTES;
+        for v in 200..250u64 {
+            p.count(v, 1_300, 1_000, caps(usize::MAX, budget));
+            assert!(p.bytes() <= budget, "{}", p.bytes());
+        }
+        let order = p.order.lock().map(|o| o.len()).unwrap_or(0);
+        assert_eq!(order, p.len());
+    }
+
+    #[test]
+    fn population_counts_are_exact_under_racing_writers_and_it_stays_bounded_while_evicting() {
+        let race = |p: &std::sync::Arc<Population>, evicting: bool| {
+            let threads: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let p = std::sync::Arc::clone(p);
+                    std::thread::spawn(move || {
+                        for i in 0..2_000u64 {
+                            p.count(i % 8, 1, 1_000_000, caps(64, usize::MAX));
+                            if evicting {
+                                // A stream of new values that keeps evicting the oldest keys.
+                                p.count(1_000 + t * 10_000 + i, 1, 1_000_000, caps(64, usize::MAX));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                assert!(t.join().is_ok());
+            }
+        };
+        let p = std::sync::Arc::new(Population::new(keys().buckets));
+        race(&p, false);
+        let mut out = [0u64; 8];
+        p.counts(&[0, 1, 2, 3, 4, 5, 6, 7], 0xff, 1, 1_000_000, &mut out);
+        assert_eq!(out, [1_000; 8], "no increment is lost");
+        race(&p, true);
+        assert!(p.len() <= 64, "{}", p.len());
+        let order = p.order.lock().map(|o| o.len()).unwrap_or(0);
+        assert_eq!(order, p.len(), "every live key is queued once");
     }
 
     #[test]

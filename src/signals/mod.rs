@@ -158,10 +158,11 @@ struct Memo {
     known: [OnceCell<bool>; 3],
     place: OnceCell<Option<geo::Place>>,
     city: OnceCell<Option<Box<str>>>,
-    asn: OnceCell<Option<geo::Asn>>,
+    asn: OnceCell<Option<u32>>,
     anonymous: OnceCell<Option<bool>>,
     travel: OnceCell<Option<f64>>,
     agent: OnceCell<ua::Agent>,
+    ua_levels: OnceCell<ua::Derived>,
     lists: OnceCell<Arc<lists::Lists>>,
     rba_features: OnceCell<rba::Features>,
     rba_score: OnceCell<f64>,
@@ -265,10 +266,36 @@ impl DecisionCtx {
             .filter(|l| l.ip == ip)
     }
 
+    /// The parsed user agent; when some rule calls `rba_score()`, its hashed levels come with it from the same
+    /// cache look-up.
     fn agent(&self) -> &ua::Agent {
-        self.memo
-            .agent
-            .get_or_init(|| ua::parse_cached(self.ua.as_deref()))
+        self.memo.agent.get_or_init(|| {
+            if !self.set.uses_rba {
+                return ua::parse_cached(self.ua.as_deref());
+            }
+            let levels = |a: &ua::Agent, text: &str| rba::agent_levels(&self.history, a, text);
+            let (agent, derived) =
+                ua::parse_cached_with(self.ua.as_deref(), Some((self.history.seed_id(), levels)));
+            if let Some(d) = derived {
+                let _ = self.memo.ua_levels.set(d);
+            }
+            agent
+        })
+    }
+
+    /// `rba_score()`'s hashed user-agent levels (see [`rba::agent_levels`]).
+    fn ua_levels(&self) -> ua::Derived {
+        if let Some(d) = self.memo.ua_levels.get() {
+            return *d;
+        }
+        // Parsing sets the levels when the cache gives them (not through `get_or_init`: that would re-enter).
+        let agent = self.agent();
+        if let Some(d) = self.memo.ua_levels.get() {
+            return *d;
+        }
+        let d = rba::agent_levels(&self.history, agent, self.ua.as_deref().unwrap_or("\0none"));
+        let _ = self.memo.ua_levels.set(d);
+        d
     }
 
     /// Adds this action to history (after its decision is resolved) and, when it ends `ALLOW`, makes its device,
@@ -438,8 +465,7 @@ pub(crate) fn asn(ctx: &DecisionCtx) -> Option<i64> {
     ctx.memo
         .asn
         .get_or_init(|| ctx.ip.and_then(|ip| ctx.set.geo.asn(ip)))
-        .as_ref()
-        .map(|a| i64::from(a.number))
+        .map(i64::from)
 }
 
 /// Whether the IP is an anonymous network, from the anonymous-IP database (`None` without an IP).

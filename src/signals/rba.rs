@@ -37,6 +37,13 @@
 //! at most [`super::history::MAX_RBA_VALUES`] values (the least recently seen goes first), population values in
 //! their own table under `max_keys` and `max_bytes`, and a value not seen within `known_for` stops counting.
 //! The score itself is computed only when a rule calls it, once per decision.
+//!
+//! # Cost
+//! About 2,500 instructions per call on a simulated sign-in log (BENCHMARKS.md has the breakdown): one look-up
+//! of the user and one pass over their counts (the nine values asked for indexed in a small open-addressing
+//! table), the nine population counts read under one epoch guard of a lock-free map, the ASN from a per-ruleset
+//! cache of recent addresses (a database lookup on a miss), the user agent's level hashes from the per-thread
+//! parse cache, and the formula.
 
 use super::DecisionCtx;
 
@@ -107,17 +114,11 @@ pub(crate) fn features(ctx: &DecisionCtx) -> Features {
         );
         f.set(1, super::asn(ctx).map(|a| h.mix(b'A', a as u64)));
         f.set(2, super::country(ctx).map(|c| h.quick_hash(b'C', c)));
-        let agent = ctx.agent();
-        f.set(
-            3,
-            Some(h.quick_hash(b'U', ctx.ua.as_deref().unwrap_or("\0none"))),
-        );
-        if let Some(b) = agent.browser.as_deref() {
-            let v = agent.version.as_deref().unwrap_or("");
-            f.set(4, Some(h.quick_hash2(b'V', b, v)));
-            f.set(5, Some(h.quick_hash(b'B', b)));
-        }
-        f.set(6, agent.os.as_deref().map(|o| h.quick_hash(b'O', o)));
+        let [ua, version, browser, os, device_type] = ctx.ua_levels();
+        f.set(3, ua);
+        f.set(4, version);
+        f.set(5, browser);
+        f.set(6, os);
         f.set(
             7,
             Some(
@@ -126,9 +127,28 @@ pub(crate) fn features(ctx: &DecisionCtx) -> Features {
                     .map_or_else(|| none(b'D'), |d| h.mix(b'D', d)),
             ),
         );
-        f.set(8, agent.device_type.map(|t| h.quick_hash(b'T', t)));
+        f.set(8, device_type);
         f
     })
+}
+
+/// The hashed user-agent levels of an action whose user agent is `text` and parses to `agent`: the string,
+/// browser and version, browser, OS, device type. Computed once per user agent and seed per thread: the parse
+/// cache keeps them ([`super::ua::parse_cached_with`]).
+pub(crate) fn agent_levels(
+    h: &super::View,
+    agent: &super::ua::Agent,
+    text: &str,
+) -> super::ua::Derived {
+    let browser = agent.browser.as_deref();
+    let version = agent.version.as_deref().unwrap_or("");
+    [
+        Some(h.quick_hash(b'U', text)),
+        browser.map(|b| h.quick_hash2(b'V', b, version)),
+        browser.map(|b| h.quick_hash(b'B', b)),
+        agent.os.as_deref().map(|o| h.quick_hash(b'O', o)),
+        agent.device_type.map(|t| h.quick_hash(b'T', t)),
+    ]
 }
 
 /// The score of this action (see the [module docs](self)). Never inlined, so that a profiler can count it alone
@@ -224,6 +244,8 @@ mod tests {
                 city: geo::open(&dir.join("GeoIP2-City-Test.mmdb"), geo::Kind::City).ok(),
                 asn: geo::open(&dir.join("GeoLite2-ASN-Test.mmdb"), geo::Kind::Asn).ok(),
                 anonymous: None,
+
+                ..geo::Geo::default()
             };
             assert!(geo.city.is_some() && geo.asn.is_some());
             World {

@@ -159,6 +159,10 @@ impl View {
         self.hasher().quick_hash(tag, value)
     }
 
+    pub fn seed_id(&self) -> u64 {
+        self.hasher().seed_id()
+    }
+
     pub fn quick_hash2(&self, tag: u8, a: &str, b: &str) -> u64 {
         self.hasher().quick_hash2(tag, a, b)
     }
