@@ -14,6 +14,7 @@ mod clock;
 mod config;
 mod counter;
 mod decide;
+mod durable;
 mod duration;
 mod engine;
 mod error;
@@ -58,7 +59,8 @@ pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use server_settings::{LogFormat, ServerSettings};
 pub use settings::SandboxLimits;
 pub use stats::{DecisionCounts, RuleStats, Stats};
-pub use store_settings::{OnStoreError, StoreBackend, StoreSettings};
+pub use durable::DurableStats;
+pub use store_settings::{OnCorrupt, OnStoreError, StoreBackend, StoreSettings};
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
 
