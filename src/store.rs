@@ -644,6 +644,24 @@ impl Store {
         token::same_token(stored, token).then_some(slot)
     }
 
+    /// Makes room for `n` more actions at once (a state file being loaded), so the map is not copied as it grows.
+    pub fn reserve(&self, n: usize) {
+        let guard = self.map.guard();
+        self.map
+            .reserve(n.min(self.capacity.load(Ordering::Relaxed)), &guard);
+    }
+
+    /// Puts every retention FIFO back in creation order, after actions were restored from several threads at
+    /// once (each in creation order, but interleaved), and republishes the fronts.
+    pub fn sort_retention(&self) {
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut order = shard.lock();
+            order.make_contiguous().sort_by_key(|e| e.created);
+            self.publish_front(i, &order);
+        }
+        self.refresh_bound(self.min_front.load(Ordering::SeqCst));
+    }
+
     /// Calls `f` with every stored action (in no particular order), for snapshots.
     pub fn for_each(&self, mut f: impl FnMut(&Arc<Slot>)) {
         for (_, slot) in self.map.pin().iter() {

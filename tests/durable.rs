@@ -18,7 +18,10 @@ fn rules() -> RuleSet {
 }
 
 fn engine(store: &StoreSettings) -> Result<Engine, LoadError> {
-    Engine::builder().ruleset(rules()).store(store.clone()).build()
+    Engine::builder()
+        .ruleset(rules())
+        .store(store.clone())
+        .build()
 }
 
 fn req(user: &str, key: &str, device: &str) -> TrackRequest {
@@ -174,7 +177,13 @@ fn a_truncated_or_altered_snapshot_is_refused_or_set_aside() {
         bad[at] ^= 0x10;
         std::fs::write(&path, &bad).unwrap();
         let msg = refused(&store);
-        assert!(msg.contains("damaged") || msg.contains("truncated") || msg.contains("not a riskgate") || msg.contains("version"), "byte {at}: {msg}");
+        assert!(
+            msg.contains("damaged")
+                || msg.contains("truncated")
+                || msg.contains("not a riskgate")
+                || msg.contains("version"),
+            "byte {at}: {msg}"
+        );
     }
     // `on_corrupt = "empty"`: the damaged file is set aside and the engine starts empty.
     let mut bad = whole.clone();
@@ -182,10 +191,21 @@ fn a_truncated_or_altered_snapshot_is_refused_or_set_aside() {
     std::fs::write(&path, &bad).unwrap();
     let e = engine(&store.clone().on_corrupt(OnCorrupt::Empty)).unwrap();
     assert_eq!(e.stored_actions(), 0);
-    assert!(e.durable_stats().unwrap().recovered.unwrap().contains("set aside"));
+    assert!(e
+        .durable_stats()
+        .unwrap()
+        .recovered
+        .unwrap()
+        .contains("set aside"));
     let aside = std::fs::read_dir(dir.path())
         .unwrap()
-        .filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().contains(".damaged-"))
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".damaged-")
+        })
         .count();
     assert!(aside >= 1);
     drop(e);
@@ -228,7 +248,10 @@ fn a_damaged_journal_is_refused_and_a_torn_tail_is_loaded() {
         let e = engine(&store).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         assert!(e.stored_actions() < 30);
         let note = e.durable_stats().unwrap().recovered;
-        assert!(note.as_deref().unwrap_or("").contains("incomplete write"), "{note:?}");
+        assert!(
+            note.as_deref().unwrap_or("").contains("incomplete write"),
+            "{note:?}"
+        );
         // Its shutdown snapshot folds the journal in: put the files back for the next cut.
         drop(e);
         copy_state(&pristine.1, &copy.1);
@@ -251,10 +274,18 @@ fn an_unknown_format_version_is_refused_naming_both() {
     b[20..28].copy_from_slice(&sum.to_le_bytes());
     std::fs::write(&path, &b).unwrap();
     let msg = refused(&StoreSettings::file(&path));
-    assert!(msg.contains("version 7") && msg.contains("version 1"), "{msg}");
+    assert!(
+        msg.contains("version 7") && msg.contains("version 1"),
+        "{msg}"
+    );
     // Even `on_corrupt = "empty"` does not start on it silently: the file is set aside, not overwritten.
     let e = engine(&StoreSettings::file(&path).on_corrupt(OnCorrupt::Empty)).unwrap();
-    assert!(e.durable_stats().unwrap().recovered.unwrap().contains("version 7"));
+    assert!(e
+        .durable_stats()
+        .unwrap()
+        .recovered
+        .unwrap()
+        .contains("version 7"));
 }
 
 fn xxhash_of(b: &[u8]) -> u64 {
@@ -288,6 +319,50 @@ fn a_writer_that_falls_behind_drops_and_counts_never_blocks() {
 }
 
 #[test]
+fn a_large_state_loads_in_parallel_within_the_capacity_newest_first() {
+    let (_dir, path) = temp("state");
+    let clock = riskgate::FakeClock::at(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let build = |capacity: usize| {
+        let rules = RuleSet::builder()
+            .config_toml(&format!("[idempotency]\ncapacity = {capacity}"))
+            .rule("busy", BUSY)
+            .build()
+            .unwrap();
+        Engine::builder()
+            .ruleset(rules)
+            .clock(clock.clone())
+            .store(StoreSettings::file(&path))
+            .build()
+            .unwrap()
+    };
+    let e = build(20_000);
+    let n = 12_000;
+    for i in 0..n {
+        clock.advance(Duration::from_millis(1));
+        e.track(&TrackRequest::new(format!("u{i}"), "signIn").idempotency_key("k"))
+            .unwrap();
+    }
+    drop(e);
+    let e = build(20_000);
+    assert_eq!(e.stored_actions(), n);
+    drop(e);
+    // A lower capacity keeps the newest actions, and the store evicts oldest first from there on.
+    let e = build(5_000);
+    assert_eq!(e.stored_actions(), 5_000);
+    let has = |e: &Engine, i: usize| e.get_action(&format!("u{i}"), "signIn", "k").is_some();
+    assert!((n - 5_000..n).all(|i| has(&e, i)));
+    assert!(!(0..n - 5_000).any(|i| has(&e, i)));
+    for i in 0..100 {
+        clock.advance(Duration::from_millis(1));
+        e.track(&TrackRequest::new(format!("new{i}"), "signIn").idempotency_key("k"))
+            .unwrap();
+    }
+    assert_eq!(e.stored_actions(), 5_000);
+    assert!((n - 5_000 + 100..n).all(|i| has(&e, i)));
+    assert!(!(n - 5_000..n - 5_000 + 100).any(|i| has(&e, i)));
+}
+
+#[test]
 fn settings_are_checked() {
     let bad = [
         StoreSettings::file("x").sync_interval(Duration::ZERO),
@@ -296,7 +371,10 @@ fn settings_are_checked() {
         StoreSettings::file(""),
     ];
     for s in bad {
-        assert!(matches!(engine(&s), Err(LoadError::InvalidSetting { .. })), "{s:?}");
+        assert!(
+            matches!(engine(&s), Err(LoadError::InvalidSetting { .. })),
+            "{s:?}"
+        );
     }
     assert_eq!(
         StoreSettings::from_url("file:/tmp/x").unwrap().path,
@@ -320,15 +398,29 @@ fn store_path_in_riskgate_toml() {
         ),
     )
     .unwrap();
-    let build = || Engine::builder().rules_dir(&rules).unwrap().build().unwrap();
+    let build = || {
+        Engine::builder()
+            .rules_dir(&rules)
+            .unwrap()
+            .build()
+            .unwrap()
+    };
     let e = build();
     e.track(&TrackRequest::new("u1", "signIn").idempotency_key("k"))
         .unwrap();
     drop(e);
     assert!(state.exists());
     assert!(build().get_action("u1", "signIn", "k").is_some());
-    std::fs::write(rules.join("riskgate.toml"), "[store]\non_corrupt = \"maybe\"\n").unwrap();
-    let err = Engine::builder().rules_dir(&rules).err().unwrap().to_string();
+    std::fs::write(
+        rules.join("riskgate.toml"),
+        "[store]\non_corrupt = \"maybe\"\n",
+    )
+    .unwrap();
+    let err = Engine::builder()
+        .rules_dir(&rules)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("on_corrupt"), "{err}");
 }
 
@@ -343,7 +435,10 @@ fn child_process() {
     let Ok(path) = std::env::var(CHILD) else {
         return;
     };
-    let start: u64 = std::env::var("RISKGATE_DURABLE_START").unwrap().parse().unwrap();
+    let start: u64 = std::env::var("RISKGATE_DURABLE_START")
+        .unwrap()
+        .parse()
+        .unwrap();
     let store = StoreSettings::file(&path).sync_interval(Duration::from_millis(3));
     let e = engine(&store).unwrap();
     println!("ready");
@@ -380,7 +475,12 @@ fn survives_kill_9_at_random_points() {
     for round in 0..kills {
         let start = round * 1_000_000;
         let mut child = Command::new(&exe)
-            .args(["--exact", "child_process", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD, &path)
             .env("RISKGATE_DURABLE_START", start.to_string())
             .stdout(Stdio::piped())
@@ -394,7 +494,12 @@ fn survives_kill_9_at_random_points() {
         child.kill().unwrap();
         child.wait().unwrap();
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         if let Some(last) = out
             .lines()
             .filter_map(|l| l.strip_prefix("acked "))
@@ -415,7 +520,11 @@ fn survives_kill_9_at_random_points() {
         }
         drop(e);
     }
-    assert!(acked.len() > 100, "the child acknowledged only {} actions", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the child acknowledged only {} actions",
+        acked.len()
+    );
     eprintln!(
         "{kills} kills, {} acknowledged actions checked, {:?}",
         acked.len(),

@@ -49,16 +49,23 @@ pub(crate) fn header(magic: [u8; 8], generation: u64) -> [u8; HEADER_LEN] {
 
 /// Checks a file's header and returns its generation.
 pub(crate) fn read_header(bytes: &[u8], magic: [u8; 8], what: &str) -> Result<u64, Damaged> {
-    let h = bytes
-        .get(..HEADER_LEN)
-        .ok_or_else(|| Damaged::new(format!("truncated: {} bytes, shorter than a {what} header", bytes.len())))?;
+    let h = bytes.get(..HEADER_LEN).ok_or_else(|| {
+        Damaged::new(format!(
+            "truncated: {} bytes, shorter than a {what} header",
+            bytes.len()
+        ))
+    })?;
     if h[..8] != magic {
-        return Err(Damaged::new(format!("not a riskgate {what} (its first bytes are not the {what} magic)")));
+        return Err(Damaged::new(format!(
+            "not a riskgate {what} (its first bytes are not the {what} magic)"
+        )));
     }
     let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     let sum = u64::from_le_bytes(h[20..28].try_into().unwrap_or_default());
     if sum != xxh3_64(&h[..20]) {
-        return Err(Damaged::new(format!("the {what} header's checksum does not match: the file is damaged")));
+        return Err(Damaged::new(format!(
+            "the {what} header's checksum does not match: the file is damaged"
+        )));
     }
     if version != VERSION {
         return Err(Damaged::new(format!(
@@ -221,13 +228,17 @@ impl<'a> Reader<'a> {
         Ok(f64::from_bits(self.u64()?))
     }
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], Damaged> {
-        let b = self.bytes.get(self.at..self.at.saturating_add(n)).ok_or_else(short)?;
+        let b = self
+            .bytes
+            .get(self.at..self.at.saturating_add(n))
+            .ok_or_else(short)?;
         self.at += n;
         Ok(b)
     }
     pub fn str(&mut self) -> Result<&'a str, Damaged> {
         let n = self.u32()? as usize;
-        std::str::from_utf8(self.bytes(n)?).map_err(|_| Damaged::new("a string is not UTF-8: the file is damaged"))
+        std::str::from_utf8(self.bytes(n)?)
+            .map_err(|_| Damaged::new("a string is not UTF-8: the file is damaged"))
     }
     /// A count of items that each take at least `min_bytes`: refused when the rest of the buffer cannot hold
     /// them, so a damaged count never makes a loader reserve memory the file does not back.
@@ -254,7 +265,11 @@ mod tests {
         let sum = xxh3_64(&other[..20]);
         other[20..].copy_from_slice(&sum.to_le_bytes());
         let e = read_header(&other, JOURNAL_MAGIC, "journal").unwrap_err();
-        assert!(e.0.contains("version 9") && e.0.contains("version 1"), "{}", e.0);
+        assert!(
+            e.0.contains("version 9") && e.0.contains("version 1"),
+            "{}",
+            e.0
+        );
     }
 
     #[test]

@@ -314,7 +314,9 @@ fn get_state(v: u8) -> Result<State, Damaged> {
     if usize::from(v) < State::ALL.len() {
         Ok(State::from_u8(v))
     } else {
-        Err(Damaged::new(format!("unknown action state {v}: the file is damaged")))
+        Err(Damaged::new(format!(
+            "unknown action state {v}: the file is damaged"
+        )))
     }
 }
 
@@ -325,7 +327,10 @@ fn get_opt_str<'a>(r: &mut Reader<'a>) -> Result<Option<&'a str>, Damaged> {
     })
 }
 
-pub(super) fn get_slot<'a>(r: &mut Reader<'a>, ids: &mut RuleIds) -> Result<SavedSlot<'a>, Damaged> {
+pub(super) fn get_slot<'a>(
+    r: &mut Reader<'a>,
+    ids: &mut RuleIds,
+) -> Result<SavedSlot<'a>, Damaged> {
     let user = r.str()?;
     let action = r.str()?;
     let key = r.str()?;
@@ -343,7 +348,8 @@ pub(super) fn get_slot<'a>(r: &mut Reader<'a>, ids: &mut RuleIds) -> Result<Save
         shadow_rule_ids: Vec::new(),
         errors: Vec::new(),
     };
-    let (mut token, mut expires, mut url, mut footprint) = (None, EpochMs::MIN, None, Footprint::default());
+    let (mut token, mut expires, mut url, mut footprint) =
+        (None, EpochMs::MIN, None, Footprint::default());
     if r.u8()? != 0 {
         match r.u8()? {
             0 => {}
@@ -366,8 +372,12 @@ pub(super) fn get_slot<'a>(r: &mut Reader<'a>, ids: &mut RuleIds) -> Result<Save
             footprint.keys = get_keys(r)?;
             footprint.ip = match r.u8()? {
                 0 => None,
-                4 => Some(IpAddr::from(<[u8; 4]>::try_from(r.bytes(4)?).unwrap_or_default())),
-                _ => Some(IpAddr::from(<[u8; 16]>::try_from(r.bytes(16)?).unwrap_or_default())),
+                4 => Some(IpAddr::from(
+                    <[u8; 4]>::try_from(r.bytes(4)?).unwrap_or_default(),
+                )),
+                _ => Some(IpAddr::from(
+                    <[u8; 16]>::try_from(r.bytes(16)?).unwrap_or_default(),
+                )),
             };
             footprint.at_ms = r.i64()?;
             if r.u8()? != 0 {
@@ -398,7 +408,8 @@ pub(super) fn restore_slot(store: &Store, saved: SavedSlot<'_>, now: EpochMs, tt
         return;
     }
     let id = Ident::new(saved.user, saved.action, saved.key);
-    let Ok(Found::New(slot)) = store.get_or_insert(&id, saved.fingerprint, saved.created, ttl) else {
+    let Ok(Found::New(slot)) = store.get_or_insert(&id, saved.fingerprint, saved.created, ttl)
+    else {
         return;
     };
     slot.restore(saved.state, saved.updated, saved.token_used);
@@ -430,18 +441,31 @@ pub(super) fn replay(payload: &[u8], t: &mut Target<'_>) -> Result<usize, Damage
                 let horizon = r.i64()?;
                 let kept = r.u8()?;
                 t.latest_ms = t.latest_ms.max(now_ms);
-                t.history.record(&keys, EpochMs::from_ms(now_ms), DurationMs::from_ms(horizon), kept);
+                t.history.record(
+                    &keys,
+                    EpochMs::from_ms(now_ms),
+                    DurationMs::from_ms(horizon),
+                    kept,
+                );
             }
             MAKE_KNOWN => {
                 let user = r.u64()?;
                 let flags = r.u8()?;
                 let mut opt = |bit: u8| -> Result<Option<u64>, Damaged> {
-                    Ok(if flags & bit != 0 { Some(r.u64()?) } else { None })
+                    Ok(if flags & bit != 0 {
+                        Some(r.u64()?)
+                    } else {
+                        None
+                    })
                 };
                 let device = opt(1)?;
                 let ip = opt(2)?;
                 let country = opt(4)?;
-                let location = if flags & 8 != 0 { Some(get_located(&mut r)?) } else { None };
+                let location = if flags & 8 != 0 {
+                    Some(get_located(&mut r)?)
+                } else {
+                    None
+                };
                 let n_rba = usize::from(r.u8()?).min(LEVELS);
                 let mut rba = [0u64; LEVELS];
                 for v in rba.iter_mut().take(n_rba) {
@@ -483,7 +507,11 @@ pub(super) fn replay(payload: &[u8], t: &mut Target<'_>) -> Result<usize, Damage
                     slot.use_token();
                 }
             }
-            other => return Err(Damaged::new(format!("unknown record type {other}: the file is damaged"))),
+            other => {
+                return Err(Damaged::new(format!(
+                    "unknown record type {other}: the file is damaged"
+                )))
+            }
         }
         n += 1;
     }

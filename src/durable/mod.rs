@@ -184,6 +184,15 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(parent(path))?.sync_all()
 }
 
+/// The snapshot's bytes, `None` when there is none.
+fn read_snapshot(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Why loading failed: a file could not be read (always refused), or its contents are damaged.
 enum Failure {
     Io(PathBuf, io::Error),
@@ -193,16 +202,15 @@ enum Failure {
 /// The files' contents, decoded into `store` and `history`; the latest event time and what was recovered.
 fn load_into(
     path: &Path,
+    read: Option<Option<Vec<u8>>>,
     store: &Store,
     history: &History,
     params: &Params,
     up_to: u64,
 ) -> Result<Loaded, Failure> {
-    let started = Instant::now();
-    let bytes = match fs::read(path) {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Failure::Io(path.to_path_buf(), e)),
+    let bytes = match read {
+        Some(b) => b,
+        None => read_snapshot(path).map_err(|e| Failure::Io(path.to_path_buf(), e))?,
     };
     let mut loaded = Loaded::default();
     let mut target = journal::Target {
@@ -221,7 +229,10 @@ fn load_into(
         loaded.snapshot_bytes = bytes.len() as u64;
     }
     let gens = journals(path).map_err(|e| Failure::Io(parent(path), e))?;
-    for g in gens.into_iter().filter(|&g| g > loaded.generation && g <= up_to) {
+    for g in gens
+        .into_iter()
+        .filter(|&g| g > loaded.generation && g <= up_to)
+    {
         let jp = journal_path(path, g);
         let jb = match fs::read(&jp) {
             Ok(b) => b,
@@ -229,14 +240,17 @@ fn load_into(
             Err(e) => return Err(Failure::Io(jp, e)),
         };
         let damaged = |d: Damaged| Failure::Damaged(jp.clone(), d);
-        let header_gen = format::read_header(&jb, format::JOURNAL_MAGIC, "journal").or_else(|d| {
-            // A journal cut short before its header was whole holds nothing (a crash right after creating it).
-            if jb.len() < format::HEADER_LEN && format::JOURNAL_MAGIC.starts_with(&jb[..jb.len().min(8)]) {
-                Ok(g)
-            } else {
-                Err(damaged(d))
-            }
-        })?;
+        let header_gen =
+            format::read_header(&jb, format::JOURNAL_MAGIC, "journal").or_else(|d| {
+                // A journal cut short before its header was whole holds nothing (a crash right after creating it).
+                if jb.len() < format::HEADER_LEN
+                    && format::JOURNAL_MAGIC.starts_with(&jb[..jb.len().min(8)])
+                {
+                    Ok(g)
+                } else {
+                    Err(damaged(d))
+                }
+            })?;
         if header_gen != g {
             return Err(damaged(Damaged::new(format!(
                 "its header says generation {header_gen}, its name {g}"
@@ -260,7 +274,6 @@ fn load_into(
     }
     loaded.max_generation = loaded.max_generation.max(loaded.generation);
     loaded.latest_ms = target.latest_ms;
-    loaded.took = started.elapsed();
     Ok(loaded)
 }
 
@@ -274,7 +287,6 @@ struct Loaded {
     latest_ms: i64,
     snapshot_bytes: u64,
     recovered: Option<String>,
-    took: Duration,
 }
 
 fn fresh(keys: EngineKeys, params: &Params) -> (Store, History) {
@@ -285,33 +297,38 @@ fn fresh(keys: EngineKeys, params: &Params) -> (Store, History) {
 }
 
 /// Loads the state at `settings.path` (creating it when there is none) and starts journaling to it.
-pub(crate) fn open(settings: &StoreSettings, keys: EngineKeys, params: Params) -> Result<Opened, LoadError> {
+pub(crate) fn open(
+    settings: &StoreSettings,
+    keys: EngineKeys,
+    params: Params,
+) -> Result<Opened, LoadError> {
     let path = settings.path.clone().unwrap_or_default();
     let refuse = |p: PathBuf, reason: String| LoadError::StateFile { path: p, reason };
     // The keys first: a snapshot's hashing keys are the ones its history was keyed with.
-    let saved = match fs::read(&path) {
-        Ok(b) => match snapshot::read_keys(&b, keys) {
-            Ok(k) => Ok(Some(k)),
-            Err(d) => Err(d),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => return Err(refuse(path, e.to_string())),
+    let bytes = read_snapshot(&path).map_err(|e| refuse(path.clone(), e.to_string()))?;
+    let saved = match &bytes {
+        Some(b) => snapshot::read_keys(b, keys).map(Some),
+        None => Ok(None),
     };
-    let attempt = saved.map_err(|d| Failure::Damaged(path.clone(), d)).and_then(|k| {
-        let keys = k.unwrap_or(keys);
-        let (store, history) = fresh(keys, &params);
-        load_into(&path, &store, &history, &params, u64::MAX).map(|l| (keys, store, history, l))
-    });
+    let attempt = saved
+        .map_err(|d| Failure::Damaged(path.clone(), d))
+        .and_then(|k| {
+            let keys = k.unwrap_or(keys);
+            let (store, history) = fresh(keys, &params);
+            load_into(&path, Some(bytes), &store, &history, &params, u64::MAX)
+                .map(|l| (keys, store, history, l))
+        });
     let (keys, store, history, loaded) = match attempt {
         Ok(x) => x,
         Err(Failure::Io(p, e)) => return Err(refuse(p, e.to_string())),
         Err(Failure::Damaged(p, d)) => match settings.on_corrupt {
-            OnCorrupt::Refuse => {
-                return Err(refuse(
-                    p,
-                    format!("{} (`[store] on_corrupt = \"empty\"` sets the files aside and starts empty)", d.0),
-                ))
-            }
+            OnCorrupt::Refuse => return Err(refuse(
+                p,
+                format!(
+                    "{} (`[store] on_corrupt = \"empty\"` sets the files aside and starts empty)",
+                    d.0
+                ),
+            )),
             OnCorrupt::Empty => {
                 let aside = set_aside(&path).map_err(|e| refuse(path.clone(), e.to_string()))?;
                 let (store, history) = fresh(keys, &params);
@@ -365,11 +382,15 @@ pub(crate) fn open(settings: &StoreSettings, keys: EngineKeys, params: Params) -
         .name("riskgate-journal".into())
         .spawn(move || w.run())
         .map_err(io_err)?;
-    if !loaded.journals.is_empty() {
+    if loaded.records > 0 {
         // Fold the replayed journals into a snapshot, off the caller's thread.
         inner.start_snapshot();
+    } else {
+        // Journals with no records (a shutdown or crash right after one began) hold nothing to keep.
+        for &g in &loaded.journals {
+            let _ = fs::remove_file(journal_path(&inner.path, g));
+        }
     }
-    let _ = loaded.took;
     Ok(Opened {
         keys,
         store,
@@ -516,7 +537,7 @@ impl Inner {
         };
         let params = *Self::lock(&self.params);
         let (store, history) = fresh(self.keys, &params);
-        let loaded = match load_into(&self.path, &store, &history, &params, covered) {
+        let loaded = match load_into(&self.path, None, &store, &history, &params, covered) {
             Ok(l) => l,
             Err(Failure::Io(p, e)) => {
                 return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display())))

@@ -12,6 +12,9 @@ use crate::signals::History;
 use crate::store::{Slot, Store};
 use crate::time::EpochMs;
 
+/// How many chunks a snapshot's actions are cut into (so loading shares them out over threads).
+const ACTION_CHUNKS: usize = 8;
+
 /// What a snapshot says besides its state.
 pub(super) struct Meta {
     pub generation: u64,
@@ -51,7 +54,16 @@ fn meta(generation: u64, m: &[u8]) -> Result<Meta, Damaged> {
 
 /// The hashing keys a snapshot's state was made with (the bucket keys stay `keys`').
 pub(super) fn read_keys(bytes: &[u8], keys: EngineKeys) -> Result<EngineKeys, Damaged> {
-    let (generation, [m, _, _]) = sections(bytes)?;
+    // Only the header and the first frame are checked here: `read` checks the whole file before using it.
+    let generation = format::read_header(bytes, format::SNAPSHOT_MAGIC, "snapshot")?;
+    let mut first = None;
+    let _ = format::frames(bytes, |p| {
+        first = Some(p);
+        // Stop after the first frame.
+        Err(Damaged::new(""))
+    });
+    let m = first
+        .ok_or_else(|| Damaged::new("the snapshot is truncated: its first section is not whole"))?;
     Ok(keys.with_shared(&meta(generation, m)?.shared))
 }
 
@@ -66,22 +78,52 @@ pub(super) fn read(
     let (generation, [m, actions, hist]) = sections(bytes)?;
     let meta = meta(generation, m)?;
     let now = EpochMs::from_ms(meta.latest_ms);
-    let (a, h) = std::thread::scope(|s| {
-        let h = s.spawn(|| history.import(&mut Reader::new(hist)));
-        let a = (|| {
-            let mut r = Reader::new(actions);
-            let n = r.count(40)?;
-            let mut ids = RuleIds::default();
-            for _ in 0..n {
-                let saved = journal::get_slot(&mut r, &mut ids)?;
-                journal::restore_slot(store, saved, now, params.ttl);
+    // The actions come in chunks: the history and every chunk are tasks, shared out over two threads.
+    let mut r = Reader::new(actions);
+    let chunks = r.count(4)?;
+    let total = r.u32()? as usize;
+    store.reserve(total);
+    // Past the capacity, the oldest actions are left out (as the store would have evicted them).
+    let skip = total.saturating_sub(params.capacity.max(1));
+    let mut parts = Vec::with_capacity(chunks);
+    let mut first = 0usize;
+    for _ in 0..chunks {
+        let len = r.u32()? as usize;
+        let part = r.bytes(len)?;
+        let n = Reader::new(part).u32()? as usize;
+        parts.push((first, part));
+        first = first.saturating_add(n);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> Result<(), Damaged> {
+        let mut ids = RuleIds::default();
+        loop {
+            let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if task == 0 {
+                history.import(&mut Reader::new(hist))?;
+                continue;
             }
-            Ok::<(), Damaged>(())
-        })();
-        (a, h.join())
+            let Some(&(first, part)) = parts.get(task - 1) else {
+                return Ok(());
+            };
+            let mut r = Reader::new(part);
+            let n = r.count(40)?;
+            for i in first..first + n {
+                let saved = journal::get_slot(&mut r, &mut ids)?;
+                if i >= skip {
+                    journal::restore_slot(store, saved, now, params.ttl);
+                }
+            }
+        }
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let other = s.spawn(work);
+        let mine = work();
+        (mine, other.join())
     });
     a?;
-    h.map_err(|_| Damaged::new("loading the history failed"))??;
+    b.map_err(|_| Damaged::new("loading the state failed"))??;
+    store.sort_retention();
     Ok(meta)
 }
 
@@ -111,11 +153,34 @@ pub(super) fn write(
         }
     });
     slots.sort_unstable_by_key(|s| s.created);
-    let mut actions = Vec::with_capacity(slots.len() * 96 + 4);
+    // In creation order, cut into chunks that load in parallel.
+    let chunks = if slots.len() < 4096 { 1 } else { ACTION_CHUNKS };
+    let per = slots.len().div_ceil(chunks).max(1);
+    let mut actions = Vec::with_capacity(slots.len() * 96 + 16);
+    actions.u32(chunks as u32);
     actions.u32(slots.len() as u32);
-    for s in &slots {
-        if let Some(d) = s.decided.get() {
-            journal::put_slot(&mut actions, s, d, s.state(), s.state_updated(), s.token_used());
+    for c in 0..chunks {
+        let part = slots
+            .get(c * per..((c + 1) * per).min(slots.len()))
+            .unwrap_or(&[]);
+        let len_at = actions.len();
+        actions.u32(0);
+        actions.u32(part.len() as u32);
+        for s in part {
+            if let Some(d) = s.decided.get() {
+                journal::put_slot(
+                    &mut actions,
+                    s,
+                    d,
+                    s.state(),
+                    s.state_updated(),
+                    s.token_used(),
+                );
+            }
+        }
+        let len = (actions.len() - len_at - 4) as u32;
+        if let Some(slot) = actions.get_mut(len_at..len_at + 4) {
+            slot.copy_from_slice(&len.to_le_bytes());
         }
     }
     drop(slots);

@@ -985,7 +985,11 @@ impl History {
     }
 }
 
-fn export_table<V: Entry>(t: &Table<V>, out: &mut Vec<u8>, mut put: impl FnMut(&V, &mut Vec<u8>) -> bool) {
+fn export_table<V: Entry>(
+    t: &Table<V>,
+    out: &mut Vec<u8>,
+    mut put: impl FnMut(&V, &mut Vec<u8>) -> bool,
+) {
     let order = t.order.lock().unwrap_or_else(|p| p.into_inner());
     let count_at = out.len();
     out.u32(0);
