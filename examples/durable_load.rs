@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("state");
     let rules = RuleSet::builder()
-        .config_toml(&format!(
+        .config_toml(format!(
             "[idempotency]\ncapacity = {}\n[signals]\nmax_keys = {}\nmax_bytes = 1073741824",
             n + 1,
             n + 1

@@ -324,7 +324,7 @@ fn a_large_state_loads_in_parallel_within_the_capacity_newest_first() {
     let clock = riskgate::FakeClock::at(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
     let build = |capacity: usize| {
         let rules = RuleSet::builder()
-            .config_toml(&format!("[idempotency]\ncapacity = {capacity}"))
+            .config_toml(format!("[idempotency]\ncapacity = {capacity}"))
             .rule("busy", BUSY)
             .build()
             .unwrap();

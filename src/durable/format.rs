@@ -278,7 +278,11 @@ mod tests {
         frame(&mut f, b"one");
         frame(&mut f, b"two");
         let mut seen = Vec::new();
-        assert_eq!(frames(&f, |p| Ok(seen.push(p.to_vec()))), Ok(Tail::Clean));
+        let tail = frames(&f, |p| {
+            seen.push(p.to_vec());
+            Ok(())
+        });
+        assert_eq!(tail, Ok(Tail::Clean));
         assert_eq!(seen, [b"one".to_vec(), b"two".to_vec()]);
         for cut in HEADER_LEN + 1..f.len() {
             assert!(frames(&f[..cut], |_| Ok(())).is_ok(), "cut at {cut}");

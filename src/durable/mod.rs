@@ -322,13 +322,15 @@ pub(crate) fn open(
         Ok(x) => x,
         Err(Failure::Io(p, e)) => return Err(refuse(p, e.to_string())),
         Err(Failure::Damaged(p, d)) => match settings.on_corrupt {
-            OnCorrupt::Refuse => return Err(refuse(
-                p,
-                format!(
+            OnCorrupt::Refuse => {
+                return Err(refuse(
+                    p,
+                    format!(
                     "{} (`[store] on_corrupt = \"empty\"` sets the files aside and starts empty)",
                     d.0
                 ),
-            )),
+                ))
+            }
             OnCorrupt::Empty => {
                 let aside = set_aside(&path).map_err(|e| refuse(path.clone(), e.to_string()))?;
                 let (store, history) = fresh(keys, &params);

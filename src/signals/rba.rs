@@ -89,7 +89,7 @@ impl Features {
 
     /// The present values, for counting.
     /// The values and the bit set of those present, as the state files keep them.
-    pub fn to_raw(&self) -> ([u64; LEVELS], u16) {
+    pub fn to_raw(self) -> ([u64; LEVELS], u16) {
         (self.values, self.present)
     }
 
