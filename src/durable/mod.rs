@@ -106,6 +106,9 @@ struct Inner {
     compacting: Mutex<()>,
     compactor: Mutex<Option<JoinHandle<()>>>,
     busy: AtomicBool,
+    /// Some journal holds records no snapshot covers yet (set when a frame is written, cleared when a snapshot
+    /// moves the journal on): a snapshot with nothing new to cover is skipped.
+    unsnapshotted: AtomicBool,
     journal_bytes: AtomicU64,
     syncs: AtomicU64,
     snapshots: AtomicU64,
@@ -372,6 +375,7 @@ pub(crate) fn open(
         compacting: Mutex::new(()),
         compactor: Mutex::new(None),
         busy: AtomicBool::new(false),
+        unsnapshotted: AtomicBool::new(loaded.records > 0),
         journal_bytes: AtomicU64::new(0),
         syncs: AtomicU64::new(0),
         snapshots: AtomicU64::new(0),
@@ -484,6 +488,7 @@ impl Inner {
         }
         let result = write_frame(&mut sink.file, &spare).and_then(|()| sink.file.sync_data());
         if result.is_ok() {
+            self.unsnapshotted.store(true, Ordering::Release);
             self.journal_bytes
                 .fetch_add((spare.len() + format::FRAME_HEAD) as u64, Ordering::Relaxed);
             self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -531,12 +536,23 @@ impl Inner {
         let covered = {
             let mut sink = Self::lock(&self.sink);
             self.sync_into(&mut sink)?;
+            if !self.unsnapshotted.swap(false, Ordering::AcqRel) {
+                return Ok(());
+            }
             let next = sink.generation + 1;
-            let file = new_journal(&self.path, next)?;
+            let file = new_journal(&self.path, next)
+                .inspect_err(|_| self.unsnapshotted.store(true, Ordering::Release))?;
             let old = std::mem::replace(&mut sink.file, file);
             drop(old);
             std::mem::replace(&mut sink.generation, next)
         };
+        // Until this snapshot is written, the journals it would cover are still needed by the next one.
+        self.write_snapshot(covered)
+            .inspect_err(|_| self.unsnapshotted.store(true, Ordering::Release))
+    }
+
+    /// Rebuilds the snapshot from the files up to journal generation `covered`, then deletes those journals.
+    fn write_snapshot(&self, covered: u64) -> io::Result<()> {
         let params = *Self::lock(&self.params);
         let (store, history) = fresh(self.keys, &params);
         let loaded = match load_into(&self.path, None, &store, &history, &params, covered) {
