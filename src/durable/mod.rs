@@ -501,8 +501,8 @@ impl Inner {
         }
         spare.clear();
         // The two buffers keep their capacity from one interval to the next: shrinking and growing them again
-        // each interval copied megabytes and made the allocator consolidate, on the decision path's allocations
-        // too (measured: about a fifth of a first decision's time). Only a buffer grown past the bound shrinks.
+        // each interval copied megabytes and made the allocator consolidate under the decision path's own
+        // allocations (BENCHMARKS.md, "Durable state"). Only a buffer grown past the bound shrinks.
         if spare.capacity() > self.journal_buffer_bytes {
             spare.shrink_to(self.journal_buffer_bytes);
         }
