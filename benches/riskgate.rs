@@ -330,6 +330,66 @@ fn realistic(c: &mut Criterion) {
     g.finish();
 }
 
+/// `track` with durable state (`[store] path`) on and off, on the realistic stream, in the same run: first
+/// decisions (each journals its action and its history writes; repeats journal nothing). Besides criterion's
+/// two estimates, alternating batches of fresh decisions on the two engines give a paired ratio that machine
+/// load cannot skew (printed as `durable/paired`).
+fn durable(c: &mut Criterion) {
+    if !wanted("durable") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = RuleSet::builder().config_toml("[idempotency]\ncapacity = 400000");
+    for (id, src) in workload::RULES {
+        b = b.rule(id, src);
+    }
+    let rules = b.build().unwrap();
+    let off = engine(rules.clone());
+    let on = Engine::builder()
+        .ruleset(rules)
+        .clock(FakeClock::default())
+        .store(riskgate::StoreSettings::file(dir.path().join("state")))
+        .build()
+        .unwrap();
+    let live = workload::requests(LIVE, "live");
+    fill(&off, &live);
+    fill(&on, &live);
+    // Paired first, while both engines hold the same actions (criterion's runs below add unequal numbers).
+    let mut batch = 0;
+    let (mut t_off, mut t_on) = (Duration::ZERO, Duration::ZERO);
+    let (rounds, per) = (40, 5_000u64);
+    for round in 0..rounds {
+        let a = fresh(per, 1, &mut batch);
+        let b = fresh(per, 1, &mut batch);
+        if round % 2 == 0 {
+            t_off += track_all(&off, &a);
+            t_on += track_all(&on, &b);
+        } else {
+            t_on += track_all(&on, &b);
+            t_off += track_all(&off, &a);
+        }
+    }
+    let calls = (rounds * per) as f64;
+    let stats = on.durable_stats().unwrap();
+    eprintln!(
+        "durable/paired: {calls} first decisions each, off {:.0} ns/call, on {:.0} ns/call, on/off {:.3}; \
+         journal {} bytes, {} syncs, {} dropped",
+        t_off.as_nanos() as f64 / calls,
+        t_on.as_nanos() as f64 / calls,
+        t_on.as_secs_f64() / t_off.as_secs_f64(),
+        stats.journal_bytes,
+        stats.syncs,
+        stats.dropped
+    );
+    let mut g = c.benchmark_group("durable");
+    for (name, e) in [("off", &off), ("on", &on)] {
+        g.bench_function(format!("first-decision/{name}"), |b| {
+            b.iter_custom(|iters| track_all(e, &fresh(iters, 1, &mut batch)))
+        });
+    }
+    g.finish();
+}
+
 /// The crate's identity hash, as `hash::identity_hash` computes it: xxh3-128 over the length-prefixed parts.
 fn identity_hash(user: &str, action: &str, key: &str) -> u128 {
     let mut buf = Vec::with_capacity(12 + user.len() + action.len() + key.len());
@@ -1049,7 +1109,7 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = realistic, floor, best_case, decide, signals, throughput, store, signal_cost, rba
+    targets = realistic, floor, best_case, decide, signals, throughput, store, signal_cost, rba, durable
 }
 
 /// Whether group `name` can match the benchmark filter on the command line, so that running or profiling one

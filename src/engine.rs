@@ -86,6 +86,8 @@ struct Shared {
     fingerprint_key: FingerprintKey,
     /// What signals remember of past actions; kept across ruleset swaps.
     history: Arc<History>,
+    /// Durable state (`[store] path`): the journal every change is written to, and its files.
+    durable: Option<crate::durable::Durable>,
     clock: Arc<dyn Clock>,
     rules_dir: Option<PathBuf>,
     reload: Mutex<()>,
@@ -319,7 +321,13 @@ impl EngineBuilder {
         store_settings
             .check()
             .map_err(|(setting, reason)| LoadError::InvalidSetting { setting, reason })?;
+        let mut restored = None;
         let (state, keys) = match store_settings.backend {
+            StoreBackend::Memory if store_settings.path.is_some() => {
+                let o = crate::durable::open(&store_settings, keys, params(&loaded))?;
+                restored = Some((o.history, o.durable));
+                (Backend::Memory(o.store), o.keys)
+            }
             StoreBackend::Memory => (
                 Backend::Memory(Store::new(loaded.config.capacity, keys.buckets)),
                 keys,
@@ -341,7 +349,10 @@ impl EngineBuilder {
                 ))
             }
         };
-        let history = Arc::new(History::new(loaded.signals.limits, keys));
+        let (history, durable) = match restored {
+            Some((h, d)) => (Arc::new(h), Some(d)),
+            None => (Arc::new(History::new(loaded.signals.limits, keys)), None),
+        };
         Ok(Engine {
             shared: Arc::new(Shared {
                 ruleset: ArcSwap::from_pointee(loaded),
@@ -349,6 +360,7 @@ impl EngineBuilder {
                 store_settings,
                 fingerprint_key: keys.fingerprint,
                 history,
+                durable,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
                 reload: Mutex::new(()),
@@ -476,13 +488,18 @@ impl Engine {
         if let Some(t) = &token {
             store.register_token(t, slot);
         }
-        Decided::new(
+        let decided = Decided::new(
             decision,
             token,
             token::expires_at(now, rs.config.token_ttl),
             url,
             footprint,
-        )
+        );
+        // Journaled before the decision is visible, so every later change to the action follows it.
+        if let Some(d) = &self.shared.durable {
+            d.journal().action(slot, &decided);
+        }
+        decided
     }
 
     /// Evaluates the rules for a new action on `ctx`, resolves them, counts the decision and records the action
@@ -756,6 +773,9 @@ impl Engine {
                 allowed: current.allowed_moves(),
             });
         }
+        if let Some(d) = &self.shared.durable {
+            d.journal().transition(slot, new_state, now);
+        }
         if matches!(
             new_state,
             State::ChallengeSucceeded | State::ReviewSucceeded
@@ -809,6 +829,9 @@ impl Engine {
         } else if !slot.use_token() {
             Some(InvalidTokenReason::AlreadyUsed)
         } else {
+            if let Some(d) = &self.shared.durable {
+                d.journal().token_used(&slot);
+            }
             None
         };
         ValidateChallengeResponse {
@@ -834,6 +857,9 @@ impl Engine {
             Backend::Redis(_) => {}
         }
         self.shared.history.set_limits(loaded.signals.limits);
+        if let Some(d) = &self.shared.durable {
+            d.set_params(params(&loaded));
+        }
         let old = self.shared.ruleset.swap(Arc::new(loaded));
         self.shared.stats.retire(Arc::clone(&old.counters));
     }
@@ -924,6 +950,38 @@ impl Engine {
     /// on the heap, with the allocator's overhead. Each table holds at most `[signals] max_bytes`.
     pub fn history_bytes(&self) -> usize {
         self.shared.history.bytes()
+    }
+
+    /// Writes everything to the durable state (`[store] path`): every change so far is synced to the journal,
+    /// then a snapshot of the whole state is written and this waits for it. Dropping the last clone of the
+    /// engine does the same. Without `[store] path` there is nothing to write.
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, StoreSettings, TrackRequest};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("riskgate-doc-flush-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let store = StoreSettings::file(dir.join("state"));
+    /// let rules = RuleSet::from_sources([("r", "ALLOW")])?;
+    /// let engine = Engine::builder().ruleset(rules.clone()).store(store.clone()).build()?;
+    /// engine.track(&TrackRequest::new("u1", "signIn").idempotency_key("k1"))?;
+    /// engine.flush()?;
+    /// drop(engine);
+    /// let again = Engine::builder().ruleset(rules).store(store).build()?;
+    /// assert!(again.get_action("u1", "signIn", "k1").is_some());
+    /// # drop(again); std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn flush(&self) -> std::io::Result<()> {
+        match &self.shared.durable {
+            Some(d) => d.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// What durable state (`[store] path`) has written, dropped and recovered; `None` without it.
+    pub fn durable_stats(&self) -> Option<crate::DurableStats> {
+        self.shared.durable.as_ref().map(|d| d.stats())
     }
 
     /// The ruleset in use now.
@@ -1428,6 +1486,16 @@ fn event_time(at: SystemTime) -> Result<EpochMs, TrackError> {
         i128::from(now_ms),
         || format!("{now_ms} ms since the epoch"),
     )?))
+}
+
+/// What durable state holds its files to, from a ruleset.
+fn params(loaded: &Loaded) -> crate::durable::Params {
+    crate::durable::Params {
+        capacity: loaded.config.capacity,
+        ttl: loaded.config.idempotency_ttl,
+        limits: loaded.signals.limits,
+        horizon_ms: loaded.signals.horizon_ms,
+    }
 }
 
 /// Loads the rules folder `dir`, under `limits` when given.

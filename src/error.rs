@@ -328,6 +328,16 @@ pub enum LoadError {
     /// could not be reached when the engine was built.
     #[error("the state store: {0}")]
     Store(String),
+    /// The durable state at `[store] path` cannot be loaded: a file is damaged or truncated, was written in a
+    /// format version this riskgate does not read, or cannot be read or written. Nothing was loaded or
+    /// changed; with `[store] on_corrupt = "empty"` damaged files are set aside and the engine starts empty.
+    #[error("the state file `{}`: {reason}", path.display())]
+    StateFile {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl LoadError {

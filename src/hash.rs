@@ -24,6 +24,18 @@ impl From<u128> for H128 {
     }
 }
 
+impl From<[u64; 2]> for H128 {
+    fn from(v: [u64; 2]) -> Self {
+        H128(v)
+    }
+}
+
+impl From<H128> for [u64; 2] {
+    fn from(h: H128) -> Self {
+        h.0
+    }
+}
+
 impl std::hash::Hash for H128 {
     fn hash<S: Hasher>(&self, state: &mut S) {
         state.write_u64(self.0[0] ^ self.0[1]);
@@ -207,7 +219,6 @@ impl EngineKeys {
     }
 }
 
-#[cfg(feature = "redis")]
 impl EngineKeys {
     /// The keys every engine sharing one state store must agree on (the fingerprint key and the history seed),
     /// as bytes for the store to keep.
@@ -219,7 +230,7 @@ impl EngineKeys {
     }
 
     /// These keys with the shared ones replaced by `bytes` (from [`EngineKeys::shared_bytes`] of the first
-    /// engine on the store); the bucket keys stay this engine's own.
+    /// engine on the store, or from a state file); the bucket keys stay this engine's own.
     pub fn with_shared(mut self, bytes: &[u8; 24]) -> Self {
         let mut f = [0u8; 16];
         f.copy_from_slice(&bytes[..16]);

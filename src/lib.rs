@@ -14,6 +14,7 @@ mod clock;
 mod config;
 mod counter;
 mod decide;
+mod durable;
 mod duration;
 mod engine;
 mod error;
@@ -43,6 +44,7 @@ mod watch;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{OnConflict, OnRuleError};
+pub use durable::DurableStats;
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Diagnostic, LoadError, Severity, TrackError};
 pub use explain::{Explanation, RbaFactor, RuleTrace, Value};
@@ -58,7 +60,7 @@ pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use server_settings::{LogFormat, ServerSettings};
 pub use settings::SandboxLimits;
 pub use stats::{DecisionCounts, RuleStats, Stats};
-pub use store_settings::{OnStoreError, StoreBackend, StoreSettings};
+pub use store_settings::{OnCorrupt, OnStoreError, StoreBackend, StoreSettings};
 #[cfg(feature = "watch")]
 pub use watch::{RulesWatcher, WatchError};
 

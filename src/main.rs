@@ -67,8 +67,9 @@ enum Command {
         /// and friction per threshold. Thresholds are comma-separated (default 0.01,0.03,…,100).
         #[arg(long, value_name = "T,T,…", num_args = 0..=1, default_missing_value = "", value_delimiter = ',')]
         rba_sweep: Option<Vec<String>>,
-        /// Keep actions and history on this store: `redis://host:port`, `redis+cluster://host:port,…` or
-        /// `memory` (default: `[store]` in riskgate.toml).
+        /// Keep actions and history on this store: `redis://host:port`, `redis+cluster://host:port,…`,
+        /// `memory`, or `file:PATH` (in memory, durable at PATH: the replay starts from the state saved there
+        /// and saves what it adds) (default: `[store]` in riskgate.toml).
         #[arg(long, value_name = "URL", conflicts_with_all = ["compare", "rba_sweep"])]
         store: Option<String>,
         /// Backtest: replay the log through this second rules folder too, each on its own engine, and print
@@ -154,8 +155,8 @@ enum Command {
         /// Run every rule in Rhai's interpreter (no native compilation), for comparison.
         #[arg(long)]
         interpret: bool,
-        /// Decide on this store (`redis://host:port`, `redis+cluster://…`); each round uses a key prefix of its
-        /// own, so every round sees the same history.
+        /// Decide on this store (`redis://host:port`, `redis+cluster://…`, `file:PATH`); each round uses a key
+        /// prefix (a file) of its own, so every round sees the same history.
         #[arg(long, value_name = "URL")]
         store: Option<String>,
     },
@@ -172,8 +173,8 @@ enum Command {
         /// A file holding the API secret (otherwise `RISKGATE_SECRET` is read).
         #[arg(long)]
         secret_file: Option<PathBuf>,
-        /// Keep actions and history on this store (`redis://host:port`, `redis+cluster://…`), shared with every
-        /// other instance on it (default: `[store]` in riskgate.toml).
+        /// Keep actions and history on this store (`redis://host:port`, `redis+cluster://…`, shared with every
+        /// other instance on it; or `file:PATH`, durable in this process) (default: `[store]` in riskgate.toml).
         #[arg(long, value_name = "URL")]
         store: Option<String>,
     },

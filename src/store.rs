@@ -271,6 +271,18 @@ impl Slot {
     pub fn use_token(&self) -> bool {
         !self.token_used.swap(true, Ordering::AcqRel)
     }
+
+    /// Whether the token was used.
+    pub fn token_used(&self) -> bool {
+        self.token_used.load(Ordering::Acquire)
+    }
+
+    /// Sets what a state file says of a restored slot (before the slot is shared).
+    pub fn restore(&self, state: State, updated: EpochMs, token_used: bool) {
+        self.state.store(state.to_u8(), Ordering::Release);
+        self.state_updated_ms.store(updated.ms(), Ordering::Release);
+        self.token_used.store(token_used, Ordering::Release);
+    }
 }
 
 /// An action identity, hashed once for every look-up of one call.
@@ -630,6 +642,31 @@ impl Store {
         }
         let stored = slot.decided.get()?.token()?;
         token::same_token(stored, token).then_some(slot)
+    }
+
+    /// Makes room for `n` more actions at once (a state file being loaded), so the map is not copied as it grows.
+    pub fn reserve(&self, n: usize) {
+        let guard = self.map.guard();
+        self.map
+            .reserve(n.min(self.capacity.load(Ordering::Relaxed)), &guard);
+    }
+
+    /// Puts every retention FIFO back in creation order, after actions were restored from several threads at
+    /// once (each in creation order, but interleaved), and republishes the fronts.
+    pub fn sort_retention(&self) {
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut order = shard.lock();
+            order.make_contiguous().sort_by_key(|e| e.created);
+            self.publish_front(i, &order);
+        }
+        self.refresh_bound(self.min_front.load(Ordering::SeqCst));
+    }
+
+    /// Calls `f` with every stored action (in no particular order), for snapshots.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Slot>)) {
+        for (_, slot) in self.map.pin().iter() {
+            f(slot);
+        }
     }
 
     /// How many challenge tokens are registered (one per stored action that has one).

@@ -32,6 +32,19 @@ pub enum OnStoreError {
     Error,
 }
 
+/// What an engine with durable state (`[store] path`) does when its files are damaged, truncated or of an
+/// unknown format version: `[store] on_corrupt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnCorrupt {
+    /// Refuse to build the engine ([`LoadError::StateFile`](crate::LoadError::StateFile)); the files are left
+    /// as they are (the default).
+    #[default]
+    Refuse,
+    /// Set the files aside (renamed `*.damaged-<ms>`) and start empty.
+    Empty,
+}
+
 /// The state store's settings (`[store]` in `riskgate.toml`, or [`EngineBuilder::store`](crate::EngineBuilder::store)).
 ///
 /// ```
@@ -65,6 +78,21 @@ pub struct StoreSettings {
     pub lease: Duration,
     /// `on_store_error`: an outcome such as `"CHALLENGE_REQUIRED"` (default), or `"error"`.
     pub on_store_error: OnStoreError,
+    /// `path`: keep the in-memory store's state in this file (and `PATH.journal.N` beside it), so a restart
+    /// forgets nothing (see the README's "Restarts and durability"). `None` (the default): memory only.
+    pub path: Option<std::path::PathBuf>,
+    /// `on_corrupt`: `"refuse"` (default) or `"empty"`.
+    pub on_corrupt: OnCorrupt,
+    /// `sync_interval`: how often changes are written and synced to the journal (default `100ms`, from 1ms to
+    /// 1h): a crash loses at most the changes of the last interval.
+    pub sync_interval: Duration,
+    /// `snapshot_interval`: how often the state is written whole and the journal started afresh (default
+    /// `10m`, from 1s to 1 day).
+    pub snapshot_interval: Duration,
+    /// `journal_buffer`: the most bytes of changes waiting to be written (default 64 MiB, at least 64 KiB);
+    /// past it, changes are counted as dropped ([`DurableStats::dropped`](crate::DurableStats::dropped)), never
+    /// waited on.
+    pub journal_buffer: usize,
 }
 
 impl Default for StoreSettings {
@@ -78,6 +106,11 @@ impl Default for StoreSettings {
             connect_timeout: Duration::from_millis(100),
             lease: Duration::from_secs(2),
             on_store_error: OnStoreError::Outcome(State::ChallengeRequired),
+            path: None,
+            on_corrupt: OnCorrupt::Refuse,
+            sync_interval: Duration::from_millis(100),
+            snapshot_interval: Duration::from_secs(600),
+            journal_buffer: 64 << 20,
         }
     }
 }
@@ -98,6 +131,48 @@ impl StoreSettings {
             url: Some(url),
             ..StoreSettings::default()
         }
+    }
+
+    /// The in-memory store, kept durably at `path` (a file, with its journals beside it).
+    ///
+    /// ```
+    /// use riskgate::{OnCorrupt, StoreSettings};
+    /// use std::time::Duration;
+    ///
+    /// let s = StoreSettings::file("/var/lib/riskgate/state")
+    ///     .sync_interval(Duration::from_millis(50))
+    ///     .on_corrupt(OnCorrupt::Empty);
+    /// assert!(s.path.is_some());
+    /// ```
+    pub fn file(path: impl Into<std::path::PathBuf>) -> Self {
+        StoreSettings {
+            path: Some(path.into()),
+            ..StoreSettings::default()
+        }
+    }
+
+    /// What a damaged state file does.
+    pub fn on_corrupt(mut self, on: OnCorrupt) -> Self {
+        self.on_corrupt = on;
+        self
+    }
+
+    /// How often changes are synced to the journal: the most a crash loses.
+    pub fn sync_interval(mut self, interval: Duration) -> Self {
+        self.sync_interval = interval;
+        self
+    }
+
+    /// How often the state is written whole.
+    pub fn snapshot_interval(mut self, interval: Duration) -> Self {
+        self.snapshot_interval = interval;
+        self
+    }
+
+    /// The most bytes of changes waiting to be written.
+    pub fn journal_buffer(mut self, bytes: usize) -> Self {
+        self.journal_buffer = bytes;
+        self
     }
 
     /// Whether the url names Redis Cluster nodes.
@@ -136,10 +211,16 @@ impl StoreSettings {
         self
     }
 
-    /// Settings from a `--store` argument: `memory`, `redis://…` or `redis+cluster://host:port,…`.
+    /// Settings from a `--store` argument: `memory`, `file:PATH`, `redis://…` or `redis+cluster://host:port,…`.
     pub fn from_url(url: &str) -> Result<Self, String> {
         if url == "memory" {
             return Ok(StoreSettings::memory());
+        }
+        if let Some(path) = url.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("`--store file:PATH`: the path is empty".to_owned());
+            }
+            return Ok(StoreSettings::file(path));
         }
         if let Some(rest) = url.strip_prefix("redis+cluster://") {
             let nodes: Vec<String> = rest.split(',').map(|n| format!("redis://{n}")).collect();
@@ -149,7 +230,7 @@ impl StoreSettings {
             return Ok(StoreSettings::redis(url));
         }
         Err(format!(
-            "`--store`: expected `memory`, `redis://host:port` or `redis+cluster://host:port,…`, not `{}`",
+            "`--store`: expected `memory`, `file:PATH`, `redis://host:port` or `redis+cluster://host:port,…`, not `{}`",
             crate::error::shorten(url)
         ))
     }
@@ -187,6 +268,37 @@ impl StoreSettings {
                 "`[store] key_prefix` must be 1 to 64 bytes without `{` or `}`".to_owned(),
             ));
         }
+        let in_range = |d: Duration, lo: u128, hi: u128| (lo..=hi).contains(&ms(d));
+        if !in_range(self.sync_interval, 1, 3_600_000) {
+            return Err((
+                "sync_interval",
+                "`[store] sync_interval` must be from 1ms to 1h".to_owned(),
+            ));
+        }
+        if !in_range(self.snapshot_interval, 1_000, 86_400_000) {
+            return Err((
+                "snapshot_interval",
+                "`[store] snapshot_interval` must be from 1s to 1d".to_owned(),
+            ));
+        }
+        if self.journal_buffer < 64 * 1024 {
+            return Err((
+                "journal_buffer",
+                "`[store] journal_buffer` must be at least 65536 bytes".to_owned(),
+            ));
+        }
+        if let Some(p) = &self.path {
+            if p.as_os_str().is_empty() {
+                return Err(("path", "`[store] path` is empty".to_owned()));
+            }
+            if self.backend == StoreBackend::Redis {
+                return Err((
+                    "path",
+                    "`[store] path` keeps the in-memory store durable: it does not go with `backend = \"redis\"`"
+                        .to_owned(),
+                ));
+            }
+        }
         if self.backend == StoreBackend::Redis {
             let nodes = self.nodes();
             if nodes.is_empty() || nodes.iter().any(|n| !n.starts_with("redis://")) {
@@ -213,6 +325,11 @@ pub(crate) struct StoreFile {
     connect_timeout: Option<String>,
     lease: Option<String>,
     on_store_error: Option<String>,
+    path: Option<String>,
+    on_corrupt: Option<String>,
+    sync_interval: Option<String>,
+    snapshot_interval: Option<String>,
+    journal_buffer: Option<usize>,
 }
 
 impl StoreFile {
@@ -248,6 +365,12 @@ impl StoreFile {
                 &mut s.connect_timeout,
             ),
             ("lease", &self.lease, &mut s.lease),
+            ("sync_interval", &self.sync_interval, &mut s.sync_interval),
+            (
+                "snapshot_interval",
+                &self.snapshot_interval,
+                &mut s.snapshot_interval,
+            ),
         ] {
             if let Some(v) = v {
                 match crate::duration::parse_millis(v) {
@@ -255,6 +378,23 @@ impl StoreFile {
                     Err(m) => fail(key, format!("`[store] {key}`: {m}")),
                 }
             }
+        }
+        if let Some(p) = &self.path {
+            s.path = Some(p.into());
+        }
+        if let Some(n) = self.journal_buffer {
+            s.journal_buffer = n;
+        }
+        match self.on_corrupt.as_deref() {
+            None | Some("refuse") => {}
+            Some("empty") => s.on_corrupt = OnCorrupt::Empty,
+            Some(other) => fail(
+                "on_corrupt",
+                format!(
+                    "`[store] on_corrupt`: expected \"refuse\" or \"empty\", not `{}`",
+                    crate::error::shorten(other)
+                ),
+            ),
         }
         if let Some(v) = &self.on_store_error {
             match v.as_str() {

@@ -143,16 +143,28 @@ fn measure_from<'a>(
     let progress = Progress::new("bench", Some(opts.min_calls), "decisions");
     let started = Instant::now();
     loop {
+        // With `--store file:PATH`, each round's own state file, removed after the round.
+        let mut round_files = None;
         let mut builder = Engine::builder().ruleset(ruleset.clone());
         if let Some(mut s) = super::store_from(opts.store.as_deref(), ruleset.store_settings())
             .map_err(io::Error::other)?
         {
             s.key_prefix = format!("{}-bench-{}-{}", s.key_prefix, std::process::id(), m.rounds);
+            if let Some(p) = &s.path {
+                let mut round = p.as_os_str().to_owned();
+                round.push(format!(".bench-{}-{}", std::process::id(), m.rounds));
+                round_files = Some(std::path::PathBuf::from(round));
+                s.path.clone_from(&round_files);
+            }
             builder = builder.store(s);
         }
         let mut replayer = Replayer::new(builder).map_err(|e| io::Error::other(e.to_string()))?;
         let before = m.latency.count();
         let Some(mut input) = open(m.rounds)? else {
+            drop(replayer);
+            if let Some(p) = &round_files {
+                remove_state(p);
+            }
             break;
         };
         let mut n = 0u64;
@@ -176,6 +188,10 @@ fn measure_from<'a>(
                 _ => {}
             }
         }
+        drop(replayer);
+        if let Some(p) = &round_files {
+            remove_state(p);
+        }
         m.rounds += 1;
         progress.set(m.latency.count().min(opts.min_calls));
         let done = m.latency.count() >= opts.min_calls && started.elapsed() >= opts.min_time;
@@ -186,6 +202,27 @@ fn measure_from<'a>(
     progress.finish();
     m.elapsed = started.elapsed();
     Ok(m)
+}
+
+/// Removes the state file `path` and its journals.
+fn remove_state(path: &std::path::Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let name = name.to_string_lossy().into_owned();
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n == name || n.starts_with(&format!("{name}.")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 fn print(ruleset: &RuleSet, m: &Measured) {

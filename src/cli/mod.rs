@@ -28,5 +28,6 @@ pub fn store_from(
     s.backend = given.backend;
     s.url = given.url;
     s.cluster = given.cluster;
+    s.path = given.path;
     Ok(Some(s))
 }

@@ -85,6 +85,11 @@ pub fn run(rules: &Path, events: &str, opts: &Options) -> ExitCode {
         }
     };
     progress.finish();
+    // With `--store file:PATH`, everything the replay added is written before the summary.
+    if let Err(e) = replayer.engine().flush() {
+        eprintln!("error: cannot write the state: {e}");
+        return ExitCode::FAILURE;
+    }
     let flushed = out.flush();
     let summary = match result.and_then(|s| flushed.map(|()| s)) {
         Ok(s) => s,

@@ -67,8 +67,15 @@ pub fn run(opts: &Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let kept = engine.clone();
     let app = App::new(engine, secret);
-    match runtime.block_on(serve(app, &settings, &opts.rules)) {
+    let served = runtime.block_on(serve(app, &settings, &opts.rules));
+    // With durable state, the shutdown writes everything (in-flight requests have finished).
+    if let Err(e) = kept.flush() {
+        eprintln!("error: cannot write the state: {e}");
+        return ExitCode::FAILURE;
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

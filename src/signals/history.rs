@@ -27,9 +27,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::HistoryLimits as Limits;
+use crate::durable::format::{Damaged, Put, Reader};
+use crate::durable::Journal;
 use crate::hash::{BucketKeys, EngineKeys, PreHashedMap, Seeded};
 use crate::time::{DurationMs, EpochMs};
 
@@ -736,6 +738,8 @@ pub(crate) struct History {
     max_bytes: AtomicUsize,
     max_per_key: AtomicUsize,
     known_for_ms: AtomicI64,
+    /// Durable state (`[store] path`): where every change is journaled, once set.
+    journal: std::sync::OnceLock<Arc<Journal>>,
 }
 
 impl History {
@@ -751,7 +755,13 @@ impl History {
             max_bytes: AtomicUsize::new(limits.max_bytes),
             max_per_key: AtomicUsize::new(limits.max_per_key),
             known_for_ms: AtomicI64::new(limits.known_for_ms),
+            journal: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Journals every change from now on (durable state; set once, when the engine is built).
+    pub fn set_journal(&self, journal: Arc<Journal>) {
+        let _ = self.journal.set(journal);
     }
 
     pub fn set_limits(&self, limits: Limits) {
@@ -993,6 +1003,9 @@ impl History {
         if horizon_ms <= 0 {
             return;
         }
+        if let Some(j) = self.journal.get() {
+            j.record(keys, now_ms, horizon_ms, kept);
+        }
         let (caps, cap) = (self.caps(), self.max_per_key());
         let kept_kind = |kind: u8| kept & (1 << kind) != 0;
         for kind in [SeriesKind::User, SeriesKind::Ip, SeriesKind::Device] {
@@ -1032,6 +1045,9 @@ impl History {
             rba,
             at_ms,
         } = *v;
+        if let Some(j) = self.journal.get() {
+            j.make_known(user, v);
+        }
         let horizon = self.known_for_ms.load(Ordering::Relaxed);
         let caps = self.caps();
         if !rba.is_empty() {
@@ -1064,6 +1080,283 @@ impl History {
             }
         });
     }
+}
+
+/// Snapshots (durable state): every live key of every table, oldest first, and back.
+impl History {
+    /// Writes the tables to `out`: keys idle for `horizon_ms` (series and sets) or `known_for` (known items,
+    /// `rba_score()` counts) at `now_ms` are left out, as they would be swept.
+    pub(crate) fn export(&self, out: &mut Vec<u8>, now_ms: i64, horizon_ms: i64) {
+        let known_for = self.known_for_ms.load(Ordering::Relaxed);
+        let live = |last: i64, span: i64| last.saturating_add(span) > now_ms;
+        out.u64(self.rba.actions.load(Ordering::Relaxed));
+        export_table(&self.series, out, |s, out| {
+            if !live(s.last_ms, horizon_ms) {
+                return false;
+            }
+            out.i64(s.last_ms);
+            out.u32(s.times.len() as u32);
+            for &t in &s.times {
+                out.i64(t);
+            }
+            true
+        });
+        export_table(&self.distinct, out, |d, out| {
+            if !live(d.last_ms, horizon_ms) {
+                return false;
+            }
+            out.i64(d.last_ms);
+            put_pairs(out, &d.members);
+            true
+        });
+        export_table(&self.known, out, |k, out| {
+            if !live(k.last_ms, known_for) {
+                return false;
+            }
+            out.i64(k.last_ms);
+            for list in [&k.devices, &k.ips, &k.countries] {
+                put_pairs(out, list);
+            }
+            match k.location {
+                None => out.u8(0),
+                Some(l) => {
+                    out.u8(1);
+                    put_located(out, &l);
+                }
+            }
+            out.u32(k.rba_actions);
+            out.u32(k.rba.len() as u32);
+            for c in &k.rba {
+                out.u64(c.value);
+                out.u32(c.count);
+                out.i64(c.last_ms);
+            }
+            true
+        });
+        self.rba.export(out, |last| live(last, known_for));
+    }
+
+    /// Reads tables [`History::export`] wrote into this (empty) history, within its limits: past `max_keys`
+    /// the keys created longest ago are left out, past `max_per_key` a series or set keeps its newest entries.
+    pub(crate) fn import(&self, r: &mut Reader<'_>) -> Result<(), Damaged> {
+        let (caps, cap) = (self.caps(), self.max_per_key().max(1));
+        self.rba.actions.store(r.u64()?, Ordering::Relaxed);
+        import_table(&self.series, r, caps, |r| {
+            let last_ms = r.i64()?;
+            let n = r.count(8)?;
+            let mut times = VecDeque::with_capacity(n.min(cap));
+            for _ in 0..n {
+                let t = r.i64()?;
+                if times.len() == cap {
+                    times.pop_front();
+                }
+                times.push_back(t);
+            }
+            Ok(Series { times, last_ms })
+        })?;
+        import_table(&self.distinct, r, caps, |r| {
+            let last_ms = r.i64()?;
+            let members = get_pairs(r, cap)?;
+            Ok(Distinct { members, last_ms })
+        })?;
+        import_table(&self.known, r, caps, |r| {
+            let last_ms = r.i64()?;
+            let devices = get_pairs(r, MAX_KNOWN)?;
+            let ips = get_pairs(r, MAX_KNOWN)?;
+            let countries = get_pairs(r, MAX_KNOWN)?;
+            let location = match r.u8()? {
+                0 => None,
+                _ => Some(get_located(r)?),
+            };
+            let rba_actions = r.u32()?;
+            let n = r.count(20)?;
+            let mut rba = Vec::with_capacity(n.min(MAX_RBA_VALUES));
+            for _ in 0..n {
+                let c = RbaCount {
+                    value: r.u64()?,
+                    count: r.u32()?,
+                    last_ms: r.i64()?,
+                };
+                if rba.len() < MAX_RBA_VALUES {
+                    rba.push(c);
+                }
+            }
+            Ok(Known {
+                devices,
+                ips,
+                countries,
+                location,
+                last_ms,
+                rba_actions,
+                rba,
+            })
+        })?;
+        self.rba.import(r, caps)
+    }
+}
+
+/// Snapshots of the population counts: the same layout as a [`Table`]'s (count, then key, creation time, count
+/// and last time per key, oldest first).
+impl Population {
+    fn export(&self, out: &mut Vec<u8>, live: impl Fn(i64) -> bool) {
+        let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let count_at = out.len();
+        out.u32(0);
+        let mut n = 0u32;
+        let g = self.map.pin();
+        for &(key, created) in order.iter() {
+            let Some(f) = g.get(&key) else { continue };
+            let (count, last_ms) = (
+                f.count.load(Ordering::SeqCst),
+                f.last_ms.load(Ordering::SeqCst),
+            );
+            if count == Freq::DEAD || !live(last_ms) {
+                continue;
+            }
+            out.u64(key);
+            out.i64(created);
+            out.u32(count);
+            out.i64(last_ms);
+            n += 1;
+        }
+        if let Some(slot) = out.get_mut(count_at..count_at + 4) {
+            slot.copy_from_slice(&n.to_le_bytes());
+        }
+    }
+
+    /// Reads what [`Population::export`] wrote into this (empty) table, within its caps: past them the keys
+    /// created longest ago are left out.
+    fn import(&self, r: &mut Reader<'_>, caps: Caps) -> Result<(), Damaged> {
+        let n = r.count(28)?;
+        let limit = caps.max_keys.max(1).min(caps.max_bytes / Self::KEY_BYTES);
+        let skip = n.saturating_sub(limit);
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        order.reserve(n - skip);
+        let g = self.map.pin();
+        for i in 0..n {
+            let key = r.u64()?;
+            let created = r.i64()?;
+            let count = r.u32()?.min(Freq::DEAD - 1);
+            let last_ms = r.i64()?;
+            if i < skip || count == 0 {
+                continue;
+            }
+            let f = Freq {
+                count: std::sync::atomic::AtomicU32::new(count),
+                last_ms: AtomicI64::new(last_ms),
+            };
+            // A damaged file could list a key twice: keep the first, so the order stays true.
+            if g.try_insert(key, f).is_ok() {
+                order.push_back((key, created));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn export_table<V: Entry>(
+    t: &Table<V>,
+    out: &mut Vec<u8>,
+    mut put: impl FnMut(&V, &mut Vec<u8>) -> bool,
+) {
+    let order = t.order.lock().unwrap_or_else(|p| p.into_inner());
+    let count_at = out.len();
+    out.u32(0);
+    let mut n = 0u32;
+    for &(key, created) in order.iter() {
+        let Some(v) = t.map.get(&key) else { continue };
+        let start = out.len();
+        out.u64(key);
+        out.i64(created);
+        if put(&v, out) {
+            n += 1;
+        } else {
+            out.truncate(start);
+        }
+    }
+    if let Some(slot) = out.get_mut(count_at..count_at + 4) {
+        slot.copy_from_slice(&n.to_le_bytes());
+    }
+}
+
+fn import_table<V: Entry>(
+    t: &Table<V>,
+    r: &mut Reader<'_>,
+    caps: Caps,
+    mut get: impl FnMut(&mut Reader<'_>) -> Result<V, Damaged>,
+) -> Result<(), Damaged> {
+    let n = r.count(16)?;
+    let skip = n.saturating_sub(caps.max_keys.max(1));
+    let mut order = t.order.lock().unwrap_or_else(|p| p.into_inner());
+    order.reserve(n - skip);
+    for i in 0..n {
+        let key = r.u64()?;
+        let created = r.i64()?;
+        let v = get(r)?;
+        if i < skip {
+            continue;
+        }
+        t.bytes.fetch_add(Table::<V>::size(&v), Ordering::Relaxed);
+        if let Some(old) = t.map.insert(key, v) {
+            // A damaged file could list a key twice: keep the account and the order true.
+            t.bytes.fetch_sub(Table::<V>::size(&old), Ordering::Relaxed);
+            continue;
+        }
+        order.push_back((key, created));
+    }
+    Ok(())
+}
+
+fn put_pairs(out: &mut Vec<u8>, list: &[(u64, i64)]) {
+    out.u32(list.len() as u32);
+    for &(m, t) in list {
+        out.u64(m);
+        out.i64(t);
+    }
+}
+
+fn get_pairs(r: &mut Reader<'_>, cap: usize) -> Result<Vec<(u64, i64)>, Damaged> {
+    let n = r.count(16)?;
+    let mut list = Vec::with_capacity(n.min(cap));
+    for _ in 0..n {
+        let p = (r.u64()?, r.i64()?);
+        if list.len() < cap {
+            list.push(p);
+        }
+    }
+    Ok(list)
+}
+
+/// Writes a location (the journal's and the snapshot's layout).
+pub(crate) fn put_located(out: &mut Vec<u8>, l: &Located) {
+    out.f64(l.lat);
+    out.f64(l.lon);
+    out.i64(l.at_ms);
+    out.u64(l.ip);
+    match l.country {
+        None => out.u8(0),
+        Some(c) => {
+            out.u8(1);
+            out.bytes(&c.0);
+        }
+    }
+}
+
+/// Reads what [`put_located`] wrote.
+pub(crate) fn get_located(r: &mut Reader<'_>) -> Result<Located, Damaged> {
+    Ok(Located {
+        lat: r.f64()?,
+        lon: r.f64()?,
+        at_ms: r.i64()?,
+        ip: r.u64()?,
+        country: match r.u8()? {
+            0 => None,
+            _ => {
+                let b = r.bytes(2)?;
+                CountryCode::new(std::str::from_utf8(b).unwrap_or(""))
+            }
+        },
+    })
 }
 
 #[cfg(test)]

@@ -95,6 +95,16 @@ impl Features {
     }
 
     /// The present values, for counting.
+    /// The values and the bit set of those present, as the state files keep them.
+    pub fn to_raw(self) -> ([u64; LEVELS], u16) {
+        (self.values, self.present)
+    }
+
+    /// Features as [`Features::to_raw`] gave them.
+    pub fn from_raw(values: [u64; LEVELS], present: u16) -> Self {
+        Features { values, present }
+    }
+
     pub fn present(&self) -> impl Iterator<Item = u64> + '_ {
         (0..LEVELS)
             .filter(|&l| self.has(l))

@@ -1,0 +1,207 @@
+//! Snapshots: every live action and history key, written whole to `PATH.tmp`, synced, renamed over `PATH`.
+
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::format::{self, Damaged, Put, Reader};
+use super::journal::{self, RuleIds};
+use super::Params;
+use crate::hash::EngineKeys;
+use crate::signals::History;
+use crate::store::{Slot, Store};
+use crate::time::EpochMs;
+
+/// How many chunks a snapshot's actions are cut into (so loading shares them out over threads).
+const ACTION_CHUNKS: usize = 8;
+
+/// What a snapshot says besides its state.
+pub(super) struct Meta {
+    pub generation: u64,
+    /// The hashing keys every change was made with ([`EngineKeys::shared_bytes`]).
+    shared: [u8; 24],
+    pub latest_ms: i64,
+}
+
+/// The three frames of a snapshot: meta, actions, history.
+fn sections(bytes: &[u8]) -> Result<(u64, [&[u8]; 3]), Damaged> {
+    let generation = format::read_header(bytes, format::SNAPSHOT_MAGIC, "snapshot")?;
+    let mut found: Vec<&[u8]> = Vec::with_capacity(3);
+    let tail = format::frames(bytes, |p| {
+        found.push(p);
+        Ok(())
+    })?;
+    match (tail, <[&[u8]; 3]>::try_from(found)) {
+        (format::Tail::Clean, Ok(s)) => Ok((generation, s)),
+        _ => Err(Damaged::new(
+            "the snapshot is truncated or damaged (its sections are not all whole)",
+        )),
+    }
+}
+
+fn meta(generation: u64, m: &[u8]) -> Result<Meta, Damaged> {
+    let mut r = Reader::new(m);
+    let shared: [u8; 24] = r
+        .bytes(24)?
+        .try_into()
+        .map_err(|_| Damaged::new("the snapshot's keys are damaged"))?;
+    Ok(Meta {
+        generation,
+        shared,
+        latest_ms: r.i64()?,
+    })
+}
+
+/// The hashing keys a snapshot's state was made with (the bucket keys stay `keys`').
+pub(super) fn read_keys(bytes: &[u8], keys: EngineKeys) -> Result<EngineKeys, Damaged> {
+    // Only the header and the first frame are checked here: `read` checks the whole file before using it.
+    let generation = format::read_header(bytes, format::SNAPSHOT_MAGIC, "snapshot")?;
+    let mut first = None;
+    let _ = format::frames(bytes, |p| {
+        first = Some(p);
+        // Stop after the first frame.
+        Err(Damaged::new(""))
+    });
+    let m = first
+        .ok_or_else(|| Damaged::new("the snapshot is truncated: its first section is not whole"))?;
+    Ok(keys.with_shared(&meta(generation, m)?.shared))
+}
+
+/// Decodes a snapshot into an empty store and history (made with the snapshot's keys): actions on this thread,
+/// history on another.
+pub(super) fn read(
+    bytes: &[u8],
+    store: &Store,
+    history: &History,
+    params: &Params,
+) -> Result<Meta, Damaged> {
+    let (generation, [m, actions, hist]) = sections(bytes)?;
+    let meta = meta(generation, m)?;
+    let now = EpochMs::from_ms(meta.latest_ms);
+    // The actions come in chunks: the history and every chunk are tasks, shared out over two threads.
+    let mut r = Reader::new(actions);
+    let chunks = r.count(4)?;
+    let total = r.u32()? as usize;
+    store.reserve(total);
+    // Past the capacity, the oldest actions are left out (as the store would have evicted them).
+    let skip = total.saturating_sub(params.capacity.max(1));
+    let mut parts = Vec::with_capacity(chunks);
+    let mut first = 0usize;
+    for _ in 0..chunks {
+        let len = r.u32()? as usize;
+        let part = r.bytes(len)?;
+        let n = Reader::new(part).u32()? as usize;
+        parts.push((first, part));
+        first = first.saturating_add(n);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> Result<(), Damaged> {
+        let mut ids = RuleIds::default();
+        loop {
+            let task = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if task == 0 {
+                history.import(&mut Reader::new(hist))?;
+                continue;
+            }
+            let Some(&(first, part)) = parts.get(task - 1) else {
+                return Ok(());
+            };
+            let mut r = Reader::new(part);
+            let n = r.count(40)?;
+            for i in first..first + n {
+                let saved = journal::get_slot(&mut r, &mut ids)?;
+                if i >= skip {
+                    journal::restore_slot(store, saved, now, params.ttl);
+                }
+            }
+        }
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let other = s.spawn(work);
+        let mine = work();
+        (mine, other.join())
+    });
+    a?;
+    b.map_err(|_| Damaged::new("loading the state failed"))??;
+    store.sort_retention();
+    Ok(meta)
+}
+
+/// Writes the snapshot of `store` and `history` covering journal generation `generation`; returns its bytes.
+pub(super) fn write(
+    path: &Path,
+    generation: u64,
+    keys: &EngineKeys,
+    store: &Store,
+    history: &History,
+    latest_ms: i64,
+    params: &Params,
+) -> io::Result<u64> {
+    let now = EpochMs::from_ms(latest_ms);
+    let mut m = Vec::with_capacity(32);
+    m.bytes(&keys.shared_bytes());
+    m.i64(latest_ms);
+    // Live, answerable actions, oldest first (the order the store evicts in).
+    let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(store.len());
+    store.for_each(|s| {
+        let answerable = s
+            .decided
+            .get()
+            .is_some_and(|d| d.outcome() != crate::State::ChallengeRequired || d.token().is_some());
+        if answerable && !s.created.expired(params.ttl, now) {
+            slots.push(Arc::clone(s));
+        }
+    });
+    slots.sort_unstable_by_key(|s| s.created);
+    // In creation order, cut into chunks that load in parallel.
+    let chunks = if slots.len() < 4096 { 1 } else { ACTION_CHUNKS };
+    let per = slots.len().div_ceil(chunks).max(1);
+    let mut actions = Vec::with_capacity(slots.len() * 96 + 16);
+    actions.u32(chunks as u32);
+    actions.u32(slots.len() as u32);
+    for c in 0..chunks {
+        let part = slots
+            .get(c * per..((c + 1) * per).min(slots.len()))
+            .unwrap_or(&[]);
+        let len_at = actions.len();
+        actions.u32(0);
+        actions.u32(part.len() as u32);
+        for s in part {
+            if let Some(d) = s.decided.get() {
+                journal::put_slot(
+                    &mut actions,
+                    s,
+                    d,
+                    s.state(),
+                    s.state_updated(),
+                    s.token_used(),
+                );
+            }
+        }
+        let len = (actions.len() - len_at - 4) as u32;
+        if let Some(slot) = actions.get_mut(len_at..len_at + 4) {
+            slot.copy_from_slice(&len.to_le_bytes());
+        }
+    }
+    drop(slots);
+    let mut hist = Vec::new();
+    history.export(&mut hist, latest_ms, params.horizon_ms);
+    let tmp = super::with_suffix(path, ".tmp");
+    let file = super::create(&tmp)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    w.write_all(&format::header(format::SNAPSHOT_MAGIC, generation))?;
+    let mut total = format::HEADER_LEN as u64;
+    for section in [&m, &actions, &hist] {
+        let mut head = Vec::with_capacity(format::FRAME_HEAD);
+        format::frame_head(&mut head, section);
+        w.write_all(&head)?;
+        w.write_all(section)?;
+        total += (head.len() + section.len()) as u64;
+    }
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    super::sync_dir(path)?;
+    Ok(total)
+}
