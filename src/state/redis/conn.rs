@@ -361,9 +361,9 @@ impl Pool {
         }
     }
 
-    /// One round trip of `ops` on `via` (counted by the caller), scripts by SHA. If the server lost its script cache (a restart,
-    /// `SCRIPT FLUSH`, a failover), only the scripts that met a `NOSCRIPT` are sent again, whole (which loads
-    /// them again): no other command of the round trip runs twice.
+    /// One round trip of `ops` on `via` (counted by the caller), scripts by SHA. If the server lost its script
+    /// cache (a restart, `SCRIPT FLUSH`, a failover), only the scripts that met a `NOSCRIPT` are sent again,
+    /// whole (which loads them again): no other command of the round trip runs twice.
     async fn round_trip(
         &self,
         via: &mut Via<'_>,
