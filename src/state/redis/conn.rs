@@ -229,7 +229,7 @@ impl Pool {
                 for cmd in cmds {
                     p.add_command(cmd);
                 }
-                let replies: Vec<Value> = p.query(&mut **c)?;
+                let replies: Vec<Value> = p.query(c)?;
                 Ok(replies.into_iter().map(Ok).collect())
             }
         }
