@@ -423,6 +423,64 @@ if rba_score() > 50.0 { REVIEW }"#,
         assert_eq!((update, validate), (2, 2));
     }
 
+    /// The integer a `GET` of `key` reads (0 when the key is missing).
+    fn get_int(port: u16, key: &str) -> i64 {
+        let reply = command(port, &format!("GET {key}")).unwrap();
+        reply
+            .lines()
+            .last()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn thread_callers_count_exactly_once_across_a_script_flush() {
+        let Some(srv) = server() else { return };
+        let clock = common::clock();
+        let e = engine_on(patient(srv.settings().key_prefix("flush")), &clock);
+        let memory = Engine::builder()
+            .ruleset(rules())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        // Allowed actions, which teach `rba_score()` their IPs.
+        let event = |i: usize| {
+            common::req(&format!("fu{i}"), "signIn")
+                .idempotency_key("k")
+                .ip(format!("198.18.2.{i}"))
+        };
+        let decide = |i: usize| {
+            clock.advance(Duration::from_secs(5));
+            let got = e.track(&event(i)).unwrap();
+            let want = memory.track(&event(i)).unwrap();
+            assert_eq!(got.store_error, None, "event {i}");
+            assert_eq!(
+                (got.state, &got.rule_ids, &got.shadow_rule_ids),
+                (want.state, &want.rule_ids, &want.shadow_rule_ids),
+                "event {i}"
+            );
+        };
+        // `rba_score()`'s population total: a plain `INCR` in the commit's pipeline, one per decision.
+        let total = || get_int(srv.port, "flush:{g}:rn");
+        for i in 0..3 {
+            decide(i);
+        }
+        assert_eq!(total(), 3);
+        for i in 3..6 {
+            assert!(command(srv.port, "SCRIPT FLUSH").unwrap().contains("OK"));
+            let before = e.store_round_trips();
+            decide(i);
+            // Each of the two round trips meets `NOSCRIPT` once: its scripts are sent again, nothing else.
+            assert_eq!(e.store_round_trips() - before, 4, "event {i}");
+            assert_eq!(total(), i as i64 + 1, "event {i}: counted more than once");
+        }
+        // The history the scripts wrote is counted once too: the next decisions equal memory's.
+        for i in 6..10 {
+            decide(i);
+        }
+        assert_eq!(total(), 10);
+    }
+
     fn info_field(port: u16, section: &str, field: &str) -> i64 {
         let out = Command::new("redis-cli")
             .args(["-p", &port.to_string(), "INFO", section])

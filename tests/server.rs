@@ -98,9 +98,15 @@ else if custom.outcome == "block" { BLOCK }
     }
 
     fn start_in(dir: tempfile::TempDir) -> Server {
+        start_with(dir, &[])
+    }
+
+    /// `riskgate serve` on `dir` with `extra` arguments.
+    fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let mut child = crate::common::riskgate()
             .args(["serve", "--listen", "127.0.0.1:0", "--rules"])
             .arg(dir.path())
+            .args(extra)
             .env("RISKGATE_SECRET", SECRET)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1065,5 +1071,61 @@ else if custom.outcome == "block" { BLOCK }
             err.contains("riskgate.toml:3:1: `[server] max_header_bytes` must be at least 8192"),
             "{err}"
         );
+    }
+
+    /// Two servers on one redis-server: an action tracked on one is read, updated and validated on the other,
+    /// every call awaiting Redis on the server's async workers.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn two_servers_on_one_redis_share_actions_and_tokens() {
+        let Some(redis) = crate::common::redis::Server::start() else {
+            crate::common::redis::say_skipped();
+            return;
+        };
+        let url = redis.url();
+        let folder = || {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("outcome.rhai"), OUTCOME_RULE).unwrap();
+            std::fs::write(
+                dir.path().join("riskgate.toml"),
+                "default_outcome = \"ALLOW\"\n[store]\ntimeout = \"2s\"\nconnect_timeout = \"2s\"\n",
+            )
+            .unwrap();
+            dir
+        };
+        let (a, b) = (
+            start_with(folder(), &["--store", &url]),
+            start_with(folder(), &["--store", &url]),
+        );
+        let path = "/v1/users/ru/actions/withdraw-funds/rk";
+        let tracked = a.track(
+            "ru",
+            "withdraw-funds",
+            r#"{"idempotencyKey":"rk","custom":{"outcome":"challenge"}}"#,
+        );
+        assert_eq!(tracked.status, 200, "{}", tracked.body);
+        let token = tracked.json()["token"].as_str().unwrap().to_owned();
+        let got = b.api("GET", path, "");
+        assert_eq!(got.status, 200, "{}", got.body);
+        assert_eq!(got.json()["state"], "CHALLENGE_REQUIRED", "{}", got.body);
+        assert_eq!(got.json()["rules"][0]["ruleId"], "outcome", "{}", got.body);
+        let missing = b.api("GET", "/v1/users/ru/actions/withdraw-funds/nope", "");
+        assert_eq!(missing.error(), (404, "action_not_found".into()));
+        let pending = a.api("POST", "/v1/validate", &format!(r#"{{"token":"{token}"}}"#));
+        assert_eq!(pending.json()["isValid"], false, "{}", pending.body);
+        let updated = b.api("PATCH", path, r#"{"state":"CHALLENGE_SUCCEEDED"}"#);
+        assert_eq!(updated.status, 200, "{}", updated.body);
+        assert_eq!(updated.json()["state"], "CHALLENGE_SUCCEEDED");
+        let got = a.api("GET", path, "");
+        assert_eq!(got.json()["state"], "CHALLENGE_SUCCEEDED", "{}", got.body);
+        let bad = a.api("PATCH", path, r#"{"state":"CHALLENGE_FAILED"}"#);
+        assert_eq!(bad.error(), (409, "invalid_transition".into()));
+        let valid = a.api("POST", "/v1/validate", &format!(r#"{{"token":"{token}"}}"#));
+        assert_eq!(valid.json()["isValid"], true, "{}", valid.body);
+        let again = b.api("POST", "/v1/validate", &format!(r#"{{"token":"{token}"}}"#));
+        assert_eq!(again.json()["error"], "already_used", "{}", again.body);
+        // The action lives in Redis, not in either process.
+        let keys = crate::common::redis::command(redis.port, "DBSIZE").unwrap();
+        assert_ne!(keys, ":0", "{keys}");
     }
 }

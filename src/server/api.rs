@@ -486,18 +486,23 @@ pub(crate) async fn get_action(
     State(app): State<App>,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Response {
-    let result = (|| {
+    let result = async {
         let Path((user_id, action, key)) = path.map_err(|e| path_error(&e))?;
         check_identity(&user_id, &action, &key)?;
-        let rec = app.inner.engine.get_action(&user_id, &action, &key).ok_or(
-            TrackError::ActionNotFound {
+        // In memory this is the sync call; on a remote store it awaits Redis instead of blocking this worker.
+        let rec = app
+            .inner
+            .engine
+            .get_action_async(&user_id, &action, &key)
+            .await
+            .ok_or(TrackError::ActionNotFound {
                 user_id,
                 action,
                 idempotency_key: key,
-            },
-        )?;
+            })?;
         Ok::<_, ApiError>(action_out(&app, &rec))
-    })();
+    }
+    .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -507,7 +512,7 @@ pub(crate) async fn update_action(
     path: Result<Path<(String, String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = (|| {
+    let result = async {
         let Path((user_id, action, key)) = path.map_err(|e| path_error(&e))?;
         check_identity(&user_id, &action, &key)?;
         let body = body.map_err(|e| body_error(&e))?;
@@ -526,9 +531,11 @@ pub(crate) async fn update_action(
         let rec = app
             .inner
             .engine
-            .update_action(&user_id, &action, &key, to)?;
+            .update_action_async(&user_id, &action, &key, to)
+            .await?;
         Ok::<_, ApiError>(action_out(&app, &rec))
-    })();
+    }
+    .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -537,10 +544,10 @@ pub(crate) async fn validate(
     State(app): State<App>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = (|| {
+    let result = async {
         let body = body.map_err(|e| body_error(&e))?;
         let b: ValidateBody = parse_body(&body, "")?;
-        let mut check = app.inner.engine.validate_challenge(&b.token);
+        let mut check = app.inner.engine.validate_challenge_async(&b.token).await;
         // A token presented for another user or action is not valid for this one (it is used up all the same
         // if it was otherwise valid: fail closed).
         let mut error = check.reason.map(|r| r.as_str());
@@ -574,7 +581,8 @@ pub(crate) async fn validate(
             }
         }
         Ok::<_, ApiError>(json(StatusCode::OK, &v))
-    })();
+    }
+    .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 

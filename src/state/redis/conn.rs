@@ -1,7 +1,7 @@
-//! Connections to Redis or Redis Cluster, each round trip a pipeline with a timeout, scripts sent by SHA and sent
-//! whole once after a `NOSCRIPT`. Thread callers ([`Io::Blocking`]) take a connection of a small pool of
-//! blocking ones; async callers ([`Io::Async`]) share one multiplexed connection (per cluster node), on which
-//! the round trips of every concurrent caller are pipelined together.
+//! Connections to Redis or Redis Cluster, each round trip a pipeline with a timeout, scripts sent by SHA; after a
+//! `NOSCRIPT` only the scripts that met it are sent again, whole, once. Thread callers ([`Io::Blocking`]) take a
+//! connection of a small pool of blocking ones; async callers ([`Io::Async`]) share one multiplexed connection
+//! (per cluster node), on which the round trips of every concurrent caller are pipelined together.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +94,12 @@ enum Conn {
     Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
+/// The connection a round trip goes on.
+enum Via<'a> {
+    Blocking(&'a mut Conn),
+    Async(&'a Shared),
+}
+
 /// The connection pool of one store.
 pub(crate) struct Pool {
     client: Client,
@@ -118,6 +124,14 @@ fn store_error(e: &redis::RedisError) -> StoreError {
         "redis {kind}: {}",
         crate::error::shorten(&e.to_string())
     ))
+}
+
+/// A reply of a pipeline run with `ignore_errors`: a server's error reply as an error.
+fn server_error(v: Value) -> redis::RedisResult<Value> {
+    match v {
+        Value::ServerError(e) => Err(redis::RedisError::from(e)),
+        v => Ok(v),
+    }
 }
 
 fn noscript(e: &redis::RedisError) -> bool {
@@ -196,21 +210,27 @@ impl Pool {
         }
     }
 
-    fn query(con: &mut Conn, cmds: &[Cmd]) -> redis::RedisResult<Vec<Value>> {
+    /// Sends `cmds` as one pipeline on a blocking connection: one reply or error per command, in order. On a
+    /// cluster (one pipeline per node) redis-rs gives no replies when any command failed: the first error for
+    /// the whole round trip.
+    fn query(con: &mut Conn, cmds: Vec<Cmd>) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
         match con {
             Conn::Single(c) => {
                 let mut p = redis::pipe();
+                p.ignore_errors();
                 for cmd in cmds {
-                    p.add_command(cmd.clone());
+                    p.add_command(cmd);
                 }
-                p.query(c)
+                let replies: Vec<Value> = p.query(c)?;
+                Ok(replies.into_iter().map(server_error).collect())
             }
             Conn::Cluster(c) => {
                 let mut p = redis::cluster::cluster_pipe();
                 for cmd in cmds {
-                    p.add_command(cmd.clone());
+                    p.add_command(cmd);
                 }
-                p.query(c)
+                let replies: Vec<Value> = p.query(c)?;
+                Ok(replies.into_iter().map(Ok).collect())
             }
         }
     }
@@ -285,7 +305,7 @@ impl Pool {
 
     /// Sends `cmds` at once on the shared connection: one reply or error per command, in order. On a server,
     /// one pipeline; on a cluster, each command to its slot's node, all in flight together.
-    async fn send(
+    async fn send_shared(
         &self,
         con: &Shared,
         cmds: Vec<Cmd>,
@@ -299,13 +319,7 @@ impl Pool {
                         p.add_command(cmd);
                     }
                     let replies: Vec<Value> = p.query_async(&mut c.clone()).await?;
-                    Ok(replies
-                        .into_iter()
-                        .map(|v| match v {
-                            Value::ServerError(e) => Err(redis::RedisError::from(e)),
-                            v => Ok(v),
-                        })
-                        .collect())
+                    Ok(replies.into_iter().map(server_error).collect())
                 }
                 Shared::Cluster(c) => {
                     let calls: Vec<_> = cmds
@@ -335,8 +349,51 @@ impl Pool {
             })?
     }
 
-    /// [`Pool::run`] on the shared connection. Only the scripts that met a `NOSCRIPT` are sent again (whole),
-    /// so no other command of the round trip runs twice.
+    /// Sends `cmds` at once on `via`: one reply or error per command, in order.
+    async fn send(
+        &self,
+        via: &mut Via<'_>,
+        cmds: Vec<Cmd>,
+    ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
+        match via {
+            Via::Blocking(con) => Self::query(con, cmds),
+            Via::Async(con) => self.send_shared(con, cmds).await,
+        }
+    }
+
+    /// One round trip of `ops` on `via` (counted by the caller), scripts by SHA. If the server lost its script
+    /// cache (a restart, `SCRIPT FLUSH`, a failover), only the scripts that met a `NOSCRIPT` are sent again,
+    /// whole (which loads them again): no other command of the round trip runs twice.
+    async fn round_trip(
+        &self,
+        via: &mut Via<'_>,
+        ops: &[Op<'_>],
+    ) -> redis::RedisResult<Vec<Value>> {
+        let cmds: Vec<Cmd> = ops.iter().map(|o| o.cmd(false)).collect();
+        let mut replies = self.send(via, cmds).await?;
+        let lost: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(e) if noscript(e)))
+            .map(|(i, _)| i)
+            .collect();
+        if !lost.is_empty() {
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+            let whole = lost
+                .iter()
+                .filter_map(|&i| ops.get(i))
+                .map(|o| o.cmd(true))
+                .collect();
+            for (i, r) in lost.into_iter().zip(self.send(via, whole).await?) {
+                if let Some(slot) = replies.get_mut(i) {
+                    *slot = r;
+                }
+            }
+        }
+        replies.into_iter().collect()
+    }
+
+    /// [`Pool::run`] on the shared connection.
     async fn run_async(&self, ops: &[Op<'_>]) -> Result<Vec<Value>, StoreError> {
         if ops.is_empty() {
             return Ok(Vec::new());
@@ -344,30 +401,7 @@ impl Pool {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let result = async {
             let con = self.shared().await?;
-            let cmds: Vec<Cmd> = ops.iter().map(|o| o.cmd(false)).collect();
-            let mut replies = self.send(&con, cmds).await?;
-            let lost: Vec<usize> = replies
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| matches!(r, Err(e) if noscript(e)))
-                .map(|(i, _)| i)
-                .collect();
-            if !lost.is_empty() {
-                self.round_trips.fetch_add(1, Ordering::Relaxed);
-                let whole = lost
-                    .iter()
-                    .filter_map(|&i| ops.get(i))
-                    .map(|o| o.cmd(true))
-                    .collect();
-                for (i, r) in lost.into_iter().zip(self.send(&con, whole).await?) {
-                    if let Some(slot) = replies.get_mut(i) {
-                        *slot = r;
-                    }
-                }
-            }
-            replies
-                .into_iter()
-                .collect::<redis::RedisResult<Vec<Value>>>()
+            self.round_trip(&mut Via::Async(&con), ops).await
         }
         .await;
         result.map_err(|e| {
@@ -385,6 +419,25 @@ impl Pool {
         })
     }
 
+    /// A round trip on a blocking cluster connection. Its pipeline gives no replies when a command failed, so
+    /// after a `NOSCRIPT` the whole round trip is sent again, scripts whole: a plain command in it runs twice.
+    fn round_trip_cluster(&self, con: &mut Conn, ops: &[Op<'_>]) -> redis::RedisResult<Vec<Value>> {
+        let cmds: Vec<Cmd> = ops.iter().map(|o| o.cmd(false)).collect();
+        let replies = match Self::query(con, cmds) {
+            Err(e)
+                if e.clone().into_server_errors().is_some_and(|errs| {
+                    errs.iter()
+                        .any(|(_, s)| s.kind() == Some(redis::ServerErrorKind::NoScript))
+                }) || noscript(&e) =>
+            {
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
+                Self::query(con, ops.iter().map(|o| o.cmd(true)).collect())?
+            }
+            r => r?,
+        };
+        replies.into_iter().collect()
+    }
+
     /// [`Pool::run`] on a pooled blocking connection.
     pub fn run_blocking(&self, ops: &[Op<'_>]) -> Result<Vec<Value>, StoreError> {
         if ops.is_empty() {
@@ -392,16 +445,15 @@ impl Pool {
         }
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let mut con = self.take().map_err(|e| store_error(&e))?;
-        let cmds: Vec<Cmd> = ops.iter().map(|o| o.cmd(false)).collect();
-        let result = match Self::query(&mut con, &cmds) {
-            Err(e) if noscript(&e) => {
-                // The server lost its script cache (a restart, `SCRIPT FLUSH`, a failover): send them whole,
-                // which loads them again.
-                self.round_trips.fetch_add(1, Ordering::Relaxed);
-                let whole: Vec<Cmd> = ops.iter().map(|o| o.cmd(true)).collect();
-                Self::query(&mut con, &whole)
-            }
-            r => r,
+        let result = if let Conn::Cluster(_) = con {
+            self.round_trip_cluster(&mut con, ops)
+        } else {
+            // Every wait on a blocking connection blocks this thread: the round trip finishes in one poll.
+            finish(self.round_trip(&mut Via::Blocking(&mut con), ops)).unwrap_or_else(|| {
+                Err(redis::RedisError::from(std::io::Error::other(
+                    "a blocking round trip was suspended",
+                )))
+            })
         };
         match result {
             Ok(v) => {
