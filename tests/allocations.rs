@@ -52,21 +52,36 @@ fn first_decisions_and_repeats_allocate_within_their_bounds() {
     let first = per_call(&fresh, |r| {
         challenges += usize::from(e.track(r).unwrap().state == State::ChallengeRequired);
     });
+    // First decisions answered through the borrowed view, on a stream of their own.
+    let more = workload::requests(N, "viewed");
+    let first_viewed = per_call(&more, |r| {
+        e.track_with(r, |v| v.state()).unwrap();
+    });
     let owned = per_call(&fresh, |r| drop(e.track(r).unwrap()));
     let mut matched = 0;
     let viewed = per_call(&fresh, |r| {
         matched += e.track_with(r, |v| v.rule_ids().len()).unwrap();
     });
     eprintln!(
-        "allocations per call: first decision {first:.2} ({challenges} challenges in {N}), repeat {owned:.2} \
-         (track), {viewed:.2} (track_with)"
+        "allocations per call: first decision {first:.2} (track), {first_viewed:.2} (track_with), \
+         {challenges} challenges in {N}; repeat {owned:.2} (track), {viewed:.2} (track_with)"
     );
     // The repeats really were answered from the store, with the stored rule ids.
     assert!(matched > 0);
-    assert_eq!(e.stored_actions(), 2 * N);
+    assert_eq!(e.stored_actions(), 3 * N);
     assert_eq!(
         viewed, 0.0,
         "{viewed:.2} allocations per repeat through track_with"
     );
-    assert!(first <= 9.0, "{first:.2} allocations per first decision");
+    // Measured: 7.77 and 6.09 (the slot, its identity, the map entry, the rule results, the matching rule
+    // ids, history's growth; a challenge's token and url). The response adds the key and the rule ids.
+    assert!(
+        first <= 8.0,
+        "{first:.2} allocations per first decision (track)"
+    );
+    assert!(
+        first_viewed <= 6.5,
+        "{first_viewed:.2} allocations per first decision (track_with)"
+    );
+    assert!(owned <= 2.0, "{owned:.2} allocations per repeat (track)");
 }
