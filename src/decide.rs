@@ -8,6 +8,7 @@ use crate::config::{Config, OnRuleError};
 use crate::rules::sandbox::RuleResult;
 use crate::rules::{Mode, Rule};
 use crate::{RuleError, RuleId, State};
+use smallvec::SmallVec;
 
 /// The first decision on an action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub(crate) struct Decision {
     pub errors: Vec<RuleError>,
 }
 
+type Matches<'a> = SmallVec<[(u8, State, &'a RuleId); 16]>;
+
 /// Resolves the results of `rules` (one per rule, same order) for `action`.
 pub(crate) fn resolve<'a>(
     config: &Config,
@@ -26,8 +29,9 @@ pub(crate) fn resolve<'a>(
     rules: impl Iterator<Item = &'a Rule>,
     results: Vec<RuleResult>,
 ) -> Decision {
-    let mut enforce: Vec<(u8, State, &RuleId)> = Vec::new();
-    let mut shadow: Vec<(u8, State, &RuleId)> = Vec::new();
+    // On the stack for up to 16 matches each: a decision allocates only the lists it returns.
+    let mut enforce: Matches = SmallVec::new();
+    let mut shadow: Matches = SmallVec::new();
     let mut errors = Vec::new();
     for (rule, result) in rules.zip(results) {
         let outcome = match result {

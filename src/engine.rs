@@ -32,7 +32,9 @@ use crate::store_settings::OnStoreError;
 use crate::store_settings::{StoreBackend, StoreSettings};
 use crate::time::EpochMs;
 use crate::token;
-use crate::{ActionRecord, InvalidTokenReason, State, TrackResponse, ValidateChallengeResponse};
+use crate::{
+    ActionRecord, InvalidTokenReason, State, TrackResponse, TrackView, ValidateChallengeResponse,
+};
 
 /// The risk-decision engine. Cheap to clone: clones share rules, stored actions and history.
 ///
@@ -384,6 +386,54 @@ impl Engine {
         self.track_at(req, self.shared.clock.now())
     }
 
+    /// [`track`](Engine::track), handing `f` a borrowed [`TrackView`] of the action instead of an owned
+    /// response, and returning what `f` returns. A repeat answered this way allocates nothing and writes no
+    /// memory shared with other threads (the view reads the stored action in place); `track` is this with
+    /// [`TrackView::to_response`].
+    ///
+    /// `f` runs while the action is pinned in the store (memory the store removes meanwhile is freed after it
+    /// returns): keep it short, and copy out what must outlive it.
+    ///
+    /// ```
+    /// use riskgate::{Engine, RuleSet, State, TrackRequest};
+    ///
+    /// let engine = Engine::builder()
+    ///     .ruleset(RuleSet::from_sources([("big", "if custom.amount > 100 { BLOCK }")])?)
+    ///     .build()?;
+    /// let req = TrackRequest::new("u1", "withdraw").idempotency_key("k1").custom("amount", 500);
+    /// let first = engine.track_with(&req, |v| (v.state(), v.rule_ids().len()))?;
+    /// assert_eq!(first, (State::Block, 1));
+    /// // The repeat reads the stored action in place.
+    /// assert!(engine.track_with(&req, |v| v.rule_ids()[0] == *"big")?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn track_with<R>(
+        &self,
+        req: &TrackRequest,
+        f: impl FnOnce(&TrackView<'_>) -> R,
+    ) -> Result<R, TrackError> {
+        self.track_with_at(req, self.shared.clock.now(), f)
+    }
+
+    /// [`track_with`](Engine::track_with) for an action that happened at `at` (see
+    /// [`track_at`](Engine::track_at)).
+    pub fn track_with_at<R>(
+        &self,
+        req: &TrackRequest,
+        at: SystemTime,
+        f: impl FnOnce(&TrackView<'_>) -> R,
+    ) -> Result<R, TrackError> {
+        let now = event_time(at)?;
+        let rs = self.shared.ruleset.load();
+        match &self.shared.state {
+            Backend::Memory(store) => self.track_memory(store, &rs, req, now, f),
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => self
+                .track_remote(r, &rs, req, now)
+                .map(|resp| f(&TrackView::owned(&resp))),
+        }
+    }
+
     /// Decides an action that happened at `at`: the time velocity windows, retention and token expiry are
     /// measured from (for replays, backtests and tests).
     ///
@@ -403,23 +453,18 @@ impl Engine {
         req: &TrackRequest,
         at: SystemTime,
     ) -> Result<TrackResponse, TrackError> {
-        let now = event_time(at)?;
-        let rs = self.shared.ruleset.load();
-        match &self.shared.state {
-            Backend::Memory(store) => self.track_memory(store, &rs, req, now),
-            #[cfg(feature = "redis")]
-            Backend::Redis(r) => self.track_remote(r, &rs, req, now),
-        }
+        self.track_with_at(req, at, |v| v.to_response())
     }
 
     /// `track_at` on the in-memory store.
-    fn track_memory(
+    fn track_memory<R>(
         &self,
         store: &Store,
         rs: &Loaded,
         req: &TrackRequest,
         now: EpochMs,
-    ) -> Result<TrackResponse, TrackError> {
+        f: impl FnOnce(&TrackView<'_>) -> R,
+    ) -> Result<R, TrackError> {
         let cfg = &rs.config;
         // The identity, hashed once: by the repeat fast path when the request has a key.
         let mut known = None;
@@ -433,7 +478,7 @@ impl Engine {
             if let Some(slot) = store.get(&guard, &id, now, cfg.idempotency_ttl) {
                 if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
-                        return answer(store, slot, decided);
+                        return answer(store, slot, decided, f);
                     }
                 }
             }
@@ -469,7 +514,7 @@ impl Engine {
         let decided = slot
             .decided
             .get_or_init(|| self.decide(store, rs, req, now, &slot));
-        answer(store, &slot, decided)
+        answer(store, &slot, decided, f)
     }
 
     /// Runs the rules for a new action and fixes its first decision.
@@ -589,10 +634,7 @@ impl Engine {
         req: &TrackRequest,
         at: SystemTime,
     ) -> Result<Explanation, TrackError> {
-        let now_ms = to_millis(at);
-        let now = EpochMs::from_ms(crate::clock::check_event_ms(i128::from(now_ms), || {
-            format!("{now_ms} ms since the epoch")
-        })?);
+        let now = event_time(at)?;
         req.validate()?;
         let rs = self.shared.ruleset.load();
         let idx = rs.rules_for(&req.action);
@@ -663,10 +705,7 @@ impl Engine {
         expression: &str,
         at: SystemTime,
     ) -> Result<serde_json::Value, TrackError> {
-        let now_ms = to_millis(at);
-        let now = EpochMs::from_ms(crate::clock::check_event_ms(i128::from(now_ms), || {
-            format!("{now_ms} ms since the epoch")
-        })?);
+        let now = event_time(at)?;
         req.validate()?;
         let rs = self.shared.ruleset.load();
         let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
@@ -1514,26 +1553,17 @@ fn complete(d: &Decided) -> bool {
 
 /// The response to `track` for a decided action. A challenge that got no token is an error, never a
 /// `CHALLENGE_REQUIRED` the client cannot complete: the action leaves the store, so a retry decides again.
-fn answer(store: &Store, slot: &Arc<Slot>, d: &Decided) -> Result<TrackResponse, TrackError> {
+fn answer<R>(
+    store: &Store,
+    slot: &Arc<Slot>,
+    d: &Decided,
+    f: impl FnOnce(&TrackView<'_>) -> R,
+) -> Result<R, TrackError> {
     if !complete(d) {
         store.withdraw(slot);
         return Err(TrackError::RandomSource);
     }
-    Ok(respond(slot, d))
-}
-
-fn respond(slot: &Slot, d: &Decided) -> TrackResponse {
-    TrackResponse {
-        state: slot.state(),
-        idempotency_key: slot.key().to_owned(),
-        token: d.token().map(str::to_owned),
-        url: d.url().map(str::to_owned),
-        rule_ids: d.rule_ids().to_vec(),
-        priority_rule_id: d.priority_rule_id().cloned(),
-        shadow_rule_ids: d.shadow_rule_ids().to_vec(),
-        errors: d.errors().to_vec(),
-        store_error: None,
-    }
+    Ok(f(&TrackView::stored(slot, d)))
 }
 
 fn record(slot: &Slot, d: &Decided) -> ActionRecord {

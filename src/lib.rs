@@ -54,7 +54,7 @@ pub use request::{
 };
 pub use response::{
     ActionRecord, InvalidTokenReason, ParseStateError, RuleError, RuleErrorKind, RuleId, State,
-    TrackResponse, ValidateChallengeResponse,
+    TrackResponse, TrackView, ValidateChallengeResponse,
 };
 pub use rules::{Mode, RuleInfo, RuleSet, RuleSetBuilder};
 pub use server_settings::{LogFormat, ServerSettings};

@@ -712,6 +712,31 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_tell_apart_fields_that_would_run_together() {
+        let k = crate::hash::EngineKeys::draw().unwrap().fingerprint;
+        // Requests whose fields would run together without the presence tags, lengths and type tags.
+        let shifted = [
+            TrackRequest::new("u", "a"),
+            TrackRequest::new("u", "a").device("ab"),
+            TrackRequest::new("u", "a").device("a").ip("b"),
+            TrackRequest::new("u", "a").ip("ab"),
+            TrackRequest::new("u", "a").ip(""),
+            TrackRequest::new("u", "a").custom("ab", "c"),
+            TrackRequest::new("u", "a").custom("a", "bc"),
+            TrackRequest::new("u", "a").custom("a", 1i64),
+            TrackRequest::new("u", "a").custom("a", 1.0),
+            TrackRequest::new("u", "a").custom("a", "1"),
+            TrackRequest::new("u", "a").custom("a", true),
+            TrackRequest::new("u", "a").custom("a", false),
+            TrackRequest::new("u", "a").custom("a", "").custom("b", ""),
+            TrackRequest::new("u", "a").custom("a", "b"),
+        ];
+        let fps: std::collections::HashSet<u128> =
+            shifted.iter().map(|r| r.fingerprint(&k)).collect();
+        assert_eq!(fps.len(), shifted.len());
+    }
+
+    #[test]
     fn json_errors_are_classified() {
         let e = TrackRequest::from_json("{").unwrap_err();
         assert_eq!(e.code(), "invalid_json");

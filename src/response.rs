@@ -1,4 +1,5 @@
-//! The response wire types: [`State`], [`TrackResponse`], [`ActionRecord`], [`ValidateChallengeResponse`].
+//! The response wire types: [`State`], [`TrackResponse`] (and its borrowed [`TrackView`]), [`ActionRecord`],
+//! [`ValidateChallengeResponse`].
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -359,6 +360,145 @@ impl fmt::Debug for TrackResponse {
             .field("shadow_rule_ids", &self.shadow_rule_ids)
             .field("errors", &self.errors)
             .field("store_error", &self.store_error)
+            .finish()
+    }
+}
+
+/// A borrowed look at what [`Engine::track_with`](crate::Engine::track_with) decided: the same fields as
+/// [`TrackResponse`], read in place from the stored action. Building it copies nothing, allocates nothing and
+/// bumps no reference count, so a repeat answered through it writes no memory another thread reads.
+///
+/// It lives only inside the closure given to `track_with`; [`TrackView::to_response`] makes an owned
+/// [`TrackResponse`] from it (what [`Engine::track`](crate::Engine::track) returns).
+pub struct TrackView<'a>(View<'a>);
+
+enum View<'a> {
+    /// An action of the in-memory store and its first decision.
+    Stored {
+        slot: &'a crate::store::Slot,
+        decided: &'a crate::store::Decided,
+    },
+    /// A response built already (a remote store's).
+    #[cfg(feature = "redis")]
+    Owned(&'a TrackResponse),
+}
+
+impl<'a> TrackView<'a> {
+    pub(crate) fn stored(slot: &'a crate::store::Slot, decided: &'a crate::store::Decided) -> Self {
+        TrackView(View::Stored { slot, decided })
+    }
+    #[cfg(feature = "redis")]
+    pub(crate) fn owned(response: &'a TrackResponse) -> Self {
+        TrackView(View::Owned(response))
+    }
+
+    /// The action's current state (after any [`update_action`](crate::Engine::update_action)).
+    pub fn state(&self) -> State {
+        match &self.0 {
+            View::Stored { slot, .. } => slot.state(),
+            #[cfg(feature = "redis")]
+            View::Owned(r) => r.state,
+        }
+    }
+    /// The action's idempotency key: the caller's, or the one the engine generated.
+    pub fn idempotency_key(&self) -> &'a str {
+        match &self.0 {
+            View::Stored { slot, .. } => slot.key(),
+            #[cfg(feature = "redis")]
+            View::Owned(r) => &r.idempotency_key,
+        }
+    }
+    /// For `CHALLENGE_REQUIRED`: the challenge token to hand to the client.
+    pub fn token(&self) -> Option<&'a str> {
+        match &self.0 {
+            View::Stored { decided, .. } => decided.token(),
+            #[cfg(feature = "redis")]
+            View::Owned(r) => r.token.as_deref(),
+        }
+    }
+    /// For `CHALLENGE_REQUIRED` with `[challenge] url` configured: the challenge page, carrying the token.
+    pub fn url(&self) -> Option<&'a str> {
+        match &self.0 {
+            View::Stored { decided, .. } => decided.url(),
+            #[cfg(feature = "redis")]
+            View::Owned(r) => r.url.as_deref(),
+        }
+    }
+    /// Every matching enforce rule, strongest first.
+    pub fn rule_ids(&self) -> &'a [RuleId] {
+        match &self.0 {
+            View::Stored { decided, .. } => decided.rule_ids(),
+            #[cfg(feature = "redis")]
+            View::Owned(r) => &r.rule_ids,
+        }
+    }
+    /// The rule that decided the state; `None` when no rule matched and the default outcome applied.
+    pub fn priority_rule_id(&self) -> Option<&'a RuleId> {
+        match &self.0 {
+            View::Stored { decided, .. } => decided.priority_rule_id(),
+            #[cfg(feature = "redis")]
+            View::Owned(r) => r.priority_rule_id.as_ref(),
+        }
+    }
+    /// Matching shadow rules: reported, never deciding.
+    pub fn shadow_rule_ids(&self) -> &'a [RuleId] {
+        match &self.0 {
+            View::Stored { decided, .. } => decided.shadow_rule_ids(),
+            #[cfg(feature = "redis")]
+            View::Owned(r) => &r.shadow_rule_ids,
+        }
+    }
+    /// Rules that failed while deciding.
+    pub fn errors(&self) -> &'a [RuleError] {
+        match &self.0 {
+            View::Stored { decided, .. } => decided.errors(),
+            #[cfg(feature = "redis")]
+            View::Owned(r) => &r.errors,
+        }
+    }
+    /// Set when the remote state store failed (see [`TrackResponse::store_error`]).
+    pub fn store_error(&self) -> Option<&'a str> {
+        match &self.0 {
+            View::Stored { .. } => None,
+            #[cfg(feature = "redis")]
+            View::Owned(r) => r.store_error.as_deref(),
+        }
+    }
+
+    /// The owned response: what [`Engine::track`](crate::Engine::track) returns.
+    pub fn to_response(&self) -> TrackResponse {
+        match &self.0 {
+            #[cfg(feature = "redis")]
+            View::Owned(r) => (*r).clone(),
+            View::Stored { .. } => TrackResponse {
+                state: self.state(),
+                idempotency_key: self.idempotency_key().to_owned(),
+                token: self.token().map(str::to_owned),
+                url: self.url().map(str::to_owned),
+                rule_ids: self.rule_ids().to_vec(),
+                priority_rule_id: self.priority_rule_id().cloned(),
+                shadow_rule_ids: self.shadow_rule_ids().to_vec(),
+                errors: self.errors().to_vec(),
+                store_error: None,
+            },
+        }
+    }
+}
+
+/// Like [`TrackResponse`]'s, `Debug` redacts the token and url.
+impl fmt::Debug for TrackView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const REDACTED: Option<&str> = Some("<redacted>");
+        f.debug_struct("TrackView")
+            .field("state", &self.state())
+            .field("idempotency_key", &self.idempotency_key())
+            .field("token", &self.token().and(REDACTED))
+            .field("url", &self.url().and(REDACTED))
+            .field("rule_ids", &self.rule_ids())
+            .field("priority_rule_id", &self.priority_rule_id())
+            .field("shadow_rule_ids", &self.shadow_rule_ids())
+            .field("errors", &self.errors())
+            .field("store_error", &self.store_error())
             .finish()
     }
 }

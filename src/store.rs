@@ -19,7 +19,8 @@
 //!   locks its own shard to push its entry, then evicts the oldest entries of all (the shard with the oldest
 //!   published front) while they are older than the TTL or the store holds more than its capacity, at most
 //!   [`EVICT_PER_INSERT`] per insert. An insert that finds the store within capacity and a published lower
-//!   bound on all fronts unexpired (the common case) evicts nothing and scans no front (`Store::min_front`).
+//!   bound on all fronts unexpired (the common case) evicts nothing and scans no front (`store/bound.rs`,
+//!   model-checked by `model/`).
 //!   A backlog (the capacity lowered by a reload, a jump in event time) is
 //!   worked off over the next inserts, never by one caller. No lock is global: an insert locks its own shard
 //!   and, only when it evicts, the shard it evicts from. A lookup also treats an expired action as absent, so
@@ -53,7 +54,15 @@ use crate::response::{RuleError, RuleId, State};
 use crate::signals::Footprint;
 use crate::time::{DurationMs, EpochMs};
 use crate::token;
+use bound::{bound_ms, Fronts};
 use papaya::{Compute, Operation, ResizeMode};
+
+mod bound;
+
+/// The atomics `bound.rs` names (a model checker substitutes its own).
+mod sync {
+    pub(super) use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+}
 
 type Map<V> = papaya::HashMap<H128, V, BucketKeys>;
 
@@ -319,14 +328,9 @@ pub(crate) struct Store {
     tokens: Map<Arc<Slot>>,
     /// Retention, a power of two of shards (see the module docs).
     shards: Box<[Shard]>,
-    /// The creation time (ms) of each shard's oldest entry, `i64::MAX` for an empty shard; written under the
-    /// shard's lock, read without it to find the oldest entry of all.
-    fronts: Box<[AtomicI64]>,
-    /// A lower bound on every published front, packed with a version ([`pack_bound`]): an insert that finds
-    /// the store within capacity and this bound unexpired evicts nothing, without scanning the fronts. Every
-    /// change of a front lowers it (or leaves it) and bumps the version, so a refresh computed from a scan that
-    /// a front change raced with fails its compare-and-swap and the bound stays low.
-    min_front: AtomicU64,
+    /// Each shard's oldest creation time and a lower bound on them (`bound.rs`): an insert that finds the
+    /// store within capacity and the bound unexpired evicts nothing, without scanning the fronts.
+    fronts: Fronts,
     /// The keys that choose a key's shard (so a caller cannot aim keys at one shard).
     keys: BucketKeys,
     capacity: AtomicUsize,
@@ -345,21 +349,6 @@ impl Shard {
         // A poisoned lock only means another thread panicked while holding it; the queue is still whole.
         self.order.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Bits of [`Store::min_front`] that hold its version; the rest hold the bound in ms (event times fit in 48
-/// bits: at most 9999-12-31, `clock::MAX_EVENT_MS`).
-const BOUND_VERSION_BITS: u32 = 16;
-const VERSION_MASK: u64 = (1 << BOUND_VERSION_BITS) - 1;
-const BOUND_MAX_MS: i64 = (1 << (64 - BOUND_VERSION_BITS)) - 1;
-
-/// Packs a bound (`i64::MAX`, an empty store, saturates to a time that never expires) with its version.
-fn pack_bound(ms: i64, version: u64) -> u64 {
-    ((ms.clamp(0, BOUND_MAX_MS) as u64) << BOUND_VERSION_BITS) | (version & VERSION_MASK)
-}
-
-fn bound_ms(packed: u64) -> i64 {
-    (packed >> BOUND_VERSION_BITS) as i64
 }
 
 /// A retention entry: the slot stored under `key` with sequence number `seq`, created at `created`.
@@ -384,8 +373,7 @@ impl Store {
                     next_seq: AtomicU64::new(0),
                 })
                 .collect(),
-            fronts: (0..shards).map(|_| AtomicI64::new(i64::MAX)).collect(),
-            min_front: AtomicU64::new(pack_bound(i64::MAX, 0)),
+            fronts: Fronts::new(shards),
             keys,
             capacity: AtomicUsize::new(capacity.max(1)),
         }
@@ -496,7 +484,7 @@ impl Store {
         }
         let capacity = self.capacity.load(Ordering::Relaxed);
         // The common case: within capacity and nothing old enough to expire. One load each, no scan.
-        let bound = self.min_front.load(Ordering::SeqCst);
+        let bound = self.fronts.bound();
         if self.map.len() <= capacity && !EpochMs::from_ms(bound_ms(bound)).expired(ttl, now) {
             return;
         }
@@ -506,10 +494,10 @@ impl Store {
         let mut own_done = false;
         while n < EVICT_PER_INSERT {
             let over = self.map.len().saturating_sub(n) > capacity;
-            let Some(i) = self.oldest_front(own, own_done) else {
+            let Some(i) = self.fronts.oldest(own, own_done) else {
                 break;
             };
-            let front = self.fronts[i].load(Ordering::Acquire);
+            let front = self.fronts.front(i);
             if !over && !EpochMs::from_ms(front).expired(ttl, now) {
                 break;
             }
@@ -526,7 +514,7 @@ impl Store {
             self.publish_front(i, &order);
         }
         if n == 0 {
-            self.refresh_bound(bound);
+            self.fronts.refresh(bound);
         }
         let guard = self.map.guard();
         for e in evict.iter().take(n).flatten() {
@@ -541,60 +529,7 @@ impl Store {
     /// shard locked.
     fn publish_front(&self, i: usize, order: &VecDeque<Entry>) {
         let t = order.front().map_or(i64::MAX, |e| e.created.ms());
-        if self.fronts[i].swap(t, Ordering::SeqCst) == t {
-            return;
-        }
-        // Lower the bound to `t` if needed, and bump its version either way (see `min_front`).
-        let mut cur = self.min_front.load(Ordering::SeqCst);
-        loop {
-            let next = pack_bound(bound_ms(cur).min(t), (cur & VERSION_MASK) + 1);
-            match self.min_front.compare_exchange_weak(
-                cur,
-                next,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return,
-                Err(seen) => cur = seen,
-            }
-        }
-    }
-
-    /// Raises the bound to the oldest published front, unless a front changed since `seen` was read (then
-    /// the bound stays as that change left it, still a lower bound).
-    fn refresh_bound(&self, seen: u64) {
-        let oldest = self
-            .fronts
-            .iter()
-            .map(|f| f.load(Ordering::SeqCst))
-            .min()
-            .unwrap_or(i64::MAX);
-        let _ = self.min_front.compare_exchange(
-            seen,
-            pack_bound(oldest, (seen & VERSION_MASK) + 1),
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
-    }
-
-    /// The shard whose oldest entry is the oldest of all (ties go to a shard other than `own`), leaving `own`
-    /// out when `skip_own`; `None` when every shard considered is empty.
-    fn oldest_front(&self, own: usize, skip_own: bool) -> Option<usize> {
-        let mut best: Option<(i64, bool, usize)> = None;
-        for (i, f) in self.fronts.iter().enumerate() {
-            if skip_own && i == own {
-                continue;
-            }
-            let t = f.load(Ordering::Relaxed);
-            if t == i64::MAX {
-                continue;
-            }
-            let k = (t, i == own, i);
-            if best.is_none_or(|b| k < b) {
-                best = Some(k);
-            }
-        }
-        best.map(|(_, _, i)| i)
+        self.fronts.publish(i, t);
     }
 
     /// Removes `slot` if it is still the action stored for its identity: its decision could not be completed,
@@ -659,7 +594,7 @@ impl Store {
             order.make_contiguous().sort_by_key(|e| e.created);
             self.publish_front(i, &order);
         }
-        self.refresh_bound(self.min_front.load(Ordering::SeqCst));
+        self.fronts.refresh(self.fronts.bound());
     }
 
     /// Calls `f` with every stored action (in no particular order), for snapshots.
@@ -934,13 +869,8 @@ mod tests {
                     });
                 }
             });
-            let oldest = store
-                .fronts
-                .iter()
-                .map(|f| f.load(Ordering::SeqCst))
-                .min()
-                .unwrap_or(i64::MAX);
-            let bound = bound_ms(store.min_front.load(Ordering::SeqCst));
+            let oldest = store.fronts.oldest_ms();
+            let bound = bound_ms(store.fronts.bound());
             assert!(
                 bound <= oldest,
                 "round {round}: bound {bound} > front {oldest}"

@@ -318,6 +318,48 @@ impl Cmp {
     }
 }
 
+/// `f op k` (`k op f` when `flipped`), specialised at compile time by the constant's type: a value of that
+/// type is compared directly, exactly as [`Cmp::apply`]'s arm for the pair does; a value of any other type goes
+/// through `Cmp::apply` itself, so the semantics stay written once.
+fn against(op: Cmp, f: ExprFn, k: Konst, flipped: bool) -> Option<Code> {
+    k.val()?;
+    fn general(op: Cmp, v: Val<'_>, k: Val<'_>, flipped: bool) -> Option<Val<'static>> {
+        if flipped {
+            op.apply(k, v)
+        } else {
+            op.apply(v, k)
+        }
+        .map(Val::Bool)
+    }
+    Some(Code::Run(match k {
+        Konst::Int(i) => Box::new(move |ctx: &Ctx<'_>| match f(ctx)? {
+            Val::Int(x) => Some(Val::Bool(op.ord(if flipped {
+                i.cmp(&x)
+            } else {
+                x.cmp(&i)
+            }))),
+            v => general(op, v, Val::Int(i), flipped),
+        }),
+        Konst::Float(y) => Box::new(move |ctx: &Ctx<'_>| match f(ctx)? {
+            Val::Float(x) => Some(Val::Bool(if flipped {
+                op.float(y, x)
+            } else {
+                op.float(x, y)
+            })),
+            v => general(op, v, Val::Float(y), flipped),
+        }),
+        Konst::Str(s) => Box::new(move |ctx: &Ctx<'_>| match f(ctx)? {
+            Val::Str(x) => Some(Val::Bool(op.ord(if flipped {
+                (*s).cmp(x)
+            } else {
+                x.cmp(&*s)
+            }))),
+            v => general(op, v, Val::Str(&s), flipped),
+        }),
+        k => Box::new(move |ctx: &Ctx<'_>| general(op, f(ctx)?, k.val()?, flipped)),
+    }))
+}
+
 /// Rhai's `contains` on an array: its `==` against each item in turn (so `2 in [2.0]` and `() in [()]` hold,
 /// and an item of another type never matches).
 fn array_contains(items: &[Konst], v: Val<'_>) -> Option<bool> {
@@ -812,18 +854,8 @@ impl Compiler<'_> {
                 // An error every time it runs (an ordering between outcomes): Rhai's to report.
                 None => Code::Run(Box::new(|_: &Ctx<'_>| None)),
             },
-            (Code::Run(f), Code::Const(k)) => {
-                k.val()?;
-                Code::Run(Box::new(move |ctx: &Ctx<'_>| {
-                    op.apply(f(ctx)?, k.val()?).map(Val::Bool)
-                }))
-            }
-            (Code::Const(k), Code::Run(f)) => {
-                k.val()?;
-                Code::Run(Box::new(move |ctx: &Ctx<'_>| {
-                    op.apply(k.val()?, f(ctx)?).map(Val::Bool)
-                }))
-            }
+            (Code::Run(f), Code::Const(k)) => against(op, f, k, false)?,
+            (Code::Const(k), Code::Run(f)) => against(op, f, k, true)?,
             (Code::Run(f), Code::Run(g)) => Code::Run(Box::new(move |ctx: &Ctx<'_>| {
                 op.apply(f(ctx)?, g(ctx)?).map(Val::Bool)
             })),
