@@ -589,3 +589,112 @@ fn rba_score_counts_survive_a_restart() {
     let e = build();
     assert_eq!(factors(&e), before, "the score's counts after a restart");
 }
+
+// ---- files an operator or an adversary leaves behind ----
+
+#[test]
+fn journals_without_their_snapshot_are_refused_not_replayed_under_new_keys() {
+    // The journals' records are keyed with the snapshot's hashing keys: replayed under newly drawn ones, every
+    // repeat would be an idempotency conflict and the history would count under keys nothing looks up.
+    let (dir, path) = temp("state");
+    let store = StoreSettings::file(&path).sync_interval(Duration::from_millis(5));
+    let e = engine(&store).unwrap();
+    for i in 0..10 {
+        e.track(&req("u1", &format!("k{i}"), "d1")).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.durable_stats().unwrap().syncs == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let copy = temp("copy");
+    copy_state(&path, &copy.1);
+    drop(e);
+    std::fs::remove_file(&copy.1).unwrap();
+    let msg = refused(&StoreSettings::file(&copy.1));
+    assert!(msg.contains("snapshot"), "{msg}");
+    // Nothing was changed: the journal is still there, and no new snapshot was written over the gap.
+    assert!(!copy.1.exists());
+    // `on_corrupt = "empty"` sets the journals aside and starts empty.
+    let e = engine(&StoreSettings::file(&copy.1).on_corrupt(OnCorrupt::Empty)).unwrap();
+    assert_eq!(e.stored_actions(), 0);
+    drop(e);
+    drop(dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_or_a_device_at_the_path_is_refused_without_blocking() {
+    let (_dir, path) = temp("state");
+    assert!(Command::new("mkfifo").arg(&path).status().unwrap().success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let r = engine(&StoreSettings::file(&p)).map(|_| ());
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    let msg = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("building on a FIFO blocked")
+        .unwrap_err();
+    assert!(msg.contains("regular file"), "{msg}");
+    let msg = refused(&StoreSettings::file("/dev/zero"));
+    assert!(msg.contains("regular file"), "{msg}");
+}
+
+/// A tmpfs of `kib` KiB mounted on a new folder, unmounted when dropped; `None` where mounting is not allowed.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(kib: usize) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "riskgate-test"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_loses_nothing_once_it_has_room_again() {
+    let Some(fs) = Tmpfs::mount(512) else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let path = fs.0.path().join("state");
+    let store = StoreSettings::file(&path).sync_interval(Duration::from_secs(3600));
+    let e = engine(&store).unwrap();
+    // Fill the disk: only the journal's last page has room left.
+    let filler = fs.0.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[7u8; 4096]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // More than the page holds: the frame is written in part, then the disk is full.
+    for i in 0..100 {
+        e.track(&req(&format!("u{i}"), "k", "d")).unwrap();
+    }
+    let err = e.flush().expect_err("a full disk is reported by flush");
+    assert!(!err.to_string().is_empty());
+    // Room again: what was tracked meanwhile and what the full disk refused both reach the disk.
+    std::fs::remove_file(&filler).unwrap();
+    for i in 100..110 {
+        e.track(&req(&format!("u{i}"), "k", "d")).unwrap();
+    }
+    e.flush().unwrap_or_else(|e| panic!("after the disk has room: {e}"));
+    drop(e);
+    let e = engine(&store).unwrap_or_else(|e| panic!("the state does not load: {e}"));
+    assert_eq!(e.stored_actions(), 110);
+    drop(e);
+}

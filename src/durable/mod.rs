@@ -29,7 +29,7 @@ pub(crate) mod journal;
 mod snapshot;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -82,6 +82,38 @@ pub struct DurableStats {
 struct Sink {
     file: File,
     generation: u64,
+    /// The bytes of whole, synced frames (and the header): where the next frame goes.
+    len: u64,
+    /// A write failed part-way (a full disk): the file may hold part of a frame past `len`.
+    cut: bool,
+}
+
+impl Sink {
+    fn new(file: File, generation: u64) -> Self {
+        Sink {
+            file,
+            generation,
+            len: format::HEADER_LEN as u64,
+            cut: false,
+        }
+    }
+
+    /// Appends one frame and syncs it. What a failed write left past the last whole frame is cut off before the
+    /// next one, so a partial frame never has frames after it (which would make the file damaged, or hide
+    /// those frames as a torn tail).
+    fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+        if self.cut {
+            self.file.set_len(self.len)?;
+            self.file.seek(SeekFrom::Start(self.len))?;
+            self.cut = false;
+        }
+        let written = write_frame(&mut self.file, payload).and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => self.len += (format::FRAME_HEAD + payload.len()) as u64,
+            Err(_) => self.cut = true,
+        }
+        written
+    }
 }
 
 /// The durable side of one engine: its journal buffer, writer thread and files.
@@ -191,11 +223,34 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 
 /// The snapshot's bytes, `None` when there is none.
 fn read_snapshot(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    read_state_file(path)
+}
+
+/// A state file's bytes, `None` when there is none. Only a regular file is read: a FIFO at the path would block
+/// the build forever, a device such as `/dev/zero` would grow memory without end.
+fn read_state_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use crate::files::ReadError;
+    let mut file = match crate::files::open_regular(path) {
+        Ok(f) => f,
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(ReadError::Io(e)) => return Err(e),
+        Err(ReadError::NotRegular(what)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "`{}` is {what}, not a regular file: a state file must be a regular file",
+                    path.display()
+                ),
+            ))
+        }
+        Err(ReadError::TooLarge(limit)) => {
+            return Err(io::Error::other(format!("larger than {limit} bytes")))
+        }
+    };
+    let hint = file.metadata().map_or(0, |m| m.len()).min(1 << 30);
+    let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }
 
 /// Why loading failed: a file could not be read (always refused), or its contents are damaged.
@@ -234,14 +289,26 @@ fn load_into(
         loaded.snapshot_bytes = bytes.len() as u64;
     }
     let gens = journals(path).map_err(|e| Failure::Io(parent(path), e))?;
+    if let (None, Some(&g)) = (&bytes, gens.first()) {
+        // Every journal follows a snapshot, which is written first: without it, the journals' records (keyed
+        // with the snapshot's hashing keys) would be replayed under new keys, as garbage.
+        return Err(Failure::Damaged(
+            journal_path(path, g),
+            Damaged::new(format!(
+                "this journal is here but the snapshot it follows, `{}`, is not: it cannot be replayed without \
+                 the snapshot's keys",
+                path.display()
+            )),
+        ));
+    }
     for g in gens
         .into_iter()
         .filter(|&g| g > loaded.generation && g <= up_to)
     {
         let jp = journal_path(path, g);
-        let jb = match fs::read(&jp) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+        let jb = match read_state_file(&jp) {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
             Err(e) => return Err(Failure::Io(jp, e)),
         };
         let damaged = |d: Damaged| Failure::Damaged(jp.clone(), d);
@@ -357,10 +424,7 @@ pub(crate) fn open(
         // A new state: its snapshot (empty, with the keys) comes first, so every journal has keys to replay with.
         snapshot::write(&path, 0, &keys, &store, &history, 0, &params).map_err(io_err)?;
     }
-    let sink = Sink {
-        file: new_journal(&path, generation).map_err(io_err)?,
-        generation,
-    };
+    let sink = Sink::new(new_journal(&path, generation).map_err(io_err)?, generation);
     let journal = Arc::new(Journal::new(settings.journal_buffer));
     history.set_journal(Arc::clone(&journal));
     let inner = Arc::new(Inner {
@@ -489,15 +553,22 @@ impl Inner {
             }
             std::mem::swap(&mut *buf, &mut *spare);
         }
-        let result = write_frame(&mut sink.file, &spare).and_then(|()| sink.file.sync_data());
+        let result = sink.append(&spare);
         if result.is_ok() {
             self.unsnapshotted.store(true, Ordering::Release);
             self.journal_bytes
                 .fetch_add((spare.len() + format::FRAME_HEAD) as u64, Ordering::Relaxed);
             self.syncs.fetch_add(1, Ordering::Relaxed);
         } else {
-            // The records are lost to disk (they stay in memory): count them as dropped.
-            self.journal.dropped.fetch_add(1, Ordering::Relaxed);
+            // The disk may have room again by the next sync: the records go back in front of the newer ones,
+            // within the buffer's bound; past it they are lost to disk (they stay in memory) and counted.
+            let mut buf = Self::lock(&self.journal.buf);
+            if spare.len() + buf.len() <= self.journal_buffer_bytes {
+                spare.extend_from_slice(&buf);
+                std::mem::swap(&mut *buf, &mut *spare);
+            } else {
+                self.journal.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
         spare.clear();
         // The two buffers keep their capacity from one interval to the next: shrinking and growing them again
@@ -548,9 +619,7 @@ impl Inner {
             let next = sink.generation + 1;
             let file = new_journal(&self.path, next)
                 .inspect_err(|_| self.unsnapshotted.store(true, Ordering::Release))?;
-            let old = std::mem::replace(&mut sink.file, file);
-            drop(old);
-            std::mem::replace(&mut sink.generation, next)
+            std::mem::replace(&mut *sink, Sink::new(file, next)).generation
         };
         // Until this snapshot is written, the journals it would cover are still needed by the next one.
         self.write_snapshot(covered)
