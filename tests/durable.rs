@@ -698,3 +698,29 @@ fn a_full_disk_loses_nothing_once_it_has_room_again() {
     assert_eq!(e.stored_actions(), 110);
     drop(e);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_second_engine_on_one_path_is_refused_while_the_first_runs() {
+    let (_dir, path) = temp("state");
+    let store = StoreSettings::file(&path);
+    let first = engine(&store).unwrap();
+    first
+        .track(&req("u1", "k1", "d1"))
+        .unwrap();
+    let msg = refused(&store);
+    assert!(msg.contains("another engine"), "{msg}");
+    // The refusal changed nothing: the first engine's state is whole, and loads once it is gone.
+    drop(first);
+    let again = engine(&store).unwrap();
+    assert!(again.get_action("u1", "signIn", "k1").is_some());
+}
+
+#[test]
+fn a_path_in_a_missing_folder_is_refused_naming_it() {
+    let (dir, _) = temp("state");
+    let missing = dir.path().join("no-such-folder").join("state");
+    let msg = refused(&StoreSettings::file(&missing));
+    assert!(msg.contains("no-such-folder"), "{msg}");
+    assert!(!missing.parent().unwrap().exists());
+}

@@ -4,12 +4,15 @@
 //! `PATH` is the snapshot: a header (magic, format version, the journal generation it covers, a checksum) and
 //! three checksummed frames (the engine's hashing keys and latest event time; every live action; every live
 //! history key). `PATH.journal.N` holds the changes made since generation `N - 1`'s snapshot, in frames of
-//! records; `PATH.tmp` is a snapshot being written.
+//! records; `PATH.tmp` is a snapshot being written; `PATH.lock` is held locked while an engine has the state
+//! open (a second engine on the path is refused).
 //!
 //! # Writing
 //! The decision path appends a record to an in-memory buffer ([`journal::Journal`]) and never waits on disk.
 //! A writer thread drains the buffer every `sync_interval` into the current journal as one frame, then
-//! `fdatasync`s it: a crash loses at most the changes of the last interval. Every `snapshot_interval`, on
+//! `fdatasync`s it: a crash loses at most the changes of the last interval. A write that fails (a full disk)
+//! is cut off the file again before the next one, and its records go back into the buffer for the next sync.
+//! Every `snapshot_interval`, on
 //! [`Durable::flush`] and when the engine is dropped, the journal moves to a new generation and the snapshot
 //! is rebuilt *from the files* (the old snapshot plus the journals it does not cover, loaded into a private
 //! state on a background thread), written to `PATH.tmp`, synced, renamed over `PATH` and the folder synced;
@@ -61,7 +64,8 @@ pub(crate) struct Params {
 #[non_exhaustive]
 pub struct DurableStats {
     /// Changes not journaled because the buffer of unwritten changes was full (`[store] journal_buffer`): the
-    /// disk did not keep up. They are in memory, but a restart before the next snapshot loses them.
+    /// disk did not keep up. (A failed write whose changes no longer fit back in the buffer counts once.) They
+    /// are in memory but never reach the files, which snapshots are rebuilt from: a restart loses them.
     pub dropped: u64,
     /// Journal bytes written.
     pub journal_bytes: u64,
@@ -120,6 +124,8 @@ impl Sink {
 pub(crate) struct Durable {
     inner: Arc<Inner>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// `PATH.lock`, held locked until the last snapshot is written (a field, so it is released after `drop`).
+    _lock: File,
 }
 
 struct Inner {
@@ -203,6 +209,39 @@ fn parent(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// Opens `PATH.lock` and locks it (on Unix, an advisory `flock`), so a second engine on one path, in this
+/// process or another, is refused instead of writing over the first one's journal. The operating system
+/// releases the lock when the file is closed or the process ends, however it ends: a crash leaves no stale lock.
+fn lock(path: &Path) -> Result<File, String> {
+    let lock_path = with_suffix(path, ".lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open `{}`: {e}", lock_path.display()))?;
+    #[cfg(unix)]
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            return Err(format!(
+                "another engine, in this process or another, has this state open (`{}` is locked): one \
+                 engine per path",
+                lock_path.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot lock `{}`: {}",
+                lock_path.display(),
+                io::Error::from(e)
+            ))
+        }
+    }
+    Ok(file)
 }
 
 /// Creates a file only this user can read (a snapshot holds the engine's hashing keys).
@@ -376,6 +415,8 @@ pub(crate) fn open(
 ) -> Result<Opened, LoadError> {
     let path = settings.path.clone().unwrap_or_default();
     let refuse = |p: PathBuf, reason: String| LoadError::StateFile { path: p, reason };
+    // Before anything is read: another engine on this path would be writing it meanwhile.
+    let lock = lock(&path).map_err(|reason| refuse(path.clone(), reason))?;
     // The keys first: a snapshot's hashing keys are the ones its history was keyed with.
     let bytes = read_snapshot(&path).map_err(|e| refuse(path.clone(), e.to_string()))?;
     let saved = match &bytes {
@@ -471,6 +512,7 @@ pub(crate) fn open(
         durable: Durable {
             inner,
             writer: Mutex::new(Some(writer)),
+            _lock: lock,
         },
     })
 }
