@@ -724,3 +724,82 @@ fn a_path_in_a_missing_folder_is_refused_naming_it() {
     assert!(msg.contains("no-such-folder"), "{msg}");
     assert!(!missing.parent().unwrap().exists());
 }
+
+#[test]
+fn restarts_keep_idempotency_transitions_tokens_and_ttl() {
+    let (_dir, path) = temp("state");
+    let clock = riskgate::FakeClock::at(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let build = |path: &Path| {
+        let rules = RuleSet::builder()
+            .config_toml("[idempotency]\nttl = \"10m\"")
+            .rule("new-device", NEW_DEVICE)
+            .rule("busy", BUSY)
+            .build()
+            .unwrap();
+        Engine::builder()
+            .ruleset(rules)
+            .clock(clock.clone())
+            .store(StoreSettings::file(path).sync_interval(Duration::from_millis(5)))
+            .build()
+            .unwrap()
+    };
+    let e = build(&path);
+    let t1 = e.track(&req("u1", "k1", "d1")).unwrap().token.unwrap();
+    assert!(e.track(&req("u2", "k2", "d2")).unwrap().token.is_some());
+    drop(e);
+
+    clock.advance(Duration::from_secs(5 * 60));
+    let e = build(&path);
+    // The same key with another request is still a conflict; the same request is the stored action.
+    let conflict = e.track(&req("u1", "k1", "d9")).unwrap_err();
+    assert_eq!(conflict.code(), "idempotency_conflict");
+    assert_eq!(
+        e.track(&req("u1", "k1", "d1")).unwrap().state,
+        State::ChallengeRequired
+    );
+    // Transitions go on from the stored state, and only the allowed ones.
+    e.update_action("u1", "signIn", "k1", State::ChallengeSucceeded)
+        .unwrap();
+    assert!(e
+        .update_action("u1", "signIn", "k1", State::ChallengeFailed)
+        .is_err());
+    assert!(e.validate_challenge(&t1).is_valid);
+    assert_eq!(
+        e.validate_challenge(&t1).reason,
+        Some(InvalidTokenReason::AlreadyUsed)
+    );
+    // The challenge passed after the restart made the device known.
+    assert_eq!(e.track(&req("u1", "k3", "d1")).unwrap().state, State::Allow);
+    // The same from the journal alone (a crash now): a copy of the files as they are.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.durable_stats().unwrap().syncs == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let copy = temp("copy");
+    copy_state(&path, &copy.1);
+    let c = build(&copy.1);
+    assert_eq!(
+        c.get_action("u1", "signIn", "k1").unwrap().state,
+        State::ChallengeSucceeded
+    );
+    assert_eq!(
+        c.validate_challenge(&t1).reason,
+        Some(InvalidTokenReason::AlreadyUsed)
+    );
+    assert!(c
+        .update_action("u1", "signIn", "k1", State::ChallengeFailed)
+        .is_err());
+    drop(c);
+    drop(e);
+
+    // Ten minutes after they were created, the first actions are gone: measured from when they were created,
+    // not from the restart.
+    clock.advance(Duration::from_secs(5 * 60));
+    let e = build(&path);
+    assert!(e.get_action("u2", "signIn", "k2").is_none());
+    assert!(e.get_action("u1", "signIn", "k1").is_none());
+    assert!(e.get_action("u1", "signIn", "k3").is_some());
+    // An expired key is free again: a different request under it is a new action, not a conflict.
+    assert!(e.track(&req("u2", "k2", "d9")).is_ok());
+}
