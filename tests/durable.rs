@@ -626,7 +626,11 @@ fn journals_without_their_snapshot_are_refused_not_replayed_under_new_keys() {
 #[test]
 fn a_fifo_or_a_device_at_the_path_is_refused_without_blocking() {
     let (_dir, path) = temp("state");
-    assert!(Command::new("mkfifo").arg(&path).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success());
     let (tx, rx) = std::sync::mpsc::channel();
     let p = path.clone();
     std::thread::spawn(move || {
@@ -649,7 +653,13 @@ impl Tmpfs {
     fn mount(kib: usize) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().ok()?;
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "riskgate-test"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={kib}k"),
+                "riskgate-test",
+            ])
             .arg(dir.path())
             .stderr(Stdio::null())
             .status()
@@ -692,7 +702,8 @@ fn a_full_disk_loses_nothing_once_it_has_room_again() {
     for i in 100..110 {
         e.track(&req(&format!("u{i}"), "k", "d")).unwrap();
     }
-    e.flush().unwrap_or_else(|e| panic!("after the disk has room: {e}"));
+    e.flush()
+        .unwrap_or_else(|e| panic!("after the disk has room: {e}"));
     drop(e);
     let e = engine(&store).unwrap_or_else(|e| panic!("the state does not load: {e}"));
     assert_eq!(e.stored_actions(), 110);
@@ -705,9 +716,7 @@ fn a_second_engine_on_one_path_is_refused_while_the_first_runs() {
     let (_dir, path) = temp("state");
     let store = StoreSettings::file(&path);
     let first = engine(&store).unwrap();
-    first
-        .track(&req("u1", "k1", "d1"))
-        .unwrap();
+    first.track(&req("u1", "k1", "d1")).unwrap();
     let msg = refused(&store);
     assert!(msg.contains("another engine"), "{msg}");
     // The refusal changed nothing: the first engine's state is whole, and loads once it is gone.
@@ -802,4 +811,41 @@ fn restarts_keep_idempotency_transitions_tokens_and_ttl() {
     assert!(e.get_action("u1", "signIn", "k3").is_some());
     // An expired key is free again: a different request under it is a new action, not a conflict.
     assert!(e.track(&req("u2", "k2", "d9")).is_ok());
+}
+
+#[test]
+fn a_lower_max_bytes_holds_after_a_restart() {
+    let (_dir, path) = temp("state");
+    let build = |max_bytes: usize| {
+        let rules = RuleSet::builder()
+            .config_toml(format!("[signals]\nmax_bytes = {max_bytes}"))
+            .rule("busy", BUSY)
+            .build()
+            .unwrap();
+        Engine::builder()
+            .ruleset(rules)
+            .store(StoreSettings::file(&path))
+            .build()
+            .unwrap()
+    };
+    let e = build(64 << 20);
+    for i in 0..3000 {
+        let mut r =
+            TrackRequest::new(format!("u{}", i % 1000), "signIn").idempotency_key(format!("k{i}"));
+        r.attributes.device_id = Some(format!("d{i}"));
+        r.attributes.ip_address = Some(format!("10.0.{}.{}", (i / 250) % 250, i % 250));
+        e.track(&r).unwrap();
+    }
+    let before = e.history_bytes();
+    drop(e);
+    let max_bytes = 64 * 1024;
+    assert!(before > 8 * max_bytes, "{before}");
+    let e = build(max_bytes);
+    // Each of the four tables within `max_bytes`, the newest keys kept.
+    assert!(
+        e.history_bytes() <= 4 * max_bytes,
+        "{} bytes",
+        e.history_bytes()
+    );
+    assert!(e.history_keys() > 0);
 }

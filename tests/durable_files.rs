@@ -39,8 +39,14 @@ fn rules() -> RuleSet {
             "new-device",
             "//! priority: 20\nif is_new_device() { CHALLENGE_REQUIRED }",
         )
-        .rule("busy", "//! priority: 10\nif velocity(\"1h\") > 3 { BLOCK }")
-        .rule("score", "//! priority: 5\nif rba_score() > 1.0e12 { REVIEW }")
+        .rule(
+            "busy",
+            "//! priority: 10\nif velocity(\"1h\") > 3 { BLOCK }",
+        )
+        .rule(
+            "score",
+            "//! priority: 5\nif rba_score() > 1.0e12 { REVIEW }",
+        )
         .build()
         .unwrap()
 }
@@ -227,7 +233,8 @@ fn attack(files: &Files, which: usize, changes: &[Change], sealed: bool, cut: Op
                 e.history_keys()
             );
             // What loaded is usable: tracking, repeating and snapshotting it again work.
-            e.track(&signin("probe", "p", "d", "216.160.83.56")).unwrap();
+            e.track(&signin("probe", "p", "d", "216.160.83.56"))
+                .unwrap();
             let _ = e.track(&signin("u1", "k1", "d1", "81.2.69.160"));
             e.flush().unwrap();
         }
