@@ -293,3 +293,30 @@ fn every_cut_of_a_journal_loads() {
         attack(files, j, &[], false, Some(cut));
     }
 }
+
+#[test]
+fn a_snapshot_whose_action_count_disagrees_with_its_chunks_is_refused() {
+    // A count larger than the actions listed would make every listed action "older than the capacity" and
+    // load an empty store without a word.
+    let files = snapshot_state();
+    let s = index_of(files, str::is_empty);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    for (i, (suffix, bytes)) in files.iter().enumerate() {
+        let mut b = bytes.clone();
+        if i == s {
+            let frames = payloads(&b);
+            let at = frames[1].start + 4;
+            let listed = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+            assert!(listed > 0);
+            b[at..at + 4].copy_from_slice(&(listed + 1000).to_le_bytes());
+            seal(&mut b, &frames);
+        }
+        std::fs::write(with(&path, suffix), &b).unwrap();
+    }
+    match engine(&path) {
+        Err(LoadError::StateFile { reason, .. }) => assert!(reason.contains("damaged"), "{reason}"),
+        Err(e) => panic!("{e}"),
+        Ok(e) => panic!("loaded {} actions", e.stored_actions()),
+    }
+}
