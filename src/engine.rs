@@ -995,6 +995,11 @@ impl Engine {
     /// then a snapshot of the whole state is written and this waits for it. Dropping the last clone of the
     /// engine does the same. Without `[store] path` there is nothing to write.
     ///
+    /// # Errors
+    /// The write that failed (the disk full, the folder gone). The changes it held stay buffered and are written
+    /// by the next sync or `flush` once the disk has room. Changes counted in
+    /// [`DurableStats::dropped`](crate::DurableStats::dropped) are not written by any flush.
+    ///
     /// ```
     /// use riskgate::{Engine, RuleSet, StoreSettings, TrackRequest};
     ///

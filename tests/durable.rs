@@ -589,3 +589,263 @@ fn rba_score_counts_survive_a_restart() {
     let e = build();
     assert_eq!(factors(&e), before, "the score's counts after a restart");
 }
+
+// ---- files an operator or an adversary leaves behind ----
+
+#[test]
+fn journals_without_their_snapshot_are_refused_not_replayed_under_new_keys() {
+    // The journals' records are keyed with the snapshot's hashing keys: replayed under newly drawn ones, every
+    // repeat would be an idempotency conflict and the history would count under keys nothing looks up.
+    let (dir, path) = temp("state");
+    let store = StoreSettings::file(&path).sync_interval(Duration::from_millis(5));
+    let e = engine(&store).unwrap();
+    for i in 0..10 {
+        e.track(&req("u1", &format!("k{i}"), "d1")).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.durable_stats().unwrap().syncs == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let copy = temp("copy");
+    copy_state(&path, &copy.1);
+    drop(e);
+    std::fs::remove_file(&copy.1).unwrap();
+    let msg = refused(&StoreSettings::file(&copy.1));
+    assert!(msg.contains("snapshot"), "{msg}");
+    // Nothing was changed: the journal is still there, and no new snapshot was written over the gap.
+    assert!(!copy.1.exists());
+    // `on_corrupt = "empty"` sets the journals aside and starts empty.
+    let e = engine(&StoreSettings::file(&copy.1).on_corrupt(OnCorrupt::Empty)).unwrap();
+    assert_eq!(e.stored_actions(), 0);
+    drop(e);
+    drop(dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_or_a_device_at_the_path_is_refused_without_blocking() {
+    let (_dir, path) = temp("state");
+    assert!(Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let r = engine(&StoreSettings::file(&p)).map(|_| ());
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    let msg = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("building on a FIFO blocked")
+        .unwrap_err();
+    assert!(msg.contains("regular file"), "{msg}");
+    let msg = refused(&StoreSettings::file("/dev/zero"));
+    assert!(msg.contains("regular file"), "{msg}");
+}
+
+/// A tmpfs of `kib` KiB mounted on a new folder, unmounted when dropped; `None` where mounting is not allowed.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(kib: usize) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={kib}k"),
+                "riskgate-test",
+            ])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_loses_nothing_once_it_has_room_again() {
+    let Some(fs) = Tmpfs::mount(512) else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let path = fs.0.path().join("state");
+    let store = StoreSettings::file(&path).sync_interval(Duration::from_secs(3600));
+    let e = engine(&store).unwrap();
+    // Fill the disk: only the journal's last page has room left.
+    let filler = fs.0.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[7u8; 4096]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // More than the page holds: the frame is written in part, then the disk is full.
+    for i in 0..100 {
+        e.track(&req(&format!("u{i}"), "k", "d")).unwrap();
+    }
+    let err = e.flush().expect_err("a full disk is reported by flush");
+    assert!(!err.to_string().is_empty());
+    // Room again: what was tracked meanwhile and what the full disk refused both reach the disk.
+    std::fs::remove_file(&filler).unwrap();
+    for i in 100..110 {
+        e.track(&req(&format!("u{i}"), "k", "d")).unwrap();
+    }
+    e.flush()
+        .unwrap_or_else(|e| panic!("after the disk has room: {e}"));
+    drop(e);
+    let e = engine(&store).unwrap_or_else(|e| panic!("the state does not load: {e}"));
+    assert_eq!(e.stored_actions(), 110);
+    drop(e);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_second_engine_on_one_path_is_refused_while_the_first_runs() {
+    let (_dir, path) = temp("state");
+    let store = StoreSettings::file(&path);
+    let first = engine(&store).unwrap();
+    first.track(&req("u1", "k1", "d1")).unwrap();
+    let msg = refused(&store);
+    assert!(msg.contains("another engine"), "{msg}");
+    // The refusal changed nothing: the first engine's state is whole, and loads once it is gone.
+    drop(first);
+    let again = engine(&store).unwrap();
+    assert!(again.get_action("u1", "signIn", "k1").is_some());
+}
+
+#[test]
+fn a_path_in_a_missing_folder_is_refused_naming_it() {
+    let (dir, _) = temp("state");
+    let missing = dir.path().join("no-such-folder").join("state");
+    let msg = refused(&StoreSettings::file(&missing));
+    assert!(msg.contains("no-such-folder"), "{msg}");
+    assert!(!missing.parent().unwrap().exists());
+}
+
+#[test]
+fn restarts_keep_idempotency_transitions_tokens_and_ttl() {
+    let (_dir, path) = temp("state");
+    let clock = riskgate::FakeClock::at(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let build = |path: &Path| {
+        let rules = RuleSet::builder()
+            .config_toml("[idempotency]\nttl = \"10m\"")
+            .rule("new-device", NEW_DEVICE)
+            .rule("busy", BUSY)
+            .build()
+            .unwrap();
+        Engine::builder()
+            .ruleset(rules)
+            .clock(clock.clone())
+            .store(StoreSettings::file(path).sync_interval(Duration::from_millis(5)))
+            .build()
+            .unwrap()
+    };
+    let e = build(&path);
+    let t1 = e.track(&req("u1", "k1", "d1")).unwrap().token.unwrap();
+    assert!(e.track(&req("u2", "k2", "d2")).unwrap().token.is_some());
+    drop(e);
+
+    clock.advance(Duration::from_secs(5 * 60));
+    let e = build(&path);
+    // The same key with another request is still a conflict; the same request is the stored action.
+    let conflict = e.track(&req("u1", "k1", "d9")).unwrap_err();
+    assert_eq!(conflict.code(), "idempotency_conflict");
+    assert_eq!(
+        e.track(&req("u1", "k1", "d1")).unwrap().state,
+        State::ChallengeRequired
+    );
+    // Transitions go on from the stored state, and only the allowed ones.
+    e.update_action("u1", "signIn", "k1", State::ChallengeSucceeded)
+        .unwrap();
+    assert!(e
+        .update_action("u1", "signIn", "k1", State::ChallengeFailed)
+        .is_err());
+    assert!(e.validate_challenge(&t1).is_valid);
+    assert_eq!(
+        e.validate_challenge(&t1).reason,
+        Some(InvalidTokenReason::AlreadyUsed)
+    );
+    // The challenge passed after the restart made the device known.
+    assert_eq!(e.track(&req("u1", "k3", "d1")).unwrap().state, State::Allow);
+    // The same from the journal alone (a crash now): a copy of the files as they are.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.durable_stats().unwrap().syncs == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let copy = temp("copy");
+    copy_state(&path, &copy.1);
+    let c = build(&copy.1);
+    assert_eq!(
+        c.get_action("u1", "signIn", "k1").unwrap().state,
+        State::ChallengeSucceeded
+    );
+    assert_eq!(
+        c.validate_challenge(&t1).reason,
+        Some(InvalidTokenReason::AlreadyUsed)
+    );
+    assert!(c
+        .update_action("u1", "signIn", "k1", State::ChallengeFailed)
+        .is_err());
+    drop(c);
+    drop(e);
+
+    // Ten minutes after they were created, the first actions are gone: measured from when they were created,
+    // not from the restart.
+    clock.advance(Duration::from_secs(5 * 60));
+    let e = build(&path);
+    assert!(e.get_action("u2", "signIn", "k2").is_none());
+    assert!(e.get_action("u1", "signIn", "k1").is_none());
+    assert!(e.get_action("u1", "signIn", "k3").is_some());
+    // An expired key is free again: a different request under it is a new action, not a conflict.
+    assert!(e.track(&req("u2", "k2", "d9")).is_ok());
+}
+
+#[test]
+fn a_lower_max_bytes_holds_after_a_restart() {
+    let (_dir, path) = temp("state");
+    let build = |max_bytes: usize| {
+        let rules = RuleSet::builder()
+            .config_toml(format!("[signals]\nmax_bytes = {max_bytes}"))
+            .rule("busy", BUSY)
+            .build()
+            .unwrap();
+        Engine::builder()
+            .ruleset(rules)
+            .store(StoreSettings::file(&path))
+            .build()
+            .unwrap()
+    };
+    let e = build(64 << 20);
+    for i in 0..3000 {
+        let mut r =
+            TrackRequest::new(format!("u{}", i % 1000), "signIn").idempotency_key(format!("k{i}"));
+        r.attributes.device_id = Some(format!("d{i}"));
+        r.attributes.ip_address = Some(format!("10.0.{}.{}", (i / 250) % 250, i % 250));
+        e.track(&r).unwrap();
+    }
+    let before = e.history_bytes();
+    drop(e);
+    let max_bytes = 64 * 1024;
+    assert!(before > 8 * max_bytes, "{before}");
+    let e = build(max_bytes);
+    // Each of the four tables within `max_bytes`, the newest keys kept.
+    assert!(
+        e.history_bytes() <= 4 * max_bytes,
+        "{} bytes",
+        e.history_bytes()
+    );
+    assert!(e.history_keys() > 0);
+}

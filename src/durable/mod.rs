@@ -4,12 +4,15 @@
 //! `PATH` is the snapshot: a header (magic, format version, the journal generation it covers, a checksum) and
 //! three checksummed frames (the engine's hashing keys and latest event time; every live action; every live
 //! history key). `PATH.journal.N` holds the changes made since generation `N - 1`'s snapshot, in frames of
-//! records; `PATH.tmp` is a snapshot being written.
+//! records; `PATH.tmp` is a snapshot being written; `PATH.lock` is held locked while an engine has the state
+//! open (a second engine on the path is refused).
 //!
 //! # Writing
 //! The decision path appends a record to an in-memory buffer ([`journal::Journal`]) and never waits on disk.
 //! A writer thread drains the buffer every `sync_interval` into the current journal as one frame, then
-//! `fdatasync`s it: a crash loses at most the changes of the last interval. Every `snapshot_interval`, on
+//! `fdatasync`s it: a crash loses at most the changes of the last interval. A write that fails (a full disk)
+//! is cut off the file again before the next one, and its records go back into the buffer for the next sync.
+//! Every `snapshot_interval`, on
 //! [`Durable::flush`] and when the engine is dropped, the journal moves to a new generation and the snapshot
 //! is rebuilt *from the files* (the old snapshot plus the journals it does not cover, loaded into a private
 //! state on a background thread), written to `PATH.tmp`, synced, renamed over `PATH` and the folder synced;
@@ -29,7 +32,7 @@ pub(crate) mod journal;
 mod snapshot;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -61,7 +64,8 @@ pub(crate) struct Params {
 #[non_exhaustive]
 pub struct DurableStats {
     /// Changes not journaled because the buffer of unwritten changes was full (`[store] journal_buffer`): the
-    /// disk did not keep up. They are in memory, but a restart before the next snapshot loses them.
+    /// disk did not keep up. (A failed write whose changes no longer fit back in the buffer counts once.) They
+    /// are in memory but never reach the files, which snapshots are rebuilt from: a restart loses them.
     pub dropped: u64,
     /// Journal bytes written.
     pub journal_bytes: u64,
@@ -82,12 +86,46 @@ pub struct DurableStats {
 struct Sink {
     file: File,
     generation: u64,
+    /// The bytes of whole, synced frames (and the header): where the next frame goes.
+    len: u64,
+    /// A write failed part-way (a full disk): the file may hold part of a frame past `len`.
+    cut: bool,
+}
+
+impl Sink {
+    fn new(file: File, generation: u64) -> Self {
+        Sink {
+            file,
+            generation,
+            len: format::HEADER_LEN as u64,
+            cut: false,
+        }
+    }
+
+    /// Appends one frame and syncs it. What a failed write left past the last whole frame is cut off before the
+    /// next one, so a partial frame never has frames after it (which would make the file damaged, or hide
+    /// those frames as a torn tail).
+    fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+        if self.cut {
+            self.file.set_len(self.len)?;
+            self.file.seek(SeekFrom::Start(self.len))?;
+            self.cut = false;
+        }
+        let written = write_frame(&mut self.file, payload).and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => self.len += (format::FRAME_HEAD + payload.len()) as u64,
+            Err(_) => self.cut = true,
+        }
+        written
+    }
 }
 
 /// The durable side of one engine: its journal buffer, writer thread and files.
 pub(crate) struct Durable {
     inner: Arc<Inner>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// `PATH.lock`, held locked until the last snapshot is written (a field, so it is released after `drop`).
+    _lock: File,
 }
 
 struct Inner {
@@ -173,6 +211,39 @@ fn parent(path: &Path) -> PathBuf {
     }
 }
 
+/// Opens `PATH.lock` and locks it (on Unix, an advisory `flock`), so a second engine on one path, in this
+/// process or another, is refused instead of writing over the first one's journal. The operating system
+/// releases the lock when the file is closed or the process ends, however it ends: a crash leaves no stale lock.
+fn lock(path: &Path) -> Result<File, String> {
+    let lock_path = with_suffix(path, ".lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open `{}`: {e}", lock_path.display()))?;
+    #[cfg(unix)]
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            return Err(format!(
+                "another engine, in this process or another, has this state open (`{}` is locked): one \
+                 engine per path",
+                lock_path.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot lock `{}`: {}",
+                lock_path.display(),
+                io::Error::from(e)
+            ))
+        }
+    }
+    Ok(file)
+}
+
 /// Creates a file only this user can read (a snapshot holds the engine's hashing keys).
 fn create(path: &Path) -> io::Result<File> {
     let mut o = OpenOptions::new();
@@ -191,11 +262,34 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 
 /// The snapshot's bytes, `None` when there is none.
 fn read_snapshot(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    read_state_file(path)
+}
+
+/// A state file's bytes, `None` when there is none. Only a regular file is read: a FIFO at the path would block
+/// the build forever, a device such as `/dev/zero` would grow memory without end.
+fn read_state_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use crate::files::ReadError;
+    let mut file = match crate::files::open_regular(path) {
+        Ok(f) => f,
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(ReadError::Io(e)) => return Err(e),
+        Err(ReadError::NotRegular(what)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "`{}` is {what}, not a regular file: a state file must be a regular file",
+                    path.display()
+                ),
+            ))
+        }
+        Err(ReadError::TooLarge(limit)) => {
+            return Err(io::Error::other(format!("larger than {limit} bytes")))
+        }
+    };
+    let hint = file.metadata().map_or(0, |m| m.len()).min(1 << 30);
+    let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }
 
 /// Why loading failed: a file could not be read (always refused), or its contents are damaged.
@@ -234,14 +328,26 @@ fn load_into(
         loaded.snapshot_bytes = bytes.len() as u64;
     }
     let gens = journals(path).map_err(|e| Failure::Io(parent(path), e))?;
+    if let (None, Some(&g)) = (&bytes, gens.first()) {
+        // Every journal follows a snapshot, which is written first: without it, the journals' records (keyed
+        // with the snapshot's hashing keys) would be replayed under new keys, as garbage.
+        return Err(Failure::Damaged(
+            journal_path(path, g),
+            Damaged::new(format!(
+                "this journal is here but the snapshot it follows, `{}`, is not: it cannot be replayed without \
+                 the snapshot's keys",
+                path.display()
+            )),
+        ));
+    }
     for g in gens
         .into_iter()
         .filter(|&g| g > loaded.generation && g <= up_to)
     {
         let jp = journal_path(path, g);
-        let jb = match fs::read(&jp) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+        let jb = match read_state_file(&jp) {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
             Err(e) => return Err(Failure::Io(jp, e)),
         };
         let damaged = |d: Damaged| Failure::Damaged(jp.clone(), d);
@@ -309,6 +415,8 @@ pub(crate) fn open(
 ) -> Result<Opened, LoadError> {
     let path = settings.path.clone().unwrap_or_default();
     let refuse = |p: PathBuf, reason: String| LoadError::StateFile { path: p, reason };
+    // Before anything is read: another engine on this path would be writing it meanwhile.
+    let lock = lock(&path).map_err(|reason| refuse(path.clone(), reason))?;
     // The keys first: a snapshot's hashing keys are the ones its history was keyed with.
     let bytes = read_snapshot(&path).map_err(|e| refuse(path.clone(), e.to_string()))?;
     let saved = match &bytes {
@@ -357,10 +465,7 @@ pub(crate) fn open(
         // A new state: its snapshot (empty, with the keys) comes first, so every journal has keys to replay with.
         snapshot::write(&path, 0, &keys, &store, &history, 0, &params).map_err(io_err)?;
     }
-    let sink = Sink {
-        file: new_journal(&path, generation).map_err(io_err)?,
-        generation,
-    };
+    let sink = Sink::new(new_journal(&path, generation).map_err(io_err)?, generation);
     let journal = Arc::new(Journal::new(settings.journal_buffer));
     history.set_journal(Arc::clone(&journal));
     let inner = Arc::new(Inner {
@@ -407,6 +512,7 @@ pub(crate) fn open(
         durable: Durable {
             inner,
             writer: Mutex::new(Some(writer)),
+            _lock: lock,
         },
     })
 }
@@ -489,15 +595,22 @@ impl Inner {
             }
             std::mem::swap(&mut *buf, &mut *spare);
         }
-        let result = write_frame(&mut sink.file, &spare).and_then(|()| sink.file.sync_data());
+        let result = sink.append(&spare);
         if result.is_ok() {
             self.unsnapshotted.store(true, Ordering::Release);
             self.journal_bytes
                 .fetch_add((spare.len() + format::FRAME_HEAD) as u64, Ordering::Relaxed);
             self.syncs.fetch_add(1, Ordering::Relaxed);
         } else {
-            // The records are lost to disk (they stay in memory): count them as dropped.
-            self.journal.dropped.fetch_add(1, Ordering::Relaxed);
+            // The disk may have room again by the next sync: the records go back in front of the newer ones,
+            // within the buffer's bound; past it they are lost to disk (they stay in memory) and counted.
+            let mut buf = Self::lock(&self.journal.buf);
+            if spare.len() + buf.len() <= self.journal_buffer_bytes {
+                spare.extend_from_slice(&buf);
+                std::mem::swap(&mut *buf, &mut *spare);
+            } else {
+                self.journal.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
         spare.clear();
         // The two buffers keep their capacity from one interval to the next: shrinking and growing them again
@@ -548,9 +661,7 @@ impl Inner {
             let next = sink.generation + 1;
             let file = new_journal(&self.path, next)
                 .inspect_err(|_| self.unsnapshotted.store(true, Ordering::Release))?;
-            let old = std::mem::replace(&mut sink.file, file);
-            drop(old);
-            std::mem::replace(&mut sink.generation, next)
+            std::mem::replace(&mut *sink, Sink::new(file, next)).generation
         };
         // Until this snapshot is written, the journals it would cover are still needed by the next one.
         self.write_snapshot(covered)

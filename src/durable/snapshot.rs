@@ -82,7 +82,6 @@ pub(super) fn read(
     let mut r = Reader::new(actions);
     let chunks = r.count(4)?;
     let total = r.u32()? as usize;
-    store.reserve(total);
     // Past the capacity, the oldest actions are left out (as the store would have evicted them).
     let skip = total.saturating_sub(params.capacity.max(1));
     let mut parts = Vec::with_capacity(chunks);
@@ -94,6 +93,13 @@ pub(super) fn read(
         parts.push((first, part));
         first = first.saturating_add(n);
     }
+    if first != total {
+        // A count above the actions listed would leave every one out as past the capacity, silently.
+        return Err(Damaged::new(format!(
+            "the snapshot says it holds {total} actions but lists {first}: the file is damaged"
+        )));
+    }
+    store.reserve(total);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || -> Result<(), Damaged> {
         let mut ids = RuleIds::default();

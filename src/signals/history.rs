@@ -1304,6 +1304,14 @@ fn import_table<V: Entry>(
         }
         order.push_back((key, created));
     }
+    // A file written under a larger `max_bytes` (or a crafted one) is held to this one: the keys created
+    // longest ago go, as the table would have evicted them.
+    while t.bytes() > caps.max_bytes {
+        let Some((key, _)) = order.pop_front() else {
+            break;
+        };
+        t.remove_unless(key, |_| false);
+    }
     Ok(())
 }
 
