@@ -990,6 +990,7 @@ impl History {
     /// verified actions still within `known_for` of `now`.
     ///
     /// One look-up of the user and one probe of their counts' index per value, then the population's counts under one epoch guard ([`Population::counts`]).
+    #[inline]
     pub fn rba_counts(&self, user: u64, values: &[u64], present: u16, now: EpochMs) -> RbaCounts {
         let now_ms = now.ms();
         let known_for = self.known_for_ms.load(Ordering::Relaxed);
