@@ -64,8 +64,15 @@ enum Command {
         labels_json: Option<String>,
         /// Instead of the folder's rules, replay the log once per threshold through one rule,
         /// `if rba_score() >= T { CHALLENGE_REQUIRED }` (with the folder's riskgate.toml), and print catch rate
-        /// and friction per threshold. Thresholds are comma-separated (default 0.01,0.03,…,100).
-        #[arg(long, value_name = "T,T,…", num_args = 0..=1, default_missing_value = "", value_delimiter = ',')]
+        /// and friction per threshold. Thresholds are comma-separated after `=` (`--rba-sweep=0.1,1,10`); alone,
+        /// the flag tries 0.01,0.03,…,100.
+        #[arg(
+            long,
+            value_name = "T,T,…",
+            num_args = 0..=1,
+            require_equals = true,
+            value_delimiter = ','
+        )]
         rba_sweep: Option<Vec<String>>,
         /// Keep actions and history on this store: `redis://host:port`, `redis+cluster://host:port,…`,
         /// `memory`, or `file:PATH` (in memory, durable at PATH: the replay starts from the state saved there
@@ -259,25 +266,51 @@ impl SimulateArgs {
     }
 }
 
-/// The `--rba-sweep` thresholds: the given ones, or the default list when none is given.
+/// The `--rba-sweep` thresholds: the given ones (each a finite number), or the default list when none is given.
 fn thresholds(list: &[String]) -> Result<Vec<f64>, ExitCode> {
+    if list.is_empty() {
+        return Ok(cli::replay::DEFAULT_SWEEP.to_vec());
+    }
     let mut thresholds = Vec::new();
-    for t in list.iter().filter(|t| !t.trim().is_empty()) {
+    for t in list {
         match t.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => thresholds.push(v),
+            _ if t.trim().is_empty() => {
+                eprintln!(
+                    "error: `--rba-sweep`: an empty threshold; write `--rba-sweep=0.1,1,10`, or `--rba-sweep` alone for the default list"
+                );
+                return Err(ExitCode::FAILURE);
+            }
             _ => {
-                eprintln!("error: `--rba-sweep`: `{t}` is not a number");
+                eprintln!("error: `--rba-sweep`: `{t}` is not a finite number");
                 return Err(ExitCode::FAILURE);
             }
         }
     }
-    if thresholds.is_empty() {
-        thresholds = cli::replay::DEFAULT_SWEEP.to_vec();
-    }
     Ok(thresholds)
 }
 
+/// Whether `text`, given where a file name goes, is a threshold list meant for `--rba-sweep` (no such file, and
+/// every comma-separated part a number).
+fn looks_like_thresholds(text: &str) -> bool {
+    !std::path::Path::new(text).exists()
+        && text
+            .split(',')
+            .all(|t| t.trim().parse::<f64>().is_ok_and(f64::is_finite))
+}
+
 fn main() -> ExitCode {
+    // `--rba-sweep 0.1,1 log.jsonl` would otherwise read the list as the event file.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(list) = raw
+        .windows(2)
+        .filter(|w| w.first().is_some_and(|a| a == "--rba-sweep"))
+        .filter_map(|w| w.get(1).and_then(|l| l.to_str()))
+        .find(|l| looks_like_thresholds(l))
+    {
+        eprintln!("error: thresholds are written `--rba-sweep={list}` (with `=`); `--rba-sweep` alone tries the default list");
+        return ExitCode::FAILURE;
+    }
     let args = Args::parse();
     match args.command {
         Command::Check {

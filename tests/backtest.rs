@@ -443,3 +443,69 @@ fn bench_times_decisions_only_and_gives_no_rate_from_a_single_call() {
     );
     assert!(stdout.contains("decisions/s on one thread"), "{stdout}");
 }
+
+/// `--rba-sweep` takes its list only after `=`: alone it tries the default thresholds on the file that follows,
+/// a list written with a space is refused with the spelling to use, and a bad list is refused naming the part.
+#[test]
+fn the_rba_sweep_list_is_written_with_an_equals_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("signin.jsonl");
+    let sim = run(&[
+        "simulate",
+        "--seed",
+        "2",
+        "--users",
+        "20",
+        "--days",
+        "15",
+        "--naive",
+        "3",
+        "--vpn",
+        "0",
+        "--targeted",
+        "0",
+    ]);
+    fs::write(&log, &sim.stdout).unwrap();
+    let log = log.to_str().unwrap();
+    let starter = concat!(env!("CARGO_MANIFEST_DIR"), "/starter");
+    let rows = |out: &Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect()
+    };
+
+    let default = run(&["replay", "--rules", starter, "--rba-sweep", log]);
+    assert_eq!(
+        rows(&default),
+        ["0.01", "0.03", "0.1", "0.3", "0.5", "1", "2", "3", "5", "10", "30", "100"]
+    );
+    let given = run(&["replay", "--rules", starter, "--rba-sweep=0.5,2", log]);
+    assert_eq!(rows(&given), ["0.5", "2"]);
+
+    for (args, message) in [
+        (
+            vec!["--rba-sweep", "0.5,2", log],
+            "thresholds are written `--rba-sweep=0.5,2`",
+        ),
+        (vec![log, "--rba-sweep", "1"], "`--rba-sweep=1`"),
+        (vec!["--rba-sweep=0.5,x", log], "`x` is not a finite number"),
+        (
+            vec!["--rba-sweep=1,inf", log],
+            "`inf` is not a finite number",
+        ),
+        (vec!["--rba-sweep=", log], "an empty threshold"),
+        (vec!["--rba-sweep=1,,2", log], "an empty threshold"),
+    ] {
+        let out = common::riskgate()
+            .args(["replay", "--rules", starter])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}

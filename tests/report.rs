@@ -202,8 +202,7 @@ fn the_backtest_report_renders_every_chart_in_chromium() {
         "--compare",
         &b,
         &events,
-        "--rba-sweep",
-        "0.5,1,2,5",
+        "--rba-sweep=0.5,1,2,5",
         "--report",
         report.to_str().unwrap(),
     ]);

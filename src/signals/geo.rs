@@ -29,10 +29,15 @@ const ASN_CACHE_SLOTS: usize = 4096;
 /// ruleset: a walk of the ASN database's tree and the decoding of its record cost about 700 instructions, and a
 /// user's addresses recur.
 ///
+/// An entry is for one address, or for a whole network (an IPv4 /24, an IPv6 /48) when the database's answer
+/// for the address came from a network at least that wide, so the answer is the same for every address in it:
+/// a mobile user's addresses differ on each sign-in, but within a few such networks.
+///
 /// Each slot is a tiny sequence lock: a version (odd while a writer fills the slot) and the address (IPv4 as
-/// its IPv4-mapped IPv6 form) with its answer. A reader that sees the version change, or odd, misses and looks
-/// the address up; a writer that finds the slot busy skips remembering. So a hit is always the answer for the
-/// address asked; addresses that share a slot only evict each other.
+/// its IPv4-mapped IPv6 form, a network as its first address) with its answer and its prefix length. A reader
+/// that sees the version change, or odd, misses and looks the address up; a writer that finds the slot busy
+/// skips remembering. So a hit is always the answer for the address or network asked; entries that share a
+/// slot only evict each other.
 pub(crate) struct AsnCache(Box<[AsnSlot]>);
 
 #[derive(Default)]
@@ -40,8 +45,25 @@ struct AsnSlot {
     version: AtomicU64,
     hi: AtomicU64,
     lo: AtomicU64,
-    /// 0 for an empty slot, 1 for "the database has no ASN for it", otherwise the ASN plus 2.
+    /// 0 for an empty slot; otherwise the prefix length of the entry ([`EXACT`] for one address) shifted by
+    /// [`PREFIX_SHIFT`], or'd with 1 for "the database has no ASN for it" or else with the ASN plus 2.
     answer: AtomicU64,
+}
+
+/// The prefix length of an entry for one address (IPv4 addresses are keyed in their IPv6 form).
+const EXACT: u8 = 128;
+/// The prefix length of an entry for an IPv4 /24, in the IPv6 form of the address.
+const V4_NETWORK: u8 = 96 + 24;
+/// The prefix length of an entry for an IPv6 /48.
+const V6_NETWORK: u8 = 48;
+/// Where an entry's prefix length sits in [`AsnSlot::answer`] (above any ASN plus 2).
+const PREFIX_SHIFT: u32 = 40;
+
+/// The first address of `ip`'s network of `prefix` bits.
+fn network(ip: u128, prefix: u8) -> u128 {
+    ip.checked_shr(128 - u32::from(prefix))
+        .and_then(|n| n.checked_shl(128 - u32::from(prefix)))
+        .unwrap_or(0)
 }
 
 /// Empty, and remembering nothing (for a ruleset without an ASN database: no memory spent).
@@ -64,8 +86,9 @@ impl AsnCache {
         self.0.get(i % ASN_CACHE_SLOTS)
     }
 
-    /// The remembered answer for `ip`: `Some(answer)` on a hit.
-    fn get(&self, ip: u128) -> Option<Option<u32>> {
+    /// The remembered answer for `ip` (an address when `prefix` is [`EXACT`], else the first address of a
+    /// network of `prefix` bits): `Some(answer)` on a hit.
+    fn get(&self, ip: u128, prefix: u8) -> Option<Option<u32>> {
         let s = self.slot(ip)?;
         let v = s.version.load(Ordering::Acquire);
         if v % 2 == 1 {
@@ -78,18 +101,18 @@ impl AsnCache {
         );
         std::sync::atomic::fence(Ordering::Acquire);
         if s.version.load(Ordering::Relaxed) != v
-            || answer == 0
+            || answer >> PREFIX_SHIFT != u64::from(prefix)
             || (u128::from(hi) << 64 | u128::from(lo)) != ip
         {
             return None;
         }
-        Some(match answer {
+        Some(match answer & ((1 << PREFIX_SHIFT) - 1) {
             1 => None,
-            n => u32::try_from(n - 2).ok(),
+            n => u32::try_from(n.saturating_sub(2)).ok(),
         })
     }
 
-    fn put(&self, ip: u128, number: Option<u32>) {
+    fn put(&self, ip: u128, prefix: u8, number: Option<u32>) {
         let Some(s) = self.slot(ip) else { return };
         let v = s.version.load(Ordering::Relaxed);
         if v % 2 == 1
@@ -102,8 +125,10 @@ impl AsnCache {
         std::sync::atomic::fence(Ordering::Release);
         s.hi.store((ip >> 64) as u64, Ordering::Relaxed);
         s.lo.store(ip as u64, Ordering::Relaxed);
-        s.answer
-            .store(number.map_or(1, |n| u64::from(n) + 2), Ordering::Relaxed);
+        s.answer.store(
+            u64::from(prefix) << PREFIX_SHIFT | number.map_or(1, |n| u64::from(n) + 2),
+            Ordering::Relaxed,
+        );
         s.version.store(v + 2, Ordering::Release);
     }
 }
@@ -260,22 +285,40 @@ impl Geo {
     }
 
     /// The autonomous system number of `ip`, if the ASN database has it. Answers are remembered in
-    /// [`Geo::asn_cache`].
+    /// [`Geo::asn_cache`], for the address's whole /24 (IPv4) or /48 (IPv6) when the database says the same for
+    /// all of it.
     pub fn asn(&self, ip: IpAddr) -> Option<u32> {
         let db = self.asn.as_ref()?;
-        let key = u128::from(match ip {
-            IpAddr::V4(a) => a.to_ipv6_mapped(),
-            IpAddr::V6(a) => a,
-        });
-        if let Some(hit) = self.asn_cache.get(key) {
+        let (key, wide) = match ip {
+            IpAddr::V4(a) => (u128::from(a.to_ipv6_mapped()), V4_NETWORK),
+            IpAddr::V6(a) => (u128::from(a), V6_NETWORK),
+        };
+        let net = network(key, wide);
+        if let Some(hit) = self.asn_cache.get(net, wide) {
             return hit;
         }
-        let number = db.lookup(ip).ok().and_then(|r| {
-            r.decode_path::<u32>(&path!["autonomous_system_number"])
-                .ok()
-                .flatten()
-        });
-        self.asn_cache.put(key, number);
+        if let Some(hit) = self.asn_cache.get(key, EXACT) {
+            return hit;
+        }
+        let Ok(r) = db.lookup(ip) else {
+            self.asn_cache.put(key, EXACT, None);
+            return None;
+        };
+        let number = r
+            .decode_path::<u32>(&path!["autonomous_system_number"])
+            .ok()
+            .flatten();
+        // The tree's answer came from a network of this many bits, in the family of the address looked up.
+        let from = r
+            .network()
+            .ok()
+            .filter(|n| n.is_ipv4() == ip.is_ipv4())
+            .map(|n| n.prefix() + if ip.is_ipv4() { 96 } else { 0 });
+        if from.is_some_and(|bits| bits <= wide) {
+            self.asn_cache.put(net, wide, number);
+        } else {
+            self.asn_cache.put(key, EXACT, number);
+        }
         number
     }
 
@@ -311,32 +354,98 @@ pub(crate) fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::distance_km;
+    use super::{distance_km, network, AsnCache, Geo, Kind, EXACT, V4_NETWORK};
+    use maxminddb::path;
+    use std::net::IpAddr;
+
+    #[test]
+    fn a_cached_asn_is_the_databases_answer_for_every_address() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("starter/geoip");
+        let geo = Geo {
+            asn: super::open(&dir.join("GeoLite2-ASN-Test.mmdb"), Kind::Asn).ok(),
+            asn_cache: AsnCache::new(),
+            ..Geo::default()
+        };
+        let Some(db) = geo.asn.as_ref() else {
+            panic!("the test ASN database opens");
+        };
+        let direct = |ip: IpAddr| {
+            db.lookup(ip).ok().and_then(|r| {
+                r.decode_path::<u32>(&path!["autonomous_system_number"])
+                    .ok()
+                    .flatten()
+            })
+        };
+        // Addresses at, inside, and just past the edges of the database's networks, each asked twice (the
+        // second answer from the cache), and in an order that fills networks before their neighbours.
+        let mut addresses = Vec::new();
+        for n in db
+            .networks(Default::default())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(net) = n.network() else { continue };
+            match net.network() {
+                IpAddr::V4(a) => {
+                    let a = u32::from(a);
+                    for d in [0, 1, 255, 256, 300] {
+                        addresses.push(IpAddr::V4(a.wrapping_add(d).into()));
+                        addresses.push(IpAddr::V4(a.wrapping_sub(d).into()));
+                    }
+                }
+                IpAddr::V6(a) => {
+                    let a = u128::from(a);
+                    for d in [0, 1, 1 << 70, 1 << 80, 3 << 79] {
+                        addresses.push(IpAddr::V6(a.wrapping_add(d).into()));
+                        addresses.push(IpAddr::V6(a.wrapping_sub(d).into()));
+                    }
+                }
+            }
+        }
+        assert!(addresses.len() > 100, "{}", addresses.len());
+        let mut found = 0;
+        for round in 0..2 {
+            for ip in &addresses {
+                let want = direct(*ip);
+                found += usize::from(want.is_some());
+                assert_eq!(geo.asn(*ip), want, "{ip} (round {round})");
+            }
+        }
+        assert!(found > 0);
+    }
 
     #[test]
     fn the_asn_cache_answers_only_for_its_own_address() {
         let c = super::AsnCache::new();
         let (a, b) = (0xffff_0102_0304u128, 0x2001_0db8_u128 << 96);
-        assert_eq!(c.get(a), None);
-        c.put(a, Some(209));
-        c.put(b, None);
-        assert_eq!(c.get(a), Some(Some(209)));
-        assert_eq!(c.get(b), Some(None), "no ASN is an answer too");
+        assert_eq!(c.get(a, EXACT), None);
+        c.put(a, EXACT, Some(209));
+        c.put(b, EXACT, None);
+        assert_eq!(c.get(a, EXACT), Some(Some(209)));
+        assert_eq!(c.get(b, EXACT), Some(None), "no ASN is an answer too");
+        // An address's entry is not its network's, nor the other way round.
+        assert_eq!(c.get(a, V4_NETWORK), None);
+        let net = network(a, V4_NETWORK);
+        assert_eq!(net, 0xffff_0102_0300);
+        c.put(net, V4_NETWORK, Some(7));
+        assert_eq!(c.get(net, EXACT), None);
+        assert_eq!(c.get(net, V4_NETWORK), Some(Some(7)));
         // Thousands of addresses through 4,096 slots: every hit is the address's own answer.
         for i in 0..20_000u128 {
-            c.put(i << 40, u32::try_from(i).ok());
+            c.put(i << 40, EXACT, u32::try_from(i).ok());
         }
         for i in 0..20_000u128 {
-            if let Some(answer) = c.get(i << 40) {
+            if let Some(answer) = c.get(i << 40, EXACT) {
                 assert_eq!(answer, u32::try_from(i).ok());
             }
         }
         // Every ASN fits, the largest too; an empty cache remembers nothing.
-        c.put(7, Some(u32::MAX));
-        assert_eq!(c.get(7), Some(Some(u32::MAX)));
+        c.put(7, EXACT, Some(u32::MAX));
+        assert_eq!(c.get(7, EXACT), Some(Some(u32::MAX)));
         let empty = super::AsnCache::default();
-        empty.put(a, Some(1));
-        assert_eq!(empty.get(a), None);
+        empty.put(a, EXACT, Some(1));
+        assert_eq!(empty.get(a, EXACT), None);
     }
 
     #[test]

@@ -318,7 +318,7 @@ struct Known {
     last_ms: i64,
     /// `rba_score()`: how many verified actions the user has, and how often each feature value was among them.
     rba_actions: u32,
-    rba: Vec<RbaCount>,
+    rba: RbaValues,
 }
 
 /// How many verified actions of one user had one feature value (an IP, an ASN, a browser, …), and when the last
@@ -340,7 +340,100 @@ impl Entry for Known {
             .iter()
             .map(|l| heap::<(u64, i64)>(l.capacity()))
             .sum::<usize>()
-            + heap::<RbaCount>(self.rba.capacity())
+            + self.rba.heap_bytes()
+    }
+}
+
+/// One user's `rba_score()` counts: a list of at most [`MAX_RBA_VALUES`] values, and an open-addressing index of
+/// it (linear probing, each slot the position in the list plus one, 0 for empty; at most half the slots taken) so
+/// that a value is found without walking the list: a user's list is mostly one-off addresses no level asks for.
+#[derive(Default)]
+struct RbaValues {
+    list: Vec<RbaCount>,
+    slots: Vec<u8>,
+}
+
+// A slot holds a position in the list plus one.
+const _: () = assert!(MAX_RBA_VALUES < u8::MAX as usize);
+
+impl RbaValues {
+    fn heap_bytes(&self) -> usize {
+        heap::<RbaCount>(self.list.capacity()) + heap::<u8>(self.slots.capacity())
+    }
+
+    /// The position of `value` in the list. Values are seeded hashes: their low bits spread them.
+    fn find(&self, value: u64) -> Option<usize> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut i = value as usize;
+        // Ends: at most half the slots are taken.
+        loop {
+            let slot = usize::from(*self.slots.get(i & mask)?);
+            let at = slot.checked_sub(1)?;
+            if self.list.get(at).is_some_and(|c| c.value == value) {
+                return Some(at);
+            }
+            i = i.wrapping_add(1);
+        }
+    }
+
+    /// Indexes the list's entry at `at` (its value not indexed yet, and a free slot left).
+    fn index(&mut self, at: usize) {
+        let (Some(c), Some(mask)) = (self.list.get(at), self.slots.len().checked_sub(1)) else {
+            return;
+        };
+        let mut i = c.value as usize;
+        while self.slots.get(i & mask).is_some_and(|&s| s != 0) {
+            i = i.wrapping_add(1);
+        }
+        if let Some(s) = self.slots.get_mut(i & mask) {
+            *s = u8::try_from(at + 1).unwrap_or(0);
+        }
+    }
+
+    /// Indexes the whole list again, in at least twice as many slots as it has entries.
+    fn reindex(&mut self) {
+        let size = (self.list.len() * 2).next_power_of_two().max(8);
+        self.slots.clear();
+        self.slots.resize(size, 0);
+        for at in 0..self.list.len() {
+            self.index(at);
+        }
+    }
+
+    /// Counts one more action with `value` (at most [`MAX_RBA_VALUES`] values: the least recently seen goes
+    /// first; values not seen within `known_for_ms` of `at` are dropped when a new one comes).
+    fn count(&mut self, value: u64, at: i64, known_for_ms: i64) {
+        if let Some(c) = self.find(value).and_then(|i| self.list.get_mut(i)) {
+            c.count = c.count.saturating_add(1);
+            c.last_ms = c.last_ms.max(at);
+            return;
+        }
+        let before = self.list.len();
+        self.list
+            .retain(|c| c.last_ms.saturating_add(known_for_ms) > at);
+        if self.list.len() >= MAX_RBA_VALUES {
+            if let Some(i) = self
+                .list
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.last_ms)
+                .map(|(i, _)| i)
+            {
+                self.list.swap_remove(i);
+            }
+        }
+        make_room(&mut self.list, MAX_RBA_VALUES);
+        self.list.push(RbaCount {
+            value,
+            count: 1,
+            last_ms: at,
+        });
+        if self.list.len() != before + 1 || self.list.len() * 2 > self.slots.len() {
+            // Entries went or moved, or the index is half full.
+            self.reindex();
+        } else {
+            self.index(self.list.len() - 1);
+        }
     }
 }
 
@@ -556,9 +649,6 @@ impl Population {
     }
 }
 
-// `History::rba_counts` indexes one action's values in 32 slots, some always left empty.
-const _: () = assert!(super::rba::LEVELS < 32);
-
 /// At most this many feature values are counted per user for `rba_score()` (the least recently seen goes
 /// first); values not seen within `[signals] known_for` no longer count.
 pub const MAX_RBA_VALUES: usize = 128;
@@ -618,32 +708,6 @@ fn remember(list: &mut Vec<(u64, i64)>, item: u64, at: i64, known_for_ms: i64) {
     }
     make_room(list, MAX_KNOWN);
     list.push((item, at));
-}
-
-/// Counts one more action with `value` in a user's `rba_score()` counts (at most [`MAX_RBA_VALUES`]).
-fn count_value(list: &mut Vec<RbaCount>, value: u64, at: i64, known_for_ms: i64) {
-    if let Some(c) = list.iter_mut().find(|c| c.value == value) {
-        c.count = c.count.saturating_add(1);
-        c.last_ms = c.last_ms.max(at);
-        return;
-    }
-    list.retain(|c| c.last_ms.saturating_add(known_for_ms) > at);
-    if list.len() >= MAX_RBA_VALUES {
-        if let Some(i) = list
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, c)| c.last_ms)
-            .map(|(i, _)| i)
-        {
-            list.swap_remove(i);
-        }
-    }
-    make_room(list, MAX_RBA_VALUES);
-    list.push(RbaCount {
-        value,
-        count: 1,
-        last_ms: at,
-    });
 }
 
 fn remove_oldest(list: &mut Vec<(u64, i64)>) {
@@ -935,8 +999,8 @@ impl History {
     /// `present` are looked up, the others count 0): the user's and the population's counts of each among
     /// verified actions still within `known_for` of `now`.
     ///
-    /// One look-up of the user and one pass over their counts (at most [`MAX_RBA_VALUES`]), then the
-    /// population's counts under one epoch guard ([`Population::counts`]).
+    /// One look-up of the user and one probe of their counts' index per value, then the population's counts under one epoch guard ([`Population::counts`]).
+    #[inline]
     pub fn rba_counts(&self, user: u64, values: &[u64], present: u16, now: EpochMs) -> RbaCounts {
         let now_ms = now.ms();
         let known_for = self.known_for_ms.load(Ordering::Relaxed);
@@ -947,42 +1011,14 @@ impl History {
         };
         if let Some(k) = self.known.map.get(&user) {
             out.user_actions = u64::from(k.rba_actions);
-            // The values asked for in a 32-slot open-addressing index (their levels + 1 in `levels`, 0 for an
-            // empty slot), so that one pass over the user's counts finds them all: a user's list is a few dozen
-            // values, and most of it is addresses no level asks for. At most LEVELS of the 32 slots are taken, so a
-            // probe for a value not asked for usually stops at the first. Values are seeded hashes: their low bits
-            // spread them.
-            let mut keys = [0u64; 32];
-            let mut levels = [0u8; 32];
-            for (l, v) in values.iter().enumerate().take(super::rba::LEVELS) {
+            for ((l, v), slot) in values.iter().enumerate().zip(out.user.iter_mut()) {
                 if present & (1 << l) == 0 {
                     continue;
                 }
-                let mut i = *v as usize;
-                // Ends: at most LEVELS (< 32) slots are taken.
-                while levels[i & 31] != 0 {
-                    i = i.wrapping_add(1);
-                }
-                keys[i & 31] = *v;
-                levels[i & 31] = l as u8 + 1;
-            }
-            for c in &k.rba {
-                let mut i = c.value as usize;
-                loop {
-                    let level = levels[i & 31];
-                    if level == 0 {
-                        break;
+                if let Some(c) = k.rba.find(*v).and_then(|i| k.rba.list.get(i)) {
+                    if fresh(c.last_ms) {
+                        *slot = u64::from(c.count);
                     }
-                    if keys[i & 31] == c.value {
-                        // Listed at most once (`count_value`), so the first match is the only one.
-                        if fresh(c.last_ms) {
-                            if let Some(slot) = out.user.get_mut(usize::from(level) - 1) {
-                                *slot = u64::from(c.count);
-                            }
-                        }
-                        break;
-                    }
-                    i = i.wrapping_add(1);
                 }
             }
         }
@@ -1061,7 +1097,7 @@ impl History {
             if !rba.is_empty() {
                 k.rba_actions = k.rba_actions.saturating_add(1);
                 for &v in rba {
-                    count_value(&mut k.rba, v, at_ms, horizon);
+                    k.rba.count(v, at_ms, horizon);
                 }
             }
             if let Some(d) = device {
@@ -1373,6 +1409,27 @@ mod tests {
 
     fn keys() -> EngineKeys {
         EngineKeys::draw().unwrap()
+    }
+
+    #[test]
+    fn the_rba_index_finds_what_a_walk_of_the_list_finds() {
+        // Values colliding in the index's low bits, re-seen, expiring and evicted at the cap.
+        let mut r = RbaValues::default();
+        let mut seen = Vec::new();
+        for step in 0..2_000u64 {
+            let value = (step * 7_919 % 300) << (step % 3) | 1;
+            let at = i64::try_from(step).unwrap_or(0) * 10;
+            r.count(value, at, 5_000);
+            seen.push(value);
+            assert!(r.list.len() <= MAX_RBA_VALUES);
+            assert!(r.list.len() * 2 <= r.slots.len());
+            for v in seen.iter().rev().take(400) {
+                let walked = r.list.iter().position(|c| c.value == *v);
+                assert_eq!(r.find(*v), walked, "value {v} at step {step}");
+            }
+        }
+        assert_eq!(r.find(u64::MAX), None);
+        assert_eq!(RbaValues::default().find(1), None);
     }
 
     #[test]

@@ -39,11 +39,11 @@
 //! The score itself is computed only when a rule calls it, once per decision.
 //!
 //! # Cost
-//! About 2,500 instructions per call on a simulated sign-in log (BENCHMARKS.md has the breakdown): one look-up
-//! of the user and one pass over their counts (the nine values asked for indexed in a small open-addressing
-//! table), the nine population counts read under one epoch guard of a lock-free map, the ASN from a per-ruleset
-//! cache of recent addresses (a database lookup on a miss), the user agent's level hashes from the per-thread
-//! parse cache, and the formula.
+//! About 2,250 instructions per call on a simulated sign-in log (BENCHMARKS.md has the breakdown): one look-up
+//! of the user and one probe per value of the index kept with their counts, the nine population counts read
+//! under one epoch guard of a lock-free map, the ASN from a per-ruleset cache of recent addresses and networks
+//! (a database lookup on a miss), the user agent's level hashes from the per-thread parse cache, and the
+//! formula.
 
 use super::DecisionCtx;
 
