@@ -1161,8 +1161,8 @@ impl History {
                 }
             }
             out.u32(k.rba_actions);
-            out.u32(k.rba.len() as u32);
-            for c in &k.rba {
+            out.u32(k.rba.list.len() as u32);
+            for c in &k.rba.list {
                 out.u64(c.value);
                 out.u32(c.count);
                 out.i64(c.last_ms);
@@ -1224,7 +1224,14 @@ impl History {
                 location,
                 last_ms,
                 rba_actions,
-                rba,
+                rba: {
+                    let mut values = RbaValues {
+                        list: rba,
+                        slots: Vec::new(),
+                    };
+                    values.reindex();
+                    values
+                },
             })
         })?;
         self.rba.import(r, caps)
