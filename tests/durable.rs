@@ -30,6 +30,16 @@ fn req(user: &str, key: &str, device: &str) -> TrackRequest {
     r
 }
 
+/// Waits for the writer's first sync (at most 10 s), then `settle` more for the intervals after it to write the
+/// rest (the tests use a 5 ms `sync_interval`).
+fn wait_for_sync(e: &Engine, settle: Duration) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.durable_stats().unwrap().syncs == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(settle);
+}
+
 fn temp(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
@@ -102,11 +112,7 @@ fn the_journal_alone_restores_what_was_synced() {
     for i in 0..50 {
         e.track(&req("u1", &format!("k{i}"), "d1")).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while e.durable_stats().unwrap().syncs == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(50));
+    wait_for_sync(&e, Duration::from_millis(50));
     let copy = temp("copy");
     copy_state(&path, &copy.1);
     let restored = engine(&StoreSettings::file(&copy.1)).unwrap();
@@ -602,11 +608,7 @@ fn journals_without_their_snapshot_are_refused_not_replayed_under_new_keys() {
     for i in 0..10 {
         e.track(&req("u1", &format!("k{i}"), "d1")).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while e.durable_stats().unwrap().syncs == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(30));
+    wait_for_sync(&e, Duration::from_millis(30));
     let copy = temp("copy");
     copy_state(&path, &copy.1);
     drop(e);
@@ -780,11 +782,7 @@ fn restarts_keep_idempotency_transitions_tokens_and_ttl() {
     // The challenge passed after the restart made the device known.
     assert_eq!(e.track(&req("u1", "k3", "d1")).unwrap().state, State::Allow);
     // The same from the journal alone (a crash now): a copy of the files as they are.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while e.durable_stats().unwrap().syncs == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(50));
+    wait_for_sync(&e, Duration::from_millis(50));
     let copy = temp("copy");
     copy_state(&path, &copy.1);
     let c = build(&copy.1);
