@@ -40,6 +40,22 @@ fn wait_for_sync(e: &Engine, settle: Duration) {
     std::thread::sleep(settle);
 }
 
+/// The files as a crash of the running engine `e` would leave them, once its journal is synced: a copy in a
+/// folder of its own.
+fn crashed_copy(e: &Engine, path: &Path, settle: Duration) -> (tempfile::TempDir, PathBuf) {
+    wait_for_sync(e, settle);
+    let copy = temp("copy");
+    copy_state(path, &copy.1);
+    copy
+}
+
+/// `n` first decisions of u1 on device d1, keys `k0`, `k1`, ….
+fn track_keys(e: &Engine, n: usize) {
+    for i in 0..n {
+        e.track(&req("u1", &format!("k{i}"), "d1")).unwrap();
+    }
+}
+
 fn temp(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
@@ -109,12 +125,8 @@ fn the_journal_alone_restores_what_was_synced() {
     let (_dir, path) = temp("state");
     let store = StoreSettings::file(&path).sync_interval(Duration::from_millis(5));
     let e = engine(&store).unwrap();
-    for i in 0..50 {
-        e.track(&req("u1", &format!("k{i}"), "d1")).unwrap();
-    }
-    wait_for_sync(&e, Duration::from_millis(50));
-    let copy = temp("copy");
-    copy_state(&path, &copy.1);
+    track_keys(&e, 50);
+    let copy = crashed_copy(&e, &path, Duration::from_millis(50));
     let restored = engine(&StoreSettings::file(&copy.1)).unwrap();
     assert_eq!(restored.stored_actions(), 50);
     assert_eq!(
@@ -151,9 +163,7 @@ fn copy_state(from: &Path, to: &Path) {
 fn saved_state(path: &Path) {
     let store = StoreSettings::file(path);
     let e = engine(&store).unwrap();
-    for i in 0..20 {
-        e.track(&req("u1", &format!("k{i}"), "d1")).unwrap();
-    }
+    track_keys(&e, 20);
     drop(e);
 }
 
@@ -605,12 +615,8 @@ fn journals_without_their_snapshot_are_refused_not_replayed_under_new_keys() {
     let (dir, path) = temp("state");
     let store = StoreSettings::file(&path).sync_interval(Duration::from_millis(5));
     let e = engine(&store).unwrap();
-    for i in 0..10 {
-        e.track(&req("u1", &format!("k{i}"), "d1")).unwrap();
-    }
-    wait_for_sync(&e, Duration::from_millis(30));
-    let copy = temp("copy");
-    copy_state(&path, &copy.1);
+    track_keys(&e, 10);
+    let copy = crashed_copy(&e, &path, Duration::from_millis(30));
     drop(e);
     std::fs::remove_file(&copy.1).unwrap();
     let msg = refused(&StoreSettings::file(&copy.1));
@@ -782,9 +788,7 @@ fn restarts_keep_idempotency_transitions_tokens_and_ttl() {
     // The challenge passed after the restart made the device known.
     assert_eq!(e.track(&req("u1", "k3", "d1")).unwrap().state, State::Allow);
     // The same from the journal alone (a crash now): a copy of the files as they are.
-    wait_for_sync(&e, Duration::from_millis(50));
-    let copy = temp("copy");
-    copy_state(&path, &copy.1);
+    let copy = crashed_copy(&e, &path, Duration::from_millis(50));
     let c = build(&copy.1);
     assert_eq!(
         c.get_action("u1", "signIn", "k1").unwrap().state,
