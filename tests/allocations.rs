@@ -73,14 +73,15 @@ fn first_decisions_and_repeats_allocate_within_their_bounds() {
         viewed, 0.0,
         "{viewed:.2} allocations per repeat through track_with"
     );
-    // Measured: 7.77 and 6.09 (the slot, its identity, the map entry, the rule results, the matching rule
-    // ids, history's growth; a challenge's token and url). The response adds the key and the rule ids.
+    // Measured: 5.89 and 4.21 (the map entry holding the slot, the rule results, the matching rule ids,
+    // history's growth; a challenge's token, url, identity and the box they share). The response adds the key
+    // and the rule ids.
     assert!(
-        first <= 8.0,
+        first <= 6.2,
         "{first:.2} allocations per first decision (track)"
     );
     assert!(
-        first_viewed <= 6.5,
+        first_viewed <= 4.5,
         "{first_viewed:.2} allocations per first decision (track_with)"
     );
     assert!(owned <= 2.0, "{owned:.2} allocations per repeat (track)");
