@@ -571,7 +571,7 @@ impl Engine {
                 .entered();
         let started = std::time::Instant::now();
         rules::binding::with_decision(ctx, |ctx| {
-            let mut results = Vec::with_capacity(idx.len());
+            let mut results = sandbox::Results::new();
             sandbox::evaluate(
                 &rs.engine,
                 &rs.config.limits,
@@ -585,7 +585,7 @@ impl Engine {
                 &rs.config,
                 &req.action,
                 idx.iter().map(|&i| &rs.rules[i]),
-                results,
+                &mut results,
             );
             self.shared.stats.record(decision.state, started);
             #[cfg(feature = "tracing")]
@@ -644,7 +644,7 @@ impl Engine {
         let idx = rs.rules_for(&req.action);
         let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
         Ok(rules::binding::with_decision(ctx, |ctx| {
-            let mut results = Vec::with_capacity(idx.len());
+            let mut results = sandbox::Results::new();
             let mut traces = Vec::with_capacity(idx.len());
             for &i in idx {
                 let rule = &rs.rules[i];
@@ -672,11 +672,11 @@ impl Engine {
                 &rs.config,
                 &req.action,
                 idx.iter().map(|&i| &rs.rules[i]),
-                results,
+                &mut results,
             );
             Explanation {
                 state: d.state,
-                rule_ids: d.rule_ids,
+                rule_ids: d.rule_ids.into_vec(),
                 priority_rule_id: d.priority_rule_id,
                 shadow_rule_ids: d.shadow_rule_ids,
                 errors: d.errors,

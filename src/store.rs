@@ -107,13 +107,16 @@ pub(crate) struct Slot {
 /// shadow matches, errors, token or url, and store only the outcome and their matching rule ids.
 pub(crate) struct Decided {
     outcome: State,
-    rule_ids: Box<[RuleId]>,
+    /// The matching rule id when there is one (most decisions); two or more are in `rest`.
+    rule_id: Option<RuleId>,
     rest: Option<Box<Rest>>,
 }
 
 /// The parts of a decision most actions do not have.
 #[derive(Default)]
 struct Rest {
+    /// The matching rule ids when there are two or more.
+    rule_ids: Box<[RuleId]>,
     /// Set only when the deciding rule is not the first of `rule_ids` (resolution never does that today).
     priority_rule_id: Option<Option<RuleId>>,
     shadow_rule_ids: Vec<RuleId>,
@@ -176,7 +179,13 @@ impl Decided {
         let (user_id, action, key) = identity;
         let priority_rule_id =
             (priority_rule_id.as_ref() != rule_ids.first()).then_some(priority_rule_id);
+        let (rule_id, rule_ids) = if rule_ids.len() <= 1 {
+            (rule_ids.into_iter().next(), Box::default())
+        } else {
+            (None, rule_ids.into_vec().into_boxed_slice())
+        };
         let rest = Rest {
+            rule_ids,
             priority_rule_id,
             shadow_rule_ids,
             errors,
@@ -186,7 +195,8 @@ impl Decided {
             url: url.map(String::into_boxed_str),
             footprint: pending.then_some(footprint),
         };
-        let needed = rest.priority_rule_id.is_some()
+        let needed = !rest.rule_ids.is_empty()
+            || rest.priority_rule_id.is_some()
             || !rest.shadow_rule_ids.is_empty()
             || !rest.errors.is_empty()
             || rest.token.is_some()
@@ -194,7 +204,7 @@ impl Decided {
             || rest.footprint.is_some();
         Decided {
             outcome: state,
-            rule_ids: rule_ids.into_boxed_slice(),
+            rule_id,
             rest: needed.then(|| Box::new(rest)),
         }
     }
@@ -204,7 +214,10 @@ impl Decided {
         self.outcome
     }
     pub fn rule_ids(&self) -> &[RuleId] {
-        &self.rule_ids
+        match &self.rest {
+            Some(r) if !r.rule_ids.is_empty() => &r.rule_ids,
+            _ => self.rule_id.as_slice(),
+        }
     }
     pub fn priority_rule_id(&self) -> Option<&RuleId> {
         match self.rest.as_ref().and_then(|r| r.priority_rule_id.as_ref()) {
@@ -631,7 +644,7 @@ mod tests {
         let _ = slot.decided.set(Decided::new(
             Decision {
                 state: State::ChallengeRequired,
-                rule_ids: Vec::new(),
+                rule_ids: Default::default(),
                 priority_rule_id: None,
                 shadow_rule_ids: Vec::new(),
                 errors: Vec::new(),
@@ -885,7 +898,7 @@ mod tests {
     }
 
     fn decision(state: State, ids: &[&str], shadow: &[&str]) -> Decision {
-        let ids: Vec<RuleId> = ids.iter().map(|i| RuleId::new(i)).collect();
+        let ids: crate::decide::RuleIds = ids.iter().map(|i| RuleId::new(i)).collect();
         Decision {
             state,
             priority_rule_id: ids.first().cloned(),
@@ -897,15 +910,26 @@ mod tests {
 
     #[test]
     fn a_plain_decision_is_stored_compactly_and_read_back_whole() {
-        let d = Decided::new(
-            decision(State::Block, &["a", "b"], &[]),
-            ("u", "a", "k"),
-            None,
-            at(5),
-            None,
-            Footprint::default(),
-        );
-        assert!(d.rest.is_none());
+        let plain = |ids: &[&str]| {
+            Decided::new(
+                decision(State::Block, ids, &[]),
+                ("u", "a", "k"),
+                None,
+                at(5),
+                None,
+                Footprint::default(),
+            )
+        };
+        // None or one matching rule: nothing beside the decided record itself.
+        for ids in [&[][..], &["a"]] {
+            let d = plain(ids);
+            assert!(d.rest.is_none());
+            assert_eq!(d.rule_ids().len(), ids.len());
+            assert_eq!(d.priority_rule_id().map(|r| &**r), ids.first().copied());
+        }
+        // Two or more: the list is kept whole, in order.
+        let d = plain(&["a", "b"]);
+        assert!(d.rest.is_some());
         assert_eq!(d.outcome(), State::Block);
         assert_eq!(d.rule_ids(), [RuleId::new("a"), RuleId::new("b")]);
         assert_eq!(d.priority_rule_id(), Some(&RuleId::new("a")));

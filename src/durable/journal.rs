@@ -378,7 +378,7 @@ pub(super) fn get_slot<'a>(
     let updated = EpochMs::from_ms(r.i64()?);
     let token_used = r.u8()? != 0;
     let outcome = get_state(r.u8()?)?;
-    let rule_ids = ids.list(r)?;
+    let rule_ids: crate::decide::RuleIds = ids.list(r)?.into();
     let mut decision = Decision {
         state: outcome,
         priority_rule_id: rule_ids.first().cloned(),

@@ -264,7 +264,7 @@ mod tests {
         };
         let decision = Decision {
             state,
-            rule_ids: Vec::new(),
+            rule_ids: Default::default(),
             priority_rule_id: None,
             shadow_rule_ids: Vec::new(),
             errors: Vec::new(),
