@@ -52,6 +52,8 @@ pub(crate) struct IdentityKey([u8; 16]);
 /// hash is the identity: keyed, a caller who chooses user ids and idempotency keys cannot search for two
 /// identities that share it. The lengths of the user id and the action are mixed in, so that `("ab", "c")` and
 /// `("a", "bc")` differ (the key's length is what remains).
+///
+/// Snapshots (format version 2) save actions under this hash: a change to it needs a new format version.
 pub(crate) fn identity_hash(key: &IdentityKey, user_id: &str, action: &str, idem: &str) -> H128 {
     with_buffer(
         |h| {

@@ -456,6 +456,7 @@ impl Store {
                     new: (_, new),
                 } => (new, Some(old)),
                 Compute::Inserted(_, new) => (new, None),
+                // Never: the closure does not remove.
                 Compute::Removed(_, old) => return Found::Existing(old),
             },
         };
