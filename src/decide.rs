@@ -14,20 +14,24 @@ use smallvec::SmallVec;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Decision {
     pub state: State,
-    pub rule_ids: Vec<RuleId>,
+    pub rule_ids: RuleIds,
     pub priority_rule_id: Option<RuleId>,
     pub shadow_rule_ids: Vec<RuleId>,
     pub errors: Vec<RuleError>,
 }
 
+/// Matching rule ids: one inline (most decisions match none or one), more on the heap.
+pub(crate) type RuleIds = SmallVec<[RuleId; 1]>;
+
 type Matches<'a> = SmallVec<[(u8, State, &'a RuleId); 16]>;
 
-/// Resolves the results of `rules` (one per rule, same order) for `action`.
+/// Resolves the results of `rules` (one per rule, same order) for `action`. Error messages are moved out of
+/// `results` (read in place, not moved: the list is on the caller's stack).
 pub(crate) fn resolve<'a>(
     config: &Config,
     action: &str,
     rules: impl Iterator<Item = &'a Rule>,
-    results: Vec<RuleResult>,
+    results: &mut [RuleResult],
 ) -> Decision {
     // On the stack for up to 16 matches each: a decision allocates only the lists it returns.
     let mut enforce: Matches = SmallVec::new();
@@ -36,12 +40,12 @@ pub(crate) fn resolve<'a>(
     for (rule, result) in rules.zip(results) {
         let outcome = match result {
             RuleResult::NoMatch => None,
-            RuleResult::Match(s) => Some(s),
+            RuleResult::Match(s) => Some(*s),
             RuleResult::Error(kind, message) => {
                 errors.push(RuleError {
                     rule_id: rule.id.clone(),
-                    kind,
-                    message,
+                    kind: *kind,
+                    message: std::mem::take(message),
                 });
                 match config.on_rule_error {
                     OnRuleError::Outcome(s) => Some(s),

@@ -17,7 +17,7 @@ use crate::counter::Striped;
 use crate::decide;
 use crate::error::{LoadError, TrackError};
 use crate::explain::Explanation;
-use crate::hash::{EngineKeys, FingerprintKey};
+use crate::hash::{EngineKeys, FingerprintKey, H128};
 use crate::request::TrackRequest;
 use crate::rules::{self, sandbox, RuleSet};
 use crate::settings::{Overrides, SandboxLimits};
@@ -26,7 +26,7 @@ use crate::signals::{self, DecisionCtx, History};
 use crate::state::redis::{finish, Io};
 use crate::state::Backend;
 use crate::stats::{self, Stats};
-use crate::store::{Decided, Found, Ident, Slot, Store};
+use crate::store::{Decided, Found, Slot, Store};
 #[cfg(feature = "redis")]
 use crate::store_settings::OnStoreError;
 use crate::store_settings::{StoreBackend, StoreSettings};
@@ -331,7 +331,7 @@ impl EngineBuilder {
                 (Backend::Memory(o.store), o.keys)
             }
             StoreBackend::Memory => (
-                Backend::Memory(Store::new(loaded.config.capacity, keys.buckets)),
+                Backend::Memory(Store::new(loaded.config.capacity, &keys)),
                 keys,
             ),
             #[cfg(feature = "redis")]
@@ -466,19 +466,19 @@ impl Engine {
         f: impl FnOnce(&TrackView<'_>) -> R,
     ) -> Result<R, TrackError> {
         let cfg = &rs.config;
+        let guard = store.guard();
         // The identity, hashed once: by the repeat fast path when the request has a key.
         let mut known = None;
         // The repeat fast path. A stored action with this identity and this fingerprint was tracked with the same
         // attributes, which passed validation then: validating them again (most of what a repeat would cost)
         // cannot fail, so a decided repeat is answered before it. Anything else takes the full path below.
         if let Some(key) = req.attributes.idempotency_key.as_deref() {
-            let guard = store.guard();
-            let id = Ident::new(&req.user_id, &req.action, key);
+            let id = store.key(&req.user_id, &req.action, key);
             known = Some(id);
-            if let Some(slot) = store.get(&guard, &id, now, cfg.idempotency_ttl) {
+            if let Some(slot) = store.get(&guard, id, now, cfg.idempotency_ttl) {
                 if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
-                        return answer(store, slot, decided, f);
+                        return answer(store, id, key, slot, decided, f);
                     }
                 }
             }
@@ -494,16 +494,15 @@ impl Engine {
                 generated.as_str()
             }
         };
-        let id = known.unwrap_or_else(|| Ident::new(&req.user_id, &req.action, key));
-        let found = store.get_or_insert(&id, fingerprint, now, cfg.idempotency_ttl);
-        let slot = match found {
-            Ok(Found::New(slot)) => slot,
-            Ok(Found::Existing(slot))
+        let id = known.unwrap_or_else(|| store.key(&req.user_id, &req.action, key));
+        let slot = match store.get_or_insert(&guard, id, fingerprint, now, cfg.idempotency_ttl) {
+            Found::New(slot) => slot,
+            Found::Existing(slot)
                 if slot.fingerprint == fingerprint || cfg.on_conflict == OnConflict::Replay =>
             {
                 slot
             }
-            Ok(Found::Existing(_)) | Err(_) => {
+            Found::Existing(_) => {
                 return Err(TrackError::IdempotencyConflict {
                     user_id: req.user_id.clone(),
                     action: req.action.clone(),
@@ -511,30 +510,35 @@ impl Engine {
                 })
             }
         };
-        let decided = slot
-            .decided
-            .get_or_init(|| self.decide(store, rs, req, now, &slot));
-        answer(store, &slot, decided, f)
+        let mut decided_here = false;
+        let decided = slot.decided.get_or_init(|| {
+            decided_here = true;
+            self.decide(rs, req, key, now, slot)
+        });
+        if decided_here {
+            // Registered once the decision holding the token is set (see `Store::register_token`).
+            store.register_token(id, slot);
+        }
+        answer(store, id, key, slot, decided, f)
     }
 
-    /// Runs the rules for a new action and fixes its first decision.
+    /// Runs the rules for a new action (its idempotency key `key`) and fixes its first decision.
     fn decide(
         &self,
-        store: &Store,
         rs: &Loaded,
         req: &TrackRequest,
+        key: &str,
         now: EpochMs,
-        slot: &Arc<Slot>,
+        slot: &Slot,
     ) -> Decided {
         let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
         let (decision, footprint) = self.evaluate(rs, req, ctx);
         slot.init_state(decision.state);
         let (token, url) = challenge(rs, req, decision.state);
-        if let Some(t) = &token {
-            store.register_token(t, slot);
-        }
+        let identity = (req.user_id.as_str(), req.action.as_str(), key);
         let decided = Decided::new(
             decision,
+            identity,
             token,
             token::expires_at(now, rs.config.token_ttl),
             url,
@@ -542,7 +546,7 @@ impl Engine {
         );
         // Journaled before the decision is visible, so every later change to the action follows it.
         if let Some(d) = &self.shared.durable {
-            d.journal().action(slot, &decided);
+            d.journal().action(identity, slot, &decided);
         }
         decided
     }
@@ -567,7 +571,7 @@ impl Engine {
                 .entered();
         let started = std::time::Instant::now();
         rules::binding::with_decision(ctx, |ctx| {
-            let mut results = Vec::with_capacity(idx.len());
+            let mut results = sandbox::Results::new();
             sandbox::evaluate(
                 &rs.engine,
                 &rs.config.limits,
@@ -581,7 +585,7 @@ impl Engine {
                 &rs.config,
                 &req.action,
                 idx.iter().map(|&i| &rs.rules[i]),
-                results,
+                &mut results,
             );
             self.shared.stats.record(decision.state, started);
             #[cfg(feature = "tracing")]
@@ -640,7 +644,7 @@ impl Engine {
         let idx = rs.rules_for(&req.action);
         let ctx = DecisionCtx::new(&self.shared.history, &rs.signals, req, now);
         Ok(rules::binding::with_decision(ctx, |ctx| {
-            let mut results = Vec::with_capacity(idx.len());
+            let mut results = sandbox::Results::new();
             let mut traces = Vec::with_capacity(idx.len());
             for &i in idx {
                 let rule = &rs.rules[i];
@@ -668,11 +672,11 @@ impl Engine {
                 &rs.config,
                 &req.action,
                 idx.iter().map(|&i| &rs.rules[i]),
-                results,
+                &mut results,
             );
             Explanation {
                 state: d.state,
-                rule_ids: d.rule_ids,
+                rule_ids: d.rule_ids.into_vec(),
                 priority_rule_id: d.priority_rule_id,
                 shadow_rule_ids: d.shadow_rule_ids,
                 errors: d.errors,
@@ -745,12 +749,12 @@ impl Engine {
         let guard = store.guard();
         let slot = store.get(
             &guard,
-            &Ident::new(user_id, action, idempotency_key),
+            store.key(user_id, action, idempotency_key),
             now,
             ttl,
         )?;
         let decided = slot.decided.get().filter(|d| complete(d))?;
-        Some(record(slot, decided))
+        Some(record((user_id, action, idempotency_key), slot, decided))
     }
 
     /// Moves a stored action to `new_state`: `CHALLENGE_REQUIRED` → `CHALLENGE_SUCCEEDED` or
@@ -789,10 +793,11 @@ impl Engine {
             }
         };
         let guard = store.guard();
+        let identity = (user_id, action, idempotency_key);
         let slot = store
             .get(
                 &guard,
-                &Ident::new(user_id, action, idempotency_key),
+                store.key(user_id, action, idempotency_key),
                 now,
                 ttl,
             )
@@ -813,7 +818,7 @@ impl Engine {
             });
         }
         if let Some(d) = &self.shared.durable {
-            d.journal().transition(slot, new_state, now);
+            d.journal().transition(identity, new_state, now);
         }
         if matches!(
             new_state,
@@ -825,7 +830,7 @@ impl Engine {
                 signals::make_known(&history, &rs.signals, footprint);
             }
         }
-        Ok(record(slot, decided))
+        Ok(record(identity, slot, decided))
     }
 
     /// Checks a challenge token: valid only when it is unexpired, its action reached `CHALLENGE_SUCCEEDED`,
@@ -852,10 +857,13 @@ impl Engine {
                     .unwrap_or_else(store_unavailable)
             }
         };
-        let Some(slot) = store.by_token(token, now, ttl) else {
+        let guard = store.guard();
+        let Some(slot) = store.by_token(&guard, token, now, ttl) else {
             return invalid(InvalidTokenReason::UnknownToken);
         };
-        let Some(decided) = slot.decided.get() else {
+        // An action with a token keeps its identity.
+        let Some((decided, identity)) = slot.decided.get().and_then(|d| Some((d, d.identity()?)))
+        else {
             return invalid(InvalidTokenReason::UnknownToken);
         };
         let state = slot.state();
@@ -869,16 +877,16 @@ impl Engine {
             Some(InvalidTokenReason::AlreadyUsed)
         } else {
             if let Some(d) = &self.shared.durable {
-                d.journal().token_used(&slot);
+                d.journal().token_used(identity);
             }
             None
         };
         ValidateChallengeResponse {
             is_valid: reason.is_none(),
             state: Some(state),
-            user_id: Some(slot.user_id().to_owned()),
-            action: Some(slot.action().to_owned()),
-            idempotency_key: Some(slot.key().to_owned()),
+            user_id: Some(identity.0.to_owned()),
+            action: Some(identity.1.to_owned()),
+            idempotency_key: Some(identity.2.to_owned()),
             reason,
         }
     }
@@ -1556,26 +1564,31 @@ fn complete(d: &Decided) -> bool {
     d.outcome() != State::ChallengeRequired || d.token().is_some()
 }
 
-/// The response to `track` for a decided action. A challenge that got no token is an error, never a
-/// `CHALLENGE_REQUIRED` the client cannot complete: the action leaves the store, so a retry decides again.
+/// The response to `track` for a decided action, stored under `id` with idempotency key `key`. A challenge
+/// that got no token is an error, never a `CHALLENGE_REQUIRED` the client cannot complete: the action leaves
+/// the store, so a retry decides again.
 fn answer<R>(
     store: &Store,
-    slot: &Arc<Slot>,
+    id: H128,
+    key: &str,
+    slot: &Slot,
     d: &Decided,
     f: impl FnOnce(&TrackView<'_>) -> R,
 ) -> Result<R, TrackError> {
     if !complete(d) {
-        store.withdraw(slot);
+        store.withdraw(id, slot);
         return Err(TrackError::RandomSource);
     }
-    Ok(f(&TrackView::stored(slot, d)))
+    Ok(f(&TrackView::stored(slot, d, key)))
 }
 
-fn record(slot: &Slot, d: &Decided) -> ActionRecord {
+/// The record of a stored action whose identity is (`user_id`, `action`, `key`).
+fn record(identity: (&str, &str, &str), slot: &Slot, d: &Decided) -> ActionRecord {
+    let (user_id, action, key) = identity;
     ActionRecord {
-        user_id: slot.user_id().to_owned(),
-        action: slot.action().to_owned(),
-        idempotency_key: slot.key().to_owned(),
+        user_id: user_id.to_owned(),
+        action: action.to_owned(),
+        idempotency_key: key.to_owned(),
         state: slot.state(),
         outcome: d.outcome(),
         rule_ids: d.rule_ids().to_vec(),

@@ -377,6 +377,8 @@ enum View<'a> {
     Stored {
         slot: &'a crate::store::Slot,
         decided: &'a crate::store::Decided,
+        /// The idempotency key (the store keeps only its hash).
+        key: &'a str,
     },
     /// A response built already (a remote store's).
     #[cfg(feature = "redis")]
@@ -384,8 +386,12 @@ enum View<'a> {
 }
 
 impl<'a> TrackView<'a> {
-    pub(crate) fn stored(slot: &'a crate::store::Slot, decided: &'a crate::store::Decided) -> Self {
-        TrackView(View::Stored { slot, decided })
+    pub(crate) fn stored(
+        slot: &'a crate::store::Slot,
+        decided: &'a crate::store::Decided,
+        key: &'a str,
+    ) -> Self {
+        TrackView(View::Stored { slot, decided, key })
     }
     #[cfg(feature = "redis")]
     pub(crate) fn owned(response: &'a TrackResponse) -> Self {
@@ -403,7 +409,7 @@ impl<'a> TrackView<'a> {
     /// The action's idempotency key: the caller's, or the one the engine generated.
     pub fn idempotency_key(&self) -> &'a str {
         match &self.0 {
-            View::Stored { slot, .. } => slot.key(),
+            View::Stored { key, .. } => key,
             #[cfg(feature = "redis")]
             View::Owned(r) => &r.idempotency_key,
         }

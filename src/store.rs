@@ -2,12 +2,16 @@
 //! with single-flight first decisions.
 //!
 //! # Design
-//! - The map is a lock-free `papaya::HashMap` keyed by the 128-bit xxh3 hash of the identity, hashed from the
-//!   borrowed strings, so a lookup allocates nothing. The stored slot keeps the identity itself, and a hit is
-//!   compared to it, so a hash collision can never return another user's action. A lookup takes no lock and
+//! - The map is a lock-free `papaya::HashMap` keyed by the keyed 128-bit SipHash-1-3 of the identity
+//!   (`hash::identity_hash`, under a secret derived from the engine's fingerprint key), hashed from the borrowed
+//!   strings, so a lookup allocates nothing. The hash is the identity: the store keeps no identity strings
+//!   (the caller of every call has them), except for actions with a challenge token, whose identity
+//!   `validate_challenge` answers with. Keyed, a caller cannot search for two identities that share a hash;
+//!   an accidental collision has probability 2⁻¹²⁸ per pair.
+//! - The slot lives in the map's own entry (one allocation per action, no `Arc`). A lookup takes no lock and
 //!   writes no shared memory: it pins an epoch [`Guard`] (a per-thread reservation) and borrows the slot under
-//!   it ([`Store::get`]), without bumping the slot's reference count. Memory removed from the map is freed
-//!   only after every guard that could see it is dropped.
+//!   it ([`Store::get`]). Memory removed from the map is freed only after every guard that could see it is
+//!   dropped.
 //! - The map resizes in papaya's blocking mode: an insert that finds the table full copies it at once
 //!   (helped by concurrent inserters), so lookups after growth probe one table, never a chain of half-moved
 //!   ones (papaya's incremental mode left lookups probing hundreds of slots after growth; `store` bench group).
@@ -26,9 +30,9 @@
 //!   and, only when it evicts, the shard it evicts from. A lookup also treats an expired action as absent, so
 //!   expiry is exact even between inserts. An entry removes only the slot it was pushed for (same sequence
 //!   number, unique per shard): a key inserted again after expiry has its own.
-//! - Tokens: a second lock-free map from the token's hash to its slot. A token lives exactly as long as its
-//!   slot is in the store; see [`Store::register_token`] for how eviction and registration, which race, never
-//!   leave an orphan behind. How a token is made, hashed and compared is `token.rs`'s.
+//! - Tokens: a second lock-free map from the token's hash to its action's key. A token lives exactly as long
+//!   as its slot is in the store; see [`Store::register_token`] for how eviction and registration, which race,
+//!   never leave an orphan behind. How a token is made, hashed and compared is `token.rs`'s.
 //! - Both maps bucket their keys with the engine's secret keys (`hash::BucketKeys`).
 //!
 //! # Concurrent calls
@@ -41,15 +45,15 @@
 //!   may each see the store one over before the other's eviction, so it can briefly hold one action more per
 //!   concurrent insert. Eviction is oldest-first by creation time across all shards.
 //! - An action evicted or withdrawn while another thread holds it stays valid for that thread: memory is
-//!   freed only when every [`Guard`] and `Arc` that could reach it is gone.
+//!   freed only when every [`Guard`] that could reach it is gone.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use crate::decide::Decision;
-use crate::hash::{identity_hash, BucketKeys, H128};
+use crate::hash::{identity_hash, BucketKeys, EngineKeys, IdentityKey, H128};
 use crate::response::{RuleError, RuleId, State};
 use crate::signals::Footprint;
 use crate::time::{DurationMs, EpochMs};
@@ -87,35 +91,32 @@ fn map<V>(keys: BucketKeys) -> Map<V> {
 
 pub(crate) use crate::config::EVICT_PER_INSERT;
 
-/// One stored action.
+/// One stored action, held in the map's entry under its key (the keyed hash of its identity).
 pub(crate) struct Slot {
-    /// `user_id`, `action` and the idempotency key, one after the other.
-    ident: Box<str>,
-    user_len: u32,
-    action_len: u32,
     /// Unique per slot in this store: tells a retention entry whether it still stands for the stored slot.
     seq: u64,
     pub fingerprint: H128,
     pub created: EpochMs,
     pub decided: OnceLock<Decided>,
-    state: AtomicU8,
     state_updated_ms: AtomicI64,
+    state: AtomicU8,
     token_used: AtomicBool,
-    /// The hash of the slot's challenge token, set just before the token is registered.
-    token_hash: OnceLock<H128>,
 }
 
 /// What the first decision fixed for an action, kept compact: most actions are an `ALLOW` or `BLOCK` with no
 /// shadow matches, errors, token or url, and store only the outcome and their matching rule ids.
 pub(crate) struct Decided {
     outcome: State,
-    rule_ids: Box<[RuleId]>,
+    /// The matching rule id when there is one (most decisions); two or more are in `rest`.
+    rule_id: Option<RuleId>,
     rest: Option<Box<Rest>>,
 }
 
 /// The parts of a decision most actions do not have.
 #[derive(Default)]
 struct Rest {
+    /// The matching rule ids when there are two or more.
+    rule_ids: Box<[RuleId]>,
     /// Set only when the deciding rule is not the first of `rule_ids` (resolution never does that today).
     priority_rule_id: Option<Option<RuleId>>,
     shadow_rule_ids: Vec<RuleId>,
@@ -125,11 +126,43 @@ struct Rest {
     url: Option<Box<str>>,
     /// Kept only for actions that can still move to `CHALLENGE_SUCCEEDED` or `REVIEW_SUCCEEDED`.
     footprint: Option<Footprint>,
+    /// The identity of an action with a token (what `validate_challenge` answers with, from the token alone).
+    identity: Option<Identity>,
+}
+
+/// `user_id`, `action` and the idempotency key, one after the other.
+struct Identity {
+    text: Box<str>,
+    user_len: u32,
+    action_len: u32,
+}
+
+impl Identity {
+    fn new(user_id: &str, action: &str, key: &str) -> Self {
+        let mut text = String::with_capacity(user_id.len() + action.len() + key.len());
+        text.push_str(user_id);
+        text.push_str(action);
+        text.push_str(key);
+        Identity {
+            text: text.into_boxed_str(),
+            user_len: user_id.len() as u32,
+            action_len: action.len() as u32,
+        }
+    }
+
+    fn parts(&self) -> (&str, &str, &str) {
+        let (u, a) = (self.user_len as usize, self.action_len as usize);
+        let part = |r: std::ops::Range<usize>| self.text.get(r).unwrap_or("");
+        (part(0..u), part(u..u + a), part(u + a..self.text.len()))
+    }
 }
 
 impl Decided {
+    /// The stored form of `decision` for the action `identity` (user, action, key), which is kept only when
+    /// there is a token.
     pub fn new(
         decision: Decision,
+        identity: (&str, &str, &str),
         token: Option<String>,
         token_expires: EpochMs,
         url: Option<String>,
@@ -143,17 +176,27 @@ impl Decided {
             errors,
         } = decision;
         let pending = matches!(state, State::ChallengeRequired | State::Review);
+        let (user_id, action, key) = identity;
+        let priority_rule_id =
+            (priority_rule_id.as_ref() != rule_ids.first()).then_some(priority_rule_id);
+        let (rule_id, rule_ids) = if rule_ids.len() <= 1 {
+            (rule_ids.into_iter().next(), Box::default())
+        } else {
+            (None, rule_ids.into_vec().into_boxed_slice())
+        };
         let rest = Rest {
-            priority_rule_id: (priority_rule_id.as_ref() != rule_ids.first())
-                .then_some(priority_rule_id),
+            rule_ids,
+            priority_rule_id,
             shadow_rule_ids,
             errors,
+            identity: token.is_some().then(|| Identity::new(user_id, action, key)),
             token: token.map(String::into_boxed_str),
             token_expires,
             url: url.map(String::into_boxed_str),
             footprint: pending.then_some(footprint),
         };
-        let needed = rest.priority_rule_id.is_some()
+        let needed = !rest.rule_ids.is_empty()
+            || rest.priority_rule_id.is_some()
             || !rest.shadow_rule_ids.is_empty()
             || !rest.errors.is_empty()
             || rest.token.is_some()
@@ -161,7 +204,7 @@ impl Decided {
             || rest.footprint.is_some();
         Decided {
             outcome: state,
-            rule_ids: rule_ids.into_boxed_slice(),
+            rule_id,
             rest: needed.then(|| Box::new(rest)),
         }
     }
@@ -171,12 +214,15 @@ impl Decided {
         self.outcome
     }
     pub fn rule_ids(&self) -> &[RuleId] {
-        &self.rule_ids
+        match &self.rest {
+            Some(r) if !r.rule_ids.is_empty() => &r.rule_ids,
+            _ => self.rule_id.as_slice(),
+        }
     }
     pub fn priority_rule_id(&self) -> Option<&RuleId> {
         match self.rest.as_ref().and_then(|r| r.priority_rule_id.as_ref()) {
             Some(explicit) => explicit.as_ref(),
-            None => self.rule_ids.first(),
+            None => self.rule_ids().first(),
         }
     }
     pub fn shadow_rule_ids(&self) -> &[RuleId] {
@@ -199,52 +245,23 @@ impl Decided {
     pub fn footprint(&self) -> Option<&Footprint> {
         self.rest.as_ref()?.footprint.as_ref()
     }
+    /// The action's user id, action and idempotency key: kept only for an action with a token.
+    pub fn identity(&self) -> Option<(&str, &str, &str)> {
+        self.rest.as_ref()?.identity.as_ref().map(Identity::parts)
+    }
 }
 
 impl Slot {
-    fn new(
-        user_id: &str,
-        action: &str,
-        key: &str,
-        seq: u64,
-        fingerprint: H128,
-        now: EpochMs,
-    ) -> Self {
-        let mut ident = String::with_capacity(user_id.len() + action.len() + key.len());
-        ident.push_str(user_id);
-        ident.push_str(action);
-        ident.push_str(key);
+    fn new(seq: u64, fingerprint: H128, now: EpochMs) -> Self {
         Slot {
-            ident: ident.into_boxed_str(),
-            user_len: user_id.len() as u32,
-            action_len: action.len() as u32,
             seq,
             fingerprint,
             created: now,
             decided: OnceLock::new(),
-            state: AtomicU8::new(State::Allow.to_u8()),
             state_updated_ms: AtomicI64::new(now.ms()),
+            state: AtomicU8::new(State::Allow.to_u8()),
             token_used: AtomicBool::new(false),
-            token_hash: OnceLock::new(),
         }
-    }
-
-    pub fn user_id(&self) -> &str {
-        self.ident.get(..self.user_len as usize).unwrap_or("")
-    }
-    pub fn action(&self) -> &str {
-        let u = self.user_len as usize;
-        self.ident
-            .get(u..u + self.action_len as usize)
-            .unwrap_or("")
-    }
-    pub fn key(&self) -> &str {
-        self.ident
-            .get((self.user_len + self.action_len) as usize..)
-            .unwrap_or("")
-    }
-    fn is(&self, user_id: &str, action: &str, key: &str) -> bool {
-        self.user_id() == user_id && self.action() == action && self.key() == key
     }
 
     /// The current state. Before the first decision is stored this is meaningless: callers read it only
@@ -294,38 +311,19 @@ impl Slot {
     }
 }
 
-/// An action identity, hashed once for every look-up of one call.
-#[derive(Clone, Copy)]
-pub(crate) struct Ident<'a> {
-    pub user_id: &'a str,
-    pub action: &'a str,
-    pub key: &'a str,
-    hash: H128,
-}
-
-impl<'a> Ident<'a> {
-    pub fn new(user_id: &'a str, action: &'a str, key: &'a str) -> Self {
-        Ident {
-            user_id,
-            action,
-            key,
-            hash: identity_hash(user_id, action, key),
-        }
-    }
-}
-
 /// The result of looking an identity up for `track`.
-pub(crate) enum Found {
+pub(crate) enum Found<'g> {
     /// The identity was new: this caller inserted the slot.
-    New(Arc<Slot>),
+    New(&'g Slot),
     /// The identity was already stored (possibly still being decided by another caller).
-    Existing(Arc<Slot>),
+    Existing(&'g Slot),
 }
 
 /// The bounded action store.
 pub(crate) struct Store {
-    map: Map<Arc<Slot>>,
-    tokens: Map<Arc<Slot>>,
+    map: Map<Slot>,
+    /// Token hash → the key of the action the token belongs to.
+    tokens: Map<H128>,
     /// Retention, a power of two of shards (see the module docs).
     shards: Box<[Shard]>,
     /// Each shard's oldest creation time and a lower bound on them (`bound.rs`): an insert that finds the
@@ -333,6 +331,8 @@ pub(crate) struct Store {
     fronts: Fronts,
     /// The keys that choose a key's shard (so a caller cannot aim keys at one shard).
     keys: BucketKeys,
+    /// The key of identity hashes.
+    identity: IdentityKey,
     capacity: AtomicUsize,
 }
 
@@ -359,14 +359,14 @@ struct Entry {
 }
 
 impl Store {
-    /// An empty store bucketing its keys with `keys`.
-    pub fn new(capacity: usize, keys: BucketKeys) -> Self {
+    /// An empty store hashing identities and bucketing its keys with `keys`.
+    pub fn new(capacity: usize, keys: &EngineKeys) -> Self {
         // The largest power of two at most capacity / ACTIONS_PER_SHARD (and at least 1).
         let wanted = (capacity / ACTIONS_PER_SHARD).clamp(1, MAX_SHARDS);
         let shards = 1usize << wanted.ilog2();
         Store {
-            map: map(keys),
-            tokens: map(keys),
+            map: map(keys.buckets),
+            tokens: map(keys.buckets),
             shards: (0..shards)
                 .map(|_| Shard {
                     order: Mutex::new(VecDeque::new()),
@@ -374,9 +374,15 @@ impl Store {
                 })
                 .collect(),
             fronts: Fronts::new(shards),
-            keys,
+            keys: keys.buckets,
+            identity: keys.identity(),
             capacity: AtomicUsize::new(capacity.max(1)),
         }
+    }
+
+    /// The key an action is stored under: the keyed hash of its identity. Hash it once per call.
+    pub fn key(&self, user_id: &str, action: &str, idempotency_key: &str) -> H128 {
+        identity_hash(&self.identity, user_id, action, idempotency_key)
     }
 
     /// Pins the action map for lookups (see [`Guard`]).
@@ -398,76 +404,67 @@ impl Store {
         self.map.len()
     }
 
-    /// Looks up a live (unexpired) action, borrowed under `guard` (from [`Store::guard`] of this store).
+    /// Looks up the live (unexpired) action stored under `key`, borrowed under `guard` (from [`Store::guard`]
+    /// of this store).
     pub fn get<'g>(
         &self,
         guard: &'g Guard<'_>,
-        id: &Ident<'_>,
+        key: H128,
         now: EpochMs,
         ttl: DurationMs,
-    ) -> Option<&'g Arc<Slot>> {
-        let slot = self.map.get(&id.hash, guard)?;
-        (slot.is(id.user_id, id.action, id.key) && !slot.created.expired(ttl, now)).then_some(slot)
+    ) -> Option<&'g Slot> {
+        let slot = self.map.get(&key, guard)?;
+        (!slot.created.expired(ttl, now)).then_some(slot)
     }
 
-    /// Finds the action for `track`, inserting a fresh slot when the identity is new or its action expired.
-    /// `Err(slot)` when the hash is taken by another identity (a 128-bit collision).
-    pub fn get_or_insert(
+    /// Finds the action under `key` for `track`, inserting a fresh slot when the identity is new or its action
+    /// expired. The slot is borrowed under `guard` (from [`Store::guard`] of this store).
+    pub fn get_or_insert<'g>(
         &self,
-        id: &Ident<'_>,
+        guard: &'g Guard<'_>,
+        key: H128,
         fingerprint: H128,
         now: EpochMs,
         ttl: DurationMs,
-    ) -> Result<Found, Arc<Slot>> {
-        let Ident {
-            user_id,
-            action,
-            key,
-            hash: h,
-        } = *id;
-        let guard = self.map.guard();
-        let found = |s: &Arc<Slot>| {
-            if s.is(user_id, action, key) {
-                Ok(Found::Existing(Arc::clone(s)))
-            } else {
-                Err(Arc::clone(s))
-            }
-        };
+    ) -> Found<'g> {
         // Fast path: a live hit is a lock-free probe.
-        if let Some(s) = self.map.get(&h, &guard) {
+        if let Some(s) = self.map.get(&key, guard) {
             if !s.created.expired(ttl, now) {
-                return found(s);
+                return Found::Existing(s);
             }
         }
-        let shard = self.shard(h);
+        let shard = self.shard(key);
         let seq = self.shards[shard].next_seq.fetch_add(1, Ordering::Relaxed);
-        let fresh = Arc::new(Slot::new(user_id, action, key, seq, fingerprint, now));
+        let fresh = || Slot::new(seq, fingerprint, now);
         // A plain insert when the key is vacant (the common case); the dearer `compute` only to replace an
         // expired action.
-        let replaced = match self.map.try_insert(h, Arc::clone(&fresh), &guard) {
-            Ok(_) => None,
-            Err(occupied) if !occupied.current.created.expired(ttl, now) => {
-                return found(occupied.current)
-            }
+        let (slot, replaced) = match self.map.try_insert_with(key, fresh, guard) {
+            Ok(s) => (s, None),
+            Err(current) if !current.created.expired(ttl, now) => return Found::Existing(current),
             Err(_) => match self.map.compute(
-                h,
+                key,
                 |entry| match entry {
-                    Some((_, s)) if !s.created.expired(ttl, now) => Operation::Abort(Arc::clone(s)),
+                    Some((_, s)) if !s.created.expired(ttl, now) => Operation::Abort(s),
                     // An expired action is gone, so this is a new action (and no conflict).
-                    _ => Operation::Insert(Arc::clone(&fresh)),
+                    _ => Operation::Insert(fresh()),
                 },
-                &guard,
+                guard,
             ) {
-                Compute::Aborted(s) => return found(&s),
-                Compute::Updated { old: (_, old), .. } => Some(Arc::clone(old)),
-                Compute::Inserted(..) | Compute::Removed(..) => None,
+                Compute::Aborted(s) => return Found::Existing(s),
+                Compute::Updated {
+                    old: (_, old),
+                    new: (_, new),
+                } => (new, Some(old)),
+                Compute::Inserted(_, new) => (new, None),
+                // Never: the closure does not remove.
+                Compute::Removed(_, old) => return Found::Existing(old),
             },
         };
         if let Some(old) = replaced {
-            self.forget_token(&old);
+            self.forget_token(key, old);
         }
-        self.admit(shard, h, seq, now, ttl);
-        Ok(Found::New(fresh))
+        self.admit(shard, key, seq, now, ttl);
+        Found::New(slot)
     }
 
     /// Records a new slot in its shard's retention order, and evicts what is expired or over capacity, oldest
@@ -520,7 +517,7 @@ impl Store {
         for e in evict.iter().take(n).flatten() {
             // Remove only the slot this entry stands for: a key inserted again after expiry has its own entry.
             if let Ok(Some((_, s))) = self.map.remove_if(&e.key, |_, s| s.seq == e.seq, &guard) {
-                self.forget_token(s);
+                self.forget_token(e.key, s);
             }
         }
     }
@@ -532,49 +529,49 @@ impl Store {
         self.fronts.publish(i, t);
     }
 
-    /// Removes `slot` if it is still the action stored for its identity: its decision could not be completed,
-    /// so the next call with the identity is a new action.
-    pub fn withdraw(&self, slot: &Arc<Slot>) {
-        let h = identity_hash(slot.user_id(), slot.action(), slot.key());
+    /// Removes `slot` if it is still the action stored under `key`: its decision could not be completed, so the
+    /// next call with the identity is a new action.
+    pub fn withdraw(&self, key: H128, slot: &Slot) {
         let guard = self.map.guard();
-        if let Ok(Some((_, s))) = self.map.remove_if(&h, |_, s| Arc::ptr_eq(s, slot), &guard) {
-            self.forget_token(s);
+        if let Ok(Some((_, s))) = self.map.remove_if(&key, |_, s| s.seq == slot.seq, &guard) {
+            self.forget_token(key, s);
         }
     }
 
-    /// Registers the challenge token of `slot`, which is being decided.
+    /// Registers the challenge token of `slot`, stored under `key`, once its decision (which holds the token)
+    /// is set.
     ///
     /// INVARIANT: the token map holds a token only while its slot is in the action map. Eviction and
     /// registration race (a slot can be evicted while its first caller is still deciding), so both sides
-    /// publish first and check second, with a sequentially consistent fence between: registration sets
-    /// `token_hash`, inserts the token, then checks the slot is still stored (and withdraws the token if not);
-    /// eviction removes the slot, then reads `token_hash` and removes the token. Whichever runs second sees
-    /// the other's write, so no token outlives its slot.
-    pub fn register_token(&self, token: &str, slot: &Arc<Slot>) {
-        let th = token::token_hash(token);
-        if slot.token_hash.set(th).is_err() {
+    /// publish first and check second, with a sequentially consistent fence between: the decision holding the
+    /// token is set, then registration inserts the token and checks the slot is still stored (and withdraws the
+    /// token if not); eviction removes the slot, then reads the decision's token and removes it. Whichever runs
+    /// second sees the other's write, so no token outlives its slot.
+    pub fn register_token(&self, key: H128, slot: &Slot) {
+        let Some(token) = slot.decided.get().and_then(Decided::token) else {
             return;
-        }
+        };
+        let th = token::token_hash(token);
         let tokens = self.tokens.pin();
-        tokens.insert(th, Arc::clone(slot));
+        tokens.insert(th, key);
         fence(Ordering::SeqCst);
-        let h = identity_hash(slot.user_id(), slot.action(), slot.key());
-        let stored = self.map.pin().get(&h).is_some_and(|s| Arc::ptr_eq(s, slot));
+        let stored = self.map.pin().get(&key).is_some_and(|s| s.seq == slot.seq);
         if !stored {
-            let _ = tokens.remove_if(&th, |_, s| Arc::ptr_eq(s, slot));
+            let _ = tokens.remove_if(&th, |_, k| *k == key);
         }
     }
 
-    /// The live action a token belongs to, with the token compared in full (in constant time).
-    pub fn by_token(&self, token: &str, now: EpochMs, ttl: DurationMs) -> Option<Arc<Slot>> {
-        let slot = self
-            .tokens
-            .pin()
-            .get(&token::token_hash(token))
-            .map(Arc::clone)?;
-        if slot.created.expired(ttl, now) {
-            return None;
-        }
+    /// The live action a token belongs to, with the token compared in full (in constant time), borrowed under
+    /// `guard`.
+    pub fn by_token<'g>(
+        &self,
+        guard: &'g Guard<'_>,
+        token: &str,
+        now: EpochMs,
+        ttl: DurationMs,
+    ) -> Option<&'g Slot> {
+        let key = *self.tokens.pin().get(&token::token_hash(token))?;
+        let slot = self.get(guard, key, now, ttl)?;
         let stored = slot.decided.get()?.token()?;
         token::same_token(stored, token).then_some(slot)
     }
@@ -597,10 +594,11 @@ impl Store {
         self.fronts.refresh(self.fronts.bound());
     }
 
-    /// Calls `f` with every stored action (in no particular order), for snapshots.
-    pub fn for_each(&self, mut f: impl FnMut(&Arc<Slot>)) {
-        for (_, slot) in self.map.pin().iter() {
-            f(slot);
+    /// Calls `f` with every stored action and its key (in no particular order), borrowed under `guard`, for
+    /// snapshots.
+    pub fn for_each<'g>(&self, guard: &'g Guard<'_>, mut f: impl FnMut(H128, &'g Slot)) {
+        for (&key, slot) in self.map.iter(guard) {
+            f(key, slot);
         }
     }
 
@@ -610,14 +608,14 @@ impl Store {
         self.tokens.len()
     }
 
-    /// Withdraws the token of a slot that was just removed from the action map (see `register_token`).
-    fn forget_token(&self, slot: &Arc<Slot>) {
+    /// Withdraws the token of `slot`, just removed from under `key` in the action map (see `register_token`).
+    fn forget_token(&self, key: H128, slot: &Slot) {
         fence(Ordering::SeqCst);
-        if let Some(&th) = slot.token_hash.get() {
+        if let Some(token) = slot.decided.get().and_then(Decided::token) {
             let _ = self
                 .tokens
                 .pin()
-                .remove_if(&th, |_, s| Arc::ptr_eq(s, slot));
+                .remove_if(&token::token_hash(token), |_, k| *k == key);
         }
     }
 }
@@ -635,80 +633,114 @@ mod tests {
     }
 
     fn store(capacity: usize) -> Store {
-        Store::new(capacity, crate::hash::EngineKeys::draw().unwrap().buckets)
+        Store::new(capacity, &crate::hash::EngineKeys::draw().unwrap())
     }
 
-    fn decide_with_token(store: &Store, slot: &Arc<Slot>, token: &str) {
-        store.register_token(token, slot);
+    fn key(store: &Store, k: &str) -> H128 {
+        store.key("u", "a", k)
+    }
+
+    /// Decides the action stored under `k` as a challenge with `token`, and registers the token.
+    fn decide_with_token(store: &Store, k: &str, slot: &Slot, token: &str) {
         let _ = slot.decided.set(Decided::new(
             Decision {
                 state: State::ChallengeRequired,
-                rule_ids: Vec::new(),
+                rule_ids: Default::default(),
                 priority_rule_id: None,
                 shadow_rule_ids: Vec::new(),
                 errors: Vec::new(),
             },
+            ("u", "a", k),
             Some(token.into()),
             EpochMs::MAX,
             None,
             Default::default(),
         ));
+        store.register_token(key(store, k), slot);
     }
 
-    fn insert(store: &Store, key: &str, now_ms: i64) -> Arc<Slot> {
-        match store.get_or_insert(&Ident::new("u", "a", key), 0u128.into(), at(now_ms), TTL) {
-            Ok(Found::New(s)) => s,
-            _ => panic!("`{key}` should be new"),
+    /// Inserts the action `k`, which must be new, and returns its sequence number.
+    fn insert(store: &Store, k: &str, now_ms: i64) -> u64 {
+        let g = store.guard();
+        match store.get_or_insert(&g, key(store, k), 0u128.into(), at(now_ms), TTL) {
+            Found::New(s) => s.seq,
+            Found::Existing(_) => panic!("`{k}` should be new"),
         }
+    }
+
+    /// Inserts the action `k` and decides it as a challenge with `token`.
+    fn insert_with_token(store: &Store, k: &str, now_ms: i64, token: &str) {
+        let g = store.guard();
+        match store.get_or_insert(&g, key(store, k), 0u128.into(), at(now_ms), TTL) {
+            Found::New(s) => decide_with_token(store, k, s, token),
+            Found::Existing(_) => panic!("`{k}` should be new"),
+        }
+    }
+
+    fn live(store: &Store, k: &str, now_ms: i64) -> bool {
+        store
+            .get(&store.guard(), key(store, k), at(now_ms), TTL)
+            .is_some()
+    }
+
+    fn by_token(store: &Store, token: &str, now_ms: i64) -> bool {
+        store
+            .by_token(&store.guard(), token, at(now_ms), TTL)
+            .is_some()
     }
 
     #[test]
     fn tokens_never_outlive_their_actions() {
         let store = store(4);
         for i in 0..100 {
-            let slot = insert(&store, &format!("k{i}"), i);
-            decide_with_token(&store, &slot, &format!("t{i}"));
+            insert_with_token(&store, &format!("k{i}"), i, &format!("t{i}"));
             assert!(store.len() <= 4);
             assert_eq!(store.tokens_len(), store.len());
         }
-        assert!(store.by_token("t99", at(100), TTL).is_some());
-        assert!(store.by_token("t0", at(100), TTL).is_none());
+        assert!(by_token(&store, "t99", 100));
+        assert!(!by_token(&store, "t0", 100));
     }
 
     #[test]
     fn a_token_registered_after_its_action_was_evicted_is_withdrawn() {
         let store = store(1);
-        let first = insert(&store, "k1", 0);
+        let g = store.guard();
+        let Found::New(first) =
+            store.get_or_insert(&g, key(&store, "k1"), 0u128.into(), at(0), TTL)
+        else {
+            panic!("new")
+        };
         // A second action evicts the first while its caller is still deciding.
-        let second = insert(&store, "k2", 1);
-        decide_with_token(&store, &first, "t1");
-        decide_with_token(&store, &second, "t2");
+        let Found::New(second) =
+            store.get_or_insert(&g, key(&store, "k2"), 0u128.into(), at(1), TTL)
+        else {
+            panic!("new")
+        };
+        decide_with_token(&store, "k1", first, "t1");
+        decide_with_token(&store, "k2", second, "t2");
         assert_eq!(store.tokens_len(), 1);
-        assert!(store.by_token("t1", at(2), TTL).is_none());
-        assert!(store.by_token("t2", at(2), TTL).is_some());
+        assert!(!by_token(&store, "t1", 2));
+        assert!(by_token(&store, "t2", 2));
+        // The evicted slot is still readable by the thread that holds it.
+        assert_eq!(first.decided.get().and_then(Decided::token), Some("t1"));
     }
 
     #[test]
     fn an_expired_action_is_replaced_and_its_token_forgotten() {
         let store = store(10);
-        let old = insert(&store, "k", 0);
-        decide_with_token(&store, &old, "t-old");
-        assert!(store.by_token("t-old", at(TTL_MS - 1), TTL).is_some());
-        assert!(store.by_token("t-old", TTL_END, TTL).is_none());
+        insert_with_token(&store, "k", 0, "t-old");
+        assert!(by_token(&store, "t-old", TTL_MS - 1));
+        assert!(store
+            .by_token(&store.guard(), "t-old", TTL_END, TTL)
+            .is_none());
+        let old = store.map.pin().get(&key(&store, "k")).map(|s| s.seq);
         let fresh = insert(&store, "k", TTL_MS);
-        assert!(!Arc::ptr_eq(&old, &fresh));
+        assert_ne!(old, Some(fresh));
         assert_eq!(store.tokens_len(), 0);
         assert_eq!(store.len(), 1);
         // The retention entry of the expired slot must not remove its successor.
         insert(&store, "other", TTL_MS + 1);
-        assert!(store
-            .get(
-                &store.guard(),
-                &Ident::new("u", "a", "k"),
-                at(TTL_MS + 1),
-                TTL
-            )
-            .is_some());
+        assert!(live(&store, "k", TTL_MS + 1));
     }
 
     #[test]
@@ -727,14 +759,7 @@ mod tests {
             insert(&store, &format!("late{i}"), TTL_MS + 2);
         }
         assert_eq!(store.len(), 1);
-        assert!(store
-            .get(
-                &store.guard(),
-                &Ident::new("u", "a", "late9"),
-                at(TTL_MS + 2),
-                TTL
-            )
-            .is_some());
+        assert!(live(&store, "late9", TTL_MS + 2));
     }
 
     #[test]
@@ -774,12 +799,7 @@ mod tests {
             assert_eq!(store.len(), (i + 1).min(capacity));
         }
         // Oldest first across shards: exactly the newest `capacity` actions remain.
-        let g = store.guard();
-        let live = |i: usize| {
-            store
-                .get(&g, &Ident::new("u", "a", &format!("k{i}")), at(0), TTL)
-                .is_some()
-        };
+        let live = |i: usize| live(&store, &format!("k{i}"), 0);
         assert!((capacity..2 * capacity).all(live));
         assert!(!(0..capacity).any(live));
         // Expiry is oldest first across shards too: one insert a TTL later evicts EVICT_PER_INSERT.
@@ -791,24 +811,19 @@ mod tests {
     fn concurrent_first_calls_with_one_identity_get_one_slot() {
         for round in 0..50 {
             let store = store(1000);
-            let key = format!("k{round}");
+            let k = key(&store, &format!("k{round}"));
             let news = AtomicUsize::new(0);
-            let slots: Vec<Arc<Slot>> = std::thread::scope(|s| {
+            let slots: Vec<u64> = std::thread::scope(|s| {
                 let hs: Vec<_> = (0..4)
                     .map(|_| {
                         s.spawn(|| {
-                            match store.get_or_insert(
-                                &Ident::new("u", "a", &key),
-                                0u128.into(),
-                                at(0),
-                                TTL,
-                            ) {
-                                Ok(Found::New(s)) => {
+                            let g = store.guard();
+                            match store.get_or_insert(&g, k, 0u128.into(), at(0), TTL) {
+                                Found::New(s) => {
                                     news.fetch_add(1, Ordering::Relaxed);
-                                    s
+                                    s.seq
                                 }
-                                Ok(Found::Existing(s)) => s,
-                                Err(_) => panic!("no collision here"),
+                                Found::Existing(s) => s.seq,
                             }
                         })
                     })
@@ -816,7 +831,7 @@ mod tests {
                 hs.into_iter().map(|h| h.join().unwrap()).collect()
             });
             assert_eq!(news.load(Ordering::Relaxed), 1);
-            assert!(slots.iter().all(|s| Arc::ptr_eq(s, &slots[0])));
+            assert!(slots.iter().all(|&s| s == slots[0]));
         }
     }
 
@@ -835,12 +850,13 @@ mod tests {
                 let mut seen = 0;
                 while !stop.load(Ordering::Acquire) {
                     for i in (0..20_000).step_by(97) {
-                        let key = format!("k{i}");
                         let guard = store.guard();
                         if let Some(slot) =
-                            store.get(&guard, &Ident::new("u", "a", &key), at(0), TTL)
+                            store.get(&guard, key(&store, &format!("k{i}")), at(0), TTL)
                         {
-                            assert_eq!(slot.key(), key);
+                            // The slot stays whole while the guard is held, evicted or not.
+                            assert_eq!(slot.created, at(0));
+                            assert!(slot.seq < 20_000);
                             seen += 1;
                         }
                     }
@@ -883,7 +899,7 @@ mod tests {
     }
 
     fn decision(state: State, ids: &[&str], shadow: &[&str]) -> Decision {
-        let ids: Vec<RuleId> = ids.iter().map(|i| RuleId::new(i)).collect();
+        let ids: crate::decide::RuleIds = ids.iter().map(|i| RuleId::new(i)).collect();
         Decision {
             state,
             priority_rule_id: ids.first().cloned(),
@@ -895,22 +911,36 @@ mod tests {
 
     #[test]
     fn a_plain_decision_is_stored_compactly_and_read_back_whole() {
-        let d = Decided::new(
-            decision(State::Block, &["a", "b"], &[]),
-            None,
-            at(5),
-            None,
-            Footprint::default(),
-        );
-        assert!(d.rest.is_none());
+        let plain = |ids: &[&str]| {
+            Decided::new(
+                decision(State::Block, ids, &[]),
+                ("u", "a", "k"),
+                None,
+                at(5),
+                None,
+                Footprint::default(),
+            )
+        };
+        // None or one matching rule: nothing beside the decided record itself.
+        for ids in [&[][..], &["a"]] {
+            let d = plain(ids);
+            assert!(d.rest.is_none());
+            assert_eq!(d.rule_ids().len(), ids.len());
+            assert_eq!(d.priority_rule_id().map(|r| &**r), ids.first().copied());
+        }
+        // Two or more: the list is kept whole, in order.
+        let d = plain(&["a", "b"]);
+        assert!(d.rest.is_some());
         assert_eq!(d.outcome(), State::Block);
         assert_eq!(d.rule_ids(), [RuleId::new("a"), RuleId::new("b")]);
         assert_eq!(d.priority_rule_id(), Some(&RuleId::new("a")));
         assert!(d.shadow_rule_ids().is_empty() && d.errors().is_empty());
         assert_eq!((d.token(), d.url(), d.footprint()), (None, None, None));
+        // Without a token, the identity is not kept.
+        assert_eq!(d.identity(), None);
         // The store's memory per action depends on these staying small.
         assert!(
-            std::mem::size_of::<Slot>() <= 136,
+            std::mem::size_of::<Slot>() <= 88,
             "{}",
             std::mem::size_of::<Slot>()
         );
@@ -929,7 +959,15 @@ mod tests {
             at_ms: 7,
             ..Footprint::default()
         };
-        let d = Decided::new(dec, Some("t".into()), at(9), Some("u".into()), fp);
+        let d = Decided::new(
+            dec,
+            ("user", "act", "key"),
+            Some("t".into()),
+            at(9),
+            Some("u".into()),
+            fp,
+        );
+        assert_eq!(d.identity(), Some(("user", "act", "key")));
         assert_eq!(d.priority_rule_id(), None);
         assert_eq!(d.shadow_rule_ids(), [RuleId::new("s")]);
         assert_eq!(d.errors()[0].message, "m");
@@ -941,7 +979,7 @@ mod tests {
         // A deciding rule that is not the first listed is kept as given.
         let mut odd = decision(State::Allow, &["a"], &[]);
         odd.priority_rule_id = None;
-        let d = Decided::new(odd, None, at(0), None, fp);
+        let d = Decided::new(odd, ("u", "a", "k"), None, at(0), None, fp);
         assert_eq!(d.priority_rule_id(), None);
         assert_eq!(d.footprint(), None);
     }

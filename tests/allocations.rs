@@ -73,14 +73,15 @@ fn first_decisions_and_repeats_allocate_within_their_bounds() {
         viewed, 0.0,
         "{viewed:.2} allocations per repeat through track_with"
     );
-    // Measured: 7.77 and 6.09 (the slot, its identity, the map entry, the rule results, the matching rule
-    // ids, history's growth; a challenge's token and url). The response adds the key and the rule ids.
+    // Measured: 4.62 and 2.95 (the map entry holding the slot, history's growth, a second matching rule's
+    // list; a challenge's token, url, identity and the box they share). The response adds the key and the rule
+    // ids.
     assert!(
-        first <= 8.0,
+        first <= 4.9,
         "{first:.2} allocations per first decision (track)"
     );
     assert!(
-        first_viewed <= 6.5,
+        first_viewed <= 3.2,
         "{first_viewed:.2} allocations per first decision (track_with)"
     );
     assert!(owned <= 2.0, "{owned:.2} allocations per repeat (track)");

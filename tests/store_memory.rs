@@ -12,8 +12,8 @@ fn live_bytes() -> i64 {
     s.bytes_allocated as i64 - s.bytes_deallocated as i64
 }
 
-/// The bytes each stored action holds (slot, identity, decision, map entry and table, retention entry), as
-/// requested from the allocator: the store alone, with a rule that reads no signal and matches.
+/// The bytes each stored action holds (the map entry with its slot and decision, the table slot, the retention
+/// entry), as requested from the allocator: the store alone, with a rule that reads no signal and matches.
 #[test]
 fn a_stored_action_costs_a_bounded_number_of_bytes() {
     const N: usize = 100_000;
@@ -42,6 +42,8 @@ fn a_stored_action_costs_a_bounded_number_of_bytes() {
     let per = (live_bytes() - before) as f64 / (N - 1000) as f64;
     eprintln!("{per:.0} bytes per stored action");
     assert_eq!(e.stored_actions(), N);
-    // The identity here is 35 bytes; the rest is fixed per action.
-    assert!(per <= 330.0, "{per:.0} bytes per stored action");
+    // Measured: 169 (a 104-byte map entry holding the slot, papaya's table at its load factor, the retention
+    // entry in its growing queue). The identity is not stored (its keyed hash is the key), so the figure does
+    // not depend on its length; the matching rule id is held inline. The requirement is 200.
+    assert!(per <= 175.0, "{per:.0} bytes per stored action");
 }

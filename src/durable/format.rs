@@ -6,8 +6,15 @@
 
 use crate::hash::xxh3_64;
 
-/// The format version this riskgate writes and reads. A file with another version is refused, naming both.
-pub(crate) const VERSION: u32 = 1;
+/// The format version this riskgate writes. It reads this one and every version from [`OLDEST_VERSION`]; a
+/// file with another version is refused, naming both.
+///
+/// Version 2 changed only snapshots: an action without a challenge token is saved under its key in the store
+/// (the keyed hash of its identity) instead of its identity strings. Journals are the same in both.
+pub(crate) const VERSION: u32 = 2;
+
+/// The oldest format version this riskgate reads.
+pub(crate) const OLDEST_VERSION: u32 = 1;
 
 /// The first eight bytes of a snapshot file.
 pub(crate) const SNAPSHOT_MAGIC: [u8; 8] = *b"RGSNAP\r\n";
@@ -38,9 +45,14 @@ impl Damaged {
 
 /// A file header.
 pub(crate) fn header(magic: [u8; 8], generation: u64) -> [u8; HEADER_LEN] {
+    header_version(magic, generation, VERSION)
+}
+
+/// A file header saying format version `version`.
+pub(crate) fn header_version(magic: [u8; 8], generation: u64, version: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(&magic);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12..20].copy_from_slice(&generation.to_le_bytes());
     let sum = xxh3_64(&h[..20]);
     h[20..].copy_from_slice(&sum.to_le_bytes());
@@ -49,6 +61,15 @@ pub(crate) fn header(magic: [u8; 8], generation: u64) -> [u8; HEADER_LEN] {
 
 /// Checks a file's header and returns its generation.
 pub(crate) fn read_header(bytes: &[u8], magic: [u8; 8], what: &str) -> Result<u64, Damaged> {
+    read_header_version(bytes, magic, what).map(|(generation, _)| generation)
+}
+
+/// Checks a file's header and returns its generation and format version.
+pub(crate) fn read_header_version(
+    bytes: &[u8],
+    magic: [u8; 8],
+    what: &str,
+) -> Result<(u64, u32), Damaged> {
     let h = bytes.get(..HEADER_LEN).ok_or_else(|| {
         Damaged::new(format!(
             "truncated: {} bytes, shorter than a {what} header",
@@ -67,13 +88,14 @@ pub(crate) fn read_header(bytes: &[u8], magic: [u8; 8], what: &str) -> Result<u6
             "the {what} header's checksum does not match: the file is damaged"
         )));
     }
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(Damaged::new(format!(
-            "written in state format version {version}; this riskgate reads version {VERSION} only \
-             (nothing was loaded or changed)"
+            "written in state format version {version}; this riskgate reads version {OLDEST_VERSION} to \
+             version {VERSION} only (nothing was loaded or changed)"
         )));
     }
-    Ok(u64::from_le_bytes(h[12..20].try_into().unwrap_or_default()))
+    let generation = u64::from_le_bytes(h[12..20].try_into().unwrap_or_default());
+    Ok((generation, version))
 }
 
 /// Appends a frame holding `payload` (at most 4 GiB).
@@ -266,10 +288,22 @@ mod tests {
         other[20..].copy_from_slice(&sum.to_le_bytes());
         let e = read_header(&other, JOURNAL_MAGIC, "journal").unwrap_err();
         assert!(
-            e.0.contains("version 9") && e.0.contains("version 1"),
+            e.0.contains("version 9") && e.0.contains("version 1") && e.0.contains("version 2"),
             "{}",
             e.0
         );
+        // Every version from the oldest read is read, and says which it is.
+        for v in OLDEST_VERSION..=VERSION {
+            let h = header_version(SNAPSHOT_MAGIC, 3, v);
+            assert_eq!(
+                read_header_version(&h, SNAPSHOT_MAGIC, "snapshot"),
+                Ok((3, v))
+            );
+        }
+        let newer = header_version(SNAPSHOT_MAGIC, 3, VERSION + 1);
+        assert!(read_header(&newer, SNAPSHOT_MAGIC, "snapshot").is_err());
+        let older = header_version(SNAPSHOT_MAGIC, 3, OLDEST_VERSION - 1);
+        assert!(read_header(&older, SNAPSHOT_MAGIC, "snapshot").is_err());
     }
 
     #[test]

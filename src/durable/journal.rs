@@ -19,7 +19,7 @@ use crate::response::{RuleError, RuleErrorKind, RuleId, State};
 use crate::signals::history::{get_located, put_located, History, Keys, Verified};
 use crate::signals::rba::{Features, LEVELS};
 use crate::signals::Footprint;
-use crate::store::{Decided, Found, Ident, Slot, Store};
+use crate::store::{Decided, Found, Slot, Store};
 use crate::time::{DurationMs, EpochMs};
 
 const RECORD: u8 = 1;
@@ -93,37 +93,41 @@ impl Journal {
         });
     }
 
-    /// A new action's first decision.
-    pub fn action(&self, slot: &Slot, decided: &Decided) {
+    /// A new action's first decision; `identity` is its user id, action and idempotency key.
+    pub fn action(&self, identity: Identity<'_>, slot: &Slot, decided: &Decided) {
         self.append(|b| {
             b.u8(ACTION);
+            put_ident(b, identity);
             put_slot(b, slot, decided, decided.outcome(), slot.created, false);
         });
     }
 
-    /// An action moved to `to` at `now`.
-    pub fn transition(&self, slot: &Slot, to: State, now: EpochMs) {
+    /// The action `identity` moved to `to` at `now`.
+    pub fn transition(&self, identity: Identity<'_>, to: State, now: EpochMs) {
         self.append(|b| {
             b.u8(TRANSITION);
-            put_ident(b, slot);
+            put_ident(b, identity);
             b.u8(to.to_u8());
             b.i64(now.ms());
         });
     }
 
-    /// An action's token was used.
-    pub fn token_used(&self, slot: &Slot) {
+    /// The token of the action `identity` was used.
+    pub fn token_used(&self, identity: Identity<'_>) {
         self.append(|b| {
             b.u8(TOKEN_USED);
-            put_ident(b, slot);
+            put_ident(b, identity);
         });
     }
 }
 
-fn put_ident(b: &mut Vec<u8>, slot: &Slot) {
-    b.str(slot.user_id());
-    b.str(slot.action());
-    b.str(slot.key());
+/// An action's user id, action and idempotency key.
+pub(crate) type Identity<'a> = (&'a str, &'a str, &'a str);
+
+pub(super) fn put_ident(b: &mut Vec<u8>, (user, action, key): Identity<'_>) {
+    b.str(user);
+    b.str(action);
+    b.str(key);
 }
 
 fn put_keys(b: &mut Vec<u8>, k: &Keys) {
@@ -183,8 +187,8 @@ fn kind_from_u8(v: u8) -> RuleErrorKind {
     }
 }
 
-/// One stored action: identity, fingerprint, times, state and its first decision (the journal's `ACTION`
-/// record and each action of a snapshot).
+/// One stored action after its identity: fingerprint, times, state and its first decision (the journal's
+/// `ACTION` record and each action of a snapshot).
 pub(super) fn put_slot(
     b: &mut Vec<u8>,
     slot: &Slot,
@@ -193,7 +197,6 @@ pub(super) fn put_slot(
     updated: EpochMs,
     token_used: bool,
 ) {
-    put_ident(b, slot);
     let fp: [u64; 2] = slot.fingerprint.into();
     b.u64(fp[0]);
     b.u64(fp[1]);
@@ -272,9 +275,7 @@ pub(super) fn put_slot(
 
 /// What one stored action holds, read back.
 pub(super) struct SavedSlot<'a> {
-    user: &'a str,
-    action: &'a str,
-    key: &'a str,
+    ident: SavedIdent<'a>,
     fingerprint: H128,
     pub created: EpochMs,
     state: State,
@@ -327,20 +328,57 @@ fn get_opt_str<'a>(r: &mut Reader<'a>) -> Result<Option<&'a str>, Damaged> {
     })
 }
 
+/// How a saved action's identity is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum IdentLayout {
+    /// The three strings (the journal; snapshots of format version 1).
+    Strings,
+    /// A tag, then the three strings ([`TAG_STRINGS`]) or only the action's key in the store
+    /// ([`TAG_KEY`]): snapshots of format version 2.
+    Tagged,
+}
+
+/// In a snapshot, an action whose identity follows as its three strings (an action with a token).
+pub(super) const TAG_STRINGS: u8 = 1;
+/// In a snapshot, an action whose identity is known only by its key in the store (its keyed hash).
+pub(super) const TAG_KEY: u8 = 0;
+
+/// A saved action's identity: the strings, or the key the store holds it under.
+#[derive(Clone, Copy)]
+pub(super) enum SavedIdent<'a> {
+    Strings(Identity<'a>),
+    Key(H128),
+}
+
+fn get_ident<'a>(r: &mut Reader<'a>, layout: IdentLayout) -> Result<SavedIdent<'a>, Damaged> {
+    let strings = |r: &mut Reader<'a>| -> Result<SavedIdent<'a>, Damaged> {
+        Ok(SavedIdent::Strings((r.str()?, r.str()?, r.str()?)))
+    };
+    match layout {
+        IdentLayout::Strings => strings(r),
+        IdentLayout::Tagged => match r.u8()? {
+            TAG_STRINGS => strings(r),
+            TAG_KEY => Ok(SavedIdent::Key(H128::from([r.u64()?, r.u64()?]))),
+            other => Err(Damaged::new(format!(
+                "unknown action identity tag {other}: the file is damaged"
+            ))),
+        },
+    }
+}
+
 pub(super) fn get_slot<'a>(
     r: &mut Reader<'a>,
     ids: &mut RuleIds,
+    layout: IdentLayout,
 ) -> Result<SavedSlot<'a>, Damaged> {
-    let user = r.str()?;
-    let action = r.str()?;
-    let key = r.str()?;
+    let ident = get_ident(r, layout)?;
     let fingerprint = H128::from([r.u64()?, r.u64()?]);
     let created = EpochMs::from_ms(r.i64()?);
     let state = get_state(r.u8()?)?;
     let updated = EpochMs::from_ms(r.i64()?);
     let token_used = r.u8()? != 0;
     let outcome = get_state(r.u8()?)?;
-    let rule_ids = ids.list(r)?;
+    let rule_ids: crate::decide::RuleIds = ids.list(r)?.into();
     let mut decision = Decision {
         state: outcome,
         priority_rule_id: rule_ids.first().cloned(),
@@ -389,16 +427,25 @@ pub(super) fn get_slot<'a>(
             }
         }
     }
+    let identity = match ident {
+        SavedIdent::Strings(i) => i,
+        // Only an action with a token needs its identity (`validate_challenge` answers with it).
+        SavedIdent::Key(_) if token.is_some() => {
+            return Err(Damaged::new(
+                "an action with a challenge token has no identity: the file is damaged",
+            ))
+        }
+        SavedIdent::Key(_) => ("", "", ""),
+    };
+    let decided = Decided::new(decision, identity, token, expires, url, footprint);
     Ok(SavedSlot {
-        user,
-        action,
-        key,
+        ident,
         fingerprint,
         created,
         state,
         updated,
         token_used,
-        decided: Decided::new(decision, token, expires, url, footprint),
+        decided,
     })
 }
 
@@ -407,16 +454,18 @@ pub(super) fn restore_slot(store: &Store, saved: SavedSlot<'_>, now: EpochMs, tt
     if saved.created.expired(ttl, now) {
         return;
     }
-    let id = Ident::new(saved.user, saved.action, saved.key);
-    let Ok(Found::New(slot)) = store.get_or_insert(&id, saved.fingerprint, saved.created, ttl)
+    let key = match saved.ident {
+        SavedIdent::Strings((user, action, idem)) => store.key(user, action, idem),
+        SavedIdent::Key(key) => key,
+    };
+    let guard = store.guard();
+    let Found::New(slot) = store.get_or_insert(&guard, key, saved.fingerprint, saved.created, ttl)
     else {
         return;
     };
     slot.restore(saved.state, saved.updated, saved.token_used);
-    if let Some(t) = saved.decided.token() {
-        store.register_token(t, &slot);
-    }
     let _ = slot.decided.set(saved.decided);
+    store.register_token(key, slot);
 }
 
 /// Where replayed records go, and what they are held to.
@@ -486,7 +535,7 @@ pub(super) fn replay(payload: &[u8], t: &mut Target<'_>) -> Result<usize, Damage
                 );
             }
             ACTION => {
-                let saved = get_slot(&mut r, &mut t.ids)?;
+                let saved = get_slot(&mut r, &mut t.ids, IdentLayout::Strings)?;
                 t.latest_ms = t.latest_ms.max(saved.created.ms());
                 restore_slot(t.store, saved, EpochMs::from_ms(t.latest_ms), t.ttl);
             }
@@ -495,7 +544,7 @@ pub(super) fn replay(payload: &[u8], t: &mut Target<'_>) -> Result<usize, Damage
                 let to = get_state(r.u8()?)?;
                 let at = EpochMs::from_ms(r.i64()?);
                 let g = t.store.guard();
-                if let Some(slot) = t.store.get(&g, &Ident::new(user, action, key), at, t.ttl) {
+                if let Some(slot) = t.store.get(&g, t.store.key(user, action, key), at, t.ttl) {
                     slot.restore(to, at, slot.token_used());
                 }
             }
@@ -503,7 +552,7 @@ pub(super) fn replay(payload: &[u8], t: &mut Target<'_>) -> Result<usize, Damage
                 let (user, action, key) = (r.str()?, r.str()?, r.str()?);
                 let g = t.store.guard();
                 let now = EpochMs::from_ms(t.latest_ms);
-                if let Some(slot) = t.store.get(&g, &Ident::new(user, action, key), now, t.ttl) {
+                if let Some(slot) = t.store.get(&g, t.store.key(user, action, key), now, t.ttl) {
                     slot.use_token();
                 }
             }

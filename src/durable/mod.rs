@@ -3,7 +3,9 @@
 //! # Files
 //! `PATH` is the snapshot: a header (magic, format version, the journal generation it covers, a checksum) and
 //! three checksummed frames (the engine's hashing keys and latest event time; every live action; every live
-//! history key). `PATH.journal.N` holds the changes made since generation `N - 1`'s snapshot, in frames of
+//! history key). An action is saved under its key in the store (the keyed hash of its identity, which the
+//! saved keys reproduce), with its identity strings only when it has a challenge token; format version 1,
+//! still read, saved every action's strings. `PATH.journal.N` holds the changes made since generation `N - 1`'s snapshot, in frames of
 //! records; `PATH.tmp` is a snapshot being written; `PATH.lock` is held locked while an engine has the state
 //! open (a second engine on the path is refused).
 //!
@@ -402,7 +404,7 @@ struct Loaded {
 
 fn fresh(keys: EngineKeys, params: &Params) -> (Store, History) {
     (
-        Store::new(params.capacity, keys.buckets),
+        Store::new(params.capacity, &keys),
         History::new(params.limits, keys),
     )
 }

@@ -1,16 +1,15 @@
 //! Snapshots: every live action and history key, written whole to `PATH.tmp`, synced, renamed over `PATH`.
 
-use std::io::{self, BufWriter, Write};
-use std::path::Path;
-use std::sync::Arc;
-
 use super::format::{self, Damaged, Put, Reader};
-use super::journal::{self, RuleIds};
+use super::journal::{self, IdentLayout, RuleIds};
 use super::Params;
 use crate::hash::EngineKeys;
+use crate::hash::H128;
 use crate::signals::History;
 use crate::store::{Slot, Store};
 use crate::time::EpochMs;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
 
 /// How many chunks a snapshot's actions are cut into (so loading shares them out over threads).
 const ACTION_CHUNKS: usize = 8;
@@ -23,16 +22,17 @@ pub(super) struct Meta {
     pub latest_ms: i64,
 }
 
-/// The three frames of a snapshot: meta, actions, history.
-fn sections(bytes: &[u8]) -> Result<(u64, [&[u8]; 3]), Damaged> {
-    let generation = format::read_header(bytes, format::SNAPSHOT_MAGIC, "snapshot")?;
+/// The generation, format version and three frames of a snapshot: meta, actions, history.
+fn sections(bytes: &[u8]) -> Result<(u64, u32, [&[u8]; 3]), Damaged> {
+    let (generation, version) =
+        format::read_header_version(bytes, format::SNAPSHOT_MAGIC, "snapshot")?;
     let mut found: Vec<&[u8]> = Vec::with_capacity(3);
     let tail = format::frames(bytes, |p| {
         found.push(p);
         Ok(())
     })?;
     match (tail, <[&[u8]; 3]>::try_from(found)) {
-        (format::Tail::Clean, Ok(s)) => Ok((generation, s)),
+        (format::Tail::Clean, Ok(s)) => Ok((generation, version, s)),
         _ => Err(Damaged::new(
             "the snapshot is truncated or damaged (its sections are not all whole)",
         )),
@@ -75,7 +75,13 @@ pub(super) fn read(
     history: &History,
     params: &Params,
 ) -> Result<Meta, Damaged> {
-    let (generation, [m, actions, hist]) = sections(bytes)?;
+    let (generation, version, [m, actions, hist]) = sections(bytes)?;
+    // Version 1 wrote every action's identity strings; version 2 a tag and the strings or the store key.
+    let layout = if version == 1 {
+        IdentLayout::Strings
+    } else {
+        IdentLayout::Tagged
+    };
     let meta = meta(generation, m)?;
     let now = EpochMs::from_ms(meta.latest_ms);
     // The actions come in chunks: the history and every chunk are tasks, shared out over two threads.
@@ -115,7 +121,7 @@ pub(super) fn read(
             let mut r = Reader::new(part);
             let n = r.count(40)?;
             for i in first..first + n {
-                let saved = journal::get_slot(&mut r, &mut ids)?;
+                let saved = journal::get_slot(&mut r, &mut ids, layout)?;
                 if i >= skip {
                     journal::restore_slot(store, saved, now, params.ttl);
                 }
@@ -147,18 +153,20 @@ pub(super) fn write(
     let mut m = Vec::with_capacity(32);
     m.bytes(&keys.shared_bytes());
     m.i64(latest_ms);
-    // Live, answerable actions, oldest first (the order the store evicts in).
-    let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(store.len());
-    store.for_each(|s| {
+    // Live, answerable actions, oldest first (the order the store evicts in), borrowed under one guard until
+    // they are written (this store is the writer's own, rebuilt from the files: nothing is removed meanwhile).
+    let guard = store.guard();
+    let mut slots: Vec<(H128, &Slot)> = Vec::with_capacity(store.len());
+    store.for_each(&guard, |key, s| {
         let answerable = s
             .decided
             .get()
             .is_some_and(|d| d.outcome() != crate::State::ChallengeRequired || d.token().is_some());
         if answerable && !s.created.expired(params.ttl, now) {
-            slots.push(Arc::clone(s));
+            slots.push((key, s));
         }
     });
-    slots.sort_unstable_by_key(|s| s.created);
+    slots.sort_unstable_by_key(|(_, s)| s.created);
     // In creation order, cut into chunks that load in parallel.
     let chunks = if slots.len() < 4096 { 1 } else { ACTION_CHUNKS };
     let per = slots.len().div_ceil(chunks).max(1);
@@ -172,8 +180,21 @@ pub(super) fn write(
         let len_at = actions.len();
         actions.u32(0);
         actions.u32(part.len() as u32);
-        for s in part {
+        for &(key, s) in part {
             if let Some(d) = s.decided.get() {
+                // An action with a token keeps its identity strings; any other is known by its key.
+                match d.identity() {
+                    Some(identity) => {
+                        actions.u8(journal::TAG_STRINGS);
+                        journal::put_ident(&mut actions, identity);
+                    }
+                    None => {
+                        actions.u8(journal::TAG_KEY);
+                        let k: [u64; 2] = key.into();
+                        actions.u64(k[0]);
+                        actions.u64(k[1]);
+                    }
+                }
                 journal::put_slot(
                     &mut actions,
                     s,
@@ -190,6 +211,7 @@ pub(super) fn write(
         }
     }
     drop(slots);
+    drop(guard);
     let mut hist = Vec::new();
     history.export(&mut hist, latest_ms, params.horizon_ms);
     let tmp = super::with_suffix(path, ".tmp");
@@ -210,4 +232,138 @@ pub(super) fn write(
     std::fs::rename(&tmp, path)?;
     super::sync_dir(path)?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Decision;
+    use crate::store::{Decided, Found};
+    use crate::time::DurationMs;
+    use crate::State;
+
+    const TTL: DurationMs = DurationMs::from_ms(60_000);
+    const NOW: EpochMs = EpochMs::from_ms(10);
+
+    fn params() -> Params {
+        Params {
+            capacity: 100,
+            ttl: TTL,
+            limits: Default::default(),
+            horizon_ms: 0,
+        }
+    }
+
+    /// The two actions every test here saves: `key-plain` blocked, `key-token` challenged with a token.
+    const ACTIONS: [(&str, Option<&str>); 2] = [("key-plain", None), ("key-token", Some("tok"))];
+
+    fn decided(key: &str, token: Option<&str>) -> Decided {
+        let state = match token {
+            Some(_) => State::ChallengeRequired,
+            None => State::Block,
+        };
+        let decision = Decision {
+            state,
+            rule_ids: Default::default(),
+            priority_rule_id: None,
+            shadow_rule_ids: Vec::new(),
+            errors: Vec::new(),
+        };
+        Decided::new(
+            decision,
+            ("user-one", "signIn", key),
+            token.map(str::to_owned),
+            EpochMs::from_ms(1000),
+            None,
+            Default::default(),
+        )
+    }
+
+    /// A snapshot in format version 1, which saved every action's identity as its three strings.
+    fn version_1(keys: &EngineKeys) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.bytes(&keys.shared_bytes());
+        m.i64(NOW.ms());
+        let scratch = Store::new(10, keys);
+        let g = scratch.guard();
+        let mut part = Vec::new();
+        part.u32(ACTIONS.len() as u32);
+        for (key, token) in ACTIONS {
+            let k = scratch.key("user-one", "signIn", key);
+            let Found::New(slot) =
+                scratch.get_or_insert(&g, k, H128::from([1, 2]), EpochMs::from_ms(5), TTL)
+            else {
+                panic!("new")
+            };
+            let d = decided(key, token);
+            journal::put_ident(&mut part, ("user-one", "signIn", key));
+            journal::put_slot(&mut part, slot, &d, d.outcome(), EpochMs::from_ms(5), false);
+        }
+        let mut actions = Vec::new();
+        actions.u32(1);
+        actions.u32(ACTIONS.len() as u32);
+        actions.u32(part.len() as u32);
+        actions.extend_from_slice(&part);
+        let mut hist = Vec::new();
+        History::new(Default::default(), *keys).export(&mut hist, NOW.ms(), 0);
+        let mut file = format::header_version(format::SNAPSHOT_MAGIC, 0, 1).to_vec();
+        for section in [&m, &actions, &hist] {
+            format::frame(&mut file, section);
+        }
+        file
+    }
+
+    /// Loads `bytes` into a fresh store (with the snapshot's keys) and checks both actions are there.
+    fn load_and_check(bytes: &[u8]) -> Store {
+        let keys = read_keys(bytes, EngineKeys::draw().unwrap()).unwrap();
+        let store = Store::new(100, &keys);
+        let history = History::new(Default::default(), keys);
+        read(bytes, &store, &history, &params()).unwrap();
+        assert_eq!(store.len(), 2);
+        let g = store.guard();
+        let plain = store
+            .get(&g, store.key("user-one", "signIn", "key-plain"), NOW, TTL)
+            .unwrap();
+        assert_eq!(plain.state(), State::Block);
+        assert_eq!(plain.fingerprint, H128::from([1, 2]));
+        let challenged = store.by_token(&g, "tok", NOW, TTL).unwrap();
+        let d = challenged.decided.get().unwrap();
+        assert_eq!(d.identity(), Some(("user-one", "signIn", "key-token")));
+        assert_eq!(challenged.state(), State::ChallengeRequired);
+        drop(g);
+        store
+    }
+
+    #[test]
+    fn a_version_1_snapshot_loads_and_is_written_back_as_version_2_without_plain_identities() {
+        let keys = EngineKeys::draw().unwrap();
+        let v1 = version_1(&keys);
+        let store = load_and_check(&v1);
+        // Written again: version 2, the plain action known by its key only, the challenged one with its identity.
+        let dir = std::env::temp_dir().join(format!(
+            "riskgate-snapshot-test-{}-{}",
+            std::process::id(),
+            xxh3_tag()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state");
+        let restored = read_keys(&v1, EngineKeys::draw().unwrap()).unwrap();
+        let history = History::new(Default::default(), restored);
+        write(&path, 0, &restored, &store, &history, NOW.ms(), &params()).unwrap();
+        let v2 = std::fs::read(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            format::read_header_version(&v2, format::SNAPSHOT_MAGIC, "snapshot"),
+            Ok((0, format::VERSION))
+        );
+        let has = |needle: &[u8]| v2.windows(needle.len()).any(|w| w == needle);
+        assert!(!has(b"key-plain"), "a plain action's identity was written");
+        assert!(has(b"key-token"));
+        load_and_check(&v2);
+    }
+
+    /// Something unique to this test run, for a file name.
+    fn xxh3_tag() -> u64 {
+        crate::hash::xxh3_64(format!("{:?}", std::time::SystemTime::now()).as_bytes())
+    }
 }

@@ -230,6 +230,9 @@ pub(crate) fn compile_scope() -> Scope<'static> {
     scope
 }
 
+/// One result per rule of a decision, on the stack for up to 16 rules (a decision allocates no list of them).
+pub(crate) type Results = smallvec::SmallVec<[RuleResult; 16]>;
+
 /// What one rule did.
 pub(crate) enum RuleResult {
     /// It returned `()`.
@@ -252,7 +255,7 @@ pub(crate) fn evaluate<'a>(
     req: &TrackRequest,
     signals: &DecisionCtx,
     rules: impl Iterator<Item = &'a Rule> + Clone,
-    out: &mut Vec<RuleResult>,
+    out: &mut Results,
 ) {
     let ctx = Ctx::new(req, signals);
     let mut rules = rules.peekable();
@@ -292,7 +295,7 @@ fn run<'a>(
     limits: &Limits,
     ctx: &Ctx<'_>,
     rules: impl Iterator<Item = &'a Rule> + Clone,
-    out: &mut Vec<RuleResult>,
+    out: &mut Results,
     scope: &mut Scope<'static>,
 ) {
     // Only the variables some remaining rule reads: building `custom` or a string nobody reads is most of

@@ -21,6 +21,8 @@ pub(crate) mod redis;
 use crate::store::Store;
 
 /// Where an engine's actions are kept.
+// One per engine, behind its `Arc`: the in-memory store is kept inline (no pointer to chase on every call).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
     /// In this process.
     Memory(Store),

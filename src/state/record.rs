@@ -95,7 +95,7 @@ impl Decided {
         let pending = matches!(decision.state, State::ChallengeRequired | State::Review);
         Decided {
             outcome: decision.state,
-            rule_ids: decision.rule_ids,
+            rule_ids: decision.rule_ids.into_vec(),
             priority_rule_id: decision.priority_rule_id,
             shadow_rule_ids: decision.shadow_rule_ids,
             errors: decision.errors,
