@@ -1,7 +1,8 @@
 //! riskgate's benchmark suite: one criterion binary, nine groups.
 //!
 //! - `realistic`: the headline groups, on the realistic stream of `src/cli/workload.rs` (100,000 live actions,
-//!   shuffled distinct identities, full attributes, ten rules): repeats and first decisions, 1 and 2 threads.
+//!   shuffled distinct identities, full attributes, ten rules): repeats (through `track` and through
+//!   `track_with`'s borrowed view) and first decisions, 1 and 2 threads.
 //! - `floor`: the baselines on the same stream: (a) hash + probe of a lock-free map, (b) the rules as closures.
 //! - `best-case`: one hot key repeated (an idempotency hit), 1 and 2 threads.
 //! - `decide`: a first decision with the bundled ruleset, the starter ruleset and with 1/10/50 simple rules, through the compiled
@@ -285,6 +286,28 @@ fn fresh(n: u64, threads: usize, batch: &mut u64) -> Vec<Vec<TrackRequest>> {
     parts
 }
 
+/// `iters` calls of `call` on each of `threads` threads over the live actions, in the stream's order (all of them
+/// on one thread, half each on two); the wall time.
+fn repeats(
+    threads: usize,
+    iters: u64,
+    live: &[TrackRequest],
+    halves: &[&[TrackRequest]],
+    call: impl Fn(&TrackRequest) + Sync,
+) -> Duration {
+    on_threads(threads, iters, |t, n| {
+        let mine = if threads == 1 { live } else { halves[t] };
+        let mut i = 0;
+        for _ in 0..n {
+            call(&mine[i]);
+            i += 1;
+            if i == mine.len() {
+                i = 0;
+            }
+        }
+    })
+}
+
 /// The headline groups, on the realistic stream of `src/cli/workload.rs`: ≥ 100,000 live actions, distinct
 /// identities in a shuffled order, every request with an IP, a device, a user agent, an idempotency key and
 /// five `custom` attributes; ten rules, 10–20% challenges. Batches are timed, never single calls.
@@ -296,21 +319,25 @@ fn realistic(c: &mut Criterion) {
     let e = realistic_engine();
     let live = workload::requests(LIVE, "live");
     fill(&e, &live);
-    // Repeats: every call an idempotency hit on one of the live actions, in the stream's shuffled order.
+    // Repeats: every call an idempotency hit on one of the live actions, in the stream's shuffled order;
+    // `repeat` through `track` (an owned response, built and dropped), `repeat-view` through `track_with` (the
+    // caller reads the outcome, and whether there is a token, from the borrowed view: nothing allocated).
     let halves: Vec<&[TrackRequest]> = live.chunks(LIVE / 2).collect();
     for threads in [1usize, 2] {
         g.bench_function(format!("repeat/{threads}-thread"), |b| {
             b.iter_custom(|iters| {
-                on_threads(threads, iters, |t, n| {
-                    let mine = if threads == 1 { &live[..] } else { halves[t] };
-                    let mut i = 0;
-                    for _ in 0..n {
-                        black_box(e.track(&mine[i]).unwrap());
-                        i += 1;
-                        if i == mine.len() {
-                            i = 0;
-                        }
-                    }
+                repeats(threads, iters, &live, &halves, |r| {
+                    black_box(e.track(r).unwrap());
+                })
+            })
+        });
+        g.bench_function(format!("repeat-view/{threads}-thread"), |b| {
+            b.iter_custom(|iters| {
+                repeats(threads, iters, &live, &halves, |r| {
+                    black_box(
+                        e.track_with(r, |v| (v.state(), v.token().is_some()))
+                            .unwrap(),
+                    );
                 })
             })
         });
@@ -390,16 +417,6 @@ fn durable(c: &mut Criterion) {
     g.finish();
 }
 
-/// The crate's identity hash, as `hash::identity_hash` computes it: xxh3-128 over the length-prefixed parts.
-fn identity_hash(user: &str, action: &str, key: &str) -> u128 {
-    let mut buf = Vec::with_capacity(12 + user.len() + action.len() + key.len());
-    for part in [user, action, key] {
-        buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        buf.extend_from_slice(part.as_bytes());
-    }
-    xxhash_rust::xxh3::xxh3_128(&buf)
-}
-
 /// The baselines the realistic groups are measured against, on the same stream:
 /// - `hash-probe`: (a) hash the three identity strings with the crate's hash and probe a pre-filled lock-free
 ///   map (papaya) of the same size, returning a shared value: the floor of a repeat;
@@ -410,6 +427,9 @@ fn floor(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("floor");
     let live = workload::requests(LIVE, "live");
+    // The crate's identity hash (keyed SipHash-1-3 over the lengths and the strings' words), as the store keys.
+    let ids = riskgate::__bench::IdentityHasher::new().expect("random source");
+    let identity_hash = |u: &str, a: &str, k: &str| ids.hash(u, a, k);
     let map: papaya::HashMap<u128, Arc<u64>, H> = papaya::HashMap::builder()
         .hasher(H::default())
         .resize_mode(papaya::ResizeMode::Blocking)
@@ -756,10 +776,11 @@ fn store(c: &mut Criterion) {
     let mut g = c.benchmark_group("store");
     // The identity hashes of the realistic stream's live actions, in its shuffled order; inserts beyond them
     // use fresh hashes.
+    let ids = riskgate::__bench::IdentityHasher::new().expect("random source");
     let keys: Vec<u128> = workload::requests(LIVE, "live")
         .iter()
         .map(|r| {
-            identity_hash(
+            ids.hash(
                 &r.user_id,
                 &r.action,
                 r.attributes.idempotency_key.as_deref().unwrap(),
@@ -1142,11 +1163,14 @@ fn wanted(name: &str) -> bool {
         }
     }
     let Some(f) = filter else { return true };
-    let f = f.trim_start_matches('^');
-    match f.split_once('/') {
-        Some((group, _)) => group == name,
-        None => name.contains(f) || f.contains(name),
-    }
+    // Criterion's filter is a regular expression: any of its `|` alternatives may name the group.
+    f.split('|').any(|f| {
+        let f = f.trim_start_matches('^').trim_start_matches('(');
+        match f.split_once('/') {
+            Some((group, _)) => group == name,
+            None => name.contains(f) || f.contains(name),
+        }
+    })
 }
 
 fn main() {

@@ -8,6 +8,7 @@
 
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -30,7 +31,7 @@ use crate::store::{Decided, Found, Slot, Store};
 #[cfg(feature = "redis")]
 use crate::store_settings::OnStoreError;
 use crate::store_settings::{StoreBackend, StoreSettings};
-use crate::time::EpochMs;
+use crate::time::{DurationMs, EpochMs};
 use crate::token;
 use crate::{
     ActionRecord, InvalidTokenReason, State, TrackResponse, TrackView, ValidateChallengeResponse,
@@ -93,6 +94,13 @@ struct Shared {
     clock: Arc<dyn Clock>,
     rules_dir: Option<PathBuf>,
     reload: Mutex<()>,
+    /// Held by `swap_ruleset` while it installs a ruleset, so that concurrent swaps leave `repeat_ttl` (and the
+    /// store's capacity) set from the ruleset that stays installed.
+    swap: Mutex<()>,
+    /// The installed ruleset's `[idempotency] ttl` in milliseconds, for the repeat fast path, which answers a
+    /// repeat without loading the ruleset. A repeat racing a swap may use either set's TTL, as it may see either
+    /// set.
+    repeat_ttl: AtomicI64,
     /// Rule evaluations, striped per thread (every decision adds one).
     decisions: Striped,
     /// Decisions by state, evaluation time, and the per-rule counts of replaced rulesets.
@@ -355,6 +363,7 @@ impl EngineBuilder {
             Some((h, d)) => (Arc::new(h), Some(d)),
             None => (Arc::new(History::new(loaded.signals.limits, keys)), None),
         };
+        let repeat_ttl = AtomicI64::new(loaded.config.idempotency_ttl.ms());
         Ok(Engine {
             shared: Arc::new(Shared {
                 ruleset: ArcSwap::from_pointee(loaded),
@@ -366,6 +375,8 @@ impl EngineBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 rules_dir: self.rules_dir,
                 reload: Mutex::new(()),
+                swap: Mutex::new(()),
+                repeat_ttl,
                 decisions: Striped::default(),
                 stats: stats::Counters::default(),
                 overrides: self.overrides,
@@ -424,12 +435,11 @@ impl Engine {
         f: impl FnOnce(&TrackView<'_>) -> R,
     ) -> Result<R, TrackError> {
         let now = event_time(at)?;
-        let rs = self.shared.ruleset.load();
         match &self.shared.state {
-            Backend::Memory(store) => self.track_memory(store, &rs, req, now, f),
+            Backend::Memory(store) => self.track_memory(store, req, now, f),
             #[cfg(feature = "redis")]
             Backend::Redis(r) => self
-                .track_remote(r, &rs, req, now)
+                .track_remote(r, &self.shared.ruleset.load(), req, now)
                 .map(|resp| f(&TrackView::owned(&resp))),
         }
     }
@@ -460,22 +470,22 @@ impl Engine {
     fn track_memory<R>(
         &self,
         store: &Store,
-        rs: &Loaded,
         req: &TrackRequest,
         now: EpochMs,
         f: impl FnOnce(&TrackView<'_>) -> R,
     ) -> Result<R, TrackError> {
-        let cfg = &rs.config;
         let guard = store.guard();
         // The identity, hashed once: by the repeat fast path when the request has a key.
         let mut known = None;
         // The repeat fast path. A stored action with this identity and this fingerprint was tracked with the same
         // attributes, which passed validation then: validating them again (most of what a repeat would cost)
-        // cannot fail, so a decided repeat is answered before it. Anything else takes the full path below.
+        // cannot fail, so a decided repeat is answered before it. Anything else takes the full path below. It
+        // needs nothing of the ruleset but the TTL, read from `repeat_ttl` rather than by loading the ruleset.
         if let Some(key) = req.attributes.idempotency_key.as_deref() {
             let id = store.key(&req.user_id, &req.action, key);
             known = Some(id);
-            if let Some(slot) = store.get(&guard, id, now, cfg.idempotency_ttl) {
+            let ttl = DurationMs::from_ms(self.shared.repeat_ttl.load(Ordering::Relaxed));
+            if let Some(slot) = store.get(&guard, id, now, ttl) {
                 if slot.fingerprint == req.fingerprint(&self.shared.fingerprint_key).into() {
                     if let Some(decided) = slot.decided.get() {
                         return answer(store, id, key, slot, decided, f);
@@ -483,6 +493,8 @@ impl Engine {
                 }
             }
         }
+        let rs = self.shared.ruleset.load();
+        let cfg = &rs.config;
         req.validate()?;
         cfg.custom.check(&req.attributes.custom)?;
         let fingerprint = req.fingerprint(&self.shared.fingerprint_key).into();
@@ -513,7 +525,7 @@ impl Engine {
         let mut decided_here = false;
         let decided = slot.decided.get_or_init(|| {
             decided_here = true;
-            self.decide(rs, req, key, now, slot)
+            self.decide(&rs, req, key, now, slot)
         });
         if decided_here {
             // Registered once the decision holding the token is set (see `Store::register_token`).
@@ -898,6 +910,11 @@ impl Engine {
     /// are the set's own.
     pub fn swap_ruleset(&self, ruleset: RuleSet) {
         let loaded = Loaded::new(ruleset.inner, &self.shared.overrides);
+        // A poisoned lock only means another swap panicked; what it guards is set again below.
+        let _swap = self.shared.swap.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared
+            .repeat_ttl
+            .store(loaded.config.idempotency_ttl.ms(), Ordering::Relaxed);
         match &self.shared.state {
             Backend::Memory(store) => store.set_capacity(loaded.config.capacity),
             #[cfg(feature = "redis")]

@@ -1,6 +1,6 @@
 //! Hashing, written once: the keyed identity hash, unkeyed byte hashing (xxh3), the seeded history keys, the keyed
-//! request fingerprint hash (SipHash), the bucket hasher for keys that are already hashes, and the engine's
-//! secret keys.
+//! request fingerprint hash (SipHash-1-3 over 64-bit words), the bucket hasher for keys that are already
+//! hashes, and the engine's secret keys.
 //!
 //! # Keys and the random source
 //! An engine draws all of its keys ([`EngineKeys`]) once, in `EngineBuilder::build`, from the operating
@@ -50,28 +50,22 @@ pub(crate) struct IdentityKey([u8; 16]);
 
 /// Hashes an action identity with the keyed 128-bit SipHash-1-3. The store keeps no identity strings, so this
 /// hash is the identity: keyed, a caller who chooses user ids and idempotency keys cannot search for two
-/// identities that share it. The lengths of the user id and the action are mixed in, so that `("ab", "c")` and
-/// `("a", "bc")` differ (the key's length is what remains).
+/// identities that share it.
+///
+/// The message is two words of lengths (the user id's and the action's in one, the idempotency key's in the
+/// other), then each string cut into words by [`Absorb::bytes`]: with every length fixed first, the words
+/// determine the three strings, so `("ab", "c")` and `("a", "bc")` differ. Built in registers, with no buffer.
 ///
 /// Snapshots (format version 2) save actions under this hash: a change to it needs a new format version.
+#[inline]
 pub(crate) fn identity_hash(key: &IdentityKey, user_id: &str, action: &str, idem: &str) -> H128 {
-    // One pass over a per-thread buffer: streaming the four pieces into SipHash measured slower (+25
-    // instructions per call).
-    with_buffer(
-        |h| {
-            h.extend_from_slice(&(user_id.len() as u32).to_le_bytes());
-            h.extend_from_slice(&(action.len() as u32).to_le_bytes());
-            h.extend_from_slice(user_id.as_bytes());
-            h.extend_from_slice(action.as_bytes());
-            h.extend_from_slice(idem.as_bytes());
-        },
-        |bytes| {
-            siphasher::sip128::SipHasher13::new_with_key(&key.0)
-                .hash(bytes)
-                .as_u128()
-        },
-    )
-    .into()
+    let mut h = Sip13::keyed(key.0);
+    h.word(user_id.len() as u64 | (action.len() as u64) << 32);
+    h.word(idem.len() as u64);
+    h.bytes(user_id.as_bytes());
+    h.bytes(action.as_bytes());
+    h.bytes(idem.as_bytes());
+    h.finish().into()
 }
 
 /// The 128-bit xxh3 of `bytes` (unkeyed).
@@ -84,6 +78,7 @@ pub(crate) fn xxh3_64(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
+#[cfg(any(feature = "redis", test))]
 thread_local! {
     static HASH_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -95,15 +90,7 @@ pub(crate) fn hash_bytes(write: impl FnOnce(&mut Vec<u8>)) -> u128 {
     with_buffer(write, xxhash_rust::xxh3::xxh3_128)
 }
 
-/// The keyed 128-bit SipHash-1-3 of the bytes `write` lays out, over the same per-thread buffer.
-pub(crate) fn keyed_hash(key: &FingerprintKey, write: impl FnOnce(&mut Vec<u8>)) -> u128 {
-    with_buffer(write, |bytes| {
-        siphasher::sip128::SipHasher13::new_with_key(&key.0)
-            .hash(bytes)
-            .as_u128()
-    })
-}
-
+#[cfg(any(feature = "redis", test))]
 fn with_buffer(write: impl FnOnce(&mut Vec<u8>), hash: impl FnOnce(&[u8]) -> u128) -> u128 {
     HASH_BUF.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
@@ -127,6 +114,136 @@ fn with_buffer(write: impl FnOnce(&mut Vec<u8>), hash: impl FnOnce(&[u8]) -> u12
 /// The secret key of the request fingerprint (`TrackRequest::fingerprint`): 128 bits, one per engine.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FingerprintKey([u8; 16]);
+
+/// A 128-bit key as SipHash's two 64-bit halves.
+fn key_words(key: &[u8; 16]) -> [u64; 2] {
+    let [lo, hi] = [&key[..8], &key[8..]].map(|h| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(h);
+        u64::from_le_bytes(w)
+    });
+    [lo, hi]
+}
+
+/// A sink for 64-bit words, with the one way strings are cut into them.
+pub(crate) trait Absorb {
+    /// Takes one word.
+    fn word(&mut self, w: u64);
+
+    /// Takes `s` as `s.len().div_ceil(8)` words. The words determine `s` only together with its length, so the
+    /// caller must have written the length (or otherwise fixed it) before.
+    ///
+    /// The whole words are `s`'s 8-byte chunks; a shorter remainder becomes one more word: the last 8 bytes of
+    /// `s` when it has more than 8 (overlapping the last chunk), otherwise its first and last 4 bytes (which
+    /// overlap below 8), or, for 1 to 3 bytes, its first, middle and last byte. Given the length, each of
+    /// these holds every byte it stands for, so the words still determine `s`; and no piece is carried from
+    /// one string to the next.
+    #[inline]
+    fn bytes(&mut self, s: &[u8]) {
+        let mut chunks = s.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.word(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        let n = rest.len();
+        if n == 0 {
+            return;
+        }
+        let last = if let Some(tail) = s.last_chunk::<8>() {
+            u64::from_le_bytes(*tail)
+        } else if let (Some(lo), Some(hi)) = (rest.first_chunk::<4>(), rest.last_chunk::<4>()) {
+            u64::from(u32::from_le_bytes(*lo)) | u64::from(u32::from_le_bytes(*hi)) << 32
+        } else {
+            u64::from(rest[0]) | u64::from(rest[n / 2]) << 8 | u64::from(rest[n - 1]) << 16
+        };
+        self.word(last);
+    }
+}
+
+/// Keyed SipHash-1-3 with a 128-bit output, fed 64-bit words: the request fingerprint's PRF.
+///
+/// It computes the reference SipHash-1-3 (128-bit variant) of the message made of the words it took, each as
+/// its eight little-endian bytes (`tests::the_word_hasher_is_siphash_1_3` checks it against the `siphasher`
+/// crate), so it is a PRF exactly as far as SipHash-1-3 is. Taking words, not bytes, leaves the layout to the
+/// caller, which builds them in registers (`TrackRequest::fingerprint`): no buffer filled piece by piece, no
+/// copy, no partial word carried from one piece to the next.
+pub(crate) struct Sip13 {
+    v0: u64,
+    v1: u64,
+    v2: u64,
+    v3: u64,
+    /// Words absorbed so far: the message length SipHash folds into its last block.
+    words: u64,
+}
+
+impl Sip13 {
+    /// A fresh state keyed with the fingerprint key.
+    #[inline]
+    pub fn new(key: &FingerprintKey) -> Self {
+        Self::keyed(key.0)
+    }
+
+    /// A fresh state keyed with `key`.
+    #[inline]
+    fn keyed(key: [u8; 16]) -> Self {
+        let [k0, k1] = key_words(&key);
+        Sip13 {
+            v0: k0 ^ 0x736f_6d65_7073_6575,
+            // 0xee: the 128-bit variant's domain separation.
+            v1: k1 ^ 0x646f_7261_6e64_6f6d ^ 0xee,
+            v2: k0 ^ 0x6c79_6765_6e65_7261,
+            v3: k1 ^ 0x7465_6462_7974_6573,
+            words: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn round(&mut self) {
+        self.v0 = self.v0.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(13) ^ self.v0;
+        self.v0 = self.v0.rotate_left(32);
+        self.v2 = self.v2.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(16) ^ self.v2;
+        self.v0 = self.v0.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(21) ^ self.v0;
+        self.v2 = self.v2.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(17) ^ self.v2;
+        self.v2 = self.v2.rotate_left(32);
+    }
+
+    /// The 128-bit hash of what was absorbed (SipHash's finalisation: the length block, then 3 rounds per half).
+    #[inline]
+    pub fn finish(mut self) -> u128 {
+        let b = (self.words.wrapping_mul(8) & 0xff) << 56;
+        self.v3 ^= b;
+        self.round();
+        self.v0 ^= b;
+        self.v2 ^= 0xee;
+        self.round();
+        self.round();
+        self.round();
+        let h1 = self.v0 ^ self.v1 ^ self.v2 ^ self.v3;
+        self.v1 ^= 0xdd;
+        self.round();
+        self.round();
+        self.round();
+        let h2 = self.v0 ^ self.v1 ^ self.v2 ^ self.v3;
+        u128::from(h1) | u128::from(h2) << 64
+    }
+}
+
+impl Absorb for Sip13 {
+    /// One compression round per word: the "1" of SipHash-1-3.
+    #[inline(always)]
+    fn word(&mut self, m: u64) {
+        self.v3 ^= m;
+        self.round();
+        self.v0 ^= m;
+        self.words += 1;
+    }
+}
 
 /// A seeded 64-bit xxh3, one seed per engine: the keys history stores its series and sets under.
 #[derive(Clone, Copy)]
@@ -245,10 +362,11 @@ impl EngineKeys {
     /// The key of action identities: the fingerprint key's SipHash of a constant, so that it is persisted
     /// wherever the fingerprint key is (a state file's keys) and independent of it for every other use.
     pub fn identity(&self) -> IdentityKey {
-        let k = siphasher::sip128::SipHasher13::new_with_key(&self.fingerprint.0)
-            .hash(b"riskgate action identity key")
-            .as_u128();
-        IdentityKey(k.to_le_bytes())
+        const LABEL: &[u8] = b"riskgate action identity key";
+        let mut h = Sip13::new(&self.fingerprint);
+        h.word(LABEL.len() as u64);
+        h.bytes(LABEL);
+        IdentityKey(h.finish().to_le_bytes())
     }
 
     /// The keys every engine sharing one state store must agree on (the fingerprint key and the history seed),
@@ -332,6 +450,76 @@ mod tests {
     }
 
     #[test]
+    fn the_word_hasher_is_siphash_1_3() {
+        let key = keys().fingerprint;
+        let mut words = Vec::new();
+        let mut x = 0x0123_4567_89ab_cdefu64;
+        // Up to 40 words: the message length byte wraps at 32 words.
+        for n in 0..=40 {
+            let mut h = Sip13::new(&key);
+            let mut bytes = Vec::new();
+            for w in &words {
+                h.word(*w);
+                bytes.extend_from_slice(&u64::to_le_bytes(*w));
+            }
+            let reference = siphasher::sip128::SipHasher13::new_with_key(&key.0).hash(&bytes);
+            assert_eq!(h.finish(), reference.as_u128(), "{n} words");
+            x = x.rotate_left(23).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n;
+            words.push(x);
+        }
+        // Keyed: another engine's secret hashes the same words differently.
+        let (mut a, mut b) = (Sip13::new(&key), Sip13::new(&keys().fingerprint));
+        a.word(1);
+        b.word(1);
+        assert_ne!(a.finish(), b.finish());
+    }
+
+    /// What `Absorb::bytes` cuts a string into.
+    fn cut(s: &[u8]) -> Vec<u64> {
+        struct Words(Vec<u64>);
+        impl Absorb for Words {
+            fn word(&mut self, w: u64) {
+                self.0.push(w);
+            }
+        }
+        let mut w = Words(Vec::new());
+        w.bytes(s);
+        w.0
+    }
+
+    #[test]
+    fn strings_are_cut_into_words_that_hold_every_byte() {
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        assert_eq!(cut(b""), Vec::<u64>::new());
+        assert_eq!(cut(b"a"), [word(b"aaa")]);
+        assert_eq!(cut(b"ab"), [word(b"abb")]);
+        assert_eq!(cut(b"abc"), [word(b"abc")]);
+        assert_eq!(cut(b"abcd"), [word(b"abcdabcd")]);
+        assert_eq!(cut(b"abcdefg"), [word(b"abcddefg")]);
+        assert_eq!(cut(b"abcdefgh"), [word(b"abcdefgh")]);
+        assert_eq!(cut(b"abcdefghijk"), [word(b"abcdefgh"), word(b"defghijk")]);
+        // Strings of one length share words only if they are equal: every string of 1 to 11 bytes over a
+        // two-letter alphabet (so that any byte left out would show).
+        for len in 1..=11usize {
+            let mut seen = std::collections::HashMap::new();
+            for bits in 0..1u32 << len {
+                let s: Vec<u8> = (0..len).map(|j| b'a' + (bits >> j & 1) as u8).collect();
+                let w = cut(&s);
+                assert_eq!(w.len(), len.div_ceil(8));
+                assert_eq!(
+                    seen.insert(w, s),
+                    None,
+                    "two strings of {len} bytes share words"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn byte_hashing_matches_the_streaming_hasher() {
         let h = hash_bytes(|b| b.extend_from_slice(b"abc"));
         assert_eq!(h, xxhash_rust::xxh3::xxh3_128(b"abc"));
@@ -362,15 +550,17 @@ mod tests {
             identity_hash(&id, "u", "a", "k"),
             identity_hash(&keys().identity(), "u", "a", "k")
         );
-        // The SipHash of the two lengths and the strings laid end to end: the layout snapshots depend on.
-        let one_pass = |u: &str, a: &str, i: &str| {
-            let mut b = Vec::new();
-            b.extend_from_slice(&(u.len() as u32).to_le_bytes());
-            b.extend_from_slice(&(a.len() as u32).to_le_bytes());
-            b.extend_from_slice(format!("{u}{a}{i}").as_bytes());
+        // The reference SipHash-1-3 of the length words and the strings' words as bytes: the layout snapshots
+        // depend on.
+        let reference = |u: &str, a: &str, i: &str| {
+            let mut words = vec![u.len() as u64 | (a.len() as u64) << 32, i.len() as u64];
+            for piece in [u, a, i] {
+                words.extend(cut(piece.as_bytes()));
+            }
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
             H128::from(
                 siphasher::sip128::SipHasher13::new_with_key(&id.0)
-                    .hash(&b)
+                    .hash(&bytes)
                     .as_u128(),
             )
         };
@@ -379,7 +569,7 @@ mod tests {
             ("user-000001", "signIn", "bench-0000002a-deadbeef"),
             ("u", "withdraw-funds", &"k".repeat(300)),
         ] {
-            assert_eq!(identity_hash(&id, u, a, i), one_pass(u, a, i));
+            assert_eq!(identity_hash(&id, u, a, i), reference(u, a, i));
         }
         let restored = keys().with_shared(&k.shared_bytes());
         assert_eq!(

@@ -66,3 +66,28 @@ pub use watch::{RulesWatcher, WatchError};
 
 #[doc(hidden)]
 pub use rules::vars::names;
+
+/// Not part of the API: the crate's identity hash, for the benchmarks' `floor/hash-probe` baseline, which must
+/// hash the way the store does.
+#[doc(hidden)]
+pub mod __bench {
+    /// The store's keyed identity hash under a freshly drawn key.
+    pub struct IdentityHasher(crate::hash::IdentityKey);
+
+    impl IdentityHasher {
+        /// A hasher with a key drawn from the OS (`None` if the random source fails).
+        pub fn new() -> Option<Self> {
+            Some(IdentityHasher(
+                crate::hash::EngineKeys::draw().ok()?.identity(),
+            ))
+        }
+
+        /// The hash of one identity, as the action store computes it.
+        #[inline]
+        pub fn hash(&self, user_id: &str, action: &str, key: &str) -> u128 {
+            let [lo, hi]: [u64; 2] =
+                crate::hash::identity_hash(&self.0, user_id, action, key).into();
+            u128::from(lo) | u128::from(hi) << 64
+        }
+    }
+}

@@ -233,6 +233,34 @@ fn actions_expire_after_the_ttl_on_the_engines_clock() {
 }
 
 #[test]
+fn a_swapped_ruleset_s_ttl_applies_to_the_next_repeat() {
+    // The in-memory store checks an action's age against the current TTL on every lookup; Redis expires an
+    // action's keys at the TTL they were written with.
+    if !common::in_memory() {
+        return;
+    }
+    let clock = FakeClock::default();
+    let e = engine_with("[idempotency]\nttl = \"1h\"", &clock);
+    let rules = |ttl: &str| {
+        RuleSet::builder()
+            .rule("decide", DECIDE)
+            .config_toml(format!("[idempotency]\nttl = \"{ttl}\""))
+            .build()
+            .unwrap()
+    };
+    let r = req("u1", Some("k1"), "review");
+    let first = e.track(&r).unwrap();
+    clock.advance(Duration::from_secs(10 * 60));
+    // Within the new TTL the repeat is answered from the store; past it, the action is gone and decided anew.
+    e.swap_ruleset(rules("11m"));
+    assert_eq!(e.track(&r).unwrap(), first);
+    assert_eq!(e.decisions(), 1);
+    e.swap_ruleset(rules("5m"));
+    assert_eq!(e.track(&r).unwrap().state, State::Review);
+    assert_eq!(e.decisions(), 2);
+}
+
+#[test]
 fn the_default_ttl_is_a_day() {
     let clock = FakeClock::default();
     let e = engine(&clock);

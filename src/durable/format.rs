@@ -9,12 +9,15 @@ use crate::hash::xxh3_64;
 /// The format version this riskgate writes. It reads this one and every version from [`OLDEST_VERSION`]; a
 /// file with another version is refused, naming both.
 ///
-/// Version 2 changed only snapshots: an action without a challenge token is saved under its key in the store
-/// (the keyed hash of its identity) instead of its identity strings. Journals are the same in both.
+/// - 2: request fingerprints are SipHash-1-3 over a word encoding of the attributes
+///   (`TrackRequest::fingerprint`), and a snapshot saves an action without a challenge token under its key in
+///   the store (the keyed hash of its identity) instead of its identity strings.
+/// - 1: the first. Its fingerprints would no longer match a repeat of the same request (every repeat would be
+///   refused as a conflict), so it is refused rather than read.
 pub(crate) const VERSION: u32 = 2;
 
 /// The oldest format version this riskgate reads.
-pub(crate) const OLDEST_VERSION: u32 = 1;
+pub(crate) const OLDEST_VERSION: u32 = 2;
 
 /// The first eight bytes of a snapshot file.
 pub(crate) const SNAPSHOT_MAGIC: [u8; 8] = *b"RGSNAP\r\n";
@@ -89,9 +92,14 @@ pub(crate) fn read_header_version(
         )));
     }
     if !(OLDEST_VERSION..=VERSION).contains(&version) {
+        let reads = if OLDEST_VERSION == VERSION {
+            format!("version {VERSION}")
+        } else {
+            format!("version {OLDEST_VERSION} to version {VERSION}")
+        };
         return Err(Damaged::new(format!(
-            "written in state format version {version}; this riskgate reads version {OLDEST_VERSION} to \
-             version {VERSION} only (nothing was loaded or changed)"
+            "written in state format version {version}; this riskgate reads {reads} only (nothing was loaded \
+             or changed)"
         )));
     }
     let generation = u64::from_le_bytes(h[12..20].try_into().unwrap_or_default());
@@ -288,7 +296,7 @@ mod tests {
         other[20..].copy_from_slice(&sum.to_le_bytes());
         let e = read_header(&other, JOURNAL_MAGIC, "journal").unwrap_err();
         assert!(
-            e.0.contains("version 9") && e.0.contains("version 1") && e.0.contains("version 2"),
+            e.0.contains("version 9") && e.0.contains(&format!("version {VERSION}")),
             "{}",
             e.0
         );

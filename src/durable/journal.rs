@@ -331,7 +331,7 @@ fn get_opt_str<'a>(r: &mut Reader<'a>) -> Result<Option<&'a str>, Damaged> {
 /// How a saved action's identity is written.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum IdentLayout {
-    /// The three strings (the journal; snapshots of format version 1).
+    /// The three strings (the journal).
     Strings,
     /// A tag, then the three strings ([`TAG_STRINGS`]) or only the action's key in the store
     /// ([`TAG_KEY`]): snapshots of format version 2.

@@ -75,13 +75,9 @@ pub(super) fn read(
     history: &History,
     params: &Params,
 ) -> Result<Meta, Damaged> {
-    let (generation, version, [m, actions, hist]) = sections(bytes)?;
-    // Version 1 wrote every action's identity strings; version 2 a tag and the strings or the store key.
-    let layout = if version == 1 {
-        IdentLayout::Strings
-    } else {
-        IdentLayout::Tagged
-    };
+    let (generation, _version, [m, actions, hist]) = sections(bytes)?;
+    // Every action is a tag and its identity strings or its key in the store.
+    let layout = IdentLayout::Tagged;
     let meta = meta(generation, m)?;
     let now = EpochMs::from_ms(meta.latest_ms);
     // The actions come in chunks: the history and every chunk are tasks, shared out over two threads.
@@ -279,7 +275,7 @@ mod tests {
         )
     }
 
-    /// A snapshot in format version 1, which saved every action's identity as its three strings.
+    /// A snapshot in format version 1 (every action's identity as its three strings), which is refused.
     fn version_1(keys: &EngineKeys) -> Vec<u8> {
         let mut m = Vec::new();
         m.bytes(&keys.shared_bytes());
@@ -314,7 +310,7 @@ mod tests {
     }
 
     /// Loads `bytes` into a fresh store (with the snapshot's keys) and checks both actions are there.
-    fn load_and_check(bytes: &[u8]) -> Store {
+    fn load_and_check(bytes: &[u8]) {
         let keys = read_keys(bytes, EngineKeys::draw().unwrap()).unwrap();
         let store = Store::new(100, &keys);
         let history = History::new(Default::default(), keys);
@@ -331,15 +327,39 @@ mod tests {
         assert_eq!(d.identity(), Some(("user-one", "signIn", "key-token")));
         assert_eq!(challenged.state(), State::ChallengeRequired);
         drop(g);
-        store
     }
 
     #[test]
-    fn a_version_1_snapshot_loads_and_is_written_back_as_version_2_without_plain_identities() {
+    fn a_version_1_snapshot_is_refused_naming_both_versions_and_a_version_2_one_round_trips() {
         let keys = EngineKeys::draw().unwrap();
         let v1 = version_1(&keys);
-        let store = load_and_check(&v1);
-        // Written again: version 2, the plain action known by its key only, the challenged one with its identity.
+        let store = Store::new(100, &keys);
+        let history = History::new(Default::default(), keys);
+        let Err(e) = read(&v1, &store, &history, &params()) else {
+            panic!("a version-1 snapshot was read")
+        };
+        assert!(
+            e.0.contains("version 1") && e.0.contains("version 2"),
+            "{}",
+            e.0
+        );
+        assert_eq!(store.len(), 0, "a refused snapshot loaded actions");
+        // The same actions written by this riskgate: version 2, the plain action known by its key only, the
+        // challenged one with its identity.
+        let filled = Store::new(10, &keys);
+        let g = filled.guard();
+        for (key, token) in ACTIONS {
+            let k = filled.key("user-one", "signIn", key);
+            let Found::New(slot) =
+                filled.get_or_insert(&g, k, H128::from([1, 2]), EpochMs::from_ms(5), TTL)
+            else {
+                panic!("new")
+            };
+            let d = slot.decided.get_or_init(|| decided(key, token));
+            slot.init_state(d.outcome());
+            filled.register_token(k, slot);
+        }
+        drop(g);
         let dir = std::env::temp_dir().join(format!(
             "riskgate-snapshot-test-{}-{}",
             std::process::id(),
@@ -347,9 +367,7 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state");
-        let restored = read_keys(&v1, EngineKeys::draw().unwrap()).unwrap();
-        let history = History::new(Default::default(), restored);
-        write(&path, 0, &restored, &store, &history, NOW.ms(), &params()).unwrap();
+        write(&path, 0, &keys, &filled, &history, NOW.ms(), &params()).unwrap();
         let v2 = std::fs::read(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
