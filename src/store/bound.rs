@@ -96,10 +96,16 @@ impl Fronts {
             .unwrap_or(i64::MAX)
     }
 
-    /// The shard whose oldest entry is the oldest of all (ties go to a shard other than `own`), leaving `own`
-    /// out when `skip_own`; `None` when every shard considered is empty.
+    /// The shard whose oldest entry is the oldest of all, leaving `own` out when `skip_own`; `None` when every
+    /// shard considered is empty.
+    ///
+    /// Ties (entries created in the same millisecond, common at hundreds of thousands of decisions a second)
+    /// go to the first tied shard after `own`, counting round from it, and to `own` last: inserters on
+    /// different shards so evict from different shards, where a fixed order sent every one of them to the
+    /// same lock (two threads evicting at capacity ran at 1.1–1.8× one thread, 1.9× without eviction).
     pub fn oldest(&self, own: usize, skip_own: bool) -> Option<usize> {
-        let mut best: Option<(i64, bool, usize)> = None;
+        let n = self.fronts.len();
+        let mut best: Option<(i64, usize, usize)> = None;
         for (i, f) in self.fronts.iter().enumerate() {
             if skip_own && i == own {
                 continue;
@@ -108,11 +114,44 @@ impl Fronts {
             if t == i64::MAX {
                 continue;
             }
-            let k = (t, i == own, i);
+            // 0 for the shard after `own`, n - 1 for `own` itself.
+            let k = (t, (i + n - own - 1) % n, i);
             if best.is_none_or(|b| k < b) {
                 best = Some(k);
             }
         }
         best.map(|(_, _, i)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fronts;
+
+    #[test]
+    fn the_oldest_front_wins_and_ties_go_round_from_the_inserter_s_shard() {
+        let f = Fronts::new(4);
+        for i in 0..4 {
+            f.publish(i, 7);
+        }
+        // Ties: the shard after `own`, wrapping, so inserters on different shards evict from different ones.
+        assert_eq!(f.oldest(0, false), Some(1));
+        assert_eq!(f.oldest(1, false), Some(2));
+        assert_eq!(f.oldest(3, false), Some(0));
+        // `own` only when nothing else ties it, and never when skipped.
+        for i in [1, 2, 3] {
+            f.publish(i, 9);
+        }
+        assert_eq!(f.oldest(0, false), Some(0));
+        assert_eq!(f.oldest(0, true), Some(1));
+        // A strictly older front wins wherever it is.
+        f.publish(2, 3);
+        assert_eq!(f.oldest(3, false), Some(2));
+        assert_eq!(f.oldest(1, true), Some(2));
+        // Empty shards are never chosen.
+        let empty = Fronts::new(2);
+        assert_eq!(empty.oldest(0, false), None);
+        empty.publish(0, 1);
+        assert_eq!(empty.oldest(0, true), None);
     }
 }
