@@ -19,7 +19,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 fn engine(capacity: usize) -> Engine {
-    let mut b = RuleSet::builder().config_toml(&format!("[idempotency]\ncapacity = {capacity}"));
+    let mut b = RuleSet::builder().config_toml(format!("[idempotency]\ncapacity = {capacity}"));
     for (id, src) in workload::RULES {
         b = b.rule(id, src);
     }
