@@ -8,7 +8,11 @@
 //! cargo build --release --example first_decision_scaling
 //! target/release/examples/first_decision_scaling 100000 400000
 //! perf record -e cpu-clock -g target/release/examples/first_decision_scaling 200000
+//! RG_CHUNK=10000 target/release/examples/first_decision_scaling 200000 400000
 //! ```
+//!
+//! A third argument (1 or 2) runs only that many threads. `RG_CHUNK=k` starts fresh threads every `k` calls
+//! each, as the criterion group does per sample.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../src/cli/workload.rs"]
@@ -41,16 +45,25 @@ fn parts(n: usize, threads: usize, tag: &str) -> Vec<Vec<TrackRequest>> {
 }
 
 fn run(e: &Engine, parts: &[Vec<TrackRequest>]) -> Duration {
+    // RG_CHUNK=k: fresh threads every k calls each (as a bench that spawns threads per sample does).
+    let chunk: usize = std::env::var("RG_CHUNK").ok().map_or(usize::MAX, |c| c.parse().unwrap());
+    let longest = parts.iter().map(Vec::len).max().unwrap_or(0);
     let start = Instant::now();
-    std::thread::scope(|s| {
-        for p in parts {
-            s.spawn(move || {
-                for r in p {
-                    black_box(e.track(r).unwrap());
-                }
-            });
-        }
-    });
+    let mut from = 0;
+    while from < longest {
+        let to = from.saturating_add(chunk).min(longest);
+        std::thread::scope(|s| {
+            for p in parts {
+                let mine = &p[from.min(p.len())..to.min(p.len())];
+                s.spawn(move || {
+                    for r in mine {
+                        black_box(e.track(r).unwrap());
+                    }
+                });
+            }
+        });
+        from = to;
+    }
     start.elapsed()
 }
 
