@@ -46,7 +46,9 @@ fn parts(n: usize, threads: usize, tag: &str) -> Vec<Vec<TrackRequest>> {
 
 fn run(e: &Engine, parts: &[Vec<TrackRequest>]) -> Duration {
     // RG_CHUNK=k: fresh threads every k calls each (as a bench that spawns threads per sample does).
-    let chunk: usize = std::env::var("RG_CHUNK").ok().map_or(usize::MAX, |c| c.parse().unwrap());
+    let chunk: usize = std::env::var("RG_CHUNK")
+        .ok()
+        .map_or(usize::MAX, |c| c.parse().unwrap());
     let longest = parts.iter().map(Vec::len).max().unwrap_or(0);
     let start = Instant::now();
     let mut from = 0;
