@@ -52,15 +52,17 @@ pub(crate) struct IdentityKey([u8; 16]);
 /// hash is the identity: keyed, a caller who chooses user ids and idempotency keys cannot search for two
 /// identities that share it.
 ///
-/// The message is two words of lengths (the user id's and the action's in one, the idempotency key's in the
-/// other), then each string cut into words by [`Absorb::bytes`]: with every length fixed first, the words
-/// determine the three strings, so `("ab", "c")` and `("a", "bc")` differ. Built in registers, with no buffer.
+/// The message is the three lengths, a word each, then each string cut into words by [`Absorb::bytes`]: with
+/// every length fixed first, the words determine the three strings, so `("ab", "c")` and `("a", "bc")` differ,
+/// whatever the lengths (a request fingerprinted before validation may hold strings of any length). Built in
+/// registers, with no buffer.
 ///
-/// Snapshots (format version 2) save actions under this hash: a change to it needs a new format version.
+/// Snapshots (format version 3) save actions under this hash: a change to it needs a new format version.
 #[inline]
 pub(crate) fn identity_hash(key: &IdentityKey, user_id: &str, action: &str, idem: &str) -> H128 {
     let mut h = Sip13::keyed(key.0);
-    h.word(user_id.len() as u64 | (action.len() as u64) << 32);
+    h.word(user_id.len() as u64);
+    h.word(action.len() as u64);
     h.word(idem.len() as u64);
     h.bytes(user_id.as_bytes());
     h.bytes(action.as_bytes());
@@ -553,7 +555,7 @@ mod tests {
         // The reference SipHash-1-3 of the length words and the strings' words as bytes: the layout snapshots
         // depend on.
         let reference = |u: &str, a: &str, i: &str| {
-            let mut words = vec![u.len() as u64 | (a.len() as u64) << 32, i.len() as u64];
+            let mut words = vec![u.len() as u64, a.len() as u64, i.len() as u64];
             for piece in [u, a, i] {
                 words.extend(cut(piece.as_bytes()));
             }

@@ -385,6 +385,12 @@ mod tag {
     pub const SHORT_STRING_BYTES: usize = 5;
 }
 
+/// The version of [`TrackRequest::fingerprint`]'s encoding, recorded in a shared (Redis) store by the first
+/// engine on it: an engine with another refuses the store, since its stored fingerprints would not match.
+/// A change to the encoding needs a new one (and a new state format version).
+#[cfg(feature = "redis")]
+pub(crate) const FINGERPRINT_SCHEME: u32 = 3;
+
 impl TrackAttributes {
     /// Reads one byte of every cache line the encoding will read, before it starts: these loads depend on
     /// nothing else, so the processor overlaps their cache misses, where the hash's own loads, each behind the

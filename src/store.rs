@@ -790,6 +790,33 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_front_wins_and_ties_go_round_from_the_inserter_s_shard() {
+        let f = bound::Fronts::new(4);
+        for i in 0..4 {
+            f.publish(i, 7);
+        }
+        // Ties: the shard after `own`, wrapping, so inserters on different shards evict from different ones.
+        assert_eq!(f.oldest(0, false), Some(1));
+        assert_eq!(f.oldest(1, false), Some(2));
+        assert_eq!(f.oldest(3, false), Some(0));
+        // `own` only when nothing else ties it, and never when skipped.
+        for i in [1, 2, 3] {
+            f.publish(i, 9);
+        }
+        assert_eq!(f.oldest(0, false), Some(0));
+        assert_eq!(f.oldest(0, true), Some(1));
+        // A strictly older front wins wherever it is.
+        f.publish(2, 3);
+        assert_eq!(f.oldest(3, false), Some(2));
+        assert_eq!(f.oldest(1, true), Some(2));
+        // Empty shards are never chosen.
+        let empty = bound::Fronts::new(2);
+        assert_eq!(empty.oldest(0, false), None);
+        empty.publish(0, 1);
+        assert_eq!(empty.oldest(0, true), None);
+    }
+
+    #[test]
     fn a_sharded_store_keeps_exactly_its_capacity_newest_first() {
         let capacity = 4 * ACTIONS_PER_SHARD;
         let store = store(capacity);

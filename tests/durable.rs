@@ -282,27 +282,30 @@ fn a_damaged_journal_is_refused_and_a_torn_tail_is_loaded() {
 
 #[test]
 fn an_unknown_format_version_is_refused_naming_both() {
-    let (_dir, path) = temp("state");
-    saved_state(&path);
-    let mut b = std::fs::read(&path).unwrap();
-    // Version 1: written before fingerprints changed their encoding, so its fingerprints would not match.
-    b[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let sum = xxhash_of(&b[..20]);
-    b[20..28].copy_from_slice(&sum.to_le_bytes());
-    std::fs::write(&path, &b).unwrap();
-    let msg = refused(&StoreSettings::file(&path));
-    assert!(
-        msg.contains("version 1") && msg.contains("version 2"),
-        "{msg}"
-    );
-    // Even `on_corrupt = "empty"` does not start on it silently: the file is set aside, not overwritten.
-    let e = engine(&StoreSettings::file(&path).on_corrupt(OnCorrupt::Empty)).unwrap();
-    assert!(e
-        .durable_stats()
-        .unwrap()
-        .recovered
-        .unwrap()
-        .contains("version 1"));
+    // Versions 1 and 2: written before fingerprints (and version 2's store keys) changed their encoding, so
+    // their actions would not match a repeat.
+    for old in [1u32, 2] {
+        let (_dir, path) = temp("state");
+        saved_state(&path);
+        let mut b = std::fs::read(&path).unwrap();
+        b[8..12].copy_from_slice(&old.to_le_bytes());
+        let sum = xxhash_of(&b[..20]);
+        b[20..28].copy_from_slice(&sum.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        let msg = refused(&StoreSettings::file(&path));
+        assert!(
+            msg.contains(&format!("version {old}")) && msg.contains("version 3"),
+            "{msg}"
+        );
+        // Even `on_corrupt = "empty"` does not start on it silently: the file is set aside, not overwritten.
+        let e = engine(&StoreSettings::file(&path).on_corrupt(OnCorrupt::Empty)).unwrap();
+        assert!(e
+            .durable_stats()
+            .unwrap()
+            .recovered
+            .unwrap()
+            .contains(&format!("version {old}")));
+    }
 }
 
 fn xxhash_of(b: &[u8]) -> u64 {

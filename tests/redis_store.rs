@@ -434,6 +434,55 @@ if rba_score() > 50.0 { REVIEW }"#,
     }
 
     #[test]
+    fn a_store_fingerprinted_by_another_scheme_is_refused() {
+        let Some(srv) = server() else { return };
+        let clock = common::clock();
+        let build = |prefix: &str| {
+            Engine::builder()
+                .ruleset(rules())
+                .clock(clock.clone())
+                .store(patient(srv.settings().key_prefix(prefix)))
+                .build()
+        };
+        // The first engine records its scheme beside the keys; a second one agrees with it.
+        let first = build("scheme").unwrap();
+        first
+            .track(&common::req("u1", "signIn").idempotency_key("k"))
+            .unwrap();
+        assert!(build("scheme").is_ok());
+        let recorded = command(srv.port, "GET scheme:{g}:keys").unwrap();
+        let value = recorded.lines().last().unwrap().to_owned();
+        let (keys, scheme) = value.split_once(" fp").unwrap();
+        assert_eq!((keys.len(), scheme), (48, "3"), "{value}");
+        // A store an earlier riskgate made (its keys, no scheme), and one another scheme made: refused at
+        // build, naming the way out, and left as they were.
+        assert_eq!(
+            command(srv.port, &format!("SET scheme:{{g}}:keys {keys}")).unwrap(),
+            "+OK"
+        );
+        let Err(e) = build("scheme") else {
+            panic!("a store with no scheme was taken")
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("no scheme recorded") && msg.contains("key_prefix"),
+            "{msg}"
+        );
+        let left = command(srv.port, "GET scheme:{g}:keys").unwrap();
+        assert_eq!(left.lines().last(), Some(keys), "{left}");
+        assert_eq!(
+            command(srv.port, &format!("SET scheme:{{g}}:keys \"{keys} fp2\"")).unwrap(),
+            "+OK"
+        );
+        let Err(e) = build("scheme") else {
+            panic!("a store of another scheme was taken")
+        };
+        assert!(e.to_string().contains("scheme 2"), "{e}");
+        // A fresh prefix on the same server is fine.
+        assert!(build("scheme-fresh").is_ok());
+    }
+
+    #[test]
     fn thread_callers_count_exactly_once_across_a_script_flush() {
         let Some(srv) = server() else { return };
         let clock = common::clock();

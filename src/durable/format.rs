@@ -9,15 +9,20 @@ use crate::hash::xxh3_64;
 /// The format version this riskgate writes. It reads this one and every version from [`OLDEST_VERSION`]; a
 /// file with another version is refused, naming both.
 ///
-/// - 2: request fingerprints are SipHash-1-3 over a word encoding of the attributes
-///   (`TrackRequest::fingerprint`), and a snapshot saves an action without a challenge token under its key in
-///   the store (the keyed hash of its identity) instead of its identity strings.
-/// - 1: the first. Its fingerprints would no longer match a repeat of the same request (every repeat would be
-///   refused as a conflict), so it is refused rather than read.
-pub(crate) const VERSION: u32 = 2;
+/// - 3: request fingerprints are SipHash-1-3 over a word encoding of the attributes
+///   (`TrackRequest::fingerprint`), and the store key a snapshot saves an action under is the same word
+///   hasher over the identity (`hash::identity_hash`).
+/// - 2: a snapshot saves an action without a challenge token under its key in the store (the keyed hash of
+///   its identity) instead of its identity strings; fingerprints and store keys hashed from byte buffers.
+/// - 1: the first.
+///
+/// Versions 1 and 2 are refused rather than read: their fingerprints (and version 2's store keys) would no
+/// longer match a repeat of the same request, so every repeat of their actions would be refused as a conflict
+/// or decided again.
+pub(crate) const VERSION: u32 = 3;
 
 /// The oldest format version this riskgate reads.
-pub(crate) const OLDEST_VERSION: u32 = 2;
+pub(crate) const OLDEST_VERSION: u32 = 3;
 
 /// The first eight bytes of a snapshot file.
 pub(crate) const SNAPSHOT_MAGIC: [u8; 8] = *b"RGSNAP\r\n";

@@ -334,7 +334,7 @@ pub(super) enum IdentLayout {
     /// The three strings (the journal).
     Strings,
     /// A tag, then the three strings ([`TAG_STRINGS`]) or only the action's key in the store
-    /// ([`TAG_KEY`]): snapshots of format version 2.
+    /// ([`TAG_KEY`]): snapshots (format version 2 and later).
     Tagged,
 }
 

@@ -4,8 +4,8 @@
 //! `PATH` is the snapshot: a header (magic, format version, the journal generation it covers, a checksum) and
 //! three checksummed frames (the engine's hashing keys and latest event time; every live action; every live
 //! history key). An action is saved under its key in the store (the keyed hash of its identity, which the
-//! saved keys reproduce), with its identity strings only when it has a challenge token (format version 2;
-//! version 1 files, whose fingerprints no longer match, are refused). `PATH.journal.N` holds the changes made since generation `N - 1`'s snapshot, in frames of
+//! saved keys reproduce), with its identity strings only when it has a challenge token (format version 3;
+//! files of versions 1 and 2, whose fingerprints no longer match, are refused). `PATH.journal.N` holds the changes made since generation `N - 1`'s snapshot, in frames of
 //! records; `PATH.tmp` is a snapshot being written; `PATH.lock` is held locked while an engine has the state
 //! open (a second engine on the path is refused).
 //!

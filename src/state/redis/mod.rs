@@ -12,7 +12,10 @@
 //!   `{g}`: the shared keys and the population's total.
 //!
 //! Users, IPs and devices are named by their seeded 64-bit history hashes (the seed is drawn by the first
-//! engine and kept in `{g}:keys`, so every engine hashes alike and nothing outside can aim at a key).
+//! engine and kept in `{g}:keys`, so every engine hashes alike and nothing outside can aim at a key). The same
+//! value records the request fingerprint scheme the keys are used with; an engine whose scheme differs (or a
+//! store from before it was recorded) is refused at `build`, since every repeat of a stored action would be a
+//! conflict.
 //!
 //! # Round trips
 //! A first decision makes two: (1) the claim of the identity with the user's history, pipelined with the IP's,
@@ -270,15 +273,37 @@ impl RedisStore {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        // The value is the keys in hex, then ` fp` and the fingerprint scheme: one `SET NX`, so the keys and
+        // the scheme they were used with arrive together. A value of bare keys was left by a riskgate from before
+        // the scheme was kept.
+        let ours = crate::request::FINGERPRINT_SCHEME.to_string();
         let mut set = redis::cmd("SET");
-        set.arg(&shared_key).arg(&mine).arg("NX");
+        set.arg(&shared_key)
+            .arg(format!("{mine} fp{ours}"))
+            .arg("NX");
         let mut get = redis::cmd("GET");
         get.arg(&shared_key);
         let replies = pool.run_blocking(&[Op::Plain(set), Op::Plain(get)])?;
-        let theirs = replies
+        let stored = replies
             .get(1)
             .and_then(text)
             .ok_or_else(|| broken("shared key"))?;
+        let (theirs, scheme) = match stored.split_once(" fp") {
+            Some((keys, scheme)) => (keys, Some(scheme)),
+            None => (stored.as_str(), None),
+        };
+        if scheme != Some(ours.as_str()) {
+            return Err(StoreError(format!(
+                "the Redis store under key prefix \"{prefix}\" holds actions fingerprinted by {}; this riskgate \
+                 fingerprints with scheme {ours}, so every repeat of those actions would be refused as a \
+                 conflict. Use a fresh `key_prefix` (or an emptied Redis), with every engine on it upgraded \
+                 together",
+                match scheme {
+                    Some(s) => format!("scheme {}", crate::error::shorten(s)),
+                    None => "an earlier riskgate (no scheme recorded)".to_owned(),
+                }
+            )));
+        }
         let mut bytes = [0u8; 24];
         for (i, b) in bytes.iter_mut().enumerate() {
             *b = theirs
