@@ -241,10 +241,8 @@ const LIVE: usize = 100_000;
 /// The engine of the realistic groups: the workload's ten rules, compiled, with room for the live actions and
 /// the first decisions timed after them.
 fn realistic_engine() -> Engine {
-    let mut b = RuleSet::builder().config_toml("[idempotency]\ncapacity = 400000");
-    for (id, src) in workload::RULES {
-        b = b.rule(id, src);
-    }
+    let b =
+        workload::with_rules(RuleSet::builder().config_toml("[idempotency]\ncapacity = 400000"));
     let rules = b.build().unwrap();
     assert!(
         rules.rules().all(|r| r.compiled),
@@ -366,10 +364,8 @@ fn durable(c: &mut Criterion) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut b = RuleSet::builder().config_toml("[idempotency]\ncapacity = 400000");
-    for (id, src) in workload::RULES {
-        b = b.rule(id, src);
-    }
+    let b =
+        workload::with_rules(RuleSet::builder().config_toml("[idempotency]\ncapacity = 400000"));
     let rules = b.build().unwrap();
     let off = engine(rules.clone());
     let on = Engine::builder()

@@ -23,10 +23,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 fn engine(capacity: usize) -> Engine {
-    let mut b = RuleSet::builder().config_toml(format!("[idempotency]\ncapacity = {capacity}"));
-    for (id, src) in workload::RULES {
-        b = b.rule(id, src);
-    }
+    let b = workload::with_rules(
+        RuleSet::builder().config_toml(format!("[idempotency]\ncapacity = {capacity}")),
+    );
     Engine::builder()
         .ruleset(b.build().unwrap())
         .clock(FakeClock::default())

@@ -86,10 +86,8 @@ fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .map_or(100_000, |a| a.parse().expect("N: a number of actions"));
-    let mut b = RuleSet::builder().config_toml("[idempotency]\ncapacity = 400000");
-    for (id, src) in workload::RULES {
-        b = b.rule(id, src);
-    }
+    let b =
+        workload::with_rules(RuleSet::builder().config_toml("[idempotency]\ncapacity = 400000"));
     let e = Engine::builder()
         .ruleset(b.build().unwrap())
         .clock(FakeClock::default())

@@ -371,7 +371,7 @@ const LONG32: u64 = 0xffff_ffff;
 mod tag {
     /// A string: its length in the header's bits 16..48, its bytes after the key.
     pub const STRING: u64 = 1;
-    /// A string of at most [`SHORT_STRING`] bytes: its length in bits 16..24, its bytes in 24..64.
+    /// A string of at most [`SHORT_STRING_BYTES`] bytes: its length in bits 16..24, its bytes in 24..64.
     pub const SHORT_STRING: u64 = 2;
     /// An integer within 48 bits: its two's complement in bits 16..64.
     pub const SHORT_INT: u64 = 3;
@@ -392,6 +392,20 @@ mod tag {
 pub(crate) const FINGERPRINT_SCHEME: u32 = 3;
 
 impl TrackAttributes {
+    /// The seven text fields the fingerprint covers, in the order it encodes them.
+    #[inline]
+    fn text_fields(&self) -> [&Option<String>; 7] {
+        [
+            &self.device_id,
+            &self.ip_address,
+            &self.user_agent,
+            &self.redirect_url,
+            &self.email,
+            &self.phone_number,
+            &self.username,
+        ]
+    }
+
     /// Reads one byte of every cache line the encoding will read, before it starts: these loads depend on
     /// nothing else, so the processor overlaps their cache misses, where the hash's own loads, each behind the
     /// rounds of the strings before it, would wait for them one after another (measured: a repeat whose request
@@ -406,18 +420,7 @@ impl TrackAttributes {
                 t ^= *b;
             }
         };
-        for f in [
-            &self.device_id,
-            &self.ip_address,
-            &self.user_agent,
-            &self.redirect_url,
-            &self.email,
-            &self.phone_number,
-            &self.username,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for f in self.text_fields().into_iter().flatten() {
             lines(f.as_bytes());
         }
         for (k, v) in &self.custom {
@@ -471,15 +474,7 @@ impl TrackAttributes {
     /// their words. The realistic stream's requests take about 30 words.
     fn encode(&self, out: &mut impl Absorb) {
         self.touch();
-        let fields = [
-            &self.device_id,
-            &self.ip_address,
-            &self.user_agent,
-            &self.redirect_url,
-            &self.email,
-            &self.phone_number,
-            &self.username,
-        ];
+        let fields = self.text_fields();
         let slots = fields.map(|f| f.as_ref().map_or(0, |s| (s.len() as u64 + 1).min(LONG16)));
         let count = (self.custom.len() as u64).min(LONG16);
         out.word(slots[0] | slots[1] << 16 | slots[2] << 32 | slots[3] << 48);

@@ -21,7 +21,8 @@
 //! - Retention is sharded: the store keeps up to [`MAX_SHARDS`] FIFOs of (key, slot sequence number, time),
 //!   chosen by a keyed hash of the identity, and publishes the time of each one's oldest entry. An insert
 //!   locks its own shard to push its entry, then evicts the oldest entries of all (the shard with the oldest
-//!   published front; among equally old fronts, the first after its own, so concurrent inserters spread out) while they are older than the TTL or the store holds more than its capacity, at most
+//!   published front; among equally old fronts, the first after its own, so concurrent inserters spread out)
+//!   while they are older than the TTL or the store holds more than its capacity, at most
 //!   [`EVICT_PER_INSERT`] per insert. An insert that finds the store within capacity and a published lower
 //!   bound on all fronts unexpired (the common case) evicts nothing and scans no front (`store/bound.rs`,
 //!   model-checked by `model/`).

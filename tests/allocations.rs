@@ -20,10 +20,8 @@ fn allocations() -> usize {
 const N: usize = 20_000;
 
 fn engine() -> Engine {
-    let mut b = RuleSet::builder().config_toml("[idempotency]\ncapacity = 100000");
-    for (id, src) in workload::RULES {
-        b = b.rule(id, src);
-    }
+    let b =
+        workload::with_rules(RuleSet::builder().config_toml("[idempotency]\ncapacity = 100000"));
     Engine::builder()
         .ruleset(b.build().unwrap())
         .clock(FakeClock::default())

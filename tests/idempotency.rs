@@ -13,15 +13,19 @@ const DECIDE: &str = r#"//! priority: 10
 let d = custom.decide;
 if d == "challenge" { CHALLENGE_REQUIRED } else if d == "review" { REVIEW } else if d == "block" { BLOCK }"#;
 
-fn engine_with(config: &str, clock: &FakeClock) -> Engine {
-    let rules = RuleSet::builder()
+/// [`DECIDE`] and a shadow rule, with `config` as the ruleset's riskgate.toml.
+fn rules_with(config: &str) -> RuleSet {
+    RuleSet::builder()
         .rule("decide", DECIDE)
         .rule("shadow/always", "//! mode: shadow\nBLOCK")
         .config_toml(config)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn engine_with(config: &str, clock: &FakeClock) -> Engine {
     common::with_test_store(Engine::builder())
-        .ruleset(rules)
+        .ruleset(rules_with(config))
         .clock(clock.clone())
         .build()
         .unwrap()
@@ -237,13 +241,7 @@ fn a_swapped_ruleset_s_ttl_applies_to_the_next_repeat() {
     }
     let clock = FakeClock::default();
     let e = engine_with("[idempotency]\nttl = \"1h\"", &clock);
-    let rules = |ttl: &str| {
-        RuleSet::builder()
-            .rule("decide", DECIDE)
-            .config_toml(format!("[idempotency]\nttl = \"{ttl}\""))
-            .build()
-            .unwrap()
-    };
+    let rules = |ttl: &str| rules_with(&format!("[idempotency]\nttl = \"{ttl}\""));
     let r = req("u1", Some("k1"), "review");
     let first = e.track(&r).unwrap();
     clock.advance(Duration::from_secs(10 * 60));
@@ -330,8 +328,6 @@ fn the_store_keeps_the_newest_actions_up_to_its_capacity() {
     assert_eq!(e.stored_actions(), 100);
 }
 
-/// Bytes this test binary holds now. Other tests in this binary run in parallel and allocate a little, so the
-/// assertion below leaves room for that; a leak of one allocation per action would be hundreds of times larger.
 #[test]
 fn concurrent_first_calls_with_one_identity_decide_once() {
     const THREADS: usize = 8;

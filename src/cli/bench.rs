@@ -51,9 +51,7 @@ pub fn run(rules: Option<&Path>, events: &Events, opts: &Options) -> ExitCode {
         Some(dir) => RuleSet::builder()
             .rules_dir(dir)
             .and_then(|b| b.compile_rules(!opts.interpret).build()),
-        None => super::workload::RULES
-            .iter()
-            .fold(RuleSet::builder(), |b, (id, src)| b.rule(*id, *src))
+        None => super::workload::with_rules(RuleSet::builder())
             .compile_rules(!opts.interpret)
             .build(),
     };

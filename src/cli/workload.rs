@@ -4,7 +4,7 @@
 //! - [`requests`]: `n` distinct actions (one idempotency key each) in a shuffled order, over `n / 4` users and
 //!   two action codes. Every request carries an IP, a device id, a user agent, an idempotency key and five
 //!   `custom` attributes (`amount`, `currency`, `destination`, `channel`, `attempts`).
-//! - [`RULES`]: ten rules over those attributes, with several `custom` reads and string tests, all in the
+//! - [`RULES`] (and [`with_rules`], which adds them to a builder): ten rules over those attributes, with several `custom` reads and string tests, all in the
 //!   subset riskgate compiles to native code. About 15% of the stream's decisions are challenges.
 //! - [`native`]: the same ten rules written by hand as Rust closures, the floor a rule engine is measured
 //!   against.
@@ -12,7 +12,12 @@
 //! The stream is a pure function of `n` (a fixed-seed splitmix64), so every run and every build sees the same
 //! requests. It uses only riskgate's public API.
 
-use riskgate::{CustomValue, State, TrackAttributes, TrackRequest};
+use riskgate::{CustomValue, RuleSetBuilder, State, TrackAttributes, TrackRequest};
+
+/// `b` with the ten [`RULES`] added.
+pub fn with_rules(b: RuleSetBuilder) -> RuleSetBuilder {
+    RULES.iter().fold(b, |b, (id, src)| b.rule(*id, *src))
+}
 
 /// The ten rules: (id, source). Ids sort in evaluation order.
 pub const RULES: [(&str, &str); 10] = [

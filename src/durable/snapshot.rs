@@ -22,17 +22,16 @@ pub(super) struct Meta {
     pub latest_ms: i64,
 }
 
-/// The generation, format version and three frames of a snapshot: meta, actions, history.
-fn sections(bytes: &[u8]) -> Result<(u64, u32, [&[u8]; 3]), Damaged> {
-    let (generation, version) =
-        format::read_header_version(bytes, format::SNAPSHOT_MAGIC, "snapshot")?;
+/// The generation and three frames of a snapshot: meta, actions, history.
+fn sections(bytes: &[u8]) -> Result<(u64, [&[u8]; 3]), Damaged> {
+    let generation = format::read_header(bytes, format::SNAPSHOT_MAGIC, "snapshot")?;
     let mut found: Vec<&[u8]> = Vec::with_capacity(3);
     let tail = format::frames(bytes, |p| {
         found.push(p);
         Ok(())
     })?;
     match (tail, <[&[u8]; 3]>::try_from(found)) {
-        (format::Tail::Clean, Ok(s)) => Ok((generation, version, s)),
+        (format::Tail::Clean, Ok(s)) => Ok((generation, s)),
         _ => Err(Damaged::new(
             "the snapshot is truncated or damaged (its sections are not all whole)",
         )),
@@ -75,7 +74,7 @@ pub(super) fn read(
     history: &History,
     params: &Params,
 ) -> Result<Meta, Damaged> {
-    let (generation, _version, [m, actions, hist]) = sections(bytes)?;
+    let (generation, [m, actions, hist]) = sections(bytes)?;
     // Every action is a tag and its identity strings or its key in the store.
     let layout = IdentLayout::Tagged;
     let meta = meta(generation, m)?;
