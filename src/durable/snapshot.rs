@@ -274,6 +274,17 @@ mod tests {
         )
     }
 
+    /// A new slot for `user-one`'s `signIn` with idempotency key `key`, and its key in the store.
+    fn insert<'g>(store: &Store, g: &'g crate::store::Guard<'_>, key: &str) -> (H128, &'g Slot) {
+        let k = store.key("user-one", "signIn", key);
+        let Found::New(slot) =
+            store.get_or_insert(g, k, H128::from([1, 2]), EpochMs::from_ms(5), TTL)
+        else {
+            panic!("new")
+        };
+        (k, slot)
+    }
+
     /// A snapshot in format version 1 (every action's identity as its three strings), which is refused.
     fn version_1(keys: &EngineKeys) -> Vec<u8> {
         let mut m = Vec::new();
@@ -284,12 +295,7 @@ mod tests {
         let mut part = Vec::new();
         part.u32(ACTIONS.len() as u32);
         for (key, token) in ACTIONS {
-            let k = scratch.key("user-one", "signIn", key);
-            let Found::New(slot) =
-                scratch.get_or_insert(&g, k, H128::from([1, 2]), EpochMs::from_ms(5), TTL)
-            else {
-                panic!("new")
-            };
+            let (_, slot) = insert(&scratch, &g, key);
             let d = decided(key, token);
             journal::put_ident(&mut part, ("user-one", "signIn", key));
             journal::put_slot(&mut part, slot, &d, d.outcome(), EpochMs::from_ms(5), false);
@@ -348,12 +354,7 @@ mod tests {
         let filled = Store::new(10, &keys);
         let g = filled.guard();
         for (key, token) in ACTIONS {
-            let k = filled.key("user-one", "signIn", key);
-            let Found::New(slot) =
-                filled.get_or_insert(&g, k, H128::from([1, 2]), EpochMs::from_ms(5), TTL)
-            else {
-                panic!("new")
-            };
+            let (k, slot) = insert(&filled, &g, key);
             let d = slot.decided.get_or_init(|| decided(key, token));
             slot.init_state(d.outcome());
             filled.register_token(k, slot);
