@@ -1398,6 +1398,7 @@ impl Engine {
                         known_for_ms: limits.known_for_ms,
                         places: rs.signals.uses_places,
                         uses_rba: rs.signals.uses_rba,
+                        known: rs.signals.uses_known,
                         rba: &rba,
                     },
                 )

@@ -389,6 +389,73 @@ if rba_score() > 50.0 { REVIEW }"#,
         assert_eq!(e.decisions(), 1);
     }
 
+    /// A decision that outlasts its lease is not stored: the identity goes to the next claimer, whose decision
+    /// every caller gets. Off-cluster its history is not written either (one script commits the decision and
+    /// every write, only while the lease holds); on a cluster the IP's and device's writes are scripts of their
+    /// own, so there the slow decision's IP action still counts.
+    #[test]
+    fn a_decision_outlasting_its_lease_is_not_stored_and_off_cluster_writes_no_history() {
+        let Some(srv) = server() else { return };
+        let prefix = common::redis::fresh_prefix();
+        let settings = patient(srv.settings())
+            .key_prefix(prefix)
+            .lease(Duration::from_millis(200));
+        let t0 = std::time::UNIX_EPOCH + Duration::from_millis(1_709_251_200_000);
+        // The slow engine's rule runs into its 1 s time limit: its decision is ready long after the lease.
+        let slow = Engine::builder()
+            .ruleset(common::ruleset(
+                &[
+                    ("spin", "let i = 0; while true { i += 1; } BLOCK"),
+                    ("ip", r#"if velocity_ip("1h") > 100 { BLOCK }"#),
+                ],
+                "[limits]\nmax_operations = 1000000000\ntime_limit = \"1s\"\n",
+            ))
+            .clock(FakeClock::at(t0))
+            .store(settings.clone())
+            .build()
+            .unwrap();
+        let quick = Engine::builder()
+            .ruleset(common::ruleset(
+                &[
+                    ("mark", r#"if user_id == "u1" { REVIEW }"#),
+                    ("ip", r#"if velocity_ip("1h") >= 2 { BLOCK }"#),
+                ],
+                "",
+            ))
+            .clock(FakeClock::at(t0 + Duration::from_millis(10)))
+            .store(settings)
+            .build()
+            .unwrap();
+        let r = common::req("u1", "signIn")
+            .idempotency_key("k1")
+            .ip("192.0.2.7");
+        std::thread::scope(|s| {
+            let slow_call = s.spawn(|| slow.track(&r).unwrap());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while quick.stored_actions() == 0 {
+                assert!(Instant::now() < deadline, "the slow engine never claimed");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            // Waits for the slow engine's lease to run out, then decides the identity itself.
+            let mine = quick.track(&r).unwrap();
+            assert_eq!(mine.store_error, None);
+            assert_eq!(mine.state, State::Review);
+            let theirs = slow_call.join().unwrap();
+            assert_eq!(theirs.store_error, None);
+            assert_eq!(
+                theirs.state,
+                State::Review,
+                "the stored decision, not the late one"
+            );
+        });
+        assert_eq!(quick.decisions(), 1);
+        // Another action from the IP: the quick engine's decision counts; the late one's did not write.
+        let next = common::req("u2", "signIn")
+            .idempotency_key("k2")
+            .ip("192.0.2.7");
+        assert_eq!(quick.track(&next).unwrap().state, State::Allow);
+    }
+
     #[test]
     fn round_trips_per_call() {
         let Some(srv) = server() else { return };

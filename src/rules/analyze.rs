@@ -30,6 +30,8 @@ pub(crate) struct Uses {
     pub places: bool,
     /// Some rule calls `rba_score()` (so verified actions count their feature values).
     pub rba: bool,
+    /// The known lists rules read ([`Signal::known`](catalogue::Signal::known) bits).
+    pub known: u8,
     /// Which windowed signals rules call: the [`Kept::bit`](catalogue::Kept::bit) of each one's catalogue row,
     /// so history keeps only the series and sets that are read.
     pub windowed: u8,
@@ -130,6 +132,7 @@ pub(crate) fn analyze(
         uses.agent |= signal.agent;
         uses.places |= signal.places;
         uses.rba |= signal.rba;
+        uses.known |= signal.known;
         true
     });
 }

@@ -502,6 +502,7 @@ impl RuleSetBuilder {
         signals.uses_agent = uses.agent;
         signals.uses_places = uses.places;
         signals.uses_rba = uses.rba;
+        signals.uses_known = uses.known;
         Ok(RuleSet {
             inner: Arc::new(Inner {
                 engine,

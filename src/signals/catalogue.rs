@@ -93,7 +93,14 @@ pub(crate) struct Signal {
     pub places: bool,
     /// It reads the feature counts of verified actions (so those actions count their feature values).
     pub rba: bool,
+    /// The known lists it reads: [`KNOWN_DEVICES`], [`KNOWN_IPS`] (known countries go with `places`).
+    pub known: u8,
 }
+
+/// [`Signal::known`]: the user's known devices.
+pub(crate) const KNOWN_DEVICES: u8 = 1;
+/// [`Signal::known`]: the user's known IP addresses.
+pub(crate) const KNOWN_IPS: u8 = 2;
 
 const fn row(name: &'static str, call: Call) -> Signal {
     Signal {
@@ -103,6 +110,7 @@ const fn row(name: &'static str, call: Call) -> Signal {
         agent: false,
         places: false,
         rba: false,
+        known: 0,
     }
 }
 
@@ -142,8 +150,14 @@ pub(crate) const SIGNALS: [Signal; 21] = {
         ),
         // Distinct devices this user acted from.
         row("distinct_devices", Window(Set(SetKind::DevicesOfUser))),
-        row("is_new_device", Flag(is_new_device)),
-        row("is_new_ip", Flag(is_new_ip)),
+        Signal {
+            known: KNOWN_DEVICES,
+            ..row("is_new_device", Flag(is_new_device))
+        },
+        Signal {
+            known: KNOWN_IPS,
+            ..row("is_new_ip", Flag(is_new_ip))
+        },
         placed("is_new_country", Flag(is_new_country)),
         placed("country", Text(country)),
         placed("city", Text(city)),

@@ -59,6 +59,9 @@ pub(crate) struct SignalSet {
     pub uses_places: bool,
     /// Some rule calls `rba_score()` (so verified actions count their feature values).
     pub uses_rba: bool,
+    /// The known lists rules read ([`catalogue::KNOWN_DEVICES`], [`catalogue::KNOWN_IPS`]): a remote store
+    /// fetches only those.
+    pub uses_known: u8,
 }
 
 impl Default for SignalSet {
@@ -73,6 +76,7 @@ impl Default for SignalSet {
             uses_agent: false,
             uses_places: false,
             uses_rba: false,
+            uses_known: 0,
         }
     }
 }

@@ -18,10 +18,14 @@
 //! conflict.
 //!
 //! # Round trips
-//! A first decision makes two: (1) the claim of the identity with the user's history, pipelined with the IP's,
-//! the device's and the population's reads; (2) the commit with the user's history writes, pipelined with the
-//! token, the IP's, the device's and the population's writes. A repeat makes one. Reads and writes of one slot
-//! are one script, atomic; nothing is read, changed in Rust and written back.
+//! A first decision makes two: (1) the claim of the identity with the user's, the IP's and the device's history
+//! reads, pipelined with the population's; (2) the commit with the user's, the IP's and the device's history
+//! writes, pipelined with the token's and the population's. A repeat makes one, the claim script answering it
+//! before any read. Reads and writes of one slot are one script, atomic; nothing is read, changed in Rust and
+//! written back. On Redis Cluster, where a script touches one slot, the IP's and the device's reads are plain
+//! commands in the claim's pipeline (made for repeats too), and their writes scripts of their own in the
+//! commit's, made even when the commit finds its lease gone; off-cluster the claim and commit scripts make
+//! them, the writes only with the decision.
 //!
 //! # Bounds
 //! Actions expire with the idempotency TTL (`PEXPIRE`, and by event time in every script, as in memory); a
@@ -57,6 +61,8 @@ pub(crate) struct RedisStore {
     pool: Pool,
     /// The nodes the url names (for [`RedisStore::count_actions`]).
     nodes: Vec<String>,
+    /// Redis Cluster: a script touches one slot only, so the IP's and device's writes are scripts of their own.
+    cluster: bool,
     scripts: Scripts,
     prefix: String,
     lease: Duration,
@@ -85,9 +91,22 @@ pub(crate) struct ClaimReq<'a> {
     /// Some rule asks about places (known countries, the last location) / calls `rba_score()`.
     pub places: bool,
     pub uses_rba: bool,
+    /// The known lists some rule reads (`SignalSet::uses_known`).
+    pub known: u8,
     /// `rba_score()`'s values whose population counts to read (empty when no rule calls it).
     pub rba: &'a [u64],
 }
+
+/// Where a read's reply is: an element of the claim script's reply, or a plain command's reply in the pipeline.
+#[derive(Clone, Copy)]
+enum Sourced {
+    Claim(usize),
+    Plain(usize),
+}
+
+/// The index in the claim script's reply of the first subject read it makes (after its status, the user's two
+/// reads, the known devices and IPs, the known countries, the last location and the `rba_score()` counts).
+const CLAIM_SUBJECTS_AT: usize = 8;
 
 /// A claim this engine holds on an identity.
 pub(crate) struct Ticket {
@@ -321,6 +340,7 @@ impl RedisStore {
             RedisStore {
                 pool,
                 nodes: settings.nodes(),
+                cluster: settings.cluster,
                 scripts,
                 prefix,
                 lease: settings.lease,
@@ -452,46 +472,56 @@ impl RedisStore {
             self.lease.as_millis().to_string(),
             owner.clone(),
         ];
-        for bit in [1u8, 6] {
-            match (kept(bit), windows(bit)) {
-                (false, _) => args.push("0".to_owned()),
-                (true, Some(ws)) => {
-                    args.extend(["2".to_owned(), hi.clone(), ws.len().to_string()]);
-                    args.extend(ws.iter().map(|w| c.now.saturating_sub(*w).to_string()));
-                }
-                (true, None) => args.extend(["1".to_owned(), lo.clone(), hi.clone()]),
+        // A read as the scripts' `read` takes it: '0' none, '1' lo hi (the members), '2' hi n lo… (counts).
+        let read_args = |bit: u8, args: &mut Vec<String>| match (kept(bit), windows(bit)) {
+            (false, _) => args.push("0".to_owned()),
+            (true, Some(ws)) => {
+                args.extend(["2".to_owned(), hi.clone(), ws.len().to_string()]);
+                args.extend(ws.iter().map(|w| c.now.saturating_sub(*w).to_string()));
             }
+            (true, None) => args.extend(["1".to_owned(), lo.clone(), hi.clone()]),
+        };
+        for bit in [1u8, 6] {
+            read_args(bit, &mut args);
         }
         let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
+        use crate::signals::catalogue::{KNOWN_DEVICES, KNOWN_IPS};
         args.extend([
             c.now.saturating_sub(c.known_for_ms).to_string(),
+            flag(c.known & KNOWN_DEVICES != 0),
+            flag(c.known & KNOWN_IPS != 0),
             flag(c.places || c.uses_rba),
             flag(c.uses_rba),
         ]);
-        let mut ops = vec![Op::Script {
-            script: &self.scripts.claim,
-            keys,
-            args,
-        }];
-        // The IP's and device's reads: plain range reads, each of one key.
-        let mut subject_reads: Vec<(usize, u8, Option<i64>)> = Vec::new();
+        // The IP's and device's reads: off-cluster in the claim script (so a repeat, which the script answers
+        // before any read, makes none); on a cluster, plain commands, each of one key, in the same pipeline.
+        let mut subject_reads: Vec<(u8, String)> = Vec::new();
         for (tag, subject, series, set) in [('i', c.keys.ip, 2u8, 4u8), ('d', c.keys.device, 3, 5)]
         {
             let Some(s) = subject else { continue };
             let [sk, zk] = self.subject_keys(tag, s, series, set, c.keys.action);
             for (bit, key) in [(series, sk), (set, zk)] {
-                if !kept(bit) {
-                    continue;
+                if kept(bit) {
+                    subject_reads.push((bit, key));
                 }
-                match windows(bit) {
+            }
+        }
+        // Where each subject read's reply is: in the claim's reply (its index there), or a plain command's (the
+        // index of its first reply in the pipeline).
+        let mut subject_at: Vec<Sourced> = Vec::new();
+        let mut plain: Vec<Op<'_>> = Vec::new();
+        if self.cluster {
+            args.push("0".to_owned());
+            for (bit, key) in &subject_reads {
+                subject_at.push(Sourced::Plain(1 + plain.len()));
+                match windows(*bit) {
                     Some(ws) => {
                         for w in ws {
                             let mut cmd = redis::cmd("ZCOUNT");
-                            cmd.arg(&key)
+                            cmd.arg(key)
                                 .arg(format!("({}", c.now.saturating_sub(w)))
                                 .arg(&hi);
-                            subject_reads.push((ops.len(), bit, Some(w)));
-                            ops.push(Op::Plain(cmd));
+                            plain.push(Op::Plain(cmd));
                         }
                     }
                     None => {
@@ -500,12 +530,24 @@ impl RedisStore {
                             .arg(format!("({lo}"))
                             .arg(&hi)
                             .arg("WITHSCORES");
-                        subject_reads.push((ops.len(), bit, None));
-                        ops.push(Op::Plain(cmd));
+                        plain.push(Op::Plain(cmd));
                     }
                 }
             }
+        } else {
+            args.push(subject_reads.len().to_string());
+            for (j, (bit, key)) in subject_reads.iter().enumerate() {
+                subject_at.push(Sourced::Claim(CLAIM_SUBJECTS_AT + j));
+                keys.push(key.clone());
+                read_args(*bit, &mut args);
+            }
         }
+        let mut ops = vec![Op::Script {
+            script: &self.scripts.claim,
+            keys,
+            args,
+        }];
+        ops.extend(plain);
         let rba_at = ops.len();
         if !c.rba.is_empty() {
             for v in c.rba {
@@ -600,12 +642,22 @@ impl RedisStore {
                 f.rba_user.push((v, count, last));
             }
         }
-        for (i, bit, window) in subject_reads {
-            let r = replies.get(i).unwrap_or(&Value::Nil);
-            if let Some(w) = window {
-                f.counts.push((bit, w, int(r).unwrap_or(0)));
+        for ((bit, _), at) in subject_reads.iter().zip(subject_at) {
+            let bit = *bit;
+            if let Some(ws) = windows(bit) {
+                for (j, w) in ws.into_iter().enumerate() {
+                    let n = match at {
+                        Sourced::Claim(i) => array(get(i)).get(j).and_then(int),
+                        Sourced::Plain(i) => replies.get(i + j).and_then(int),
+                    };
+                    f.counts.push((bit, w, n.unwrap_or(0)));
+                }
                 continue;
             }
+            let r = match at {
+                Sourced::Claim(i) => get(i),
+                Sourced::Plain(i) => replies.get(i).unwrap_or(&Value::Nil),
+            };
             match bit {
                 2 | 3 => {
                     if let Some(slot) = f.series.get_mut(usize::from(bit) - 1) {
@@ -729,7 +781,8 @@ impl RedisStore {
         ];
         let cap = limits.max_per_key.max(1).to_string();
         let member = format!("{:032x}:{now}", ticket.identity);
-        let mut subject_ops: Vec<Op<'_>> = Vec::new();
+        // Each subject's series and set keys and its `record` arguments.
+        let mut subjects: Vec<([String; 2], Vec<String>)> = Vec::new();
         match writes.record {
             Some((keys, at, horizon, kept)) if horizon.ms() > 0 => {
                 let at_s = at.ms().to_string();
@@ -767,11 +820,7 @@ impl RedisStore {
                     let mut a = Vec::new();
                     section(bit(series), member.clone(), &mut a);
                     section(bit(set), format!("{:016x}", keys.user), &mut a);
-                    subject_ops.push(Op::Script {
-                        script: &self.scripts.subject,
-                        keys: self.subject_keys(tag, s, series, set, keys.action).to_vec(),
-                        args: a,
-                    });
+                    subjects.push((self.subject_keys(tag, s, series, set, keys.action), a));
                 }
             }
             _ => args.extend(["0".to_owned(), "0".to_owned()]),
@@ -784,7 +833,7 @@ impl RedisStore {
             }
             None => args.push("0".to_owned()),
         }
-        let keys = match (record_keys, user) {
+        let mut keys = match (record_keys, user) {
             (Some(k), _) => keys_of(&k),
             (None, Some(u)) => keys_of(&Keys {
                 user: u,
@@ -792,6 +841,21 @@ impl RedisStore {
             }),
             (None, None) => keys_of(&Keys::default()),
         };
+        let mut subject_ops: Vec<Op<'_>> = Vec::new();
+        if self.cluster {
+            args.push("0".to_owned());
+            subject_ops.extend(subjects.into_iter().map(|(k, a)| Op::Script {
+                script: &self.scripts.subject,
+                keys: k.to_vec(),
+                args: a,
+            }));
+        } else {
+            args.push(subjects.len().to_string());
+            for (k, a) in subjects {
+                keys.extend(k);
+                args.extend(a);
+            }
+        }
         ops.push(Op::Script {
             script: &self.scripts.commit,
             keys,
@@ -876,7 +940,8 @@ impl RedisStore {
             if let Some(s) = stored(vals) {
                 return Ok(Some(s));
             }
-            let claimed = vals.get(6).and_then(text).is_some();
+            // A claim holds a lease owner; a commit empties it.
+            let claimed = vals.get(6).and_then(text).is_some_and(|l| !l.is_empty());
             let live = vals
                 .get(2)
                 .and_then(int)

@@ -22,10 +22,11 @@ macro_rules! script {
     };
 }
 
-/// Claims a new identity, or answers what it holds; with the claim, reads the user's history (its known
-/// countries and last location only for a ruleset that asks about places or calls `rba_score()`, its
-/// `rba_score()` counts only for one that calls it).
-/// KEYS: action, user series, devices of the user, known devices, IPs, countries, location, rba counts.
+/// Claims a new identity, or answers what it holds; with the claim, reads the user's history (its known devices
+/// and IPs only for a ruleset that asks whether they are new, its known countries and last location only for
+/// one that asks about places or calls `rba_score()`, its `rba_score()` counts only for one that calls it).
+/// KEYS: action, user series, devices of the user, known devices, IPs, countries, location, rba counts, then
+/// (off-cluster) the IP's and device's series and sets it reads.
 const CLAIM: &str = script!(
     r#"
 local a = KEYS[1]
@@ -41,17 +42,21 @@ if cur[1] and tonumber(cur[3]) + tonumber(ttl) > tonumber(now) then
   if cur[4] then return {'decided', cur[2], cur[3], cur[4], cur[5]} end
   return {'pending', cur[2]}
 end
-redis.call('DEL', a)
+if cur[1] then redis.call('DEL', a) end
 redis.call('HSET', a, 'id', id, 'fp', fp, 'cr', now, 'lease', owner)
 redis.call('PEXPIRE', a, lease)
 local out = {'claimed'}
 reads(2, out)
 local kfrom = nxt()
+for k = 4, 5 do
+  if nxt() == '1' then
+    out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. kfrom, '+inf', 'WITHSCORES')
+  else
+    out[#out + 1] = {}
+  end
+end
 local places = nxt() == '1'
 local rba = nxt() == '1'
-for k = 4, 5 do
-  out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. kfrom, '+inf', 'WITHSCORES')
-end
 if places then
   out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. kfrom, '+inf', 'WITHSCORES')
   out[#out + 1] = redis.call('HMGET', KEYS[7], 'lat', 'lon', 'at', 'ip', 'cc')
@@ -64,12 +69,17 @@ if rba then
 else
   out[#out + 1] = {}
 end
+-- Off-cluster, the IP's and device's reads (their keys follow the user's).
+for j = 1, tonumber(nxt()) do
+  out[#out + 1] = read(KEYS[8 + j])
+end
 return out
 "#
 );
 
-/// Commits a claimed first decision (only while the claim's lease holds) with the user's history writes.
-/// KEYS: as [`CLAIM`]'s.
+/// Commits a claimed first decision (only while the claim's lease holds) with the user's history writes and,
+/// off-cluster, the IP's and device's (so one script does every write, and none is made when the lease ran
+/// out). KEYS: as [`CLAIM`]'s, then the series and set of each subject written here.
 const COMMIT: &str = script!(
     r#"
 local a = KEYS[1]
@@ -81,12 +91,16 @@ local at = nxt()
 local ttl = nxt()
 local th = nxt()
 local te = nxt()
-redis.call('HSET', a, 'd', d, 'st', st, 'su', at)
-if th ~= '' then redis.call('HSET', a, 'th', th, 'te', te) end
-redis.call('HDEL', a, 'lease')
+-- The lease is emptied in the same write (no owner matches it again).
+if th ~= '' then
+  redis.call('HSET', a, 'd', d, 'st', st, 'su', at, 'lease', '', 'th', th, 'te', te)
+else
+  redis.call('HSET', a, 'd', d, 'st', st, 'su', at, 'lease', '')
+end
 redis.call('PEXPIRE', a, ttl)
 record(2)
 if nxt() == '1' then know(4) end
+for j = 1, tonumber(nxt()) do record(7 + 2 * j) end
 return 1
 "#
 );
