@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 const N: usize = 20_000;
 const CALLERS: usize = 32;
+/// Requests `redis-benchmark` sends.
+const SET_N: u64 = 200_000;
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort_unstable();
@@ -22,6 +24,38 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// The server's CPU time so far (user and system, seconds).
+fn server_cpu(con: &mut redis::Connection) -> f64 {
+    let info: String = redis::cmd("INFO").arg("cpu").query(con).unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Commands the server ran since the last `CONFIG RESETSTAT` (a script's `redis.call`s each count), less
+/// this bench's own `INFO` and `CONFIG`; the statistics are reset after.
+fn commands(con: &mut redis::Connection) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(con)
+        .unwrap_or_default();
+    let n = stats
+        .lines()
+        .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let _: redis::RedisResult<()> = redis::cmd("CONFIG").arg("RESETSTAT").query(con);
+    n
 }
 
 fn request(i: usize) -> TrackRequest {
@@ -78,17 +112,21 @@ fn main() {
             })
             .collect()
     };
+    commands(&mut con);
     let rt0 = engine.store_round_trips();
     let mut first = timed(&reqs);
     let rt1 = engine.store_round_trips();
+    let first_commands = commands(&mut con);
     let mut repeat = timed(&reqs);
     let rt2 = engine.store_round_trips();
+    let repeat_commands = commands(&mut con);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let per = N / CALLERS;
+    let cpu0 = server_cpu(&mut con);
     let started = Instant::now();
     runtime.block_on(async {
         let tasks: Vec<_> = (0..CALLERS)
@@ -108,6 +146,10 @@ fn main() {
         }
     });
     let async_rate = (per * CALLERS) as f64 / started.elapsed().as_secs_f64();
+    let async_cpu = (server_cpu(&mut con) - cpu0) / (per * CALLERS) as f64;
+    // The statistics printed at the end are the async callers' and redis-benchmark's.
+    let _: redis::RedisResult<()> = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut con);
+    let cpu1 = server_cpu(&mut con);
 
     let out = std::process::Command::new("redis-benchmark")
         .args([
@@ -118,7 +160,7 @@ fn main() {
             "-c",
             "32",
             "-n",
-            "200000",
+            &SET_N.to_string(),
             "-q",
         ])
         .output();
@@ -130,6 +172,7 @@ fn main() {
                 .find_map(|w| w.parse::<f64>().ok())
         })
         .unwrap_or(f64::NAN);
+    let set_cpu = (server_cpu(&mut con) - cpu1) / SET_N as f64;
 
     let (p50_ping, p50_first, p99_first, p50_repeat, p99_repeat) = (
         pct(&mut ping, 0.5),
@@ -163,7 +206,18 @@ fn main() {
         100.0 * async_rate / set_rate
     );
     println!("| redis-benchmark -t set -c 32 | {set_rate:.0} req/s | |");
-    // Where the server's time went: microseconds per call of each command riskgate sent.
+    println!(
+        "| Redis commands per first decision / repeat (each `redis.call` counts) | {:.2} / {:.2} | |",
+        first_commands as f64 / N as f64,
+        repeat_commands as f64 / N as f64
+    );
+    println!(
+        "| server CPU per decision (32 async callers) / per SET (redis-benchmark) | {:.1} µs / {:.1} µs | {:.1}× |",
+        async_cpu * 1e6,
+        set_cpu * 1e6,
+        async_cpu / set_cpu
+    );
+    // Where the server's time went, from the async callers on: microseconds per call of each command.
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut con)
