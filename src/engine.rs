@@ -1445,7 +1445,7 @@ impl Engine {
                     let committed = r
                         .commit(
                             io,
-                            &ticket,
+                            ticket,
                             &decided,
                             now.ms(),
                             ttl_ms,

@@ -32,16 +32,17 @@ impl Op<'_> {
         match self {
             Op::Plain(c) => c.clone(),
             Op::Script { script, keys, args } => {
-                let mut c = if whole {
-                    let mut c = redis::cmd("EVAL");
-                    c.arg(script.src);
-                    c
+                let (name, body) = if whole {
+                    ("EVAL", script.src)
                 } else {
-                    let mut c = redis::cmd("EVALSHA");
-                    c.arg(&script.sha);
-                    c
+                    ("EVALSHA", script.sha.as_str())
                 };
-                c.arg(keys.len()).arg(keys).arg(args);
+                // Sized up front: a claim or commit has some thirty arguments, which would grow the buffer
+                // several times.
+                let data =
+                    keys.iter().chain(args).map(String::len).sum::<usize>() + body.len() + 16;
+                let mut c = Cmd::with_capacity(3 + keys.len() + args.len(), data);
+                c.arg(name).arg(body).arg(keys.len()).arg(keys).arg(args);
                 c
             }
         }

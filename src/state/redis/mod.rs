@@ -110,9 +110,20 @@ const CLAIM_SUBJECTS_AT: usize = 8;
 
 /// A claim this engine holds on an identity.
 pub(crate) struct Ticket {
-    action_key: String,
+    /// The claim's [`RedisStore::user_keys`] (the action key first), kept for the commit.
+    keys: Vec<String>,
+    /// The user and action hash `keys` are for.
+    keys_for: (u64, u64),
+    /// The IP's and the device's series and set keys, with the IP or device they are for.
+    subjects: [Option<(u64, [String; 2])>; 2],
     owner: String,
     identity: u128,
+}
+
+impl Ticket {
+    fn action_key(&self) -> &str {
+        self.keys.first().map_or("", String::as_str)
+    }
 }
 
 /// What a claim found.
@@ -193,6 +204,36 @@ fn hex64(v: &str) -> Option<u64> {
 fn hex128(v: &str) -> Option<u128> {
     u128::from_str_radix(v, 16).ok()
 }
+
+/// Appends the low `digits` hex digits of `v`, lower case and zero-padded: what `{v:0digits$x}` writes, without
+/// the formatting machinery (a first decision builds about twenty keys).
+fn push_hex(s: &mut String, v: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits.min(32)).rev() {
+        s.push(char::from(HEX[((v >> (4 * i)) & 0xf) as usize]));
+    }
+}
+
+/// `v`'s low `digits` hex digits, as [`push_hex`] writes them.
+fn hex(v: u128, digits: usize) -> String {
+    let mut s = String::with_capacity(digits);
+    push_hex(&mut s, v, digits);
+    s
+}
+
+/// `{prefix}:{<tag><hex>}`, with room for `room` more bytes.
+fn tagged(prefix: &str, tag: char, v: u128, digits: usize, room: usize) -> String {
+    let mut k = String::with_capacity(prefix.len() + digits + 4 + room);
+    k.push_str(prefix);
+    k.push_str(":{");
+    k.push(tag);
+    push_hex(&mut k, v, digits);
+    k.push('}');
+    k
+}
+
+/// How many keys [`RedisStore::user_keys`] gives: the action key and the user's seven.
+const USER_KEYS: usize = 8;
 
 fn broken(what: &str) -> StoreError {
     StoreError(format!("redis answered an unexpected {what}"))
@@ -393,27 +434,48 @@ impl RedisStore {
         Ok(total)
     }
 
-    fn user_tag(&self, user: u64) -> String {
-        format!("{}:{{u{user:016x}}}", self.prefix)
+    /// `{prefix}:{<tag><hex>}`: the hash-tagged part every key of one user, IP, device, token or value shares.
+    fn tagged(&self, tag: char, v: u128, digits: usize, room: usize) -> String {
+        tagged(&self.prefix, tag, v, digits, room)
+    }
+
+    /// `t` then `suffix`, in one allocation.
+    fn suffixed(t: &str, suffix: &str) -> String {
+        let mut k = String::with_capacity(t.len() + suffix.len());
+        k.push_str(t);
+        k.push_str(suffix);
+        k
+    }
+
+    /// A series key: `t:s<n>:<action hex>`.
+    fn series_key(t: &str, series: u8, action: u64) -> String {
+        let mut k = String::with_capacity(t.len() + 20);
+        k.push_str(t);
+        k.push_str(":s");
+        k.push(char::from(b'0' + series % 10));
+        k.push(':');
+        push_hex(&mut k, u128::from(action), 16);
+        k
     }
 
     fn action_key(&self, user: u64, identity: u128) -> String {
-        format!("{}:a:{identity:032x}", self.user_tag(user))
+        let mut k = self.tagged('u', u128::from(user), 16, 35);
+        k.push_str(":a:");
+        push_hex(&mut k, identity, 32);
+        k
     }
 
-    /// The user's keys after the action key: series, devices of the user, known devices, IPs, countries,
+    /// The action key and the user's keys after it: series, devices of the user, known devices, IPs, countries,
     /// location, rba counts.
-    fn user_keys(&self, keys: &Keys) -> Vec<String> {
-        let t = self.user_tag(keys.user);
-        vec![
-            format!("{t}:s1:{:016x}", keys.action),
-            format!("{t}:z6"),
-            format!("{t}:kd"),
-            format!("{t}:ki"),
-            format!("{t}:kc"),
-            format!("{t}:kl"),
-            format!("{t}:kr"),
-        ]
+    fn user_keys(&self, user: u64, identity: u128, action: u64) -> Vec<String> {
+        let t = self.tagged('u', u128::from(user), 16, 0);
+        let mut keys = Vec::with_capacity(USER_KEYS + 4);
+        keys.push(self.action_key(user, identity));
+        keys.push(Self::series_key(&t, 1, action));
+        for suffix in [":z6", ":kd", ":ki", ":kc", ":kl", ":kr"] {
+            keys.push(Self::suffixed(&t, suffix));
+        }
+        keys
     }
 
     /// An IP's (`'i'`, series 2, set 4) or device's (`'d'`, 3, 5) series and set keys.
@@ -425,20 +487,18 @@ impl RedisStore {
         set: u8,
         action: u64,
     ) -> [String; 2] {
-        let t = format!("{}:{{{tag}{subject:016x}}}", self.prefix);
-        [
-            format!("{t}:s{series}:{action:016x}"),
-            format!("{t}:z{set}"),
-        ]
+        let t = self.tagged(tag, u128::from(subject), 16, 0);
+        let mut z = Self::suffixed(&t, ":z");
+        z.push(char::from(b'0' + set % 10));
+        [Self::series_key(&t, series, action), z]
     }
 
     fn token_key(&self, token: &str) -> String {
-        let h = xxhash_rust::xxh3::xxh3_128(token.as_bytes());
-        format!("{}:{{t{h:032x}}}", self.prefix)
+        self.tagged('t', xxhash_rust::xxh3::xxh3_128(token.as_bytes()), 32, 0)
     }
 
     fn value_key(&self, v: u64) -> String {
-        format!("{}:{{r{v:016x}}}", self.prefix)
+        self.tagged('r', u128::from(v), 16, 0)
     }
 
     fn total_key(&self) -> String {
@@ -448,7 +508,6 @@ impl RedisStore {
     /// Round trip 1 of a first decision: claims the identity (or finds it) and reads the history.
     pub async fn claim(&self, io: Io, c: &ClaimReq<'_>) -> Result<Claim, StoreError> {
         let identity = identity(c.user_id, c.action, c.key);
-        let action_key = self.action_key(c.keys.user, identity);
         let owner = format!(
             "{}:{}",
             self.owner,
@@ -462,11 +521,10 @@ impl RedisStore {
             c.windows
                 .map(|w| w.iter().filter(|p| p.0 == bit).map(|p| p.1).collect())
         };
-        let mut keys = vec![action_key.clone()];
-        keys.extend(self.user_keys(c.keys));
+        let mut keys = self.user_keys(c.keys.user, identity, c.keys.action);
         let mut args = vec![
             id_text(c.user_id, c.action, c.key),
-            format!("{:032x}", c.fingerprint),
+            hex(c.fingerprint, 32),
             hi.clone(),
             c.ttl_ms.to_string(),
             self.lease.as_millis().to_string(),
@@ -495,11 +553,14 @@ impl RedisStore {
         ]);
         // The IP's and device's reads: off-cluster in the claim script (so a repeat, which the script answers
         // before any read, makes none); on a cluster, plain commands, each of one key, in the same pipeline.
-        let mut subject_reads: Vec<(u8, String)> = Vec::new();
-        for (tag, subject, series, set) in [('i', c.keys.ip, 2u8, 4u8), ('d', c.keys.device, 3, 5)]
-        {
-            let Some(s) = subject else { continue };
-            let [sk, zk] = self.subject_keys(tag, s, series, set, c.keys.action);
+        let subjects = [('i', c.keys.ip, 2u8, 4u8), ('d', c.keys.device, 3, 5)].map(
+            |(tag, subject, series, set)| {
+                subject.map(|s| (s, self.subject_keys(tag, s, series, set, c.keys.action)))
+            },
+        );
+        let mut subject_reads: Vec<(u8, &str)> = Vec::new();
+        for (sub, series, set) in [(&subjects[0], 2u8, 4u8), (&subjects[1], 3, 5)] {
+            let Some((_, [sk, zk])) = sub else { continue };
             for (bit, key) in [(series, sk), (set, zk)] {
                 if kept(bit) {
                     subject_reads.push((bit, key));
@@ -538,7 +599,7 @@ impl RedisStore {
             args.push(subject_reads.len().to_string());
             for (j, (bit, key)) in subject_reads.iter().enumerate() {
                 subject_at.push(Sourced::Claim(CLAIM_SUBJECTS_AT + j));
-                keys.push(key.clone());
+                keys.push((*key).to_owned());
                 read_args(*bit, &mut args);
             }
         }
@@ -686,9 +747,17 @@ impl RedisStore {
                 .and_then(int)
                 .map_or(0, |n| n.max(0) as u64);
         }
+        // The user's keys go back to the ticket for the commit (the subject keys after them are in `subjects`).
+        let mut keys = match ops.into_iter().next() {
+            Some(Op::Script { keys, .. }) => keys,
+            _ => Vec::new(),
+        };
+        keys.truncate(USER_KEYS);
         Ok(Claim::Claimed(
             Ticket {
-                action_key,
+                keys,
+                keys_for: (c.keys.user, c.keys.action),
+                subjects,
                 owner,
                 identity,
             },
@@ -707,21 +776,21 @@ impl RedisStore {
             MAX_RBA_VALUES.to_string(),
         ]);
         for item in [k.device, k.ip, k.country] {
-            args.push(item.map_or_else(String::new, |v| format!("{v:016x}")));
+            args.push(item.map_or_else(String::new, |v| hex(u128::from(v), 16)));
         }
         match &k.location {
             Some(l) => args.extend([
                 "1".to_owned(),
                 l.lat.to_string(),
                 l.lon.to_string(),
-                format!("{:016x}", l.ip),
+                hex(u128::from(l.ip), 16),
                 l.country
                     .map_or_else(String::new, |c| c.as_str().to_owned()),
             ]),
             None => args.push("0".to_owned()),
         }
         args.push(k.rba.len().to_string());
-        args.extend(k.rba.iter().map(|v| format!("{v:016x}")));
+        args.extend(k.rba.iter().map(|v| hex(u128::from(*v), 16)));
     }
 
     /// The population side of a known write: one count per value and the total.
@@ -747,7 +816,7 @@ impl RedisStore {
     pub async fn commit(
         &self,
         io: Io,
-        ticket: &Ticket,
+        mut ticket: Ticket,
         decided: &Decided,
         now: i64,
         ttl_ms: i64,
@@ -759,17 +828,7 @@ impl RedisStore {
         let token_hash = decided
             .token
             .as_deref()
-            .map(|t| format!("{:032x}", xxhash_rust::xxh3::xxh3_128(t.as_bytes())));
-        let user = writes
-            .record
-            .map(|r| r.0.user)
-            .or(writes.known.as_ref().map(|k| k.user));
-        let keys_of = |keys: &Keys| {
-            let mut k = vec![ticket.action_key.clone()];
-            k.extend(self.user_keys(keys));
-            k
-        };
-        let record_keys = writes.record.map(|r| r.0);
+            .map(|t| hex(xxhash_rust::xxh3::xxh3_128(t.as_bytes()), 32));
         let mut args = vec![
             ticket.owner.clone(),
             json,
@@ -780,7 +839,9 @@ impl RedisStore {
             decided.token_expires.to_string(),
         ];
         let cap = limits.max_per_key.max(1).to_string();
-        let member = format!("{:032x}:{now}", ticket.identity);
+        let mut member = hex(ticket.identity, 32);
+        member.push(':');
+        member.push_str(&now.to_string());
         // Each subject's series and set keys and its `record` arguments.
         let mut subjects: Vec<([String; 2], Vec<String>)> = Vec::new();
         match writes.record {
@@ -807,7 +868,7 @@ impl RedisStore {
                 section(
                     bit(6) && keys.device.is_some(),
                     keys.device
-                        .map_or_else(String::new, |d| format!("{d:016x}")),
+                        .map_or_else(String::new, |d| hex(u128::from(d), 16)),
                     &mut args,
                 );
                 for (tag, subject, series, set) in
@@ -819,8 +880,18 @@ impl RedisStore {
                     }
                     let mut a = Vec::new();
                     section(bit(series), member.clone(), &mut a);
-                    section(bit(set), format!("{:016x}", keys.user), &mut a);
-                    subjects.push((self.subject_keys(tag, s, series, set, keys.action), a));
+                    section(bit(set), hex(u128::from(keys.user), 16), &mut a);
+                    // The claim's keys when they are this subject's (they always are: one request's keys).
+                    let same_action = ticket.keys_for.1 == keys.action;
+                    let claimed = ticket
+                        .subjects
+                        .get_mut(usize::from(tag == 'd'))
+                        .and_then(|k| k.take_if(|(id, _)| *id == s && same_action));
+                    let sk = match claimed {
+                        Some((_, sk)) => sk,
+                        None => self.subject_keys(tag, s, series, set, keys.action),
+                    };
+                    subjects.push((sk, a));
                 }
             }
             _ => args.extend(["0".to_owned(), "0".to_owned()]),
@@ -833,14 +904,18 @@ impl RedisStore {
             }
             None => args.push("0".to_owned()),
         }
-        let mut keys = match (record_keys, user) {
-            (Some(k), _) => keys_of(&k),
-            (None, Some(u)) => keys_of(&Keys {
-                user: u,
-                ..Keys::default()
-            }),
-            (None, None) => keys_of(&Keys::default()),
+        // The claim's keys, unless the record is another user's or action's (it never is: one request's keys).
+        let mut keys = match writes.record.map(|r| r.0) {
+            Some(k) if (k.user, k.action) != ticket.keys_for => {
+                let mut fresh = self.user_keys(k.user, ticket.identity, k.action);
+                if let (Some(f), Some(a)) = (fresh.first_mut(), ticket.keys.first()) {
+                    f.clone_from(a);
+                }
+                fresh
+            }
+            _ => std::mem::take(&mut ticket.keys),
         };
+        let token_target = decided.token.as_ref().and_then(|_| keys.first().cloned());
         let mut subject_ops: Vec<Op<'_>> = Vec::new();
         if self.cluster {
             args.push("0".to_owned());
@@ -861,10 +936,10 @@ impl RedisStore {
             keys,
             args,
         });
-        if let Some(t) = decided.token.as_deref() {
+        if let (Some(t), Some(target)) = (decided.token.as_deref(), token_target) {
             let mut set = redis::cmd("SET");
             set.arg(self.token_key(t))
-                .arg(&ticket.action_key)
+                .arg(target)
                 .arg("PX")
                 .arg(native(token_ttl_ms.min(ttl_ms)));
             ops.push(Op::Plain(set));
@@ -884,7 +959,7 @@ impl RedisStore {
                 io,
                 &[Op::Script {
                     script: &self.scripts.release,
-                    keys: vec![ticket.action_key.clone()],
+                    keys: vec![ticket.action_key().to_owned()],
                     args: vec![ticket.owner.clone()],
                 }],
             )
@@ -1007,12 +1082,9 @@ impl RedisStore {
         k: &KnownWrite,
         limits: &HistoryLimits,
     ) -> Result<(), StoreError> {
-        let mut keys = self.user_keys(&Keys {
-            user: k.user,
-            ..Keys::default()
-        });
+        let mut keys = self.user_keys(k.user, 0, 0);
         // The known keys only: devices, IPs, countries, location, rba counts.
-        keys.drain(..2);
+        keys.drain(..3);
         let mut args = Vec::new();
         self.know_args(k, limits.known_for_ms, &mut args);
         let mut ops = vec![Op::Script {
@@ -1041,7 +1113,7 @@ impl RedisStore {
         if !action_key.starts_with(&self.prefix) {
             return Ok(Checked::Unknown);
         }
-        let th = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(token.as_bytes()));
+        let th = hex(xxhash_rust::xxh3::xxh3_128(token.as_bytes()), 32);
         let replies = self
             .pool
             .run(
@@ -1094,5 +1166,48 @@ fn pairs_text(v: &Value) -> Vec<(String, String)> {
             .chunks(2)
             .filter_map(|c| Some((text(c.first()?)?, text(c.get(1)?)?)))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_hex_writes_what_format_writes() {
+        let mut values = vec![0u128, 1, 0xf, 0x10, u128::from(u64::MAX), u128::MAX];
+        let mut x = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834_u128;
+        for _ in 0..200 {
+            x = x.wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17) ^ 0x5851;
+            values.push(x);
+            values.push(x >> 64);
+        }
+        for v in values {
+            let mut s = String::new();
+            push_hex(&mut s, v, 32);
+            assert_eq!(s, format!("{v:032x}"));
+            let mut s = String::new();
+            push_hex(&mut s, v, 16);
+            assert_eq!(
+                s,
+                format!("{:016x}", v as u64),
+                "the low 16 digits of {v:x}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_keep_their_layout() {
+        let t = tagged("rg", 'u', 0xab, 16, 0);
+        assert_eq!(t, "rg:{u00000000000000ab}");
+        assert_eq!(
+            RedisStore::series_key(&t, 1, 0x1234),
+            "rg:{u00000000000000ab}:s1:0000000000001234"
+        );
+        assert_eq!(RedisStore::suffixed(&t, ":kd"), "rg:{u00000000000000ab}:kd");
+        assert_eq!(
+            tagged("p:q", 't', u128::MAX, 32, 0),
+            format!("p:q:{{t{:032x}}}", u128::MAX)
+        );
     }
 }
