@@ -1376,6 +1376,13 @@ impl Engine {
             Vec::new()
         };
         let keys = ctx.keys;
+        // Whether this action's device, IP and country are known is looked up with the claim.
+        let country = if rs.signals.uses_places || rs.signals.uses_rba {
+            signals::country(&ctx).map(|c| ctx.history.hash(b'c', c))
+        } else {
+            None
+        };
+        let items = [keys.device, keys.ip, country];
         let mut ctx = Some(ctx);
         let ttl_ms = cfg.idempotency_ttl.ms();
         // A claim that vanishes while waited on (its claimer died and its lease ran out) is claimed again; a
@@ -1399,6 +1406,7 @@ impl Engine {
                         places: rs.signals.uses_places,
                         uses_rba: rs.signals.uses_rba,
                         known: rs.signals.uses_known,
+                        items,
                         rba: &rba,
                     },
                 )

@@ -93,20 +93,35 @@ pub(crate) struct ClaimReq<'a> {
     pub uses_rba: bool,
     /// The known lists some rule reads (`SignalSet::uses_known`).
     pub known: u8,
+    /// This action's device, IP and country (hashed): the items whose being known the claim looks up.
+    pub items: [Option<u64>; 3],
     /// `rba_score()`'s values whose population counts to read (empty when no rule calls it).
     pub rba: &'a [u64],
 }
 
-/// Where a read's reply is: an element of the claim script's reply, or a plain command's reply in the pipeline.
+/// Where a read's reply is: a list of the claim script's reply, or a plain command's reply in the pipeline.
 #[derive(Clone, Copy)]
 enum Sourced {
     Claim(usize),
     Plain(usize),
 }
 
-/// The index in the claim script's reply of the first subject read it makes (after its status, the user's two
-/// reads, the known devices and IPs, the known countries, the last location and the `rba_score()` counts).
-const CLAIM_SUBJECTS_AT: usize = 8;
+/// The index among the claim script's lists of the first subject read it makes (after the user's two reads,
+/// whether the device, IP and country are known, the last location and the `rba_score()` counts).
+const CLAIM_SUBJECTS_AT: usize = 7;
+
+/// The lists of the claim script's flat reply after its status: each is its length, then its items.
+fn lists(v: &[Value]) -> Option<Vec<&[Value]>> {
+    let mut out = Vec::with_capacity(12);
+    let mut at = 0usize;
+    while at < v.len() {
+        let n = usize::try_from(int(v.get(at)?)?).ok()?;
+        let end = at.checked_add(1)?.checked_add(n)?;
+        out.push(v.get(at + 1..end)?);
+        at = end;
+    }
+    Some(out)
+}
 
 /// A claim this engine holds on an identity.
 pub(crate) struct Ticket {
@@ -177,12 +192,21 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// A string reply's bytes, without copying them.
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
 fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         Value::Double(d) => Some(*d as i64),
         other => {
-            let t = text(other)?;
+            let t = std::str::from_utf8(bytes(other)?).ok()?;
             t.parse::<i64>()
                 .ok()
                 .or_else(|| t.parse::<f64>().ok().map(|f| f as i64))
@@ -239,25 +263,19 @@ fn broken(what: &str) -> StoreError {
     StoreError(format!("redis answered an unexpected {what}"))
 }
 
-/// `[member, score, …]` as (member, score) pairs.
-fn pairs(v: &Value) -> Vec<(String, i64)> {
-    array(v)
-        .chunks(2)
-        .filter_map(|c| Some((text(c.first()?)?, int(c.get(1)?)?)))
-        .collect()
-}
-
 /// `[member, score, …]` of hex members as (hash, score) pairs, oldest first.
-fn hashed(v: &Value) -> Vec<(u64, i64)> {
-    pairs(v)
-        .into_iter()
-        .filter_map(|(m, s)| Some((hex64(&m)?, s)))
+fn hashed(v: &[Value]) -> Vec<(u64, i64)> {
+    v.chunks(2)
+        .filter_map(|c| {
+            let m = std::str::from_utf8(bytes(c.first()?)?).ok()?;
+            Some((hex64(m)?, int(c.get(1)?)?))
+        })
         .collect()
 }
 
 /// The series times of `[member, score, …]`, sorted.
-fn times(v: &Value) -> Vec<i64> {
-    let mut t: Vec<i64> = pairs(v).into_iter().map(|(_, s)| s).collect();
+fn times(v: &[Value]) -> Vec<i64> {
+    let mut t: Vec<i64> = v.chunks(2).filter_map(|c| int(c.get(1)?)).collect();
     t.sort_unstable();
     t
 }
@@ -544,13 +562,19 @@ impl RedisStore {
         }
         let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
         use crate::signals::catalogue::{KNOWN_DEVICES, KNOWN_IPS};
-        args.extend([
-            c.now.saturating_sub(c.known_for_ms).to_string(),
-            flag(c.known & KNOWN_DEVICES != 0),
-            flag(c.known & KNOWN_IPS != 0),
-            flag(c.places || c.uses_rba),
-            flag(c.uses_rba),
-        ]);
+        let places = c.places || c.uses_rba;
+        args.push(c.now.saturating_sub(c.known_for_ms).to_string());
+        for (item, asked) in c.items.iter().zip([
+            c.known & KNOWN_DEVICES != 0,
+            c.known & KNOWN_IPS != 0,
+            places,
+        ]) {
+            args.push(match item {
+                Some(v) if asked => hex(u128::from(*v), 16),
+                _ => String::new(),
+            });
+        }
+        args.extend([flag(places), flag(c.uses_rba)]);
         // The IP's and device's reads: off-cluster in the claim script (so a repeat, which the script answers
         // before any read, makes none); on a cluster, plain commands, each of one key, in the same pipeline.
         let subjects = [('i', c.keys.ip, 2u8, 4u8), ('d', c.keys.device, 3, 5)].map(
@@ -663,12 +687,13 @@ impl RedisStore {
             "claimed" => {}
             _ => return Err(broken("claim")),
         }
+        let lists = lists(first.get(1..).unwrap_or(&[])).ok_or_else(|| broken("claim"))?;
+        let get = |i: usize| lists.get(i).copied().unwrap_or(&[]);
         let mut f = Fetched::default();
-        let get = |i: usize| first.get(i).unwrap_or(&Value::Nil);
-        for (i, bit) in [(1, 1u8), (2, 6)] {
+        for (i, bit) in [(0, 1u8), (1, 6)] {
             match windows(bit) {
                 Some(ws) if kept(bit) => {
-                    for (w, n) in ws.into_iter().zip(array(get(i))) {
+                    for (w, n) in ws.into_iter().zip(get(i)) {
                         f.counts.push((bit, w, int(n).unwrap_or(0)));
                     }
                 }
@@ -676,12 +701,10 @@ impl RedisStore {
                 _ => f.sets[2] = hashed(get(i)),
             }
         }
-        for k in 0..3 {
-            if let Some(slot) = f.known.get_mut(k) {
-                *slot = hashed(get(3 + k));
-            }
+        for (k, slot) in f.known.iter_mut().enumerate() {
+            *slot = hashed(get(2 + k));
         }
-        let loc = array(get(6));
+        let loc = get(5);
         let lt = |i: usize| loc.get(i).and_then(text);
         if let (Some(lat), Some(lon), Some(at), Some(ip)) = (lt(0), lt(1), lt(2), lt(3)) {
             if let (Ok(lat), Ok(lon), Ok(at_ms), Some(ip)) =
@@ -696,7 +719,7 @@ impl RedisStore {
                 });
             }
         }
-        for (field, value) in pairs_text(get(7)) {
+        for (field, value) in pairs_text(get(6)) {
             if field == "n" {
                 f.rba_user_actions = value.parse().unwrap_or(0);
             } else if let (Some(v), Some((count, last))) = (hex64(&field), count_last(&value)) {
@@ -708,7 +731,7 @@ impl RedisStore {
             if let Some(ws) = windows(bit) {
                 for (j, w) in ws.into_iter().enumerate() {
                     let n = match at {
-                        Sourced::Claim(i) => array(get(i)).get(j).and_then(int),
+                        Sourced::Claim(i) => get(i).get(j).and_then(int),
                         Sourced::Plain(i) => replies.get(i + j).and_then(int),
                     };
                     f.counts.push((bit, w, n.unwrap_or(0)));
@@ -717,7 +740,7 @@ impl RedisStore {
             }
             let r = match at {
                 Sourced::Claim(i) => get(i),
-                Sourced::Plain(i) => replies.get(i).unwrap_or(&Value::Nil),
+                Sourced::Plain(i) => replies.get(i).map(array).unwrap_or(&[]),
             };
             match bit {
                 2 | 3 => {
@@ -1155,18 +1178,11 @@ impl RedisStore {
     }
 }
 
-/// `[field, value, …]` (HGETALL) as text pairs.
-fn pairs_text(v: &Value) -> Vec<(String, String)> {
-    match v {
-        Value::Map(m) => m
-            .iter()
-            .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
-            .collect(),
-        _ => array(v)
-            .chunks(2)
-            .filter_map(|c| Some((text(c.first()?)?, text(c.get(1)?)?)))
-            .collect(),
-    }
+/// `[field, value, …]` (HGETALL in a script) as text pairs.
+fn pairs_text(v: &[Value]) -> Vec<(String, String)> {
+    v.chunks(2)
+        .filter_map(|c| Some((text(c.first()?)?, text(c.get(1)?)?)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -22,9 +22,12 @@ macro_rules! script {
     };
 }
 
-/// Claims a new identity, or answers what it holds; with the claim, reads the user's history (its known devices
-/// and IPs only for a ruleset that asks whether they are new, its known countries and last location only for
-/// one that asks about places or calls `rba_score()`, its `rba_score()` counts only for one that calls it).
+/// Claims a new identity, or answers what it holds; with the claim, reads the user's history (whether this
+/// action's device and IP are known only for a ruleset that asks whether they are new, whether its country is
+/// known and the last location only for one that asks about places or calls `rba_score()`, its `rba_score()`
+/// counts only for one that calls it). A known item is looked up by itself (`ZSCORE`), not by reading the
+/// user's whole list. The reply is one flat array: the status, then each read as its length and its items
+/// (a nested table costs the server several times a flat item to send).
 /// KEYS: action, user series, devices of the user, known devices, IPs, countries, location, rba counts, then
 /// (off-cluster) the IP's and device's series and sets it reads.
 const CLAIM: &str = script!(
@@ -46,32 +49,34 @@ if cur[1] then redis.call('DEL', a) end
 redis.call('HSET', a, 'id', id, 'fp', fp, 'cr', now, 'lease', owner)
 redis.call('PEXPIRE', a, lease)
 local out = {'claimed'}
-reads(2, out)
-local kfrom = nxt()
-for k = 4, 5 do
-  if nxt() == '1' then
-    out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. kfrom, '+inf', 'WITHSCORES')
-  else
-    out[#out + 1] = {}
-  end
+local n = 1
+local function put(t)
+  out[n + 1] = #t
+  for j = 1, #t do out[n + 1 + j] = t[j] end
+  n = n + 1 + #t
 end
-local places = nxt() == '1'
-local rba = nxt() == '1'
-if places then
-  out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. kfrom, '+inf', 'WITHSCORES')
-  out[#out + 1] = redis.call('HMGET', KEYS[7], 'lat', 'lon', 'at', 'ip', 'cc')
-else
-  out[#out + 1] = {}
-  out[#out + 1] = {}
+put(read(KEYS[2]))
+put(read(KEYS[3]))
+local kfrom = tonumber(nxt())
+-- Whether this action's device, IP and country are known: the item ('' for none) and its time if it is.
+for k = 4, 6 do
+  local item = nxt()
+  local s = item ~= '' and redis.call('ZSCORE', KEYS[k], item)
+  if s and tonumber(s) > kfrom then put({item, s}) else put({}) end
 end
-if rba then
-  out[#out + 1] = redis.call('HGETALL', KEYS[8])
+if nxt() == '1' then
+  put(redis.call('HMGET', KEYS[7], 'lat', 'lon', 'at', 'ip', 'cc'))
 else
-  out[#out + 1] = {}
+  put({})
+end
+if nxt() == '1' then
+  put(redis.call('HGETALL', KEYS[8]))
+else
+  put({})
 end
 -- Off-cluster, the IP's and device's reads (their keys follow the user's).
 for j = 1, tonumber(nxt()) do
-  out[#out + 1] = read(KEYS[8 + j])
+  put(read(KEYS[8 + j]))
 end
 return out
 "#
