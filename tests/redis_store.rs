@@ -501,7 +501,7 @@ if rba_score() > 50.0 { REVIEW }"#,
     }
 
     #[test]
-    fn a_store_fingerprinted_by_another_scheme_is_refused() {
+    fn a_store_of_another_fingerprint_scheme_or_format_is_refused() {
         let Some(srv) = server() else { return };
         let clock = common::clock();
         let build = |prefix: &str| {
@@ -520,7 +520,7 @@ if rba_score() > 50.0 { REVIEW }"#,
         let recorded = command(srv.port, "GET scheme:{g}:keys").unwrap();
         let value = recorded.lines().last().unwrap().to_owned();
         let (keys, scheme) = value.split_once(" fp").unwrap();
-        assert_eq!((keys.len(), scheme), (48, "3"), "{value}");
+        assert_eq!((keys.len(), scheme), (48, "3 store2"), "{value}");
         // A store an earlier riskgate made (its keys, no scheme), and one another scheme made: refused at
         // build, naming the way out, and left as they were.
         assert_eq!(
@@ -545,6 +545,26 @@ if rba_score() > 50.0 { REVIEW }"#,
             panic!("a store of another scheme was taken")
         };
         assert!(e.to_string().contains("scheme 2"), "{e}");
+        // One of this scheme whose actions are in another format (an earlier riskgate's hashes, or a later
+        // format): refused too, and left as it was.
+        for (value, says) in [
+            (format!("{keys} fp3"), "actions as hashes"),
+            (format!("{keys} fp3 store9"), "store format 9"),
+        ] {
+            assert_eq!(
+                command(srv.port, &format!("SET scheme:{{g}}:keys \"{value}\"")).unwrap(),
+                "+OK"
+            );
+            let Err(e) = build("scheme") else {
+                panic!("a store of another format was taken: {value}")
+            };
+            assert!(
+                e.to_string().contains(says) && e.to_string().contains("key_prefix"),
+                "{e}"
+            );
+            let left = command(srv.port, "GET scheme:{g}:keys").unwrap();
+            assert_eq!(left.lines().last(), Some(value.as_str()), "{left}");
+        }
         // A fresh prefix on the same server is fine.
         assert!(build("scheme-fresh").is_ok());
     }
@@ -644,7 +664,7 @@ if rba_score() > 50.0 { REVIEW }"#,
             keys as f64 / actions as f64,
             bytes / actions
         );
-        // Each action is one hash; its user, IPs and device share their series, sets and known lists.
+        // Each action is one string; its user, IPs and device share their series, sets and known lists.
         assert!(keys <= actions + 6 * USERS as i64 + 4 * 250 + 16, "{keys}");
         assert!(bytes / actions < 4096, "{bytes}");
     }

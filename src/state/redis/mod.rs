@@ -3,7 +3,7 @@
 //!
 //! # Keys
 //! Every key starts with `[store] key_prefix` and carries a hash tag, so that each script touches one slot:
-//! - one user's `{u…}`: its actions (`:a:<identity>`, a hash), its series per action code (`:s1:<action>`), the
+//! - one user's `{u…}`: its actions (`:a:<identity>`, one string each), its series per action code (`:s1:<action>`), the
 //!   devices it used (`:z6`), what it made known (`:kd`, `:ki`, `:kc`, `:kl`) and its `rba_score()` counts
 //!   (`:kr`);
 //! - one IP's `{i…}` and one device's `{d…}`: their series per action code (`:s2:`/`:s3:`) and the users seen
@@ -256,6 +256,10 @@ fn tagged(prefix: &str, tag: char, v: u128, digits: usize, room: usize) -> Strin
     k
 }
 
+/// The format of what the store keeps, recorded beside the shared keys: 2 keeps each action as one string
+/// (1, unrecorded, kept hashes). An engine refuses a store of another format at `build`.
+const STORE_FORMAT: u32 = 2;
+
 /// How many keys [`RedisStore::user_keys`] gives: the action key and the user's seven.
 const USER_KEYS: usize = 8;
 
@@ -313,7 +317,60 @@ fn parse_state(v: &Value) -> Option<State> {
     State::ALL.into_iter().find(|s| s.to_u8() == n)
 }
 
-/// A stored action from `id, fp, cr, d, st, su` replies.
+/// An action record as the scripts keep it: one string of `\n`-separated fields, `cr`, `lease`, `fp`, `id`
+/// while it is claimed, then `st`, `su`, `th`, `te`, `tu` and `d` (the decision's JSON) once decided. No field
+/// holds a raw newline (`id` and `d` are JSON).
+struct Record<'a> {
+    created: i64,
+    /// The claimer's lease owner; empty once decided.
+    lease: &'a str,
+    fp: &'a str,
+    id: &'a str,
+    /// `st`, `su`, `d`.
+    decided: Option<(&'a str, &'a str, &'a str)>,
+}
+
+impl<'a> Record<'a> {
+    fn parse(v: &'a [u8]) -> Option<Self> {
+        let mut f = std::str::from_utf8(v).ok()?.splitn(10, '\n');
+        let created = f.next()?.parse().ok()?;
+        let (lease, fp, id) = (f.next()?, f.next()?, f.next()?);
+        let decided = match f.next() {
+            Some(st) => {
+                let su = f.next()?;
+                let d = f.nth(3)?;
+                Some((st, su, d))
+            }
+            None => None,
+        };
+        Some(Record {
+            created,
+            lease,
+            fp,
+            id,
+            decided,
+        })
+    }
+
+    /// The decided action it holds.
+    fn stored(&self) -> Option<Stored> {
+        let (st, su, d) = self.decided?;
+        let (user_id, action, key) = parse_id(self.id)?;
+        let n: u8 = st.parse().ok()?;
+        Some(Stored {
+            user_id,
+            action,
+            key,
+            fingerprint: hex128(self.fp)?,
+            created: self.created,
+            state: State::ALL.into_iter().find(|s| s.to_u8() == n)?,
+            state_updated: su.parse().unwrap_or(self.created),
+            decided: serde_json::from_str(d).ok()?,
+        })
+    }
+}
+
+/// A stored action from `id, fp, cr, d, st, su` replies (the update script's).
 fn stored(vals: &[Value]) -> Option<Stored> {
     let (user_id, action, key) = parse_id(&text(vals.first()?)?)?;
     let decided: Decided = serde_json::from_str(&text(vals.get(3)?)?).ok()?;
@@ -351,13 +408,14 @@ impl RedisStore {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        // The value is the keys in hex, then ` fp` and the fingerprint scheme: one `SET NX`, so the keys and
-        // the scheme they were used with arrive together. A value of bare keys was left by a riskgate from before
-        // the scheme was kept.
+        // The value is the keys in hex, then ` fp` and the fingerprint scheme, then ` store` and the store's
+        // format: one `SET NX`, so the keys and what they were used with arrive together. A value of bare keys
+        // was left by a riskgate from before the scheme was kept, one without a format by a riskgate whose
+        // action records were hashes.
         let ours = crate::request::FINGERPRINT_SCHEME.to_string();
         let mut set = redis::cmd("SET");
         set.arg(&shared_key)
-            .arg(format!("{mine} fp{ours}"))
+            .arg(format!("{mine} fp{ours} store{STORE_FORMAT}"))
             .arg("NX");
         let mut get = redis::cmd("GET");
         get.arg(&shared_key);
@@ -370,6 +428,11 @@ impl RedisStore {
             Some((keys, scheme)) => (keys, Some(scheme)),
             None => (stored.as_str(), None),
         };
+        let (scheme, format) = match scheme.map(|s| s.split_once(" store")) {
+            Some(Some((scheme, format))) => (Some(scheme), Some(format)),
+            Some(None) => (scheme, None),
+            None => (None, None),
+        };
         if scheme != Some(ours.as_str()) {
             return Err(StoreError(format!(
                 "the Redis store under key prefix \"{prefix}\" holds actions fingerprinted by {}; this riskgate \
@@ -379,6 +442,18 @@ impl RedisStore {
                 match scheme {
                     Some(s) => format!("scheme {}", crate::error::shorten(s)),
                     None => "an earlier riskgate (no scheme recorded)".to_owned(),
+                }
+            )));
+        }
+        let format_ours = STORE_FORMAT.to_string();
+        if format != Some(format_ours.as_str()) {
+            return Err(StoreError(format!(
+                "the Redis store under key prefix \"{prefix}\" keeps its actions in {}; this riskgate keeps them \
+                 in store format {STORE_FORMAT} and cannot read the others. Use a fresh `key_prefix` (or an \
+                 emptied Redis), with every engine on it upgraded together",
+                match format {
+                    Some(f) => format!("store format {}", crate::error::shorten(f)),
+                    None => "the format of an earlier riskgate (actions as hashes)".to_owned(),
                 }
             )));
         }
@@ -648,41 +723,22 @@ impl RedisStore {
         let first = replies.first().map(array).unwrap_or(&[]);
         let status = first.first().and_then(text).unwrap_or_default();
         match status.as_str() {
-            "conflict" => return Ok(Claim::Conflict),
-            "pending" => {
-                let fp = first
-                    .get(1)
-                    .and_then(text)
-                    .and_then(|f| hex128(&f))
-                    .unwrap_or(0);
-                return Ok(Claim::Pending(fp));
-            }
-            "decided" => {
-                // id, fp, cr, d, st as `stored` reads them.
-                let (user_id, action, key) =
-                    (c.user_id.to_owned(), c.action.to_owned(), c.key.to_owned());
-                let fp = first.get(1).and_then(text).and_then(|f| hex128(&f));
-                let created = first.get(2).and_then(int);
-                let decided = first
-                    .get(3)
-                    .and_then(text)
-                    .and_then(|d| serde_json::from_str::<Decided>(&d).ok());
-                let state = first.get(4).and_then(parse_state);
-                let (Some(fingerprint), Some(created), Some(decided), Some(state)) =
-                    (fp, created, decided, state)
-                else {
+            "held" => {
+                let held = first.get(1).and_then(bytes).and_then(Record::parse);
+                let Some(held) = held else {
                     return Err(broken("action"));
                 };
-                return Ok(Claim::Decided(Box::new(Stored {
-                    user_id,
-                    action,
-                    key,
-                    fingerprint,
-                    created,
-                    state,
-                    state_updated: created,
-                    decided,
-                })));
+                if held.id != id_text(c.user_id, c.action, c.key) {
+                    return Ok(Claim::Conflict);
+                }
+                if held.decided.is_none() {
+                    return Ok(Claim::Pending(hex128(held.fp).unwrap_or(0)));
+                }
+                let Some(mut s) = held.stored() else {
+                    return Err(broken("action"));
+                };
+                s.state_updated = s.created;
+                return Ok(Claim::Decided(Box::new(s)));
             }
             "claimed" => {}
             _ => return Err(broken("claim")),
@@ -852,15 +908,24 @@ impl RedisStore {
             .token
             .as_deref()
             .map(|t| hex(xxhash_rust::xxh3::xxh3_128(t.as_bytes()), 32));
-        let mut args = vec![
-            ticket.owner.clone(),
-            json,
-            state_code(decided.outcome),
-            now.to_string(),
-            native(ttl_ms),
-            token_hash.unwrap_or_default(),
-            decided.token_expires.to_string(),
-        ];
+        // The decided record's fields after the claim's (`cr`, `lease`, `fp`, `id`): st, su, th, te, tu, d.
+        let (th, te) = match token_hash {
+            Some(h) => (h, decided.token_expires.to_string()),
+            None => (String::new(), String::new()),
+        };
+        let mut decision = String::with_capacity(json.len() + th.len() + 48);
+        for field in [
+            state_code(decided.outcome).as_str(),
+            &now.to_string(),
+            &th,
+            &te,
+            "",
+        ] {
+            decision.push_str(field);
+            decision.push('\n');
+        }
+        decision.push_str(&json);
+        let mut args = vec![ticket.owner.clone(), decision, native(ttl_ms)];
         let cap = limits.max_per_key.max(1).to_string();
         let mut member = hex(ticket.identity, 32);
         member.push(':');
@@ -1002,12 +1067,11 @@ impl RedisStore {
         ttl_ms: i64,
     ) -> Result<Option<Stored>, StoreError> {
         let user = self.hasher.hash(b'u', user_id);
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.action_key(user, identity(user_id, action, key)))
-            .arg(&["id", "fp", "cr", "d", "st", "su"][..]);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.action_key(user, identity(user_id, action, key)));
         let replies = self.pool.run(io, &[Op::Plain(cmd)]).await?;
-        let vals = replies.first().map(array).unwrap_or(&[]);
-        let Some(s) = stored(vals) else {
+        let held = replies.first().and_then(bytes).and_then(Record::parse);
+        let Some(s) = held.and_then(|r| r.stored()) else {
             return Ok(None);
         };
         let live = s.created.saturating_add(ttl_ms) > now;
@@ -1030,20 +1094,18 @@ impl RedisStore {
         let deadline = Instant::now() + self.lease + Duration::from_millis(50);
         let mut pause = Duration::from_micros(200);
         loop {
-            let mut cmd = redis::cmd("HMGET");
-            cmd.arg(&action_key)
-                .arg(&["id", "fp", "cr", "d", "st", "su", "lease"][..]);
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(&action_key);
             let replies = self.pool.run(io, &[Op::Plain(cmd)]).await?;
-            let vals = replies.first().map(array).unwrap_or(&[]);
-            if let Some(s) = stored(vals) {
+            let held = replies.first().and_then(bytes).and_then(Record::parse);
+            if let Some(s) = held.as_ref().and_then(Record::stored) {
                 return Ok(Some(s));
             }
             // A claim holds a lease owner; a commit empties it.
-            let claimed = vals.get(6).and_then(text).is_some_and(|l| !l.is_empty());
-            let live = vals
-                .get(2)
-                .and_then(int)
-                .is_some_and(|cr| cr.saturating_add(ttl_ms) > now);
+            let claimed = held.as_ref().is_some_and(|r| !r.lease.is_empty());
+            let live = held
+                .as_ref()
+                .is_some_and(|r| r.created.saturating_add(ttl_ms) > now);
             if !claimed || !live {
                 return Ok(None);
             }
@@ -1210,6 +1272,32 @@ mod tests {
                 "the low 16 digits of {v:x}"
             );
         }
+    }
+
+    #[test]
+    fn records_read_back_as_the_scripts_write_them() {
+        let id = id_text("u\n1", "signIn", "k");
+        assert!(!id.contains('\n'), "{id}");
+        let fp = hex(7, 32);
+        // A claim: cr, lease, fp, id.
+        let claim = format!("1700000000000\nowner:1\n{fp}\n{id}");
+        let r = Record::parse(claim.as_bytes()).unwrap();
+        assert_eq!(
+            (r.created, r.lease, r.fp, r.id),
+            (1700000000000, "owner:1", fp.as_str(), id.as_str())
+        );
+        assert!(r.decided.is_none() && r.stored().is_none());
+        // Decided (the lease emptied): st, su, th, te, tu, then the decision's JSON.
+        let d = r#"{"o":"ALLOW"}"#;
+        let decided = format!("1700000000000\n\n{fp}\n{id}\n2\n1700000000005\nab\n9\n\n{d}");
+        let r = Record::parse(decided.as_bytes()).unwrap();
+        assert_eq!((r.lease, r.decided), ("", Some(("2", "1700000000005", d))));
+        // Whatever else a key may hold is no record, and nothing panics.
+        for bad in ["", "x", "1\n2", "abc\nl\nf\ni", "1\n\nf\ni\n2"] {
+            let r = Record::parse(bad.as_bytes());
+            assert!(r.as_ref().and_then(Record::stored).is_none(), "{bad}");
+        }
+        assert!(Record::parse(&[0xff, b'\n']).is_none());
     }
 
     #[test]

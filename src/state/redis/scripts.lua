@@ -8,6 +8,29 @@ local function nxt()
   return ARGV[i]
 end
 
+-- An action record is one string of '\n'-separated fields: cr, lease, fp, id while it is claimed, then st, su,
+-- th, te, tu and d once decided (d, the decision's JSON, last; no field holds a raw newline). A string costs
+-- the server a fraction of a hash whose decision field (over 64 bytes) makes it a full hash table.
+local function fields(v)
+  local f, s = {}, 1
+  for k = 1, 9 do
+    local e = string.find(v, '\n', s, true)
+    if not e then
+      f[k] = string.sub(v, s)
+      return f
+    end
+    f[k] = string.sub(v, s, e - 1)
+    s = e + 1
+  end
+  f[10] = string.sub(v, s)
+  return f
+end
+
+-- A record's lease owner ('' once decided).
+local function lease_of(v)
+  return string.match(v, '^[^\n]*\n([^\n]*)')
+end
+
 -- A velocity series: one member per action, scored by its time. Drops what is older than the window of the
 -- time written (score <= cutoff), then the oldest while the series is full, then adds.
 local function zpush(key, member, at, cutoff, cap, ttl)

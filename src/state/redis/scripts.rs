@@ -39,15 +39,13 @@ local now = nxt()
 local ttl = nxt()
 local lease = nxt()
 local owner = nxt()
-local cur = redis.call('HMGET', a, 'id', 'fp', 'cr', 'd', 'st')
-if cur[1] and tonumber(cur[3]) + tonumber(ttl) > tonumber(now) then
-  if cur[1] ~= id then return {'conflict'} end
-  if cur[4] then return {'decided', cur[2], cur[3], cur[4], cur[5]} end
-  return {'pending', cur[2]}
+local cur = redis.call('GET', a)
+if cur then
+  local cr = tonumber(string.match(cur, '^[^\n]*'))
+  -- What it holds, for the engine to tell a conflict, a decision and a claim apart.
+  if cr and cr + tonumber(ttl) > tonumber(now) then return {'held', cur} end
 end
-if cur[1] then redis.call('DEL', a) end
-redis.call('HSET', a, 'id', id, 'fp', fp, 'cr', now, 'lease', owner)
-redis.call('PEXPIRE', a, lease)
+redis.call('SET', a, now .. '\n' .. owner .. '\n' .. fp .. '\n' .. id, 'PX', lease)
 local out = {'claimed'}
 local n = 1
 local function put(t)
@@ -89,20 +87,14 @@ const COMMIT: &str = script!(
     r#"
 local a = KEYS[1]
 local owner = nxt()
-if redis.call('HGET', a, 'lease') ~= owner then return 0 end
-local d = nxt()
-local st = nxt()
-local at = nxt()
+local decision = nxt()
 local ttl = nxt()
-local th = nxt()
-local te = nxt()
--- The lease is emptied in the same write (no owner matches it again).
-if th ~= '' then
-  redis.call('HSET', a, 'd', d, 'st', st, 'su', at, 'lease', '', 'th', th, 'te', te)
-else
-  redis.call('HSET', a, 'd', d, 'st', st, 'su', at, 'lease', '')
-end
-redis.call('PEXPIRE', a, ttl)
+local cur = redis.call('GET', a)
+if not cur then return 0 end
+local cr, held, rest = string.match(cur, '^([^\n]*)\n([^\n]*)\n(.*)$')
+if held ~= owner then return 0 end
+-- The lease is emptied in the same write (no owner matches it again); `decision` is st .. d.
+redis.call('SET', a, cr .. '\n\n' .. rest .. '\n' .. decision, 'PX', ttl)
 record(2)
 if nxt() == '1' then know(4) end
 for j = 1, tonumber(nxt()) do record(7 + 2 * j) end
@@ -151,41 +143,47 @@ local now = nxt()
 local ttl = nxt()
 local new = nxt()
 local froms = nxt()
-local cur = redis.call('HMGET', a, 'id', 'fp', 'cr', 'd', 'st', 'su')
-if (not cur[1]) or (not cur[4]) or tonumber(cur[3]) + tonumber(ttl) <= tonumber(now) then
+local v = redis.call('GET', a)
+local f = v and fields(v)
+if (not f) or (not f[10]) or tonumber(f[1]) + tonumber(ttl) <= tonumber(now) then
   return {'missing'}
 end
-if string.find(froms, ',' .. cur[5] .. ',', 1, true) then
-  redis.call('HSET', a, 'st', new, 'su', now)
-  return {'moved', cur[1], cur[2], cur[3], cur[4], new, now}
+if string.find(froms, ',' .. f[5] .. ',', 1, true) then
+  f[5] = new
+  f[6] = now
+  redis.call('SET', a, table.concat(f, '\n', 1, 10), 'KEEPTTL')
+  return {'moved', f[4], f[3], f[1], f[10], new, now}
 end
-return {'refused', cur[1], cur[2], cur[3], cur[4], cur[5], cur[6]}
+return {'refused', f[4], f[3], f[1], f[10], f[5], f[6]}
 "#
 );
 
 /// Checks a challenge token against its action and uses it up when it is valid. KEYS: action.
 const VALIDATE: &str = script!(
     r#"
-local cur = redis.call('HMGET', KEYS[1], 'id', 'cr', 'st', 'th', 'te', 'tu')
+local v = redis.call('GET', KEYS[1])
 local th = nxt()
 local now = nxt()
 local ttl = nxt()
 local ok = nxt()
-if (not cur[1]) or cur[4] ~= th or tonumber(cur[2]) + tonumber(ttl) <= tonumber(now) then
+local f = v and fields(v)
+if (not f) or (not f[10]) or f[7] ~= th or tonumber(f[1]) + tonumber(ttl) <= tonumber(now) then
   return {'unknown'}
 end
-if tonumber(now) >= tonumber(cur[5]) then return {'expired', cur[1], cur[3]} end
-if cur[3] ~= ok then return {'not_succeeded', cur[1], cur[3]} end
-if cur[6] then return {'used', cur[1], cur[3]} end
-redis.call('HSET', KEYS[1], 'tu', '1')
-return {'valid', cur[1], cur[3]}
+if tonumber(now) >= tonumber(f[8]) then return {'expired', f[4], f[5]} end
+if f[5] ~= ok then return {'not_succeeded', f[4], f[5]} end
+if f[9] ~= '' then return {'used', f[4], f[5]} end
+f[9] = '1'
+redis.call('SET', KEYS[1], table.concat(f, '\n', 1, 10), 'KEEPTTL')
+return {'valid', f[4], f[5]}
 "#
 );
 
 /// Gives up a claim that could not be decided (so a retry decides again). KEYS: action.
 const RELEASE: &str = script!(
     r#"
-if redis.call('HGET', KEYS[1], 'lease') == nxt() then redis.call('DEL', KEYS[1]) end
+local v = redis.call('GET', KEYS[1])
+if v and lease_of(v) == nxt() then redis.call('DEL', KEYS[1]) end
 return 1
 "#
 );
