@@ -181,6 +181,30 @@ fn distinct_users_and_devices() {
 }
 
 #[test]
+fn a_full_distinct_set_takes_a_late_member_and_drops_its_oldest_other() {
+    // max_per_key = 3: d1, d2, d3 fill the user's devices; d0 arrives late, older than all of them (a replay
+    // slightly out of order). It is kept and d1, the oldest other, goes, on every store.
+    let rules = counting(r#"distinct_devices("31s")"#, 4)
+        .into_iter()
+        .fold(RuleSet::builder(), |b, (id, src)| b.rule(id, src))
+        .config_toml("[signals]\nmax_per_key = 3\n")
+        .build()
+        .unwrap();
+    let e = common::with_test_store(Engine::builder())
+        .ruleset(rules)
+        .build()
+        .unwrap();
+    for (t, dev) in [(10, "d1"), (20, "d2"), (30, "d3"), (5, "d0")] {
+        e.track_at(&req("u", "signIn", None, Some(dev)), at(t))
+            .unwrap();
+    }
+    // Within (9s, 40s]: d2 and d3, not d0 (at 5s); d1 (at 10s) would make it 3 had it been kept.
+    assert_eq!(value(&e, &req("u", "signIn", None, None), at(40)), 2);
+    // Within (4s, 35s]: d0, d2, d3.
+    assert_eq!(value(&e, &req("u", "signIn", None, None), at(35)), 3);
+}
+
+#[test]
 fn idempotent_repeats_do_not_count_but_blocked_attempts_do() {
     let e = engine(&[
         (

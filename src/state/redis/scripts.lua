@@ -44,19 +44,22 @@ local function zpush(key, member, at, cutoff, cap, ttl)
 end
 
 -- A distinct set or known list: one member per user, device, IP or country, scored by when it was last seen.
+-- A member already there only moves to a later time (`GT`); a new one is added, then the set trimmed: what
+-- is older than the window, then the oldest while it holds more than `cap` (never the member just added,
+-- which replaces the oldest other even when it is older itself).
 local function zsee(key, member, at, cutoff, cap, ttl)
-  local s = redis.call('ZSCORE', key, member)
-  if s then
-    if tonumber(s) < tonumber(at) then
-      redis.call('ZADD', key, at, member)
-    end
-  else
+  if redis.call('ZADD', key, 'GT', at, member) == 1 then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
-    local n = redis.call('ZCARD', key)
-    if n >= cap then
-      redis.call('ZPOPMIN', key, n - cap + 1)
+    local over = redis.call('ZCARD', key) - cap
+    if over > 0 then
+      if redis.call('ZRANK', key, member) < over then
+        redis.call('ZREM', key, member)
+        redis.call('ZPOPMIN', key, over)
+        redis.call('ZADD', key, at, member)
+      else
+        redis.call('ZPOPMIN', key, over)
+      end
     end
-    redis.call('ZADD', key, at, member)
   end
   redis.call('PEXPIRE', key, ttl)
 end
