@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use redis::{Cmd, Value};
+use redis::{Cmd, ConnectionLike, Value};
 
 use super::scripts::Script;
 use crate::state::StoreError;
@@ -31,22 +31,52 @@ impl Op<'_> {
     fn cmd(&self, whole: bool) -> Cmd {
         match self {
             Op::Plain(c) => c.clone(),
-            Op::Script { script, keys, args } => {
-                let (name, body) = if whole {
-                    ("EVAL", script.src)
-                } else {
-                    ("EVALSHA", script.sha.as_str())
-                };
+            Op::Script { keys, args, .. } => {
                 // Sized up front: a claim or commit has some thirty arguments, which would grow the buffer
                 // several times.
-                let data =
-                    keys.iter().chain(args).map(String::len).sum::<usize>() + body.len() + 16;
+                let data = keys.iter().chain(args).map(String::len).sum::<usize>() + 64;
                 let mut c = Cmd::with_capacity(3 + keys.len() + args.len(), data);
-                c.arg(name).arg(body).arg(keys.len()).arg(keys).arg(args);
+                self.fill(whole, &mut c);
                 c
             }
         }
     }
+
+    /// Writes a script's command into `c` (empty).
+    fn fill(&self, whole: bool, c: &mut Cmd) {
+        if let Op::Script { script, keys, args } = self {
+            let (name, body) = if whole {
+                ("EVAL", script.src)
+            } else {
+                ("EVALSHA", script.sha.as_str())
+            };
+            c.arg(name).arg(body).arg(keys.len()).arg(keys).arg(args);
+        }
+    }
+
+    /// Appends this command, encoded for the wire, to `out`; a script's is written through `scratch`, whose
+    /// buffers are reused from one round trip to the next.
+    fn pack(&self, whole: bool, scratch: &mut Cmd, out: &mut Vec<u8>) {
+        match self {
+            Op::Plain(c) => c.write_packed_command(out),
+            Op::Script { .. } => {
+                scratch.clear();
+                self.fill(whole, scratch);
+                scratch.write_packed_command(out);
+            }
+        }
+    }
+}
+
+/// Above this many bytes a blocking connection's send buffers are not kept for the next round trip (one
+/// whole-script `EVAL` after a `NOSCRIPT` is about 10 KB; a decision's round trip about 2 KB).
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// A blocking connection's send buffers: its commands are encoded into them without allocating.
+#[derive(Default)]
+struct Packer {
+    scratch: Cmd,
+    out: Vec<u8>,
 }
 
 /// How a store call waits on Redis.
@@ -91,7 +121,7 @@ enum Client {
 }
 
 enum Conn {
-    Single(redis::Connection),
+    Single(redis::Connection, Box<Packer>),
     Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
@@ -184,7 +214,7 @@ impl Pool {
                 let con = c.get_connection_with_timeout(self.connect_timeout)?;
                 con.set_read_timeout(Some(self.timeout))?;
                 con.set_write_timeout(Some(self.timeout))?;
-                Ok(Conn::Single(con))
+                Ok(Conn::Single(con, Box::default()))
             }
             Client::Cluster(c) => {
                 let con = c.get_connection()?;
@@ -214,21 +244,27 @@ impl Pool {
     /// Sends `cmds` as one pipeline on a blocking connection: one reply or error per command, in order. On a
     /// cluster (one pipeline per node) redis-rs gives no replies when any command failed: the first error for
     /// the whole round trip.
-    fn query(con: &mut Conn, cmds: Vec<Cmd>) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
+    fn query(
+        con: &mut Conn,
+        ops: &[&Op<'_>],
+        whole: bool,
+    ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
         match con {
-            Conn::Single(c) => {
-                let mut p = redis::pipe();
-                p.ignore_errors();
-                for cmd in cmds {
-                    p.add_command(cmd);
+            Conn::Single(c, p) => {
+                p.out.clear();
+                for o in ops {
+                    o.pack(whole, &mut p.scratch, &mut p.out);
                 }
-                let replies: Vec<Value> = p.query(c)?;
-                Ok(replies.into_iter().map(server_error).collect())
+                let sent = c.req_packed_commands(&p.out, 0, ops.len());
+                if p.out.capacity() > KEEP_BUFFER {
+                    **p = Packer::default();
+                }
+                Ok(sent?.into_iter().map(server_error).collect())
             }
             Conn::Cluster(c) => {
                 let mut p = redis::cluster::cluster_pipe();
-                for cmd in cmds {
-                    p.add_command(cmd);
+                for o in ops {
+                    p.add_command(o.cmd(whole));
                 }
                 let replies: Vec<Value> = p.query(c)?;
                 Ok(replies.into_iter().map(Ok).collect())
@@ -247,7 +283,7 @@ impl Pool {
             c
         });
         let result = match &mut con {
-            Conn::Single(c) => {
+            Conn::Single(c, _) => {
                 let mut p = redis::pipe();
                 for l in loads {
                     p.add_command(l);
@@ -354,11 +390,15 @@ impl Pool {
     async fn send(
         &self,
         via: &mut Via<'_>,
-        cmds: Vec<Cmd>,
+        ops: &[&Op<'_>],
+        whole: bool,
     ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
         match via {
-            Via::Blocking(con) => Self::query(con, cmds),
-            Via::Async(con) => self.send_shared(con, cmds).await,
+            Via::Blocking(con) => Self::query(con, ops, whole),
+            Via::Async(con) => {
+                let cmds = ops.iter().map(|o| o.cmd(whole)).collect();
+                self.send_shared(con, cmds).await
+            }
         }
     }
 
@@ -370,8 +410,8 @@ impl Pool {
         via: &mut Via<'_>,
         ops: &[Op<'_>],
     ) -> redis::RedisResult<Vec<Value>> {
-        let cmds: Vec<Cmd> = ops.iter().map(|o| o.cmd(false)).collect();
-        let mut replies = self.send(via, cmds).await?;
+        let all: Vec<&Op<'_>> = ops.iter().collect();
+        let mut replies = self.send(via, &all, false).await?;
         let lost: Vec<usize> = replies
             .iter()
             .enumerate()
@@ -380,12 +420,8 @@ impl Pool {
             .collect();
         if !lost.is_empty() {
             self.round_trips.fetch_add(1, Ordering::Relaxed);
-            let whole = lost
-                .iter()
-                .filter_map(|&i| ops.get(i))
-                .map(|o| o.cmd(true))
-                .collect();
-            for (i, r) in lost.into_iter().zip(self.send(via, whole).await?) {
+            let again: Vec<&Op<'_>> = lost.iter().filter_map(|&i| ops.get(i)).collect();
+            for (i, r) in lost.into_iter().zip(self.send(via, &again, true).await?) {
                 if let Some(slot) = replies.get_mut(i) {
                     *slot = r;
                 }
@@ -423,8 +459,8 @@ impl Pool {
     /// A round trip on a blocking cluster connection. Its pipeline gives no replies when a command failed, so
     /// after a `NOSCRIPT` the whole round trip is sent again, scripts whole: a plain command in it runs twice.
     fn round_trip_cluster(&self, con: &mut Conn, ops: &[Op<'_>]) -> redis::RedisResult<Vec<Value>> {
-        let cmds: Vec<Cmd> = ops.iter().map(|o| o.cmd(false)).collect();
-        let replies = match Self::query(con, cmds) {
+        let all: Vec<&Op<'_>> = ops.iter().collect();
+        let replies = match Self::query(con, &all, false) {
             Err(e)
                 if e.clone().into_server_errors().is_some_and(|errs| {
                     errs.iter()
@@ -432,7 +468,7 @@ impl Pool {
                 }) || noscript(&e) =>
             {
                 self.round_trips.fetch_add(1, Ordering::Relaxed);
-                Self::query(con, ops.iter().map(|o| o.cmd(true)).collect())?
+                Self::query(con, &all, true)?
             }
             r => r?,
         };
