@@ -39,16 +39,13 @@ local now = nxt()
 local ttl = nxt()
 local lease = nxt()
 local owner = nxt()
--- Claimed in one command when the identity is free; what it holds is read in the same command otherwise.
-local claim = now .. '\n' .. owner .. '\n' .. fp .. '\n' .. id
-local cur = redis.call('SET', a, claim, 'PX', lease, 'NX', 'GET')
+local cur = redis.call('GET', a)
 if cur then
   local cr = tonumber(string.match(cur, '^[^\n]*'))
   -- What it holds, for the engine to tell a conflict, a decision and a claim apart.
   if cr and cr + tonumber(ttl) > tonumber(now) then return {'held', cur} end
-  -- A record past the idempotency ttl (one written under a longer ttl) counts as absent.
-  redis.call('SET', a, claim, 'PX', lease)
 end
+redis.call('SET', a, now .. '\n' .. owner .. '\n' .. fp .. '\n' .. id, 'PX', lease)
 local out = {'claimed'}
 local n = 1
 local function put(t)
