@@ -51,9 +51,19 @@ fn counting(signal: &str, max: i64) -> Vec<(String, String)> {
 }
 
 fn value_engine(signal: &str) -> Engine {
-    let rules = counting(signal, 12);
+    value_engine_with(signal, "")
+}
+
+/// [`value_engine`] with `config` as its `riskgate.toml`.
+fn value_engine_with(signal: &str, config: &str) -> Engine {
+    let rules = counting(signal, 12)
+        .into_iter()
+        .fold(RuleSet::builder(), |b, (id, src)| b.rule(id, src))
+        .config_toml(config)
+        .build()
+        .unwrap();
     common::with_test_store(Engine::builder())
-        .ruleset(RuleSet::from_sources(rules).unwrap())
+        .ruleset(rules)
         .build()
         .unwrap()
 }
@@ -184,16 +194,7 @@ fn distinct_users_and_devices() {
 fn a_full_distinct_set_takes_a_late_member_and_drops_its_oldest_other() {
     // max_per_key = 3: d1, d2, d3 fill the user's devices; d0 arrives late, older than all of them (a replay
     // slightly out of order). It is kept and d1, the oldest other, goes, on every store.
-    let rules = counting(r#"distinct_devices("31s")"#, 4)
-        .into_iter()
-        .fold(RuleSet::builder(), |b, (id, src)| b.rule(id, src))
-        .config_toml("[signals]\nmax_per_key = 3\n")
-        .build()
-        .unwrap();
-    let e = common::with_test_store(Engine::builder())
-        .ruleset(rules)
-        .build()
-        .unwrap();
+    let e = value_engine_with(r#"distinct_devices("31s")"#, "[signals]\nmax_per_key = 3\n");
     for (t, dev) in [(10, "d1"), (20, "d2"), (30, "d3"), (5, "d0")] {
         e.track_at(&req("u", "signIn", None, Some(dev)), at(t))
             .unwrap();

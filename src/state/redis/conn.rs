@@ -3,6 +3,7 @@
 //! connection of a small pool of blocking ones; async callers ([`Io::Async`]) share one multiplexed connection
 //! (per cluster node), on which the round trips of every concurrent caller are pipelined together.
 
+use std::borrow::Borrow;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -31,10 +32,12 @@ impl Op<'_> {
     fn cmd(&self, whole: bool) -> Cmd {
         match self {
             Op::Plain(c) => c.clone(),
-            Op::Script { keys, args, .. } => {
+            Op::Script { script, keys, args } => {
                 // Sized up front: a claim or commit has some thirty arguments, which would grow the buffer
                 // several times.
-                let data = keys.iter().chain(args).map(String::len).sum::<usize>() + 64;
+                let body = if whole { script.src } else { &script.sha };
+                let data =
+                    keys.iter().chain(args).map(String::len).sum::<usize>() + body.len() + 16;
                 let mut c = Cmd::with_capacity(3 + keys.len() + args.len(), data);
                 self.fill(whole, &mut c);
                 c
@@ -244,16 +247,16 @@ impl Pool {
     /// Sends `cmds` as one pipeline on a blocking connection: one reply or error per command, in order. On a
     /// cluster (one pipeline per node) redis-rs gives no replies when any command failed: the first error for
     /// the whole round trip.
-    fn query(
+    fn query<'o, O: Borrow<Op<'o>>>(
         con: &mut Conn,
-        ops: &[&Op<'_>],
+        ops: &[O],
         whole: bool,
     ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
         match con {
             Conn::Single(c, p) => {
                 p.out.clear();
                 for o in ops {
-                    o.pack(whole, &mut p.scratch, &mut p.out);
+                    o.borrow().pack(whole, &mut p.scratch, &mut p.out);
                 }
                 let sent = c.req_packed_commands(&p.out, 0, ops.len());
                 if p.out.capacity() > KEEP_BUFFER {
@@ -264,7 +267,7 @@ impl Pool {
             Conn::Cluster(c) => {
                 let mut p = redis::cluster::cluster_pipe();
                 for o in ops {
-                    p.add_command(o.cmd(whole));
+                    p.add_command(o.borrow().cmd(whole));
                 }
                 let replies: Vec<Value> = p.query(c)?;
                 Ok(replies.into_iter().map(Ok).collect())
@@ -387,16 +390,16 @@ impl Pool {
     }
 
     /// Sends `cmds` at once on `via`: one reply or error per command, in order.
-    async fn send(
+    async fn send<'o, O: Borrow<Op<'o>>>(
         &self,
         via: &mut Via<'_>,
-        ops: &[&Op<'_>],
+        ops: &[O],
         whole: bool,
     ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
         match via {
             Via::Blocking(con) => Self::query(con, ops, whole),
             Via::Async(con) => {
-                let cmds = ops.iter().map(|o| o.cmd(whole)).collect();
+                let cmds = ops.iter().map(|o| o.borrow().cmd(whole)).collect();
                 self.send_shared(con, cmds).await
             }
         }
@@ -410,8 +413,7 @@ impl Pool {
         via: &mut Via<'_>,
         ops: &[Op<'_>],
     ) -> redis::RedisResult<Vec<Value>> {
-        let all: Vec<&Op<'_>> = ops.iter().collect();
-        let mut replies = self.send(via, &all, false).await?;
+        let mut replies = self.send(via, ops, false).await?;
         let lost: Vec<usize> = replies
             .iter()
             .enumerate()
@@ -459,8 +461,7 @@ impl Pool {
     /// A round trip on a blocking cluster connection. Its pipeline gives no replies when a command failed, so
     /// after a `NOSCRIPT` the whole round trip is sent again, scripts whole: a plain command in it runs twice.
     fn round_trip_cluster(&self, con: &mut Conn, ops: &[Op<'_>]) -> redis::RedisResult<Vec<Value>> {
-        let all: Vec<&Op<'_>> = ops.iter().collect();
-        let replies = match Self::query(con, &all, false) {
+        let replies = match Self::query(con, ops, false) {
             Err(e)
                 if e.clone().into_server_errors().is_some_and(|errs| {
                     errs.iter()
@@ -468,7 +469,7 @@ impl Pool {
                 }) || noscript(&e) =>
             {
                 self.round_trips.fetch_add(1, Ordering::Relaxed);
-                Self::query(con, &all, true)?
+                Self::query(con, ops, true)?
             }
             r => r?,
         };
