@@ -1291,7 +1291,7 @@ async fn remote_validate(
 }
 
 /// The first decision on a remote store: claim and read (round trip 1), rules, commit and write (round
-/// trip 2); a repeat is answered by round trip 1.
+/// trip 2); a repeat is answered by one round trip (a `GET` when this engine saw it decided).
 #[cfg(feature = "redis")]
 impl Engine {
     fn track_remote(
@@ -1359,6 +1359,20 @@ impl Engine {
                 idempotency_key: key.to_owned(),
             }))
         };
+        let ttl_ms = cfg.idempotency_ttl.ms();
+        let replay = cfg.on_conflict == OnConflict::Replay;
+        // A repeat of an action this engine saw decided: one `GET`, before the claim's history reads are built.
+        if req.attributes.idempotency_key.is_some() {
+            if let Some(s) = r
+                .repeat(io, &req.user_id, &req.action, key, now.ms(), ttl_ms)
+                .await?
+            {
+                if s.fingerprint != fingerprint && !replay {
+                    return conflict();
+                }
+                return Ok(Ok(s.response()));
+            }
+        }
         let snapshot = Arc::new(signals::view::Snapshot::new(
             Arc::clone(r.hasher()),
             limits.known_for_ms,
@@ -1384,7 +1398,6 @@ impl Engine {
         };
         let items = [keys.device, keys.ip, country];
         let mut ctx = Some(ctx);
-        let ttl_ms = cfg.idempotency_ttl.ms();
         // A claim that vanishes while waited on (its claimer died and its lease ran out) is claimed again; a
         // few times at most, each bounded by the lease.
         for _ in 0..4 {
@@ -1411,7 +1424,6 @@ impl Engine {
                     },
                 )
                 .await?;
-            let replay = cfg.on_conflict == OnConflict::Replay;
             match claim {
                 Claim::Conflict => return conflict(),
                 Claim::Decided(s) => {

@@ -27,7 +27,7 @@ mod on_redis {
     use super::common::redis::{command, Cluster, Server};
     use riskgate::{
         Engine, EngineBuilder, FakeClock, InvalidTokenReason, OnStoreError, RuleSet, State,
-        StoreSettings, TrackError,
+        StoreSettings, TrackError, TrackRequest,
     };
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
@@ -488,6 +488,87 @@ if rba_score() > 50.0 { REVIEW }"#,
         );
         assert_eq!((first, repeat, unkeyed, get), (2, 1, 2, 1));
         assert_eq!((update, validate), (2, 2));
+    }
+
+    /// How many times the server ran `cmd` (lowercase), from `INFO commandstats`.
+    fn calls(port: u16, cmd: &str) -> u64 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "INFO", "commandstats"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|v| v.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_repeat_on_the_deciding_engine_is_one_get_of_what_redis_holds_now() {
+        let Some(srv) = server() else { return };
+        let clock = common::clock();
+        let settings = patient(srv.settings());
+        let a = engine_on(settings.clone(), &clock);
+        let b = engine_on(settings, &clock);
+        // A call's answer, its round trips and the scripts the server ran for it.
+        let call = |e: &Engine, r: &TrackRequest| {
+            let (trips, scripts) = (e.store_round_trips(), calls(srv.port, "evalsha"));
+            let got = e.track(r);
+            (
+                got,
+                e.store_round_trips() - trips,
+                calls(srv.port, "evalsha") - scripts,
+            )
+        };
+        let r = common::req("u", "signIn")
+            .idempotency_key("k")
+            .ip("192.0.2.1")
+            .device("d1");
+        let (first, trips, _) = call(&a, &r);
+        let first = first.unwrap();
+        assert_eq!((first.state, trips), (State::ChallengeRequired, 2));
+        // The deciding engine's repeat: one GET, no script.
+        let (again, trips, scripts) = call(&a, &r);
+        assert_eq!((again.unwrap(), trips, scripts), (first.clone(), 1, 0));
+        // Another engine's first repeat is its claim script (one round trip); its next is a GET too.
+        let (again, trips, scripts) = call(&b, &r);
+        assert_eq!((again.unwrap(), trips, scripts), (first.clone(), 1, 1));
+        let (_, trips, scripts) = call(&b, &r);
+        assert_eq!((trips, scripts), (1, 0));
+        // What the GET answers is what Redis holds now: a state another engine moved it to.
+        b.update_action("u", "signIn", "k", State::ChallengeSucceeded)
+            .unwrap();
+        let (again, trips, scripts) = call(&a, &r);
+        assert_eq!(
+            (again.unwrap().state, trips, scripts),
+            (State::ChallengeSucceeded, 1, 0)
+        );
+        // Other attributes under the same key are a conflict, found by the GET.
+        let (other, trips, scripts) = call(&a, &r.clone().device("d2"));
+        assert!(
+            matches!(other, Err(TrackError::IdempotencyConflict { .. })),
+            "{other:?}"
+        );
+        assert_eq!((trips, scripts), (1, 0));
+        // An action Redis lost (deleted here, as a flush or an eviction would) is decided again: the GET finds
+        // nothing and the claim follows, one round trip more than a first decision.
+        let gone = command(
+            srv.port,
+            "EVAL \"for _, k in ipairs(redis.call('KEYS', '*:a:*')) do redis.call('DEL', k) end return 1\" 0",
+        )
+        .unwrap();
+        assert_eq!(gone, ":1");
+        let decided = a.decisions();
+        let (again, trips, _) = call(&a, &r);
+        let again = again.unwrap();
+        assert_eq!(trips, 3);
+        assert_eq!(a.decisions(), decided + 1, "decided again");
+        assert_ne!(again.token, first.token);
+        // Past its TTL by event time, no engine asks: the identity's next call is a first decision.
+        clock.advance(Duration::from_secs(24 * 3600));
+        let (_, trips, _) = call(&a, &r);
+        assert_eq!(trips, 2);
+        assert_eq!(a.decisions(), decided + 2);
     }
 
     /// The integer a `GET` of `key` reads (0 when the key is missing).

@@ -20,10 +20,10 @@
 //! # Round trips
 //! A first decision makes two: (1) the claim of the identity with the user's, the IP's and the device's history
 //! reads, pipelined with the population's; (2) the commit with the user's, the IP's and the device's history
-//! writes, pipelined with the token's and the population's. A repeat makes one, the claim script answering it
-//! before any read. Reads and writes of one slot are one script, atomic; nothing is read, changed in Rust and
+//! writes, pipelined with the token's and the population's. A repeat makes one: a `GET` of the action when
+//! this engine saw it decided (see [`recent`]), else the claim script, which answers it before any read. Reads and writes of one slot are one script, atomic; nothing is read, changed in Rust and
 //! written back. On Redis Cluster, where a script touches one slot, the IP's and the device's reads are plain
-//! commands in the claim's pipeline (made for repeats too), and their writes scripts of their own in the
+//! commands in the claim's pipeline (made for repeats by claim too), and their writes scripts of their own in the
 //! commit's, made even when the commit finds its lease gone; off-cluster the claim and commit scripts make
 //! them, the writes only with the decision.
 //!
@@ -35,6 +35,7 @@
 //! these expiries (and `maxmemory`).
 
 mod conn;
+mod recent;
 mod scripts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,7 @@ use redis::Value;
 
 pub(crate) use self::conn::{finish, Io};
 use self::conn::{Op, Pool};
+use self::recent::Recent;
 use self::scripts::Scripts;
 use super::record::{Decided, Stored};
 use super::StoreError;
@@ -71,6 +73,8 @@ pub(crate) struct RedisStore {
     next: AtomicU64,
     /// Hashing with the shared seed.
     hasher: Arc<History>,
+    /// The identities this engine saw decided: their repeats are one `GET` (see [`RedisStore::repeat`]).
+    recent: Recent,
 }
 
 /// What a first decision's claim needs to say and read.
@@ -481,6 +485,7 @@ impl RedisStore {
                 owner: owner.iter().map(|b| format!("{b:02x}")).collect(),
                 next: AtomicU64::new(0),
                 hasher: Arc::new(History::new(limits, keys)),
+                recent: Recent::new(),
             },
             keys,
         ))
@@ -738,6 +743,8 @@ impl RedisStore {
                     return Err(broken("action"));
                 };
                 s.state_updated = s.created;
+                self.recent
+                    .note(identity, s.created.saturating_add(c.ttl_ms));
                 return Ok(Claim::Decided(Box::new(s)));
             }
             "claimed" => {}
@@ -903,6 +910,7 @@ impl RedisStore {
         writes: &Writes,
         limits: &HistoryLimits,
     ) -> Result<bool, StoreError> {
+        let identity = ticket.identity;
         let json = serde_json::to_string(decided).map_err(|e| StoreError(e.to_string()))?;
         let token_hash = decided
             .token
@@ -1037,7 +1045,11 @@ impl RedisStore {
             self.population_ops(k, limits.known_for_ms, &mut ops);
         }
         let replies = self.pool.run(io, &ops).await?;
-        Ok(replies.first().and_then(int) == Some(1))
+        let committed = replies.first().and_then(int) == Some(1);
+        if committed {
+            self.recent.note(identity, now.saturating_add(ttl_ms));
+        }
+        Ok(committed)
     }
 
     /// Gives up a claim (its decision could not be completed): the next call decides again.
@@ -1066,9 +1078,54 @@ impl RedisStore {
         now: i64,
         ttl_ms: i64,
     ) -> Result<Option<Stored>, StoreError> {
+        self.get_of(
+            io,
+            identity(user_id, action, key),
+            user_id,
+            action,
+            key,
+            now,
+            ttl_ms,
+        )
+        .await
+    }
+
+    /// A repeat of an identity this engine saw decided (claimed and committed, or found decided, here): its
+    /// action, by one `GET`, without the claim's history reads. `Ok(None)` without a round trip when the
+    /// identity is not hinted, and `Ok(None)` after the `GET` when Redis no longer holds it decided and live:
+    /// either way the caller claims, as it would without a hint.
+    pub async fn repeat(
+        &self,
+        io: Io,
+        user_id: &str,
+        action: &str,
+        key: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Stored>, StoreError> {
+        let identity = identity(user_id, action, key);
+        if !self.recent.holds(identity, now) {
+            return Ok(None);
+        }
+        self.get_of(io, identity, user_id, action, key, now, ttl_ms)
+            .await
+    }
+
+    /// [`RedisStore::get`] of an identity already hashed.
+    #[allow(clippy::too_many_arguments)]
+    async fn get_of(
+        &self,
+        io: Io,
+        identity: u128,
+        user_id: &str,
+        action: &str,
+        key: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Stored>, StoreError> {
         let user = self.hasher.hash(b'u', user_id);
         let mut cmd = redis::cmd("GET");
-        cmd.arg(self.action_key(user, identity(user_id, action, key)));
+        cmd.arg(self.action_key(user, identity));
         let replies = self.pool.run(io, &[Op::Plain(cmd)]).await?;
         let held = replies.first().and_then(bytes).and_then(Record::parse);
         let Some(s) = held.and_then(|r| r.stored()) else {
@@ -1090,7 +1147,8 @@ impl RedisStore {
         ttl_ms: i64,
     ) -> Result<Option<Stored>, StoreError> {
         let user = self.hasher.hash(b'u', user_id);
-        let action_key = self.action_key(user, identity(user_id, action, key));
+        let identity = identity(user_id, action, key);
+        let action_key = self.action_key(user, identity);
         let deadline = Instant::now() + self.lease + Duration::from_millis(50);
         let mut pause = Duration::from_micros(200);
         loop {
@@ -1099,6 +1157,7 @@ impl RedisStore {
             let replies = self.pool.run(io, &[Op::Plain(cmd)]).await?;
             let held = replies.first().and_then(bytes).and_then(Record::parse);
             if let Some(s) = held.as_ref().and_then(Record::stored) {
+                self.recent.note(identity, s.created.saturating_add(ttl_ms));
                 return Ok(Some(s));
             }
             // A claim holds a lease owner; a commit empties it.
