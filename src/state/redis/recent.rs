@@ -7,13 +7,13 @@
 //! that misses (the action gone from Redis, or another identity's slot) falls back to the claim, which is
 //! what every call without a hint makes.
 //!
-//! The table is fixed at [`SLOTS`] words (128 KiB), direct-mapped by the identity's hash, written and read
+//! The table is fixed at [`SLOTS`] words (512 KiB), direct-mapped by the identity's hash, written and read
 //! with relaxed atomics: two engines' threads racing on one slot leave one of their hints, or none.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How many identities the table holds at most.
-pub(crate) const SLOTS: usize = 1 << 14;
+pub(crate) const SLOTS: usize = 1 << 16;
 
 /// A direct-mapped table of identity hashes and the second their action expires.
 pub(crate) struct Recent {
